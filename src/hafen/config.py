@@ -1,0 +1,123 @@
+"""Settings: defaults, overridden by a ``hafen.toml``, overridden by ``HAFEN_*`` environment variables.
+
+No other module keeps global settings; they call :func:`get_settings`.
+
+``hafen.toml`` is looked up at ``$HAFEN_CONFIG`` or in the working directory::
+
+    scheduler = "tcp://10.0.0.5:8786"
+    checkpoint_interval = 100
+
+    [storage_options]
+    account_name = "devstoreaccount1"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hafen.errors import ConfigError
+
+__all__ = ["Settings", "get_settings", "parse_bytes", "parse_duration"]
+
+DEFAULT_CHECKPOINT_INTERVAL = 100
+DEFAULT_COMMIT_RETRIES = 50
+DEFAULT_GRACE_PERIOD = "1h"
+DEFAULT_RETAIN_VERSIONS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """hafen's settings; every field can be set as ``HAFEN_<FIELD>`` or in ``hafen.toml``."""
+
+    scheduler: str | None = None
+    checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL
+    commit_retries: int = DEFAULT_COMMIT_RETRIES
+    grace_period: str = DEFAULT_GRACE_PERIOD
+    retain_versions: int = DEFAULT_RETAIN_VERSIONS
+    memory_budget: str | None = None
+    workdir: str = "hafen-demo"
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval < 1:
+            raise ConfigError(f"checkpoint_interval must be >= 1, got {self.checkpoint_interval}")
+        if self.commit_retries < 0:
+            raise ConfigError(f"commit_retries must be >= 0, got {self.commit_retries}")
+        parse_duration(self.grace_period)
+        if self.memory_budget is not None:
+            parse_bytes(self.memory_budget)
+
+
+def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    if kind.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"HAFEN_{field.name.upper()} must be an integer, got {raw!r}"
+            ) from None
+    if kind.startswith("dict"):
+        raise ConfigError(f"HAFEN_{field.name.upper()} cannot be set from the environment")
+    return raw
+
+
+def get_settings(env: dict[str, str] | None = None, toml_path: str | None = None) -> Settings:
+    """Return the settings in force: defaults, then ``hafen.toml``, then ``HAFEN_*`` variables."""
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    path = Path(toml_path or env.get("HAFEN_CONFIG") or "hafen.toml")
+    if path.is_file():
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
+    for name, field in fields.items():
+        raw = env.get(f"HAFEN_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = _coerce(field, raw)
+    return Settings(**values)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Return a duration in seconds from ``90``, ``"90s"``, ``"5m"``, ``"1h"`` or ``"2d"``."""
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"a duration cannot be negative: {value}")
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ConfigError(f"not a duration: {value!r} (expected e.g. '30s', '5m', '1h')")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value: str | int) -> int:
+    """Return a size in bytes from ``1024``, ``"512MiB"``, ``"1GB"`` or ``"1 GiB"``."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"a size cannot be negative: {value}")
+        return value
+    match = _BYTES.match(value)
+    if not match:
+        raise ConfigError(f"not a size: {value!r} (expected e.g. '512MiB', '1GB')")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    prefix = unit[:1] if unit[:1] in "kmgt" and unit else ""
+    base = 1024 if "i" in unit else 1000
+    power = " kmgt".index(prefix) if prefix else 0
+    return int(number * base**power)

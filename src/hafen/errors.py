@@ -1,0 +1,114 @@
+"""The one exception hierarchy of hafen.
+
+Every error hafen raises on purpose derives from :class:`HafenError`; where a builtin fits, the
+class inherits it too, so ``except FileNotFoundError`` keeps working::
+
+    HafenError
+    ├── ConfigError (ValueError)             a setting or argument is invalid
+    ├── StorageError (OSError)               the storage backend failed; path in the message
+    ├── DatasetError
+    │   ├── DatasetNotFoundError (FileNotFoundError)
+    │   ├── DatasetExistsError (FileExistsError)
+    │   ├── VersionNotFoundError (LookupError)
+    │   ├── CorruptMetadataError             a metadata or log file cannot be read; names the file
+    │   ├── SchemaError (ValueError)         data does not match the dataset schema; names columns
+    │   ├── PredicateError (ValueError)      a predicate is malformed or names an unknown column
+    │   └── CommitError
+    │       ├── ConflictError                the commit did NOT land; safe to retry
+    │       └── CommitOutcomeUnknownError    the commit may or may not have landed
+    ├── LimitError (ValueError)              a cluster-wide limit is unknown or misconfigured
+    ├── ReplicationError                     replication or drain could not be carried out
+    └── SQLError                             the relational database refused or failed
+
+Commit errors keep the distinction that matters to a caller: after :class:`ConflictError` nothing
+was committed and files the writer staged may be removed; after
+:class:`CommitOutcomeUnknownError` nothing may be removed, since the commit may have landed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CommitError",
+    "CommitOutcomeUnknownError",
+    "ConfigError",
+    "ConflictError",
+    "CorruptMetadataError",
+    "DatasetError",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "HafenError",
+    "LimitError",
+    "PredicateError",
+    "ReplicationError",
+    "SQLError",
+    "SchemaError",
+    "StorageError",
+    "VersionNotFoundError",
+]
+
+
+class HafenError(Exception):
+    """Root of every error hafen raises on purpose."""
+
+
+class ConfigError(HafenError, ValueError):
+    """A setting or an argument is invalid."""
+
+
+class StorageError(HafenError, OSError):
+    """The storage backend failed; the message names the path."""
+
+
+class DatasetError(HafenError):
+    """Something is wrong with a dataset."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """No dataset exists at the given URL."""
+
+
+class DatasetExistsError(DatasetError, FileExistsError):
+    """A dataset already exists where ``mode="create"`` asked for a new one."""
+
+
+class VersionNotFoundError(DatasetError, LookupError):
+    """The requested version does not exist or has been vacuumed."""
+
+
+class CorruptMetadataError(DatasetError):
+    """A metadata, log or checkpoint file cannot be parsed; the message names the file."""
+
+
+class SchemaError(DatasetError, ValueError):
+    """Data does not match the dataset schema; the message names the columns and types."""
+
+
+class PredicateError(DatasetError, ValueError):
+    """A predicate is malformed or names a column the dataset does not have."""
+
+
+class CommitError(DatasetError):
+    """A commit did not complete."""
+
+
+class ConflictError(CommitError):
+    """A concurrent commit changed what this one depends on. Nothing landed; safe to retry."""
+
+
+class CommitOutcomeUnknownError(CommitError):
+    """The commit may or may not have landed (for example the connection dropped mid-write).
+
+    Never delete the files of such a commit: they may be referenced.
+    """
+
+
+class LimitError(HafenError, ValueError):
+    """A cluster-wide limit is unknown, or its settings are invalid."""
+
+
+class ReplicationError(HafenError):
+    """Replication or a drain could not be carried out."""
+
+
+class SQLError(HafenError):
+    """The relational database refused or failed; the message names the URL (without secrets)."""
