@@ -34,11 +34,11 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-if TYPE_CHECKING:
-    from hafen.cluster import connect, drain, lease, limits, remove_limit, set_limit
-    from hafen.dask import read_ddf, reshuffle, write_ddf
-    from hafen.datasets import Dataset, open_dataset, write_dataset
-    from hafen.sql import extract, load
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ resolves names
+    from hafen.cluster import connect, drain, lease, limits, remove_limit, set_limit  # noqa: F401
+    from hafen.dask import read_ddf, reshuffle, write_ddf  # noqa: F401
+    from hafen.datasets import Dataset, open_dataset, write_dataset  # noqa: F401
+    from hafen.sql import extract, load  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

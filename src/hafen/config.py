@@ -1,4 +1,4 @@
-"""Settings: defaults, overridden by a ``hafen.toml``, overridden by ``HAFEN_*`` environment variables.
+"""Settings: defaults, then a ``hafen.toml``, then ``HAFEN_*`` environment variables.
 
 No other module keeps global settings; they call :func:`get_settings`.
 
