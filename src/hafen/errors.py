@@ -17,6 +17,7 @@ class inherits it too, so ``except FileNotFoundError`` keeps working::
     │       ├── ConflictError                the commit did NOT land; safe to retry
     │       └── CommitOutcomeUnknownError    the commit may or may not have landed
     ├── LimitError (ValueError)              a cluster-wide limit is unknown or misconfigured
+    ├── LeaseTimeoutError (TimeoutError)     a lease on a limit was not granted in time
     ├── ReplicationError                     replication or drain could not be carried out
     └── SQLError                             the relational database refused or failed
 
@@ -37,6 +38,7 @@ __all__ = [
     "DatasetExistsError",
     "DatasetNotFoundError",
     "HafenError",
+    "LeaseTimeoutError",
     "LimitError",
     "PredicateError",
     "ReplicationError",
@@ -104,6 +106,10 @@ class CommitOutcomeUnknownError(CommitError):
 
 class LimitError(HafenError, ValueError):
     """A cluster-wide limit is unknown, or its settings are invalid."""
+
+
+class LeaseTimeoutError(HafenError, TimeoutError):
+    """A lease on a cluster-wide limit was not granted within its timeout; nothing is held."""
 
 
 class ReplicationError(HafenError):

@@ -1,0 +1,196 @@
+"""The client side of the limits: set, remove and inspect limits, and take leases.
+
+Each call is one request to the ``hafen_limits_*`` handlers of the scheduler extension
+(:mod:`hafen.cluster._limits`). Arguments are validated here first so mistakes fail before
+anything is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from hafen.cluster._spec import check_name, make_spec, parse_annotation
+from hafen.errors import LeaseTimeoutError, LimitError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["lease", "limits", "remove_limit", "set_limit"]
+
+
+def _client(client: Client | None) -> Client:
+    if client is not None:
+        return client
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        raise LimitError("no Dask client: call hafen.connect() first, or pass client=") from None
+
+
+def _call(client: Client, op: str, **kwargs: Any) -> Any:
+    async def request() -> Any:
+        try:
+            return await getattr(client.scheduler, op)(**kwargs)
+        except ValueError as exc:
+            if "unknown operation" in str(exc).lower() or "hafen_limits" in str(exc):
+                raise LimitError(
+                    f"the scheduler at {client.scheduler.address} has no hafen limits "
+                    "extension: connect with hafen.connect() or start it with "
+                    "`dask scheduler --preload hafen.cluster`"
+                ) from exc
+            raise
+
+    return client.sync(request)
+
+
+def set_limit(
+    name: str,
+    *,
+    concurrency: int | None = None,
+    rate: str | float | None = None,
+    burst: int | None = None,
+    client: Client | None = None,
+) -> None:
+    """Create a cluster-wide limit, or change one while tasks run.
+
+    Parameters
+    ----------
+    name
+        Letters, digits and ``_.:/-``, up to 128 characters.
+    concurrency
+        Slots: how many tasks and leases may hold the limit at once (0 pauses it).
+    rate
+        A token bucket: ``"20/s"``, ``"100/min"``, ``"5/h"``, ``"1/30s"`` or grants per second.
+    burst
+        Tokens a rated limit banks while idle (default 1: evenly spaced grants).
+    client
+        Defaults to the default client (``hafen.connect()`` sets it).
+
+    Raises
+    ------
+    hafen.errors.LimitError
+        If the name or a setting is invalid, or neither ``concurrency`` nor ``rate`` is given.
+
+    Examples
+    --------
+    >>> hafen.set_limit("postgres", concurrency=4, rate="20/s")  # doctest: +SKIP
+    """
+    spec = make_spec(name, concurrency, rate, burst)
+    _call(
+        _client(client),
+        "hafen_limits_set",
+        name=spec.name,
+        concurrency=spec.concurrency,
+        rate=rate,
+        burst=burst,
+    )
+
+
+def remove_limit(name: str, *, client: Client | None = None) -> bool:
+    """Remove a limit; tasks waiting only for it start. Returns whether it existed.
+
+    Removing a limit that does not exist does nothing, so a retried call is harmless. Tasks
+    submitted later that name it are rejected.
+    """
+    check_name(name)
+    return bool(_call(_client(client), "hafen_limits_remove", name=name))
+
+
+def limits(*, client: Client | None = None) -> dict[str, dict[str, Any]]:
+    """Return the state of every limit, by name.
+
+    Each value has ``concurrency``, ``rate`` (as given), ``rate_per_second``, ``burst``,
+    ``in_use`` (slots held), ``waiting`` (tasks and leases waiting), ``granted`` (so far) and
+    ``longest_wait`` (seconds, of the longest current wait).
+
+    Examples
+    --------
+    >>> hafen.limits()["postgres"]["in_use"]  # doctest: +SKIP
+    4
+    """
+    return dict(_call(_client(client), "hafen_limits_info"))
+
+
+@contextlib.contextmanager
+def lease(
+    name: str | list[str],
+    *,
+    timeout: float | None = None,
+    priority: int = 0,
+    client: Client | None = None,
+) -> Iterator[str]:
+    """Hold one slot (and token) of a limit for the duration of a ``with`` block.
+
+    Inside a task it blocks that task's thread until the scheduler grants the lease -- use the
+    ``limits=`` annotation instead to wait without a thread. The lease is freed on leaving the
+    block, or when the scheduler removes the worker (or client) that holds it. Do not take a lease
+    on a limit the task is already annotated with: with one slot, it would wait for itself.
+
+    Parameters
+    ----------
+    name
+        A limit name, or a list of names taken together.
+    timeout
+        Seconds to wait at most; ``None`` waits as long as it takes.
+    priority
+        Higher is granted first among waiters; equal priorities go oldest first.
+
+    Raises
+    ------
+    hafen.errors.LimitError
+        If a limit is unknown.
+    hafen.errors.LeaseTimeoutError
+        If the lease was not granted within ``timeout``.
+
+    Examples
+    --------
+    >>> with hafen.lease("postgres"):  # doctest: +SKIP
+    ...     rows = fetch(chunk)
+    """
+    names = list(parse_annotation(name))
+    lease_id = uuid.uuid4().hex
+    call, owner = _lease_channel(client)
+    granted = call(
+        "hafen_limits_acquire",
+        name=names,
+        lease_id=lease_id,
+        owner=owner,
+        priority=priority,
+        timeout=timeout,
+    )
+    if not granted:
+        call("hafen_limits_release", lease_id=lease_id)
+        raise LeaseTimeoutError(f"lease on {', '.join(names)} not granted within {timeout}s")
+    try:
+        yield lease_id
+    finally:
+        call("hafen_limits_release", lease_id=lease_id)
+
+
+def _lease_channel(client: Client | None) -> tuple[Any, str]:
+    """How to reach the scheduler: the worker's own connection inside a task, else a client."""
+    if client is None:
+        from distributed import get_worker
+
+        try:
+            worker = get_worker()
+        except ValueError:
+            worker = None
+        if worker is not None:
+            from distributed.utils import sync
+
+            def call_worker(op: str, **kwargs: Any) -> Any:
+                return sync(worker.loop, getattr(worker.scheduler, op), **kwargs)
+
+            return call_worker, worker.address
+    resolved = _client(client)
+
+    def call_client(op: str, **kwargs: Any) -> Any:
+        return _call(resolved, op, **kwargs)
+
+    return call_client, resolved.id

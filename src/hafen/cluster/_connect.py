@@ -1,0 +1,90 @@
+"""Connecting to a cluster and installing hafen's scheduler-side extensions.
+
+:data:`SCHEDULER_EXTENSIONS` is the one registry of installers: ``hafen.connect()`` runs them on
+the scheduler it connects to, and ``dask scheduler --preload hafen.cluster`` runs them at start.
+Each installer must be idempotent (installing twice is harmless), since both paths may run on the
+same scheduler. To add an extension, append its installer here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hafen.cluster._limits import install_limits
+
+if TYPE_CHECKING:
+    from distributed import Client, Scheduler
+
+__all__ = ["SCHEDULER_EXTENSIONS", "connect", "install_scheduler_extensions"]
+
+#: Installers run on the scheduler, in order; each takes the Scheduler and must be idempotent.
+SCHEDULER_EXTENSIONS: list[Callable[[Scheduler], Any]] = [
+    install_limits,
+]
+
+
+def install_scheduler_extensions(scheduler: Scheduler) -> list[str]:
+    """Install every hafen scheduler extension on ``scheduler`` (idempotent).
+
+    Runs on the scheduler's event loop. Returns the names of the installers run.
+    """
+    for installer in SCHEDULER_EXTENSIONS:
+        installer(scheduler)
+    return [getattr(installer, "__name__", repr(installer)) for installer in SCHEDULER_EXTENSIONS]
+
+
+def _install_remote(dask_scheduler: Scheduler) -> list[str]:
+    return install_scheduler_extensions(dask_scheduler)
+
+
+def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
+    """Connect to a Dask cluster with hafen's scheduler extensions installed.
+
+    Parameters
+    ----------
+    address
+        Scheduler address. Defaults to the ``scheduler`` setting (``HAFEN_SCHEDULER``); when
+        neither is given, a process-based ``LocalCluster`` is started and owned by the client.
+    **cluster_kwargs
+        Passed to ``LocalCluster`` (``n_workers=``, ``threads_per_worker=``, ...); only without
+        an address.
+
+    Returns
+    -------
+    distributed.Client
+        The client, also made the default client. Closing it closes a cluster it started.
+
+    Raises
+    ------
+    hafen.errors.ConfigError
+        If ``cluster_kwargs`` are given together with an address.
+
+    Examples
+    --------
+    >>> client = hafen.connect(n_workers=2, threads_per_worker=4)  # doctest: +SKIP
+    >>> hafen.set_limit("postgres", concurrency=4)  # doctest: +SKIP
+    """
+    from distributed import Client
+
+    from hafen.config import get_settings
+    from hafen.errors import ConfigError
+
+    if address is None:
+        address = get_settings().scheduler
+    if address:
+        if cluster_kwargs:
+            raise ConfigError(
+                f"connect(): cluster options {sorted(cluster_kwargs)} only apply without an "
+                f"address, got address {address!r}"
+            )
+        client = Client(address)
+    else:
+        cluster_kwargs.setdefault("processes", True)
+        client = Client(**cluster_kwargs)
+    try:
+        client.run_on_scheduler(_install_remote)
+    except BaseException:
+        client.close()
+        raise
+    return client

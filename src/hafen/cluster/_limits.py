@@ -1,0 +1,514 @@
+"""Cluster-wide limits held on the Dask scheduler.
+
+A limit has a concurrency (slots) and/or a rate (a token bucket). Tasks annotated with
+``dask.annotate(limits=[...])`` take one slot (and one token) of each named limit while they run;
+:func:`hafen.lease` takes the same from inside a task for part of it.
+
+Mechanism
+---------
+A held task waits on the scheduler, in its ordinary ``no-worker`` state, never on a worker thread:
+
+1. When an annotated task enters ``waiting`` (first submission, a retry, a rerun after its worker
+   died, a recomputation of lost data), the :class:`LimitsExtension` -- a ``SchedulerPlugin`` --
+   sees the transition in its ``transition`` hook and adds a resource restriction on a resource no
+   worker has (:data:`HOLD_RESOURCE`), with ``loose_restrictions`` off. The task's own
+   restrictions are saved and restored later.
+2. When its dependencies are in memory the scheduler tries to place it; ``valid_workers`` finds no
+   worker with the resource, so the scheduler parks it in ``no-worker`` (``Scheduler.unrunnable``).
+   The hook sees ``-> no-worker`` and queues the task on each of its limits.
+3. A grant round (scheduled with ``loop.add_callback`` whenever a slot frees, a limit changes or a
+   token is due, never run inside a transition) pops waiters per limit, highest user priority first,
+   then oldest (first seen by the extension; a rerun keeps its seniority). A task that finds a slot
+   and a token in all its limits is granted: its restrictions are restored and the scheduler is
+   asked for ``no-worker -> processing``, the same transition it uses when a worker joins.
+4. The slot is freed by the hook when the task leaves ``processing`` for any state (memory, erred,
+   released -- which is how a retry and a dead worker's task go back to waiting --, forgotten).
+
+Because held tasks sit in ``unrunnable``, ``adaptive_target`` counts them as demand and
+``check_idle`` does not call the scheduler idle. ``no-workers-timeout`` would fail them as having
+unsatisfiable restrictions, so while workers are running a periodic callback moves held tasks to
+the end of ``unrunnable`` with a fresh timestamp (keeping the dict's insertion order monotonic,
+which the check relies on). With no running worker at all they are left alone and time out like
+any queued task.
+
+Scheduler internals relied on (``tests/cluster/test_limits_internals.py`` pins them):
+``SchedulerPlugin.transition`` being called after each transition, before recommendations that
+follow it are processed; ``TaskState.annotations/resource_restrictions/loose_restrictions/
+priority``; ``SchedulerState.valid_workers`` returning an empty set for an unknown resource and
+``is_rootish`` being false for restricted tasks; the ``no-worker -> processing`` and
+``no-worker -> erred`` transitions; ``Scheduler.unrunnable`` as an insertion-ordered
+``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and
+``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
+
+Every request that changes state is idempotent: leases carry an id the caller creates, setting a
+limit to the same values twice is a no-op and removing a missing limit does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import itertools
+import logging
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.metrics import monotonic, time
+from distributed.protocol.pickle import dumps as pickle_dumps
+from tornado.ioloop import PeriodicCallback
+
+from hafen.cluster._spec import ANNOTATION, LimitSpec, make_spec, parse_annotation
+from hafen.errors import LimitError
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+    from distributed.scheduler import TaskState
+
+__all__ = [
+    "EXTENSION_NAME",
+    "HOLD_RESOURCE",
+    "LimitsExtension",
+    "install_limits",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the extension in ``Scheduler.extensions`` and prefix of its handlers.
+EXTENSION_NAME = "hafen_limits"
+PLUGIN_NAME = "hafen-limits"
+#: A resource no worker has: a task restricted to it cannot be placed, so it waits in no-worker.
+HOLD_RESOURCE = "hafen-limits-hold"
+#: Smallest interval of the callback that keeps held tasks clear of ``no-workers-timeout``.
+MIN_REFRESH_INTERVAL = 0.025
+
+Holder = tuple[str, Hashable]  # ("task", key) or ("lease", lease_id)
+
+
+@dataclasses.dataclass(eq=False)
+class _Waiter:
+    holder: Holder
+    names: tuple[str, ...]
+    order: tuple[Any, ...]
+    since: float
+    owner: str | None = None
+    future: asyncio.Future[bool] | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class _Limit:
+    spec: LimitSpec
+    tokens: float = 0.0
+    refilled: float = 0.0
+    granted: int = 0
+    holders: set[Holder] = dataclasses.field(default_factory=set)
+    heap: list[tuple[tuple[Any, ...], int, _Waiter]] = dataclasses.field(default_factory=list)
+
+    def refill(self, now: float) -> None:
+        rate = self.spec.rate
+        if rate is not None:
+            self.tokens = min(float(self.spec.burst), self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+
+    def has_room(self) -> bool:
+        conc = self.spec.concurrency
+        if conc is not None and len(self.holders) >= conc:
+            return False
+        return self.spec.rate is None or self.tokens >= 1.0
+
+    def token_due_in(self) -> float | None:
+        """Seconds until the next token, if a token (not a slot) is what is missing."""
+        conc = self.spec.concurrency
+        if self.spec.rate is None or (conc is not None and len(self.holders) >= conc):
+            return None
+        return max(0.0, (1.0 - self.tokens) / self.spec.rate)
+
+
+@dataclasses.dataclass(eq=False)
+class _Hold:
+    names: tuple[str, ...]
+    owner: str | None
+    since: float
+
+
+class LimitsExtension(SchedulerPlugin):
+    """Scheduler extension and plugin holding cluster-wide limits; see the module docstring.
+
+    Installed by :func:`install_limits` (which ``hafen.connect`` and ``--preload hafen.cluster``
+    call); handlers are registered as ``hafen_limits_*``.
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self._limits: dict[str, _Limit] = {}
+        self._waiters: dict[Holder, _Waiter] = {}
+        self._holds: dict[Holder, _Hold] = {}
+        self._saved: dict[Hashable, tuple[dict[str, float] | None, bool]] = {}
+        self._names: dict[Hashable, tuple[str, ...]] = {}
+        self._rejected: dict[Hashable, str] = {}
+        self._seniority: dict[Hashable, int] = {}
+        self._to_reject: list[Hashable] = []
+        self._unconstrained: list[_Waiter] = []
+        self._counter = itertools.count()
+        self._grant_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._refresher: PeriodicCallback | None = None
+        self.started = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start_extension(self) -> None:
+        """Register the plugin, the handlers and the periodic callback; calling twice is a no-op."""
+        if self.started:
+            return
+        self.started = True
+        self.scheduler.add_plugin(self, name=PLUGIN_NAME, idempotent=True)
+        self.scheduler.handlers.update(
+            {
+                "hafen_limits_set": self.set_limit,
+                "hafen_limits_remove": self.remove_limit,
+                "hafen_limits_info": self.info,
+                "hafen_limits_acquire": self.acquire,
+                "hafen_limits_release": self.release,
+            }
+        )
+        timeout = self.scheduler.no_workers_timeout
+        if timeout:
+            interval = max(MIN_REFRESH_INTERVAL, timeout / 4)
+            self._refresher = PeriodicCallback(self._refresh_unrunnable, interval * 1000)
+            self.scheduler.periodic_callbacks["hafen-limits-refresh"] = self._refresher
+            self._refresher.start()
+
+    # --- handlers (RPC) -----------------------------------------------------------------------
+
+    def set_limit(
+        self,
+        name: str | None = None,
+        concurrency: int | None = None,
+        rate: str | float | None = None,
+        burst: int | None = None,
+    ) -> dict[str, Any]:
+        """Create or resize a limit (idempotent); takes effect for waiting tasks at once."""
+        spec = make_spec(name, concurrency, rate, burst)
+        now = monotonic()
+        limit = self._limits.get(spec.name)
+        if limit is None:
+            limit = _Limit(spec, tokens=float(spec.burst), refilled=now)
+            self._limits[spec.name] = limit
+        else:
+            limit.refill(now)
+            if spec.rate is not None and limit.spec.rate is None:
+                limit.tokens = float(spec.burst)
+            limit.spec = spec
+            limit.tokens = min(limit.tokens, float(spec.burst))
+        self._request_grant()
+        return spec.to_dict()
+
+    def remove_limit(self, name: str | None = None) -> bool:
+        """Remove a limit; its waiters stop waiting for it. Returns whether it existed."""
+        limit = self._limits.pop(str(name), None)
+        if limit is None:
+            return False
+        for waiter in self._waiters.values():
+            if limit.spec.name in waiter.names:
+                waiter.names = tuple(n for n in waiter.names if n != limit.spec.name)
+                if not waiter.names:
+                    self._unconstrained.append(waiter)
+        self._request_grant()
+        return True
+
+    def info(self) -> dict[str, dict[str, Any]]:
+        """Return, per limit, its settings, slots in use, waiters, grants and the longest wait."""
+        now = monotonic()
+        waiting = dict.fromkeys(self._limits, 0)
+        longest = dict.fromkeys(self._limits, 0.0)
+        for waiter in self._waiters.values():
+            for name in waiter.names:
+                if name in waiting:
+                    waiting[name] += 1
+                    longest[name] = max(longest[name], now - waiter.since)
+        return {
+            name: {
+                **limit.spec.to_dict(),
+                "in_use": len(limit.holders),
+                "waiting": waiting[name],
+                "granted": limit.granted,
+                "longest_wait": longest[name],
+            }
+            for name, limit in sorted(self._limits.items())
+        }
+
+    async def acquire(
+        self,
+        name: str | list[str] | None = None,
+        lease_id: str | None = None,
+        owner: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> bool:
+        """Take a lease on one or more limits; idempotent per ``lease_id``. False on timeout."""
+        names = parse_annotation(name)
+        self._check_known(names, what="a lease")
+        holder: Holder = ("lease", str(lease_id))
+        if holder in self._holds:
+            return True
+        waiter = self._waiters.get(holder)
+        if waiter is None:
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            order = (-int(priority), next(self._counter))
+            waiter = _Waiter(holder, names, order, monotonic(), owner, future)
+            self._enqueue(waiter)
+        assert waiter.future is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except TimeoutError:
+            if self._waiters.get(holder) is waiter:
+                self._drop(holder)
+            return holder in self._holds
+
+    def release(self, lease_id: str | None = None) -> bool:
+        """Release a lease, or stop waiting for it; idempotent. Returns whether it was known."""
+        return self._drop(("lease", str(lease_id)))
+
+    # --- plugin hooks -------------------------------------------------------------------------
+
+    def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        ts = self.scheduler.tasks.get(key)
+        if ts is None:
+            return
+        annotations = ts.annotations
+        if not annotations or ANNOTATION not in annotations:
+            return
+        if finish == "waiting":
+            self._hold_task(ts)
+        elif finish == "no-worker":
+            if key in self._saved and ("task", key) not in self._waiters:
+                self._enqueue_task(ts)
+        elif finish == "processing":
+            return
+        else:
+            self._drop(("task", key))
+            if finish == "forgotten":
+                self._saved.pop(key, None)
+                self._names.pop(key, None)
+                self._rejected.pop(key, None)
+                self._seniority.pop(key, None)
+
+    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        self._drop_owner(worker)
+
+    def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        self._drop_owner(client)
+
+    # --- holding and granting -----------------------------------------------------------------
+
+    def _check_known(self, names: tuple[str, ...], *, what: str) -> None:
+        unknown = [n for n in names if n not in self._limits]
+        if unknown:
+            known = ", ".join(sorted(self._limits)) or "none"
+            raise LimitError(
+                f"{what} names unknown limit(s) {', '.join(map(repr, unknown))} "
+                f"(known: {known}); create it with hafen.set_limit() first"
+            )
+
+    def _hold_task(self, ts: TaskState) -> None:
+        key = ts.key
+        self._drop(("task", key))
+        try:
+            names = parse_annotation(ts.annotations[ANNOTATION])
+            self._check_known(names, what=f"task {key!r}")
+        except LimitError as exc:
+            self._rejected[key] = str(exc)
+            names = ()
+        else:
+            self._rejected.pop(key, None)
+        self._names[key] = names
+        self._seniority.setdefault(key, next(self._counter))
+        if key not in self._saved:
+            rr = ts.resource_restrictions
+            self._saved[key] = (dict(rr) if rr else None, ts.loose_restrictions)
+        restrictions = dict(ts.resource_restrictions or {})
+        restrictions[HOLD_RESOURCE] = 1
+        ts.resource_restrictions = restrictions
+        ts.loose_restrictions = False
+
+    def _release_task(self, ts: TaskState) -> None:
+        saved = self._saved.pop(ts.key, None)
+        if saved is not None:
+            ts.resource_restrictions, ts.loose_restrictions = saved
+
+    def _enqueue_task(self, ts: TaskState) -> None:
+        key = ts.key
+        if key in self._rejected:
+            self._to_reject.append(key)
+            self._request_grant()
+            return
+        names = tuple(n for n in self._names.get(key, ()) if n in self._limits)
+        order = (ts.priority[0] if ts.priority else 0, self._seniority[key])
+        self._enqueue(_Waiter(("task", key), names, order, monotonic()))
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        self._waiters[waiter.holder] = waiter
+        if not waiter.names:
+            self._unconstrained.append(waiter)
+        for name in waiter.names:
+            heapq.heappush(self._limits[name].heap, (waiter.order, next(self._counter), waiter))
+        self._request_grant()
+
+    def _drop(self, holder: Holder) -> bool:
+        """Forget a waiter or free a holder's slots. Returns whether either existed."""
+        waiter = self._waiters.pop(holder, None)
+        if waiter is not None and waiter.future is not None and not waiter.future.done():
+            waiter.future.set_result(False)
+        hold = self._holds.pop(holder, None)
+        if hold is not None:
+            for name in hold.names:
+                limit = self._limits.get(name)
+                if limit is not None:
+                    limit.holders.discard(holder)
+            self._request_grant()
+        return waiter is not None or hold is not None
+
+    def _drop_owner(self, owner: str) -> None:
+        holders = [h for h, hold in self._holds.items() if hold.owner == owner]
+        holders += [h for h, w in self._waiters.items() if w.owner == owner]
+        for holder in holders:
+            self._drop(holder)
+
+    def _request_grant(self) -> None:
+        if not self._grant_pending:
+            self._grant_pending = True
+            self.scheduler.loop.add_callback(self._grant)
+
+    def _grant(self) -> None:
+        """One grant round; runs from the event loop, outside any transition."""
+        self._grant_pending = False
+        now = monotonic()
+        stimulus_id = f"hafen-limits-grant-{time()}"
+        granted: list[_Waiter] = []
+        if self._to_reject:
+            self._reject_tasks(stimulus_id)
+        while self._unconstrained:
+            waiter = self._unconstrained.pop()
+            if self._waiters.get(waiter.holder) is waiter and not waiter.names:
+                self._take(waiter, now)
+                granted.append(waiter)
+        for limit in self._limits.values():
+            if not limit.heap:
+                continue
+            limit.refill(now)
+            skipped = []
+            while limit.heap and limit.has_room():
+                entry = heapq.heappop(limit.heap)
+                waiter = entry[2]
+                if self._waiters.get(waiter.holder) is not waiter or limit.spec.name not in (
+                    waiter.names
+                ):
+                    continue  # stale entry: granted, dropped or limit removed meanwhile
+                others = [self._limits[n] for n in waiter.names if n != limit.spec.name]
+                for other in others:
+                    other.refill(now)
+                if all(other.has_room() for other in others):
+                    self._take(waiter, now)
+                    granted.append(waiter)
+                else:
+                    skipped.append(entry)
+            for entry in skipped:
+                heapq.heappush(limit.heap, entry)
+            if limit.heap:
+                due = limit.token_due_in()
+                if due is not None:
+                    self._wake_in(due)
+        recommendations: dict[Hashable, str] = {}
+        for waiter in reversed(granted):  # transitions are processed LIFO: best first
+            kind, ident = waiter.holder
+            if kind == "lease":
+                assert waiter.future is not None
+                if not waiter.future.done():
+                    waiter.future.set_result(True)
+                continue
+            ts = self.scheduler.tasks.get(ident)
+            if ts is None or ts.state != "no-worker":
+                self._drop(waiter.holder)
+                continue
+            self._release_task(ts)
+            recommendations[ident] = "processing"
+        if recommendations:
+            self.scheduler.transitions(recommendations, stimulus_id=stimulus_id)
+
+    def _take(self, waiter: _Waiter, now: float) -> None:
+        del self._waiters[waiter.holder]
+        for name in waiter.names:
+            limit = self._limits[name]
+            limit.holders.add(waiter.holder)
+            limit.granted += 1
+            if limit.spec.rate is not None:
+                limit.tokens -= 1.0
+        self._holds[waiter.holder] = _Hold(waiter.names, waiter.owner, now)
+
+    def _wake_in(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._timer is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self._request_grant()
+
+    def _reject_tasks(self, stimulus_id: str) -> None:
+        keys, self._to_reject = self._to_reject, []
+        recommendations: dict[Hashable, str] = {}
+        for key in keys:
+            ts = self.scheduler.tasks.get(key)
+            reason = self._rejected.get(key)
+            if ts is None or reason is None or ts.state != "no-worker":
+                continue
+            exc = LimitError(reason)
+            self._release_task(ts)
+            recommendations.update(
+                self.scheduler.transition(
+                    key,
+                    "erred",
+                    stimulus_id=stimulus_id,
+                    exception=pickle_dumps(exc),
+                    cause=key,
+                    exception_text=f"LimitError: {reason}",
+                    traceback_text="",
+                )
+            )
+            logger.error("Task %r rejected: %s", key, reason)
+        self.scheduler.transitions(recommendations, stimulus_id=stimulus_id)
+
+    def _refresh_unrunnable(self) -> None:
+        """Keep held tasks clear of ``no-workers-timeout`` while workers are running."""
+        scheduler = self.scheduler
+        if not scheduler.running or not self._saved:
+            return
+        held = [ts for ts in scheduler.unrunnable if ts.key in self._saved]
+        now = monotonic()
+        for ts in held:
+            del scheduler.unrunnable[ts]
+            scheduler.unrunnable[ts] = now
+
+
+def install_limits(scheduler: Scheduler) -> LimitsExtension:
+    """Install the limits extension on ``scheduler``; installing twice is harmless."""
+    ext = scheduler.extensions.get(EXTENSION_NAME)
+    if not isinstance(ext, LimitsExtension):
+        ext = LimitsExtension(scheduler)
+        scheduler.extensions[EXTENSION_NAME] = ext
+    ext.start_extension()
+    from hafen.cluster._metrics import register_metrics
+
+    register_metrics(ext)
+    return ext
