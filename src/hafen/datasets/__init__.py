@@ -1,1 +1,46 @@
-"""See DESIGN.md."""
+"""Partitioned Parquet datasets with a versioned commit log (DESIGN.md section 1).
+
+Public: :func:`write_dataset`, :func:`open_dataset`, :class:`Dataset`. For writers that stage
+files in parallel and commit once (``hafen.dask``, ``hafen.sql``): :func:`stage_table`,
+:class:`StagingWriter`, :class:`StagedWrite`, :func:`commit_staged`, :func:`storage_for`.
+"""
+
+from __future__ import annotations
+
+from hafen.datasets._dataset import (
+    Dataset,
+    HafenWarning,
+    VacuumReport,
+    commit_staged,
+    open_dataset,
+    prepare_table,
+    storage_for,
+    write_dataset,
+)
+from hafen.datasets._log import DataFile
+from hafen.datasets._predicates import normalize_predicates, to_expression
+from hafen.datasets._schema import conform, normalize_schema, to_arrow
+from hafen.datasets._storage import Storage
+from hafen.datasets._write import StagedWrite, StagingWriter, split_by_partition, stage_table
+
+__all__ = [
+    "DataFile",
+    "Dataset",
+    "HafenWarning",
+    "StagedWrite",
+    "StagingWriter",
+    "Storage",
+    "VacuumReport",
+    "commit_staged",
+    "conform",
+    "normalize_predicates",
+    "normalize_schema",
+    "open_dataset",
+    "prepare_table",
+    "split_by_partition",
+    "stage_table",
+    "storage_for",
+    "to_arrow",
+    "to_expression",
+    "write_dataset",
+]

@@ -1,0 +1,720 @@
+"""Datasets: opening, reading with pushdown, writing, deleting and vacuuming."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Literal as TypingLiteral
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+
+from hafen.config import get_settings, parse_duration
+from hafen.datasets import _log
+from hafen.datasets._log import Commit, DataFile, DatasetState, IndexPart
+from hafen.datasets._plateau import (
+    read_index_part,
+    view_references,
+    write_index_part,
+    write_plateau_view,
+)
+from hafen.datasets._predicates import Literal, could_match, normalize_predicates, to_expression
+from hafen.datasets._schema import (
+    conform,
+    decode_partition_value,
+    merge_schemas,
+    normalize_schema,
+    to_arrow,
+    validate_partition_type,
+)
+from hafen.datasets._storage import Storage
+from hafen.datasets._write import StagedWrite, file_label, stage_table
+from hafen.errors import (
+    ConfigError,
+    ConflictError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    HafenError,
+    PredicateError,
+    SchemaError,
+    StorageError,
+)
+
+__all__ = [
+    "Dataset",
+    "VacuumReport",
+    "commit_staged",
+    "open_dataset",
+    "storage_for",
+    "write_dataset",
+]
+
+Mode = TypingLiteral["create", "append", "overwrite"]
+SchemaMode = TypingLiteral["strict", "merge"]
+OnConflict = TypingLiteral["raise", "retry"]
+Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
+MODES = ("create", "append", "overwrite")
+
+
+class HafenWarning(UserWarning):
+    """Something went wrong that did not stop the operation (e.g. the plateau view)."""
+
+
+def storage_for(url: str | Storage, storage_options: dict[str, Any] | None = None) -> Storage:
+    """Return the :class:`Storage` of a dataset URL (settings' storage options as defaults)."""
+    if isinstance(url, Storage):
+        return url
+    options = {**get_settings().storage_options, **(storage_options or {})}
+    return Storage(str(url), options)
+
+
+def _decoded_stats(state: DatasetState, f: DataFile) -> dict[str, tuple[Any, Any, int]]:
+    out = {}
+    for column, (lo, hi, nulls) in f.stats.items():
+        index = state.schema.get_field_index(column)
+        if index < 0:
+            continue
+        type_ = state.schema.field(index).type
+        if pa.types.is_date(type_) or pa.types.is_timestamp(type_):
+            lo, hi = decode_partition_value(lo, type_), decode_partition_value(hi, type_)
+        out[column] = (lo, hi, nulls)
+    return out
+
+
+@dataclass
+class VacuumReport:
+    """What a vacuum removed (or, with ``dry_run``, would remove)."""
+
+    removed_files: list[str] = field(default_factory=list)
+    removed_versions: list[int] = field(default_factory=list)
+    bytes_freed: int = 0
+    kept_young: int = 0  # unreferenced files kept because they are inside the grace period
+
+
+class Dataset:
+    """One version of a partitioned Parquet dataset.
+
+    Obtain one with :func:`open_dataset` or :func:`write_dataset`. It is immutable: writing
+    returns a new :class:`Dataset` of the new version.
+    """
+
+    def __init__(self, storage: Storage, state: DatasetState) -> None:
+        self._storage = storage
+        self._state = state
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.url!r}, version={self.version}, rows={self.num_rows}, "
+            f"partition_on={self.partition_on})"
+        )
+
+    # -- description ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._storage.url
+
+    @property
+    def version(self) -> int:
+        return self._state.version
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._state.schema
+
+    @property
+    def partition_on(self) -> list[str]:
+        return list(self._state.partition_on)
+
+    @property
+    def indices(self) -> list[str]:
+        return list(self._state.indices)
+
+    @property
+    def num_rows(self) -> int:
+        return self._state.num_rows
+
+    @property
+    def timestamp(self) -> str:
+        return self._state.timestamp
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    @property
+    def state(self) -> DatasetState:
+        return self._state
+
+    def files(self, predicates: Predicates = None) -> list[DataFile]:
+        """The data files of this version that may hold rows matching ``predicates``."""
+        literals = normalize_predicates(predicates, self.schema)
+        return self._select(literals)
+
+    def partitions(self) -> list[dict[str, Any]]:
+        """The partitions of this version, as ``{column: value}``, sorted by their labels."""
+        labels = sorted({f.partition for f in self._state.files.values()})
+        return [self._partition_values(label) for label in labels]
+
+    @functools.cache  # noqa: B019 - a Dataset is immutable and its labels are few
+    def _partition_values(self, label: str) -> dict[str, Any]:
+        return self._state.partition_values(label)
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _select(self, literals: list[list[Literal]] | None) -> list[DataFile]:
+        files = list(self._state.files.values())
+        if literals is None:
+            return files
+        keep: set[str] = set()
+        for conjunction in literals:
+            allowed = self._index_allowed(conjunction)
+            for f in files:
+                if f.path in keep or (allowed is not None and file_label(f.path) not in allowed):
+                    continue
+                partition = self._partition_values(f.partition)
+                stats = _decoded_stats(self._state, f) if f.stats else {}
+                if could_match(conjunction, partition, stats):
+                    keep.add(f.path)
+        return [f for f in files if f.path in keep]
+
+    def _index_allowed(self, conjunction: list[Literal]) -> set[str] | None:
+        """Labels of files that may match ``conjunction`` according to the indices, or None."""
+        allowed: set[str] | None = None
+        for lit in conjunction:
+            if lit.column not in self._state.indices or lit.op not in ("==", "in"):
+                continue
+            values = list(lit.value) if lit.op == "in" else [lit.value]
+            if any(v is None for v in values):
+                continue  # indices do not record nulls
+            labels = self.index_lookup(lit.column, values)
+            allowed = labels if allowed is None else allowed & labels
+        return allowed
+
+    def index_lookup(self, column: str, values: Sequence[Any]) -> set[str]:
+        """Labels of the files holding any of ``values`` in indexed ``column``."""
+        labels: set[str] = set()
+        for part in self._state.live_index_parts(column):
+            table = read_index_part(self._storage, part, list(values))
+            labels.update(table.column("label").to_pylist())
+        return labels
+
+    def _check_columns(self, columns: Sequence[str] | None) -> list[str] | None:
+        if columns is None:
+            return None
+        if isinstance(columns, str):
+            raise SchemaError(f"columns must be a list of names, got the string {columns!r}")
+        unknown = [c for c in columns if self.schema.get_field_index(c) < 0]
+        if unknown:
+            raise SchemaError(
+                f"unknown columns {unknown}; the dataset has {', '.join(self.schema.names)}"
+            )
+        return list(columns)
+
+    def _arrow_dataset(self, files: Sequence[DataFile]) -> pds.Dataset:
+        schema = self.schema
+        partitions = []
+        for f in files:
+            expr = pc.scalar(True)
+            for column, value in self._partition_values(f.partition).items():
+                type_ = schema.field(column).type
+                if value is None:
+                    expr = expr & pc.field(column).is_null()
+                else:
+                    expr = expr & (pc.field(column) == pa.scalar(value, type=type_))
+            partitions.append(expr)
+        return pds.FileSystemDataset.from_paths(
+            [self._storage.full(f.path) for f in files],
+            schema=schema,
+            format=pds.ParquetFileFormat(),
+            filesystem=self._storage.arrow_filesystem,
+            partitions=partitions,
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_arrow(
+        self,
+        columns: Sequence[str] | None = None,
+        predicates: Predicates = None,
+        *,
+        files: Sequence[DataFile] | None = None,
+    ) -> pa.Table:
+        """Return the rows matching ``predicates`` (DNF), with ``columns``, as a pyarrow Table.
+
+        Files are pruned by partition values, secondary indices and statistics before any is
+        opened; row groups by their Parquet statistics; the rest is filtered in Arrow.
+        """
+        columns = self._check_columns(columns)
+        literals = normalize_predicates(predicates, self.schema)
+        selected = self._select(literals) if files is None else list(files)
+        if not selected:
+            empty = self.schema.empty_table()
+            return empty.select(columns) if columns is not None else empty
+        dataset = self._arrow_dataset(selected)
+        expression = to_expression(literals, self.schema) if literals else None
+        try:
+            return dataset.to_table(columns=columns, filter=expression)
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"{self.url}: version {self.version} refers to a missing file ({exc}); "
+                "it may have been vacuumed"
+            ) from exc
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StorageError(f"{self.url}: reading version {self.version} failed: {exc}") from exc
+
+    def read(
+        self, columns: Sequence[str] | None = None, predicates: Predicates = None
+    ) -> pd.DataFrame:
+        """Return the rows matching ``predicates`` as a pandas DataFrame (see :meth:`read_arrow`)."""
+        return self.read_arrow(columns, predicates).to_pandas()
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The commits up to this version, newest first: time, operation, files and rows."""
+        if self._state.origin == "plateau":
+            return [_history_row(_plateau_commit(self._state))]
+        versions = [v for v in _log.list_versions(self._storage) if v <= self.version]
+        versions.reverse()
+        if limit is not None:
+            versions = versions[:limit]
+        return [_history_row(_log.read_commit(self._storage, v)) for v in versions]
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def delete(self, predicates: Predicates, *, on_conflict: OnConflict = "raise") -> Dataset:
+        """Remove the rows matching ``predicates``; return the new version.
+
+        Whole files are dropped when their partition values match; other files holding matching
+        rows are rewritten without them. A predicate naming an unknown column raises
+        :class:`PredicateError` before anything changes.
+        """
+        if predicates is None:
+            raise PredicateError("delete needs predicates; to remove everything, overwrite")
+        literals = normalize_predicates(predicates, self.schema)
+        assert literals is not None
+        current = self
+        for _attempt in range(get_settings().commit_retries + 1):
+            try:
+                return current._delete_once(literals)
+            except ConflictError:
+                if on_conflict != "retry":
+                    raise
+                current = open_dataset(self._storage)
+        raise ConflictError(f"{self.url}: delete gave up under contention")
+
+    def _delete_once(self, literals: list[list[Literal]]) -> Dataset:
+        expression = to_expression(literals, self.schema)
+        removes: list[tuple[str, str]] = []
+        staged = StagedWrite(schema=self.schema)
+        for f in self._select(literals):
+            partition = self._partition_values(f.partition)
+            whole = any(
+                all(lit.column in partition and lit.matches(partition[lit.column]) for lit in c)
+                for c in literals
+            )
+            if not whole:
+                table = self.read_arrow(files=[f])
+                keep = table.filter(~expression | expression.is_null())
+                if keep.num_rows == table.num_rows:
+                    continue
+                if keep.num_rows:
+                    rewritten = stage_table(
+                        self._storage, keep, partition_on=self.partition_on, indices=self.indices
+                    )
+                    staged = StagedWrite.combine([staged, rewritten])
+            removes.append((f.path, f.partition))
+        if not removes:
+            return self
+        labels = sorted({label for _, label in removes})
+
+        def plan(state: DatasetState | None) -> Commit:
+            return Commit(
+                operation="delete",
+                adds=list(staged.files),
+                removes=list(removes),
+                partitions_read=labels,
+                parameters={
+                    "predicates": repr([[tuple(vars(x).values()) for x in c] for c in literals])
+                },
+            )
+
+        return _commit(self._storage, self._state, staged, plan, retry=False)
+
+    def vacuum(
+        self,
+        retain_versions: int | None = None,
+        grace_period: str | float | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> VacuumReport:
+        """Remove files no retained version references and older than ``grace_period``.
+
+        The newest ``retain_versions`` versions stay readable (time travel); older log entries
+        are dropped. Files younger than the grace period are never removed, since an in-flight
+        writer may be about to commit them.
+        """
+        settings = get_settings()
+        retain = settings.retain_versions if retain_versions is None else retain_versions
+        grace = parse_duration(settings.grace_period if grace_period is None else grace_period)
+        if retain < 1:
+            raise ConfigError(f"retain_versions must be at least 1, got {retain}")
+        storage = self._storage
+        versions = _log.list_versions(storage)
+        if not versions:
+            raise DatasetNotFoundError(f"{self.url}: nothing to vacuum (no hafen log)")
+        latest = versions[-1]
+        oldest = max(versions[0], latest - retain + 1)
+        base = _log.load_state(storage, oldest, versions=versions)
+        referenced = set(base.files) | {p.path for p in base.index_parts}
+        for v in range(oldest + 1, latest + 1):
+            c = _log.read_commit(storage, v)
+            referenced.update(f.path for f in c.adds)
+            referenced.update(p.path for p in c.index_parts)
+        referenced |= view_references(storage)
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=grace)
+        report = VacuumReport()
+        candidates = []
+        for directory in ("table", "indices", "_hafen/indices"):
+            candidates.extend(storage.walk(directory))
+        candidates.extend(i for i in storage.list(_log.LOG_DIR) if "/.tmp-" in "/" + i.path)
+        for info in candidates:
+            if info.path in referenced or info.path.endswith("_common_metadata"):
+                continue
+            if info.modified is not None and info.modified > cutoff:
+                report.kept_young += 1
+                continue
+            report.removed_files.append(info.path)
+            report.bytes_freed += info.size
+        report.removed_versions = [v for v in versions if v < oldest]
+        if dry_run:
+            return report
+        storage.delete(report.removed_files)
+        if report.removed_versions:
+            if oldest not in _log.list_checkpoints(storage):
+                _log.write_checkpoint(storage, base)
+            old_checkpoints = [c for c in _log.list_checkpoints(storage) if c < oldest]
+            storage.delete(
+                [_log.log_path(v) for v in report.removed_versions]
+                + [_log.checkpoint_path(c) for c in old_checkpoints]
+            )
+        return report
+
+
+def _plateau_commit(state: DatasetState) -> Commit:
+    return Commit(
+        operation="import",
+        adds=list(state.files.values()),
+        parameters={"source": "plateau"},
+        version=0,
+        timestamp=state.timestamp,
+    )
+
+
+def _history_row(c: Commit) -> dict[str, Any]:
+    return {
+        "version": c.version,
+        "timestamp": c.timestamp,
+        "operation": c.operation,
+        "files_added": len(c.adds),
+        "files_removed": len(c.removes),
+        "rows_added": sum(f.num_rows for f in c.adds),
+        "parameters": c.parameters,
+    }
+
+
+def open_dataset(
+    url: str | Storage,
+    *,
+    version: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Dataset:
+    """Open the dataset at ``url``, at its latest version or at ``version`` (time travel).
+
+    Raises :class:`DatasetNotFoundError` when there is none, :class:`VersionNotFoundError` when
+    the version does not exist or was vacuumed.
+
+    >>> ds = open_dataset("data/sales")  # doctest: +SKIP
+    """
+    storage = storage_for(url, storage_options)
+    return Dataset(storage, _log.load_state(storage, version))
+
+
+def _try_open(storage: Storage) -> DatasetState | None:
+    try:
+        return _log.load_state(storage)
+    except DatasetNotFoundError:
+        return None
+
+
+def _validate_layout(
+    schema: pa.Schema, partition_on: Sequence[str], indices: Sequence[str]
+) -> None:
+    for kind, columns in (("partition", partition_on), ("index", indices)):
+        if isinstance(columns, str):
+            raise ConfigError(f"{kind} columns must be a list, got the string {columns!r}")
+        missing = [c for c in columns if schema.get_field_index(c) < 0]
+        if missing:
+            raise SchemaError(
+                f"{kind} columns {missing} are not in the data ({', '.join(schema.names)})"
+            )
+    for column in partition_on:
+        validate_partition_type(column, schema.field(column).type)
+    both = sorted(set(partition_on) & set(indices))
+    if both:
+        raise ConfigError(f"columns {both} are partition columns and need no secondary index")
+    if len(schema.names) <= len(partition_on):
+        raise SchemaError("a dataset needs at least one column besides its partition columns")
+
+
+def _check_layout_matches(
+    state: DatasetState, partition_on: Sequence[str] | None, indices: Sequence[str] | None
+) -> None:
+    if partition_on is not None and list(partition_on) != state.partition_on:
+        raise SchemaError(
+            f"partition_on {list(partition_on)} differs from the dataset's {state.partition_on}"
+        )
+    if indices is not None and sorted(indices) != sorted(state.indices):
+        raise SchemaError(f"indices {list(indices)} differ from the dataset's {state.indices}")
+
+
+def prepare_table(
+    table: pa.Table,
+    state: DatasetState | None,
+    *,
+    partition_on: Sequence[str] | None,
+    indices: Sequence[str] | None,
+    schema_mode: SchemaMode,
+) -> tuple[pa.Table, pa.Schema, list[str], list[str]]:
+    """Check ``table`` against the dataset and return it conformed, with the layout to use."""
+    if schema_mode not in ("strict", "merge"):
+        raise ConfigError(f"schema_mode must be 'strict' or 'merge', got {schema_mode!r}")
+    if state is None:
+        layout_p, layout_i = list(partition_on or []), list(indices or [])
+        schema = normalize_schema(table.schema)
+        _validate_layout(schema, layout_p, layout_i)
+        return conform(table, schema), schema, layout_p, layout_i
+    _check_layout_matches(state, partition_on, indices)
+    if schema_mode == "merge":
+        schema = merge_schemas(state.schema, table.schema)
+        return conform(table, schema, allow_missing=True), schema, state.partition_on, state.indices
+    return conform(table, state.schema), state.schema, state.partition_on, state.indices
+
+
+def write_dataset(
+    data: pd.DataFrame | pa.Table,
+    url: str | Storage,
+    *,
+    partition_on: Sequence[str] | None = None,
+    indices: Sequence[str] | None = None,
+    mode: Mode = "create",
+    schema_mode: SchemaMode = "strict",
+    on_conflict: OnConflict = "raise",
+    storage_options: dict[str, Any] | None = None,
+) -> Dataset:
+    """Write ``data`` as a new version of the dataset at ``url`` in one atomic commit.
+
+    Parameters
+    ----------
+    data
+        A pandas DataFrame (its index is dropped) or a pyarrow Table.
+    url
+        The dataset's URL: a local path, ``memory://``, ``az://``, ``abfs://`` or ``s3://``.
+    partition_on, indices
+        Hive partition columns and secondary-index columns; fixed when the dataset is created.
+    mode
+        ``"create"`` (fails if it exists), ``"append"`` (creates if missing) or ``"overwrite"``
+        (replaces the partitions present in ``data``; everything when unpartitioned).
+    schema_mode
+        ``"strict"``: the data must match the schema; ``"merge"``: new columns are added as
+        nullable, missing ones are filled with nulls.
+    on_conflict
+        ``"raise"`` a :class:`ConflictError` when a concurrent commit replaced the same
+        partitions, or ``"retry"`` on top of it.
+
+    Returns
+    -------
+    Dataset
+        The new version.
+
+    Raises
+    ------
+    DatasetExistsError, SchemaError, ConflictError
+
+    Examples
+    --------
+    >>> write_dataset(df, "data/sales", partition_on=["date"], mode="append")  # doctest: +SKIP
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if on_conflict not in ("raise", "retry"):
+        raise ConfigError(f"on_conflict must be 'raise' or 'retry', got {on_conflict!r}")
+    storage = storage_for(url, storage_options)
+    table = to_arrow(data)
+    state = _try_open(storage)
+    if state is not None and mode == "create":
+        raise DatasetExistsError(f"a dataset already exists at {storage.url} (mode='create')")
+    conformed, _, layout_p, layout_i = prepare_table(
+        table, state, partition_on=partition_on, indices=indices, schema_mode=schema_mode
+    )
+    staged = stage_table(storage, conformed, partition_on=layout_p, indices=layout_i)
+    return commit_staged(
+        storage,
+        [staged],
+        mode=mode,
+        partition_on=layout_p,
+        indices=layout_i,
+        schema_mode=schema_mode,
+        on_conflict=on_conflict,
+        base=state,
+    )
+
+
+def commit_staged(
+    url: str | Storage,
+    staged: Sequence[StagedWrite],
+    *,
+    mode: Mode = "append",
+    partition_on: Sequence[str] | None = None,
+    indices: Sequence[str] | None = None,
+    schema_mode: SchemaMode = "strict",
+    on_conflict: OnConflict = "raise",
+    base: DatasetState | None = None,
+    storage_options: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> Dataset:
+    """Commit files staged (possibly by many tasks) as one version; clean them up if it fails.
+
+    This is the commit half of :func:`write_dataset`, for writers that stage files in parallel
+    (:mod:`hafen.dask`, :mod:`hafen.sql`). After a :class:`ConflictError` or a schema error the
+    staged files are deleted; after an unknown outcome they are kept.
+    """
+    storage = storage_for(url, storage_options)
+    combined = StagedWrite.combine(staged)
+    state = base if base is not None else _try_open(storage)
+    if state is not None and mode == "create":
+        _discard(storage, combined)
+        raise DatasetExistsError(f"a dataset already exists at {storage.url} (mode='create')")
+    try:
+        schema = _staged_schema(combined, state, partition_on, indices, schema_mode)
+    except HafenError:
+        _discard(storage, combined)
+        raise
+    layout_p = list(partition_on or []) if state is None else state.partition_on
+    layout_i = list(indices or []) if state is None else state.indices
+    index_parts = _write_index_parts(storage, combined, schema, layout_i)
+    params = {"mode": mode, **(parameters or {})}
+
+    def plan(current: DatasetState | None) -> Commit:
+        entry = Commit(
+            operation="create" if current is None else mode,
+            adds=list(combined.files),
+            index_parts=list(index_parts),
+            parameters=params,
+        )
+        if current is None:
+            entry.schema = schema
+            entry.metadata = {
+                "partition_on": layout_p,
+                "indices": layout_i,
+                "dataset_id": uuid.uuid4().hex,
+            }
+            return entry
+        if schema_mode == "merge":
+            merged = merge_schemas(current.schema, schema)
+            if merged != current.schema:
+                entry.schema = merged
+        if mode == "overwrite":
+            labels = {f.partition for f in combined.files} or (
+                {""} if not current.partition_on else set()
+            )
+            entry.partitions_read = sorted(labels)
+            entry.removes = [
+                (f.path, f.partition) for f in current.files.values() if f.partition in labels
+            ]
+        return entry
+
+    return _commit(storage, state, combined, plan, retry=on_conflict == "retry")
+
+
+def _staged_schema(
+    staged: StagedWrite,
+    state: DatasetState | None,
+    partition_on: Sequence[str] | None,
+    indices: Sequence[str] | None,
+    schema_mode: SchemaMode,
+) -> pa.Schema:
+    if staged.schema is None:
+        if state is None:
+            raise SchemaError("nothing was staged and no dataset exists to take a schema from")
+        return state.schema
+    schema = normalize_schema(staged.schema)
+    if state is None:
+        _validate_layout(schema, list(partition_on or []), list(indices or []))
+        return schema
+    _check_layout_matches(state, partition_on, indices)
+    if schema_mode == "merge":
+        return merge_schemas(state.schema, schema)
+    conform(schema.empty_table(), state.schema)
+    return state.schema
+
+
+def _write_index_parts(
+    storage: Storage, staged: StagedWrite, schema: pa.Schema, indices: Sequence[str]
+) -> list[IndexPart]:
+    parts = []
+    commit_id = uuid.uuid4().hex
+    for column in indices:
+        entries = staged.index_entries.get(column)
+        if entries is None or entries.num_rows == 0:
+            continue
+        path = f"_hafen/indices/{column}/{commit_id}.by-dataset-index.parquet"
+        write_index_part(storage, column, entries, schema.field(column).type, path)
+        parts.append(IndexPart(column, path, -1))
+    return parts
+
+
+def _discard(storage: Storage, staged: StagedWrite) -> None:
+    try:
+        storage.delete([f.path for f in staged.files])
+    except StorageError:
+        pass  # vacuum removes them after the grace period
+
+
+def _commit(
+    storage: Storage,
+    state: DatasetState | None,
+    staged: StagedWrite,
+    plan: Any,
+    *,
+    retry: bool,
+) -> Dataset:
+    settings = get_settings()
+    try:
+        new_state = _log.commit(
+            storage,
+            state,
+            plan,
+            retry_conflicts=retry,
+            max_attempts=settings.commit_retries,
+            checkpoint_interval=settings.checkpoint_interval,
+        )
+    except (ConflictError, DatasetExistsError, SchemaError):
+        _discard(storage, staged)
+        raise
+    try:
+        write_plateau_view(storage, new_state)
+    except (StorageError, pa.ArrowException) as exc:
+        warnings.warn(
+            f"{storage.url}: version {new_state.version} landed, but plateau's metadata view "
+            f"could not be written: {exc}",
+            HafenWarning,
+            stacklevel=3,
+        )
+    return Dataset(storage, new_state)

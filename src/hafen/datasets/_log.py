@@ -1,0 +1,491 @@
+"""The commit log: typed actions, a pure replay, a conflict check, and the optimistic commit.
+
+Layout under a dataset root::
+
+    _hafen/log/00000000000000000000.json          version 0 (created exclusively)
+    _hafen/log/00000000000000000001.json          version 1 ...
+    _hafen/checkpoints/00000000000000000100.json  the whole state at version 100
+
+A commit is the exclusive creation of the next log entry (:meth:`Storage.put_if_absent`). A
+writer that loses the race reads what landed, asks :func:`conflicts` whether it touched what this
+commit read, and either rebases onto it or raises :class:`ConflictError`. Opening a version reads
+the newest checkpoint at or below it and replays the entries after it, so the cost of opening is
+bounded by the checkpoint interval, not by the number of versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from hafen import __version__
+from hafen.datasets._schema import decode_partition_value, schema_from_b64, schema_to_b64
+from hafen.datasets._storage import Storage
+from hafen.errors import (
+    CommitOutcomeUnknownError,
+    ConflictError,
+    CorruptMetadataError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    StorageError,
+    VersionNotFoundError,
+)
+
+__all__ = [
+    "Commit",
+    "DataFile",
+    "DatasetState",
+    "IndexPart",
+    "commit",
+    "conflicts",
+    "load_state",
+    "replay",
+]
+
+LOG_DIR = "_hafen/log"
+CHECKPOINT_DIR = "_hafen/checkpoints"
+FORMAT_VERSION = 1
+_WIDTH = 20
+
+
+def log_path(version: int) -> str:
+    return f"{LOG_DIR}/{version:0{_WIDTH}d}.json"
+
+
+def checkpoint_path(version: int) -> str:
+    return f"{CHECKPOINT_DIR}/{version:0{_WIDTH}d}.json"
+
+
+def _version_of(name: str) -> int | None:
+    stem = name.rsplit("/", 1)[-1]
+    if not stem.endswith(".json") or stem.startswith("."):
+        return None
+    stem = stem[: -len(".json")]
+    return int(stem) if stem.isdigit() and len(stem) == _WIDTH else None
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One Parquet file of a dataset, as the log records it."""
+
+    path: str  # relative to the dataset root, e.g. "table/date=2024-01-01/<uuid>.parquet"
+    partition: str  # the Hive label, e.g. "date=2024-01-01"; "" when unpartitioned
+    num_rows: int
+    size: int
+    version: int = -1  # the version that added it
+    stats: Mapping[str, tuple[Any, Any, int]] = field(default_factory=dict)  # min, max, nulls
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "partition": self.partition,
+            "rows": self.num_rows,
+            "size": self.size,
+        }
+        if self.stats:
+            out["stats"] = {k: list(v) for k, v in self.stats.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], version: int) -> DataFile:
+        stats = {k: (v[0], v[1], v[2]) for k, v in data.get("stats", {}).items()}
+        return cls(data["path"], data["partition"], data["rows"], data["size"], version, stats)
+
+
+@dataclass(frozen=True)
+class IndexPart:
+    """A secondary-index file covering the files one commit added: rows (value, [labels])."""
+
+    column: str
+    path: str
+    version: int
+
+
+@dataclass
+class DatasetState:
+    """Everything known about one version of a dataset."""
+
+    version: int
+    timestamp: str
+    schema: pa.Schema
+    partition_on: list[str]
+    indices: list[str]
+    files: dict[str, DataFile]
+    index_parts: list[IndexPart]
+    dataset_id: str
+    origin: str = "hafen"  # "plateau" for a plateau dataset hafen has not committed to yet
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.files.values())
+
+    def live_index_parts(self, column: str) -> list[IndexPart]:
+        versions = {f.version for f in self.files.values()}
+        return [p for p in self.index_parts if p.column == column and p.version in versions]
+
+    def partition_values(self, label: str) -> dict[str, Any]:
+        from hafen.datasets._schema import parse_label
+
+        return {
+            col: decode_partition_value(text, self.schema.field(col).type)
+            for col, text in parse_label(label)
+        }
+
+    def copy(self) -> DatasetState:
+        return dataclasses.replace(self, files=dict(self.files), index_parts=list(self.index_parts))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "version": self.version,
+            "timestamp": self.timestamp,
+            "schema": schema_to_b64(self.schema),
+            "partition_on": self.partition_on,
+            "indices": self.indices,
+            "dataset_id": self.dataset_id,
+            "files": [dict(f.to_json(), version=f.version) for f in self.files.values()],
+            "index_parts": [dataclasses.asdict(p) for p in self.index_parts],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DatasetState:
+        files = {}
+        for item in data["files"]:
+            f = DataFile.from_json(item, item["version"])
+            files[f.path] = f
+        return cls(
+            version=data["version"],
+            timestamp=data["timestamp"],
+            schema=schema_from_b64(data["schema"]),
+            partition_on=list(data["partition_on"]),
+            indices=list(data["indices"]),
+            files=files,
+            index_parts=[IndexPart(**p) for p in data["index_parts"]],
+            dataset_id=data["dataset_id"],
+        )
+
+
+@dataclass
+class Commit:
+    """One log entry: what a commit does (actions) and what it relied on (read set)."""
+
+    operation: str  # create | append | overwrite | delete | import
+    adds: list[DataFile] = field(default_factory=list)
+    removes: list[tuple[str, str]] = field(default_factory=list)  # (path, partition label)
+    index_parts: list[IndexPart] = field(default_factory=list)
+    schema: pa.Schema | None = None  # set when the commit creates or changes the schema
+    metadata: dict[str, Any] | None = None  # partition_on, indices, dataset_id on create
+    partitions_read: list[str] | None = None  # labels whose content this commit depends on
+    parameters: dict[str, Any] = field(default_factory=dict)
+    commit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    version: int = -1
+    read_version: int = -1
+    timestamp: str = ""
+
+    def touched(self) -> set[str]:
+        """The partition labels this commit changed."""
+        return {f.partition for f in self.adds} | {label for _, label in self.removes}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "version": self.version,
+            "timestamp": self.timestamp,
+            "operation": self.operation,
+            "commit_id": self.commit_id,
+            "read_version": self.read_version,
+            "writer": f"hafen {__version__}",
+            "parameters": self.parameters,
+            "actions": [],
+        }
+        if self.partitions_read is not None:
+            out["partitions_read"] = sorted(self.partitions_read)
+        actions = out["actions"]
+        if self.metadata is not None:
+            actions.append({"metadata": self.metadata})
+        if self.schema is not None:
+            actions.append({"schema": schema_to_b64(self.schema)})
+        actions.extend({"remove": {"path": p, "partition": label}} for p, label in self.removes)
+        actions.extend({"add": f.to_json()} for f in self.adds)
+        actions.extend({"index": {"column": p.column, "path": p.path}} for p in self.index_parts)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Commit:
+        version = data["version"]
+        c = cls(
+            operation=data["operation"],
+            parameters=dict(data.get("parameters", {})),
+            commit_id=data["commit_id"],
+            version=version,
+            read_version=data.get("read_version", -1),
+            timestamp=data["timestamp"],
+            partitions_read=data.get("partitions_read"),
+        )
+        for action in data["actions"]:
+            ((kind, body),) = action.items()
+            if kind == "add":
+                c.adds.append(DataFile.from_json(body, version))
+            elif kind == "remove":
+                c.removes.append((body["path"], body["partition"]))
+            elif kind == "index":
+                c.index_parts.append(IndexPart(body["column"], body["path"], version))
+            elif kind == "schema":
+                c.schema = schema_from_b64(body)
+            elif kind == "metadata":
+                c.metadata = dict(body)
+            else:
+                raise ValueError(f"unknown action {kind!r}")
+        return c
+
+
+def replay(state: DatasetState | None, commits: Iterable[Commit]) -> DatasetState:
+    """Return the state after applying ``commits`` to ``state`` (which is left unchanged)."""
+    current = state.copy() if state is not None else None
+    for c in commits:
+        if current is None:
+            if c.metadata is None or c.schema is None:
+                raise CorruptMetadataError(
+                    f"log entry {c.version} does not create the dataset but no earlier one exists"
+                )
+            current = DatasetState(
+                version=c.version,
+                timestamp=c.timestamp,
+                schema=c.schema,
+                partition_on=list(c.metadata["partition_on"]),
+                indices=list(c.metadata["indices"]),
+                files={},
+                index_parts=[],
+                dataset_id=c.metadata["dataset_id"],
+            )
+        elif c.schema is not None:
+            current.schema = c.schema
+        if c.metadata is not None and current.version != c.version:
+            current.indices = list(c.metadata.get("indices", current.indices))
+        for path, _ in c.removes:
+            current.files.pop(path, None)
+        for f in c.adds:
+            current.files[f.path] = (
+                f if f.version == c.version else dataclasses.replace(f, version=c.version)
+            )
+        current.index_parts.extend(
+            p if p.version == c.version else dataclasses.replace(p, version=c.version)
+            for p in c.index_parts
+        )
+        current.version = c.version
+        current.timestamp = c.timestamp
+    if current is None:
+        raise DatasetNotFoundError("no log entries")
+    return current
+
+
+def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
+    """Return why ``mine`` conflicts with the commits that landed since it read; [] if it doesn't.
+
+    Appends never conflict. A commit that replaces or deletes (it has a read set) conflicts with
+    any landed commit that changed one of the partitions it read.
+    """
+    if mine.partitions_read is None:
+        return []
+    read = set(mine.partitions_read)
+    reasons = []
+    for other in landed:
+        if other.operation == "import":
+            continue
+        hit = read & other.touched()
+        if hit:
+            shown = ", ".join(sorted(repr(label or "<all>") for label in hit)[:5])
+            reasons.append(f"version {other.version} ({other.operation}) changed {shown}")
+    return reasons
+
+
+# -- reading the log ------------------------------------------------------------------------------
+
+
+def _parse(storage: Storage, path: str) -> dict[str, Any]:
+    raw = storage.read_bytes(path)
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or "version" not in data:
+            raise ValueError("not a hafen log object")
+        return data
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptMetadataError(
+            f"{storage.full(path)}: cannot be read ({type(exc).__name__}: {exc}); "
+            "the file is truncated or corrupt"
+        ) from exc
+
+
+def read_commit(storage: Storage, version: int) -> Commit:
+    path = log_path(version)
+    data = _parse(storage, path)
+    try:
+        commit_ = Commit.from_json(data)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CorruptMetadataError(f"{storage.full(path)}: malformed log entry ({exc})") from exc
+    if commit_.version != version:
+        raise CorruptMetadataError(
+            f"{storage.full(path)}: holds version {commit_.version}, expected {version}"
+        )
+    return commit_
+
+
+def list_versions(storage: Storage) -> list[int]:
+    found = (_version_of(info.path) for info in storage.list(LOG_DIR))
+    return sorted(v for v in found if v is not None)
+
+
+def list_checkpoints(storage: Storage) -> list[int]:
+    found = (_version_of(info.path) for info in storage.list(CHECKPOINT_DIR))
+    return sorted(v for v in found if v is not None)
+
+
+def read_checkpoint(storage: Storage, version: int) -> DatasetState:
+    path = checkpoint_path(version)
+    data = _parse(storage, path)
+    try:
+        return DatasetState.from_json(data)
+    except (KeyError, ValueError, TypeError, pa.ArrowInvalid) as exc:
+        raise CorruptMetadataError(f"{storage.full(path)}: malformed checkpoint ({exc})") from exc
+
+
+def load_state(
+    storage: Storage, version: int | None = None, *, versions: list[int] | None = None
+) -> DatasetState:
+    """Return the state at ``version`` (latest when None) from the newest checkpoint below it."""
+    versions = list_versions(storage) if versions is None else versions
+    if not versions:
+        from hafen.datasets._plateau import import_plateau
+
+        state = import_plateau(storage)
+        if state is None:
+            raise DatasetNotFoundError(f"no dataset at {storage.url}")
+        if version not in (None, 0):
+            raise VersionNotFoundError(
+                f"{storage.url}: version {version} does not exist; the only version is 0"
+            )
+        return state
+    latest = versions[-1]
+    target = latest if version is None else version
+    checkpoints = [c for c in list_checkpoints(storage) if c <= target]
+    base: DatasetState | None = None
+    start = versions[0]
+    if checkpoints:
+        base = read_checkpoint(storage, checkpoints[-1])
+        start = checkpoints[-1] + 1
+    if target > latest or target < 0 or (base is None and target < versions[0]):
+        raise VersionNotFoundError(
+            f"{storage.url}: version {target} does not exist; "
+            f"versions {versions[0]} to {latest} are available"
+        )
+    if base is None and start != 0:
+        raise VersionNotFoundError(
+            f"{storage.url}: version {target} was vacuumed; the oldest version is {versions[0]}"
+        )
+    present = set(versions)
+    missing = [v for v in range(start, target + 1) if v not in present]
+    if missing:
+        raise CorruptMetadataError(
+            f"{storage.full(log_path(missing[0]))}: log entry for version {missing[0]} is missing"
+        )
+    return replay(base, (read_commit(storage, v) for v in range(start, target + 1)))
+
+
+# -- committing ----------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def commit(
+    storage: Storage,
+    base: DatasetState | None,
+    plan: Callable[[DatasetState | None], Commit],
+    *,
+    retry_conflicts: bool = False,
+    max_attempts: int = 50,
+    checkpoint_interval: int = 100,
+) -> DatasetState:
+    """Land the commit ``plan(state)`` as the next version; return the new state.
+
+    ``plan`` builds the commit from the state it applies to; it is called again with fresh
+    state after a conflict when ``retry_conflicts`` is set. Raises :class:`ConflictError`
+    (nothing landed) or :class:`DatasetExistsError` when a create loses to another.
+    """
+    state = base
+    if state is not None and state.origin == "plateau":
+        state = _adopt_plateau(storage, state)
+    entry = plan(state)
+    for attempt in range(max_attempts):
+        entry.version = 0 if state is None else state.version + 1
+        entry.read_version = -1 if state is None else state.version
+        entry.timestamp = _now()
+        payload = json.dumps(entry.to_json(), separators=(",", ":")).encode()
+        try:
+            created = storage.put_if_absent(log_path(entry.version), payload)
+        except StorageError as exc:
+            raise CommitOutcomeUnknownError(
+                f"{storage.full(log_path(entry.version))}: the commit may or may not have "
+                f"landed: {exc}"
+            ) from exc
+        if created:
+            new_state = replay(state, [entry])
+            if entry.version > 0 and entry.version % checkpoint_interval == 0:
+                write_checkpoint(storage, new_state)
+            return new_state
+        if state is None:
+            raise DatasetExistsError(f"a dataset was created at {storage.url} concurrently")
+        landed_versions = [v for v in list_versions(storage) if v > state.version]
+        landed = [read_commit(storage, v) for v in landed_versions]
+        reasons = conflicts(entry, landed)
+        fresh = replay(state, landed)
+        if reasons:
+            if not retry_conflicts:
+                raise ConflictError(
+                    f"{storage.url}: {entry.operation} based on version {state.version} "
+                    f"conflicts with concurrent commits: {'; '.join(reasons)}"
+                )
+            entry = plan(fresh)
+        elif entry.schema is not None and fresh.schema != state.schema:
+            entry = plan(fresh)
+        state = fresh
+        time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+    raise ConflictError(
+        f"{storage.url}: gave up after {max_attempts} attempts to commit under contention"
+    )
+
+
+def _adopt_plateau(storage: Storage, state: DatasetState) -> DatasetState:
+    """Record a plateau dataset's current content as version 0 of a hafen log."""
+    entry = Commit(
+        operation="import",
+        adds=list(state.files.values()),
+        index_parts=list(state.index_parts),
+        schema=state.schema,
+        metadata={
+            "partition_on": state.partition_on,
+            "indices": state.indices,
+            "dataset_id": state.dataset_id,
+        },
+        parameters={"source": "plateau"},
+        version=0,
+        timestamp=_now(),
+    )
+    payload = json.dumps(entry.to_json(), separators=(",", ":")).encode()
+    storage.put_if_absent(log_path(0), payload)
+    return load_state(storage)
+
+
+def write_checkpoint(storage: Storage, state: DatasetState) -> None:
+    payload = json.dumps(state.to_json(), separators=(",", ":")).encode()
+    storage.write_bytes(checkpoint_path(state.version), payload)

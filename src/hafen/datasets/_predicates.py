@@ -1,0 +1,257 @@
+"""Predicates in disjunctive normal form: validation, Arrow expressions, and file pruning.
+
+A predicate is a list of AND-lists of ``(column, op, value)`` literals; a row matches when any
+AND-list matches. The semantics are those of a pandas filter: ``==``, ``<``, ``<=``, ``>``,
+``>=`` and ``in`` never match a null, while ``!=`` and ``not in`` do (pandas' ``NaN != x`` is
+True). ``("c", "==", None)`` matches nulls, ``("c", "!=", None)`` non-nulls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hafen.errors import PredicateError
+
+__all__ = ["OPS", "Literal", "normalize_predicates", "to_expression"]
+
+OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
+_SET_OPS = ("in", "not in")
+
+
+@dataclass(frozen=True)
+class Literal:
+    """One ``(column, op, value)`` term, its value coerced to the column's type."""
+
+    column: str
+    op: str
+    value: Any  # a Python scalar, or a tuple of them for set ops; None means null
+
+    def matches(self, actual: Any) -> bool:
+        """Evaluate the literal on one (partition) value with pandas semantics."""
+        if self.op == "in":
+            return any(_equal(actual, v) for v in self.value)
+        if self.op == "not in":
+            return actual is None or not any(_equal(actual, v) for v in self.value)
+        if self.value is None:
+            return (actual is None) == (self.op == "==")
+        if actual is None:
+            return self.op == "!="
+        if self.op == "==":
+            return _equal(actual, self.value)
+        if self.op == "!=":
+            return not _equal(actual, self.value)
+        a, b = _comparable(actual), _comparable(self.value)
+        return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[self.op]
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | pd.Timestamp):
+        return pd.Timestamp(value)
+    return value
+
+
+def _equal(actual: Any, value: Any) -> bool:
+    if actual is None or value is None:
+        return actual is None and value is None
+    return bool(_comparable(actual) == _comparable(value))
+
+
+def _value_type(type_: pa.DataType) -> pa.DataType:
+    return type_.value_type if pa.types.is_dictionary(type_) else type_
+
+
+def _is_null(value: Any) -> bool:
+    if value is None or value is pd.NaT or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _coerce(column: str, value: Any, type_: pa.DataType) -> Any:
+    """Return ``value`` as a Python scalar of ``type_``, or raise naming the column."""
+    if _is_null(value):
+        return None
+    t = _value_type(type_)
+    if isinstance(value, np.generic):
+        value = value.item()
+    try:
+        if pa.types.is_timestamp(t):
+            stamp = pd.Timestamp(value)
+            if (stamp.tzinfo is None) != (t.tz is None):
+                raise PredicateError(
+                    f"predicate on column {column!r}: {value!r} is "
+                    f"{'naive' if stamp.tzinfo is None else 'time zone aware'}, the column is "
+                    f"{'naive' if t.tz is None else f'in time zone {t.tz}'}"
+                )
+            return stamp.to_pydatetime() if t.tz is None else stamp.tz_convert(t.tz).to_pydatetime()
+        if pa.types.is_date(t):
+            if isinstance(value, dt.datetime | pd.Timestamp):
+                return pd.Timestamp(value).date()
+            if isinstance(value, str):
+                return dt.date.fromisoformat(value)
+        if isinstance(value, bool) and not pa.types.is_boolean(t):
+            raise TypeError("a bool")
+        scalar = pa.scalar(value, type=t)
+    except PredicateError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+        raise PredicateError(
+            f"predicate on column {column!r}: {value!r} is not a valid {t} ({exc})"
+        ) from exc
+    result = scalar.as_py()
+    if isinstance(result, decimal.Decimal):
+        return result
+    return result
+
+
+def normalize_predicates(
+    predicates: Sequence[Sequence[Sequence[Any]]] | None, schema: pa.Schema
+) -> list[list[Literal]] | None:
+    """Validate ``predicates`` against ``schema`` and coerce their values; None means no filter.
+
+    Raises :class:`PredicateError` naming the column, operator or value at fault.
+    """
+    if predicates is None:
+        return None
+    if isinstance(predicates, tuple) or not isinstance(predicates, Sequence):
+        raise PredicateError(
+            "predicates must be a list of AND-lists of (column, op, value), e.g. "
+            "[[('date', '>=', d0), ('store_id', 'in', [1, 2])]]"
+        )
+    result: list[list[Literal]] = []
+    for conjunction in predicates:
+        if isinstance(conjunction, tuple) or not isinstance(conjunction, Sequence):
+            raise PredicateError(
+                f"each OR-term must be a list of (column, op, value), got {conjunction!r}"
+            )
+        if not conjunction:
+            raise PredicateError("an AND-list of predicates is empty")
+        literals = []
+        for term in conjunction:
+            if not isinstance(term, Sequence) or isinstance(term, str) or len(term) != 3:
+                raise PredicateError(f"a predicate must be (column, op, value), got {term!r}")
+            column, op, value = term
+            if op not in OPS:
+                raise PredicateError(
+                    f"predicate on column {column!r}: unknown operator {op!r}; use one of {', '.join(OPS)}"
+                )
+            index = schema.get_field_index(column) if isinstance(column, str) else -1
+            if index < 0:
+                raise PredicateError(
+                    f"predicate on unknown column {column!r}; the dataset has "
+                    + ", ".join(schema.names)
+                )
+            type_ = schema.field(index).type
+            if op in _SET_OPS:
+                if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+                    raise PredicateError(
+                        f"predicate on column {column!r}: {op!r} needs a list of values, got {value!r}"
+                    )
+                coerced: Any = tuple(_coerce(column, v, type_) for v in value)
+            else:
+                coerced = _coerce(column, value, type_)
+                if coerced is None and op not in ("==", "!="):
+                    raise PredicateError(
+                        f"predicate on column {column!r}: {op!r} cannot compare with null"
+                    )
+            literals.append(Literal(column, op, coerced))
+        result.append(literals)
+    if not result:
+        raise PredicateError("predicates are an empty list; pass None for no filter")
+    return result
+
+
+def _literal_expression(lit: Literal, type_: pa.DataType) -> pc.Expression:
+    field = pc.field(lit.column)
+    t = _value_type(type_)
+    if lit.op in _SET_OPS:
+        values = [v for v in lit.value if v is not None]
+        has_null = len(values) != len(lit.value)
+        member = field.isin(pa.array(values, type=t)) if values else pc.scalar(False)
+        if has_null:
+            member = member | field.is_null()
+        if lit.op == "in":
+            return member
+        return ~member | field.is_null() if not has_null else ~member
+    if lit.value is None:
+        return field.is_null() if lit.op == "==" else field.is_valid()
+    scalar = pa.scalar(lit.value, type=t)
+    expr = {
+        "==": field == scalar,
+        "!=": field != scalar,
+        "<": field < scalar,
+        "<=": field <= scalar,
+        ">": field > scalar,
+        ">=": field >= scalar,
+    }[lit.op]
+    if lit.op == "!=":
+        expr = expr | field.is_null()
+    return expr
+
+
+def to_expression(predicates: list[list[Literal]], schema: pa.Schema) -> pc.Expression:
+    """Return the Arrow expression of normalized ``predicates``.
+
+    A comparison with a null yields null, which a filter drops like False; since DNF has no
+    negation outside the literals, that is exactly pandas' semantics.
+    """
+    disjunction = None
+    for conjunction in predicates:
+        expr = None
+        for lit in conjunction:
+            term = _literal_expression(lit, schema.field(lit.column).type)
+            expr = term if expr is None else expr & term
+        disjunction = expr if disjunction is None else disjunction | expr
+    assert disjunction is not None
+    return disjunction
+
+
+def could_match(
+    conjunction: list[Literal], partition: dict[str, Any], stats: dict[str, Any]
+) -> bool:
+    """Whether a file with these partition values and column statistics may hold matching rows.
+
+    ``stats`` maps a column to ``(min, max, null_count)``; absent columns are unknown.
+    """
+    for lit in conjunction:
+        if lit.column in partition:
+            if not lit.matches(partition[lit.column]):
+                return False
+            continue
+        stat = stats.get(lit.column)
+        if stat is None:
+            continue
+        lo, hi, nulls = stat
+        if lo is None or hi is None:
+            continue
+        if lit.value is None or lit.op in ("!=", "not in"):
+            continue
+        try:
+            lo, hi = _comparable(lo), _comparable(hi)
+            if lit.op == "in":
+                if not any(
+                    v is not None and lo <= _comparable(v) <= hi for v in lit.value
+                ) and not (nulls and any(v is None for v in lit.value)):
+                    return False
+                continue
+            v = _comparable(lit.value)
+            if (
+                (lit.op == "==" and not lo <= v <= hi)
+                or (lit.op == "<" and not lo < v)
+                or (lit.op == "<=" and not lo <= v)
+                or (lit.op == ">" and not hi > v)
+                or (lit.op == ">=" and not hi >= v)
+            ):
+                return False
+        except TypeError:
+            continue
+    return True

@@ -1,0 +1,272 @@
+"""Storage: one fsspec filesystem rooted at a dataset URL, with one atomic primitive.
+
+Every guarantee of the commit log rests on :meth:`Storage.put_if_absent`, an exclusive create
+that either writes the whole object or fails because it already exists:
+
+=========  ==========================================================================
+backend    primitive
+=========  ==========================================================================
+local      write a temporary file, then ``os.link`` it to the target (fails if taken)
+memory     check and set under a process-wide lock (``memory://`` is one process)
+az, abfs   a conditional upload (``If-None-Match: *``) through adlfs
+s3         a conditional PUT (``If-None-Match: *``) through s3fs
+=========  ==========================================================================
+
+Everything else (writing data files, listing, deleting) needs no atomicity: data files get
+unique names and become visible only through a log entry. All backend errors are translated to
+:class:`~hafen.errors.StorageError` in :func:`map_storage_errors`, naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow.fs as pafs
+
+from hafen.errors import HafenError, StorageError
+
+__all__ = ["FileInfo", "Storage", "map_storage_errors"]
+
+_MEMORY_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def map_storage_errors(path: str) -> Iterator[None]:
+    """Translate backend errors into :class:`StorageError` naming ``path``."""
+    try:
+        yield
+    except HafenError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
+        raise StorageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # SDK errors (azure.core, botocore) share no base class
+        if type(exc).__module__.split(".")[0] in {"azure", "botocore", "aiohttp", "s3fs", "adlfs"}:
+            raise StorageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        raise
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A stored object: its path relative to the storage root, size and modification time."""
+
+    path: str
+    size: int
+    modified: dt.datetime | None
+
+
+def _modified(info: dict[str, Any]) -> dt.datetime | None:
+    for key in ("mtime", "last_modified", "LastModified", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, int | float):
+            return dt.datetime.fromtimestamp(value, tz=dt.UTC)
+        if isinstance(value, dt.datetime):
+            return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        if isinstance(value, str):
+            parsed = dt.datetime.fromisoformat(value)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return None
+
+
+class Storage:
+    """A filesystem rooted at ``url``; all paths given to its methods are relative to that root."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url.rstrip("/")
+        options = dict(storage_options or {})
+        with map_storage_errors(self.url):
+            fs, root = fsspec.core.url_to_fs(self.url, **options)
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.root: str = root.rstrip("/")
+        self.storage_options = options
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.protocol: str = {"abfs": "az", "abfss": "az", "s3a": "s3"}.get(protocol, protocol)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Storage, (self.url, self.storage_options))
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def full(self, path: str) -> str:
+        """Return the backend path of ``path``."""
+        return f"{self.root}/{path}" if path else self.root
+
+    def relative(self, full_path: str) -> str:
+        full_path = full_path.rstrip("/")
+        prefix = self.root + "/"
+        if full_path.startswith(prefix):
+            return full_path[len(prefix) :]
+        # some backends drop a leading slash in listings
+        stripped = prefix.lstrip("/")
+        if full_path.startswith(stripped):
+            return full_path[len(stripped) :]
+        return full_path
+
+    def sibling(self, suffix: str) -> str:
+        """Return the backend path of a file beside the root: ``ROOT`` + ``suffix``."""
+        return self.root + suffix
+
+    @property
+    def arrow_filesystem(self) -> pafs.FileSystem:
+        """A pyarrow filesystem over the same backend (native for local files)."""
+        if self.protocol == "file":
+            return pafs.LocalFileSystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+
+    # -- reading and writing -------------------------------------------------------------------
+
+    def read_bytes(self, path: str) -> bytes:
+        full = self.full(path)
+        with map_storage_errors(full):
+            return self.fs.cat_file(full)
+
+    def read_full(self, full_path: str) -> bytes:
+        with map_storage_errors(full_path):
+            return self.fs.cat_file(full_path)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path``, replacing it; atomic on local files (rename)."""
+        self.write_full(self.full(path), data)
+
+    def write_full(self, full_path: str, data: bytes) -> None:
+        with map_storage_errors(full_path):
+            if self.protocol == "file":
+                directory = os.path.dirname(full_path)
+                os.makedirs(directory, exist_ok=True)
+                tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, full_path)
+            else:
+                self.fs.pipe_file(full_path, data)
+
+    def put_if_absent(self, path: str, data: bytes) -> bool:
+        """Create ``path`` with ``data`` only if it does not exist; return whether it was created.
+
+        The create is all-or-nothing: a reader never sees part of ``data``.
+        """
+        full = self.full(path)
+        with map_storage_errors(full):
+            if self.protocol == "file":
+                return self._put_if_absent_local(full, data)
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    if self.fs.exists(full):
+                        return False
+                    self.fs.pipe_file(full, data)
+                    return True
+            if self.protocol == "az":
+                return self._put_if_absent_azure(full, data)
+            if self.protocol == "s3":
+                return self._put_if_absent_s3(full, data)
+        raise StorageError(
+            f"{self.url}: the {self.protocol!r} backend has no exclusive create; "
+            "hafen supports local paths, memory://, az:// / abfs:// and s3://"
+        )
+
+    @staticmethod
+    def _put_if_absent_local(full: str, data: bytes) -> bool:
+        directory = os.path.dirname(full)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, full)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
+    def _put_if_absent_azure(self, full: str, data: bytes) -> bool:
+        try:
+            self.fs.pipe_file(full, data, overwrite=False)
+        except FileExistsError:
+            return False
+        except Exception as exc:
+            if type(exc).__name__ in {"ResourceExistsError", "ResourceModifiedError"}:
+                return False
+            raise
+        return True
+
+    def _put_if_absent_s3(self, full: str, data: bytes) -> bool:
+        try:
+            self.fs.pipe_file(full, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def exists(self, path: str) -> bool:
+        full = self.full(path)
+        with map_storage_errors(full):
+            return bool(self.fs.exists(full))
+
+    def exists_full(self, full_path: str) -> bool:
+        with map_storage_errors(full_path):
+            return bool(self.fs.exists(full_path))
+
+    def list(self, path: str) -> list[FileInfo]:
+        """List the files directly in directory ``path`` (empty if it does not exist)."""
+        full = self.full(path)
+        with map_storage_errors(full):
+            try:
+                entries = self.fs.ls(full, detail=True)
+            except FileNotFoundError:
+                return []
+        return [
+            FileInfo(self.relative(e["name"]), int(e.get("size") or 0), _modified(e))
+            for e in entries
+            if e.get("type") != "directory"
+        ]
+
+    def walk(self, path: str) -> list[FileInfo]:
+        """List every file below directory ``path``, recursively."""
+        full = self.full(path)
+        with map_storage_errors(full):
+            try:
+                found = self.fs.find(full, detail=True)
+            except FileNotFoundError:
+                return []
+        return [
+            FileInfo(self.relative(name), int(e.get("size") or 0), _modified(e))
+            for name, e in found.items()
+            if e.get("type") != "directory"
+        ]
+
+    def size(self, path: str) -> int:
+        full = self.full(path)
+        with map_storage_errors(full):
+            return int(self.fs.size(full))
+
+    def delete(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        full = [self.full(p) for p in paths]
+        with map_storage_errors(full[0]):
+            try:
+                self.fs.rm(full)
+            except FileNotFoundError:
+                for one in full:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm_file(one)
+
+    def makedirs(self, path: str) -> None:
+        if self.protocol == "file":
+            os.makedirs(self.full(path), exist_ok=True)

@@ -1,0 +1,328 @@
+"""Staging: writing Parquet files that no version references yet.
+
+Files are written under ``table/<partition>/<uuid>.parquet`` without their partition columns
+(as Kartothek does); they become part of the dataset only when a commit adds them. Staging is
+what runs in parallel (on Dask workers, in database extraction tasks); the commit runs once.
+Secondary-index entries are collected while the files are written, so building an index takes
+no second pass over the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hafen.datasets._log import DataFile
+from hafen.datasets._schema import partition_label
+from hafen.datasets._storage import Storage, map_storage_errors
+
+__all__ = ["StagedWrite", "StagingWriter", "stage_table"]
+
+DEFAULT_ROW_GROUP_SIZE = 256 * 1024
+DEFAULT_MAX_ROWS_PER_FILE = 8 * 1024 * 1024
+_MAX_STAT_STRING = 64
+_COMPRESSION = "snappy"
+
+
+@dataclass
+class StagedWrite:
+    """Files written but not yet committed, with the index entries collected on the way.
+
+    Small and picklable: it travels from the task that wrote the files to the one commit.
+    """
+
+    files: list[DataFile] = field(default_factory=list)
+    schema: pa.Schema | None = None
+    index_entries: dict[str, pa.Table] = field(default_factory=dict)  # column -> (value, label)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+    @staticmethod
+    def combine(parts: Iterable[StagedWrite]) -> StagedWrite:
+        out = StagedWrite()
+        entries: dict[str, list[pa.Table]] = {}
+        for part in parts:
+            out.files.extend(part.files)
+            out.schema = out.schema or part.schema
+            for column, table in part.index_entries.items():
+                entries.setdefault(column, []).append(table)
+        out.index_entries = {c: pa.concat_tables(ts) for c, ts in entries.items()}
+        return out
+
+
+def file_label(path: str) -> str:
+    """Return plateau's label of a data file: its path below ``table/`` without the suffix."""
+    return path[len("table/") : -len(".parquet")]
+
+
+def _stat_value(value: Any, type_: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, pd.Timestamp | dt.datetime):
+        # fixed-width UTC text, so that text order is time order when statistics are merged
+        stamp = pd.Timestamp(value)
+        if getattr(type_, "tz", None) is not None:
+            stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return stamp.isoformat(timespec="nanoseconds")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return value if len(value) <= _MAX_STAT_STRING else None
+    if isinstance(value, bool | int | float):
+        return value
+    return None
+
+
+def _stats_supported(type_: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(type_)
+        or pa.types.is_floating(type_)
+        or pa.types.is_date(type_)
+        or pa.types.is_timestamp(type_)
+        or pa.types.is_string(type_)
+        or pa.types.is_large_string(type_)
+    )
+
+
+def column_stats(table: pa.Table) -> dict[str, tuple[Any, Any, int]]:
+    """Return ``column -> (min, max, null_count)`` as JSON-ready values for prunable columns."""
+    stats = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not _stats_supported(column.type) or column.null_count == len(column):
+            continue
+        mm = pc.min_max(column)
+        lo = _stat_value(mm["min"].as_py(), column.type)
+        hi = _stat_value(mm["max"].as_py(), column.type)
+        if lo is not None and hi is not None:
+            stats[name] = (lo, hi, column.null_count)
+    return stats
+
+
+def split_by_partition(
+    table: pa.Table, partition_on: Sequence[str]
+) -> list[tuple[tuple[Any, ...], pa.Table]]:
+    """Split ``table`` into ``(partition values, rows without partition columns)`` groups."""
+    if not partition_on:
+        return [((), table)]
+    keys = table.select(list(partition_on))
+    keys = pa.table(
+        {
+            name: (col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col)
+            for name, col in zip(keys.column_names, keys.columns, strict=True)
+        }
+    )
+    rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    grouped = (
+        keys.append_column("__hafen_row", rows)
+        .group_by(list(partition_on), use_threads=False)
+        .aggregate([("__hafen_row", "list")])
+    )
+    data = table.drop_columns(list(partition_on))
+    groups = []
+    row_lists = grouped.column("__hafen_row_list")
+    key_columns = [grouped.column(c).to_pylist() for c in partition_on]
+    for i in range(grouped.num_rows):
+        values = tuple(col[i] for col in key_columns)
+        indices = row_lists[i].values
+        groups.append((values, data.take(indices)))
+    return groups
+
+
+def _write_file(
+    storage: Storage,
+    path: str,
+    table: pa.Table,
+    row_group_size: int,
+) -> int:
+    full = storage.full(path)
+    fs = storage.arrow_filesystem
+    with map_storage_errors(full):
+        if storage.protocol == "file":
+            fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(full) as sink:
+            pq.write_table(
+                table,
+                sink,
+                row_group_size=row_group_size,
+                compression=_COMPRESSION,
+                write_statistics=True,
+            )
+            return sink.tell()
+
+
+def _index_entries(table: pa.Table, indices: Sequence[str], label: str) -> dict[str, pa.Table]:
+    out = {}
+    for column in indices:
+        values = pc.unique(table.column(column)).drop_null()
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        out[column] = pa.table({"value": values, "label": pa.array([label] * len(values))})
+    return out
+
+
+def stage_table(
+    storage: Storage,
+    table: pa.Table,
+    *,
+    partition_on: Sequence[str] = (),
+    indices: Sequence[str] = (),
+    max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    max_workers: int | None = None,
+) -> StagedWrite:
+    """Write ``table`` (already conformed to the dataset schema) as staged files."""
+    jobs: list[tuple[str, str, pa.Table, tuple[Any, ...]]] = []
+    for values, part in split_by_partition(table, partition_on):
+        label = partition_label(partition_on, values)
+        for start in range(0, max(part.num_rows, 1), max_rows_per_file):
+            chunk = part.slice(start, max_rows_per_file)
+            if chunk.num_rows == 0 and table.num_rows > 0:
+                continue
+            name = uuid.uuid4().hex
+            path = f"table/{label}/{name}.parquet" if label else f"table/{name}.parquet"
+            jobs.append((path, label, chunk, values))
+
+    def run(
+        job: tuple[str, str, pa.Table, tuple[Any, ...]],
+    ) -> tuple[DataFile, dict[str, pa.Table]]:
+        path, label, chunk, _ = job
+        size = _write_file(storage, path, chunk, row_group_size)
+        entry = DataFile(path, label, chunk.num_rows, size, -1, column_stats(chunk))
+        return entry, _index_entries(chunk, indices, file_label(path))
+
+    if len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=max_workers or min(8, len(jobs))) as pool:
+            results = list(pool.map(run, jobs))
+    else:
+        results = [run(job) for job in jobs]
+    staged = StagedWrite(schema=table.schema)
+    entries: dict[str, list[pa.Table]] = {}
+    for entry, idx in results:
+        staged.files.append(entry)
+        for column, t in idx.items():
+            entries.setdefault(column, []).append(t)
+    staged.index_entries = {c: pa.concat_tables(ts) for c, ts in entries.items()}
+    return staged
+
+
+class StagingWriter:
+    """Stream record batches into staged files, one open file per partition.
+
+    >>> with StagingWriter(storage, schema, partition_on=["date"]) as w:  # doctest: +SKIP
+    ...     for batch in batches:
+    ...         w.write(batch)
+    >>> staged = w.staged
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        schema: pa.Schema,
+        *,
+        partition_on: Sequence[str] = (),
+        indices: Sequence[str] = (),
+        max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE,
+        row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    ) -> None:
+        self.storage = storage
+        self.schema = schema
+        self.partition_on = list(partition_on)
+        self.indices = list(indices)
+        self.max_rows_per_file = max_rows_per_file
+        self.row_group_size = row_group_size
+        self.staged = StagedWrite(schema=schema)
+        self._file_schema = pa.schema([f for f in schema if f.name not in self.partition_on])
+        self._open: dict[str, tuple[str, pq.ParquetWriter, Any, list[pa.Table]]] = {}
+        self._rows: dict[str, int] = {}
+        self._entries: dict[str, list[pa.Table]] = {}
+
+    def __enter__(self) -> StagingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+        for values, part in split_by_partition(table, self.partition_on):
+            label = partition_label(self.partition_on, values)
+            self._write_part(label, part)
+
+    def _write_part(self, label: str, part: pa.Table) -> None:
+        if label not in self._open:
+            name = uuid.uuid4().hex
+            path = f"table/{label}/{name}.parquet" if label else f"table/{name}.parquet"
+            full = self.storage.full(path)
+            fs = self.storage.arrow_filesystem
+            with map_storage_errors(full):
+                if self.storage.protocol == "file":
+                    fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+                sink = fs.open_output_stream(full)
+                writer = pq.ParquetWriter(sink, self._file_schema, compression=_COMPRESSION)
+            self._open[label] = (path, writer, sink, [])
+            self._rows[label] = 0
+        path, writer, sink, chunks = self._open[label]
+        with map_storage_errors(self.storage.full(path)):
+            writer.write_table(part, row_group_size=self.row_group_size)
+        chunks.append(_summary(part, self.indices))
+        self._rows[label] += part.num_rows
+        if self._rows[label] >= self.max_rows_per_file:
+            self._finish(label)
+
+    def _finish(self, label: str) -> None:
+        path, writer, sink, chunks = self._open.pop(label)
+        with map_storage_errors(self.storage.full(path)):
+            writer.close()
+            size = sink.tell()
+            sink.close()
+        stats: dict[str, tuple[Any, Any, int]] = {}
+        for summary in chunks:
+            for column, (lo, hi, nulls) in summary["stats"].items():
+                if column in stats:
+                    a, b, n = stats[column]
+                    stats[column] = (min(a, lo), max(b, hi), n + nulls)
+                else:
+                    stats[column] = (lo, hi, nulls)
+        self.staged.files.append(DataFile(path, label, self._rows.pop(label), size, -1, stats))
+        flabel = file_label(path)
+        for column in self.indices:
+            values = pa.concat_arrays([s["index"][column] for s in chunks]) if chunks else None
+            if values is None:
+                continue
+            values = pc.unique(values)
+            self._entries.setdefault(column, []).append(
+                pa.table({"value": values, "label": pa.array([flabel] * len(values))})
+            )
+
+    def close(self) -> StagedWrite:
+        for label in list(self._open):
+            self._finish(label)
+        self.staged.index_entries = {c: pa.concat_tables(ts) for c, ts in self._entries.items()}
+        return self.staged
+
+
+def _summary(part: pa.Table, indices: Sequence[str]) -> dict[str, Any]:
+    index = {}
+    for column in indices:
+        values = pc.unique(part.column(column)).drop_null()
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        index[column] = values
+    return {"stats": column_stats(part), "index": index}
