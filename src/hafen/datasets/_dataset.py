@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import uuid
@@ -273,7 +274,7 @@ class Dataset:
     def read(
         self, columns: Sequence[str] | None = None, predicates: Predicates = None
     ) -> pd.DataFrame:
-        """Return the rows matching ``predicates`` as a pandas DataFrame (see :meth:`read_arrow`)."""
+        """Return the rows matching ``predicates`` as a pandas DataFrame (see ``read_arrow``)."""
         return self.read_arrow(columns, predicates).to_pandas()
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -681,10 +682,8 @@ def _write_index_parts(
 
 
 def _discard(storage: Storage, staged: StagedWrite) -> None:
-    try:
+    with contextlib.suppress(StorageError):  # else vacuum removes them after the grace period
         storage.delete([f.path for f in staged.files])
-    except StorageError:
-        pass  # vacuum removes them after the grace period
 
 
 def _commit(

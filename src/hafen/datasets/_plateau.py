@@ -223,7 +223,7 @@ def _write_view_once(storage: Storage, state: DatasetState) -> None:
 
 
 def _with_pandas_metadata(schema: pa.Schema) -> pa.Schema:
-    """plateau reads its pandas metadata from ``_common_metadata``; add it without changing types."""
+    """Add the pandas metadata plateau reads from ``_common_metadata``, keeping the types."""
     empty = schema.empty_table().to_pandas()
     try:
         return pa.Table.from_pandas(empty, schema=schema, preserve_index=False).schema

@@ -142,7 +142,8 @@ def normalize_predicates(
             column, op, value = term
             if op not in OPS:
                 raise PredicateError(
-                    f"predicate on column {column!r}: unknown operator {op!r}; use one of {', '.join(OPS)}"
+                    f"predicate on column {column!r}: unknown operator {op!r}; "
+                    f"use one of {', '.join(OPS)}"
                 )
             index = schema.get_field_index(column) if isinstance(column, str) else -1
             if index < 0:
@@ -154,7 +155,8 @@ def normalize_predicates(
             if op in _SET_OPS:
                 if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
                     raise PredicateError(
-                        f"predicate on column {column!r}: {op!r} needs a list of values, got {value!r}"
+                        f"predicate on column {column!r}: {op!r} needs a list of values, "
+                        f"got {value!r}"
                     )
                 coerced: Any = tuple(_coerce(column, v, type_) for v in value)
             else:

@@ -30,7 +30,7 @@ NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 
 
 def to_arrow(data: Any) -> pa.Table:
-    """Return ``data`` (a pandas DataFrame or pyarrow Table) as a Table, without its pandas index."""
+    """Return ``data`` (a DataFrame or a pyarrow Table) as a Table, without its pandas index."""
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, pa.RecordBatch):
