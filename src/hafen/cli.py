@@ -40,3 +40,21 @@ def main() -> None:
 @main.group(cls=_Group)
 def dataset() -> None:
     """Inspect and maintain datasets."""
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+@main.command("limits")
+@click.option(
+    "--scheduler",
+    "address",
+    default=None,
+    metavar="ADDRESS",
+    help="Scheduler address (default: the HAFEN_SCHEDULER setting).",
+)
+def limits_command(address: str | None) -> None:
+    """Show the cluster-wide limits held on the scheduler."""
+    from hafen.cluster._cli import limits_table
+
+    console.print(limits_table(address))

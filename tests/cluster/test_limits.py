@@ -1,0 +1,323 @@
+"""Cluster-wide limits on a process-based LocalCluster (2 workers x 4 threads, real processes).
+
+Each test uses its own limit names, so they share one cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from click.testing import CliRunner
+from distributed import Client, wait
+
+import dask
+import hafen
+from hafen.cli import main
+from hafen.errors import LeaseTimeoutError, LimitError
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _info(client: Client, name: str) -> dict:
+    return hafen.limits(client=client)[name]
+
+
+def flaky(path: str) -> str:
+    """Fails the first time it runs (per ``path``), succeeds after."""
+    marker = Path(path)
+    if not marker.exists():
+        marker.write_text("failed once")
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+def leased(path: str, name: str, duration: float) -> str:
+    with hafen.lease(name) as lease_id:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"start {time.time():.6f} lease\n".encode())
+        os.close(fd)
+        time.sleep(duration)
+    return lease_id
+
+
+def test_never_more_than_the_limit_run_at_once(client_2x4, task_log):
+    hafen.set_limit("overlap3", concurrency=3, client=client_2x4)
+    with dask.annotate(limits=["overlap3"]):
+        futures = client_2x4.map(task_log.task, range(200), path=task_log.path, duration=0.03)
+    assert client_2x4.gather(futures) == [2 * i for i in range(200)]
+    assert len(task_log.starts()) == 200
+    assert task_log.max_overlap() == 3
+    info = _info(client_2x4, "overlap3")
+    assert info["granted"] == 200
+    assert info["in_use"] == 0 and info["waiting"] == 0
+
+
+def test_unknown_limit_and_bad_annotations_are_rejected_at_submission(client_2x4, task_log):
+    hafen.set_limit("known", concurrency=1, client=client_2x4)
+    with dask.annotate(limits=["known", "no-such-limit"]):
+        unknown = client_2x4.submit(task_log.task, 1, task_log.path, 0.0, pure=False)
+    with dask.annotate(limits=42):
+        malformed = client_2x4.submit(task_log.task, 2, task_log.path, 0.0, pure=False)
+    with pytest.raises(LimitError, match=r"unknown limit.*'no-such-limit'.*known:.*known"):
+        unknown.result(timeout=30)
+    with pytest.raises(LimitError, match="must be a limit name or a list"):
+        malformed.result(timeout=30)
+    assert task_log.starts() == []  # neither ever reached a worker
+    assert _info(client_2x4, "known")["in_use"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"concurrency": -1}, "concurrency must be >= 0, got -1"),
+        ({"concurrency": 2.5}, "concurrency must be an integer"),
+        ({"rate": "20 per second"}, "invalid rate '20 per second'"),
+        ({"rate": "0/s"}, "must be positive"),
+        ({"rate": -3}, "must be positive"),
+        ({"concurrency": 1, "burst": 0}, "burst must be >= 1"),
+        ({}, "give concurrency=, rate= or both"),
+    ],
+)
+def test_bad_settings_are_rejected(client_2x4, kwargs, message):
+    with pytest.raises(LimitError, match=message):
+        hafen.set_limit("bad", client=client_2x4, **kwargs)
+
+
+def test_bad_settings_are_rejected_by_the_scheduler_too(client_2x4):
+    """A client that skips validation still gets a clear LimitError from the scheduler."""
+
+    async def raw():
+        return await client_2x4.scheduler.hafen_limits_set(name="x", concurrency=-2)
+
+    with pytest.raises(LimitError, match="concurrency must be >= 0"):
+        client_2x4.sync(raw)
+    with pytest.raises(LimitError, match="invalid limit name"):
+        hafen.set_limit("has space", concurrency=1, client=client_2x4)
+
+
+def test_resizing_from_2_to_6_takes_effect_at_once(client_2x4, task_log, wait_for):
+    hafen.set_limit("resize", concurrency=2, client=client_2x4)
+    with dask.annotate(limits="resize"):
+        futures = client_2x4.map(task_log.task, range(14), path=task_log.path, duration=1.0)
+    wait_for(lambda: _info(client_2x4, "resize")["in_use"] == 2, 10, message="2 running")
+    assert _info(client_2x4, "resize")["waiting"] == 12
+    hafen.set_limit("resize", concurrency=6, client=client_2x4)
+    took = wait_for(lambda: _info(client_2x4, "resize")["in_use"] == 6, 2.0, message="6 running")
+    assert took < 1.0
+    client_2x4.gather(futures)
+    assert task_log.max_overlap() == 6
+
+
+def test_a_failed_task_frees_its_slot_and_takes_one_again_on_retry(client_2x4, tmp_path):
+    hafen.set_limit("retry", concurrency=1, client=client_2x4)
+    with dask.annotate(limits="retry"):
+        retried = client_2x4.submit(flaky, str(tmp_path / "a"), retries=1, pure=False)
+    assert retried.result(timeout=30) == "ok"
+    info = _info(client_2x4, "retry")
+    assert (info["granted"], info["in_use"]) == (2, 0)
+
+    with dask.annotate(limits="retry"):
+        failing = client_2x4.submit(flaky, str(tmp_path / "b"), pure=False)
+    wait([failing], timeout=30)
+    assert failing.status == "error"
+    info = _info(client_2x4, "retry")
+    assert (info["granted"], info["in_use"]) == (3, 0)
+    failing.retry()
+    assert failing.result(timeout=30) == "ok"
+    info = _info(client_2x4, "retry")
+    assert (info["granted"], info["in_use"]) == (4, 0)
+
+
+def test_waiters_are_released_highest_priority_then_oldest_first(client_2x4, task_log):
+    hafen.set_limit("order", concurrency=1, client=client_2x4)
+    with hafen.lease("order", client=client_2x4):  # hold the only slot while tasks queue up
+        futures = []
+        for i, priority in enumerate([0, 0, 5, 0, 5, 9]):
+            with dask.annotate(limits="order", priority=priority):
+                futures.append(client_2x4.submit(task_log.task, i, task_log.path, 0.0, pure=False))
+            time.sleep(0.1)  # distinct submission times
+        deadline = time.monotonic() + 10
+        while _info(client_2x4, "order")["waiting"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert task_log.starts() == []
+    client_2x4.gather(futures)
+    assert task_log.starts() == ["5", "2", "4", "0", "1", "3"]
+
+
+def test_several_limits_on_one_task_and_limits_removed_while_tasks_wait(client_2x4, task_log):
+    hafen.set_limit("a", concurrency=2, client=client_2x4)
+    hafen.set_limit("b", concurrency=1, client=client_2x4)
+    with dask.annotate(limits=["a", "b"]):
+        futures = client_2x4.map(task_log.task, range(6), path=task_log.path, duration=0.3)
+    time.sleep(0.5)
+    assert _info(client_2x4, "b")["in_use"] <= 1
+    assert hafen.remove_limit("b", client=client_2x4) is True
+    assert hafen.remove_limit("b", client=client_2x4) is False  # idempotent
+    client_2x4.gather(futures)
+    assert task_log.max_overlap() == 2  # "a" still holds
+    with dask.annotate(limits="b"), pytest.raises(LimitError, match="unknown limit"):
+        client_2x4.submit(task_log.task, 9, task_log.path, 0.0, pure=False).result(timeout=30)
+
+
+def test_a_lease_inside_a_task_and_from_the_client(client_2x4, tmp_path):
+    hafen.set_limit("lease1", concurrency=1, client=client_2x4)
+    log = str(tmp_path / "leases.log")
+    futures = [client_2x4.submit(leased, log, "lease1", 0.2, pure=False) for _ in range(4)]
+    lease_ids = client_2x4.gather(futures)
+    assert len(set(lease_ids)) == 4
+    info = _info(client_2x4, "lease1")
+    assert (info["granted"], info["in_use"]) == (4, 0)
+    starts = sorted(float(line.split()[1]) for line in Path(log).read_text().splitlines())
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(starts))
+
+    with hafen.lease("lease1", client=client_2x4):
+        assert _info(client_2x4, "lease1")["in_use"] == 1
+        with (
+            pytest.raises(LeaseTimeoutError, match=r"not granted within 0\.3s"),
+            hafen.lease("lease1", timeout=0.3, client=client_2x4),
+        ):
+            pass
+        assert _info(client_2x4, "lease1")["waiting"] == 0
+    assert _info(client_2x4, "lease1")["in_use"] == 0
+    with (
+        pytest.raises(LimitError, match="unknown limit"),
+        hafen.lease("no-such-lease-limit", client=client_2x4),
+    ):
+        pass
+
+
+def test_lease_requests_are_idempotent(client_2x4):
+    hafen.set_limit("idem", concurrency=2, client=client_2x4)
+
+    async def acquire_twice_release_twice():
+        scheduler = client_2x4.scheduler
+        first = await scheduler.hafen_limits_acquire(name=["idem"], lease_id="L1", owner="t")
+        second = await scheduler.hafen_limits_acquire(name=["idem"], lease_id="L1", owner="t")
+        info = (await scheduler.hafen_limits_info())["idem"]
+        released = [await scheduler.hafen_limits_release(lease_id="L1") for _ in range(2)]
+        return first, second, info, released
+
+    first, second, info, released = client_2x4.sync(acquire_twice_release_twice)
+    assert (first, second) == (True, True)
+    assert (info["in_use"], info["granted"]) == (1, 1)
+    assert released == [True, False]
+    assert _info(client_2x4, "idem")["in_use"] == 0
+
+
+def test_installing_twice_is_harmless(client_2x4):
+    hafen.set_limit("survives", concurrency=5, client=client_2x4)
+
+    def install_and_count(dask_scheduler):
+        from hafen.cluster import install_scheduler_extensions
+
+        before = dask_scheduler.extensions["hafen_limits"]
+        install_scheduler_extensions(dask_scheduler)
+        install_scheduler_extensions(dask_scheduler)
+        limit_plugins = [p for p in dask_scheduler.plugins if p.startswith("hafen-limits")]
+        return before is dask_scheduler.extensions["hafen_limits"], limit_plugins
+
+    same, plugins = client_2x4.run_on_scheduler(install_and_count)
+    assert same and plugins == ["hafen-limits"]
+    assert _info(client_2x4, "survives")["concurrency"] == 5
+
+
+def test_limits_are_served_as_prometheus_metrics(client_2x4, task_log, wait_for):
+    hafen.set_limit("metrics", concurrency=2, rate="100/min", client=client_2x4)
+    with dask.annotate(limits="metrics"):
+        futures = client_2x4.map(task_log.task, range(3), path=task_log.path, duration=2.0)
+    wait_for(lambda: _info(client_2x4, "metrics")["in_use"] == 1, 10)
+    url = client_2x4.dashboard_link.replace("/status", "/metrics")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    assert 'dask_hafen_limits_concurrency{name="metrics"} 2.0' in text
+    assert 'dask_hafen_limits_rate_per_second{name="metrics"}' in text
+    assert 'dask_hafen_limits_in_use{name="metrics"} 1.0' in text
+    assert 'dask_hafen_limits_waiting{name="metrics"} 2.0' in text
+    assert 'dask_hafen_limits_granted_total{name="metrics"} 1.0' in text
+    assert 'dask_hafen_limits_longest_wait_seconds{name="metrics"}' in text
+    client_2x4.cancel(futures)
+
+
+def test_the_limits_command_prints_the_table(client_2x4):
+    hafen.set_limit("cli-db", concurrency=4, rate="20/s", client=client_2x4)
+    result = CliRunner().invoke(main, ["limits", "--scheduler", client_2x4.scheduler.address])
+    assert result.exit_code == 0, result.output
+    for text in ("cli-db", "20/s", "concurrency", "in use", "waiting", "granted", "longest"):
+        assert text in result.output
+
+
+def test_the_limits_command_without_a_scheduler_says_so(monkeypatch):
+    monkeypatch.delenv("HAFEN_SCHEDULER", raising=False)
+    monkeypatch.chdir(Path(__file__).parent)
+    result = CliRunner().invoke(main, ["limits"])
+    assert result.exit_code == 1
+    assert "no scheduler" in result.output
+
+
+@pytest.mark.slow
+def test_a_rate_of_20_per_second_grants_200_in_10_seconds(client_2x4, task_log):
+    hafen.set_limit("rate20", rate="20/s", client=client_2x4)
+    with dask.annotate(limits="rate20"):
+        futures = client_2x4.map(task_log.task, range(400), path=task_log.path, duration=0.0)
+    time.sleep(11)
+    client_2x4.cancel(futures)
+    starts = sorted(at for kind, at, _ in task_log.rows() if kind == "start")
+    in_window = [t for t in starts if t < starts[0] + 10.0]
+    assert 180 <= len(in_window) <= 220, len(in_window)
+
+
+@pytest.mark.slow
+def test_sigkill_frees_the_dead_workers_slots_at_once(client_2x4, task_log, wait_for):
+    client = client_2x4
+    workers = sorted(client.scheduler_info()["workers"])
+    doomed = workers[0]
+    hafen.set_limit("kill", concurrency=3, client=client)
+    with dask.annotate(limits="kill"):
+        futures = client.map(
+            task_log.task,
+            range(12),
+            path=task_log.path,
+            duration=1.0,
+            workers=[doomed],
+            allow_other_workers=True,  # the reruns may go elsewhere once it is dead
+        )
+    wait_for(lambda: len(task_log.starts()) == 3, 20, message="3 tasks running")
+    assert {w for w, keys in client.processing().items() if keys} == {doomed}
+    pid = client.run(os.getpid, workers=[doomed])[doomed]
+    granted_before = _info(client, "kill")["granted"]
+    assert granted_before == 3
+    killed_at = time.time()
+    os.kill(pid, signal.SIGKILL)
+    # the three slots are granted again (to the lost tasks' reruns) once the worker is removed
+    took = wait_for(
+        lambda: _info(client, "kill")["granted"] >= granted_before + 3, 10, interval=0.01
+    )
+    assert took < 2.0, f"slots freed after {took:.2f}s"
+    assert client.gather(futures) == [2 * i for i in range(12)]
+    assert task_log.max_overlap(killed_at=killed_at) <= 3
+    info = _info(client, "kill")
+    assert info["in_use"] == 0 and info["granted"] == 15  # 12 tasks + 3 reruns
+
+
+@pytest.mark.slow
+def test_sigkill_frees_a_dead_workers_lease(client_2x4, tmp_path, wait_for):
+    client = client_2x4
+    hafen.set_limit("kill-lease", concurrency=1, client=client)
+    log = str(tmp_path / "leases.log")
+    future = client.submit(leased, log, "kill-lease", 1.5, pure=False)
+    wait_for(lambda: Path(log).exists(), 20, message="lease taken")
+    holder = next(w for w, keys in client.processing().items() if keys)
+    pid = client.run(os.getpid, workers=[holder])[holder]
+    os.kill(pid, signal.SIGKILL)
+    took = wait_for(lambda: _info(client, "kill-lease")["granted"] >= 2, 10, interval=0.01)
+    assert took < 2.0, f"lease freed after {took:.2f}s"
+    assert isinstance(future.result(timeout=30), str)
+    assert _info(client, "kill-lease")["in_use"] == 0
