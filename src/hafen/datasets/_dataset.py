@@ -334,11 +334,13 @@ class Dataset:
         if not removes:
             return self
         labels = sorted({label for _, label in removes})
+        index_parts = _write_index_parts(self._storage, staged, self.schema, self.indices)
 
         def plan(state: DatasetState | None) -> Commit:
             return Commit(
                 operation="delete",
                 adds=list(staged.files),
+                index_parts=list(index_parts),
                 removes=list(removes),
                 partitions_read=labels,
                 parameters={

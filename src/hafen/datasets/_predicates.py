@@ -131,7 +131,8 @@ def normalize_predicates(
     for conjunction in predicates:
         if isinstance(conjunction, tuple) or not isinstance(conjunction, Sequence):
             raise PredicateError(
-                f"each OR-term must be a list of (column, op, value), got {conjunction!r}"
+                f"predicates must be a list of AND-lists of (column, op, value); the term "
+                f"{conjunction!r} stands where an AND-list belongs (wrap it: [[...]])"
             )
         if not conjunction:
             raise PredicateError("an AND-list of predicates is empty")

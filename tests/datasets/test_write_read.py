@@ -1,0 +1,215 @@
+"""Writing, reading, modes, time travel, history, indices and deletes, on every backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import hafen
+from hafen.errors import (
+    ConfigError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    PredicateError,
+    SchemaError,
+    VersionNotFoundError,
+)
+
+
+def sales(n: int = 600, seed: int = 0, day0: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "date": [dt.date(2024, 1, 1) + dt.timedelta(days=day0 + int(i) % 6) for i in range(n)],
+            "store_id": rng.integers(0, 5, n),
+            "product_id": rng.integers(0, 40, n),
+            "qty": rng.random(n),
+            "name": rng.choice(["apple", "pear", "fig"], n),
+        }
+    )
+
+
+def canon(df: pd.DataFrame) -> pd.DataFrame:
+    cols = sorted(df.columns)
+    return df[cols].sort_values(cols).reset_index(drop=True)
+
+
+def same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    a, b = canon(a), canon(b)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False, check_categorical=False)
+
+
+def test_roundtrip_and_description(url):
+    df = sales()
+    ds = hafen.write_dataset(df, url, partition_on=["date"], indices=["product_id"])
+    assert ds.version == 0
+    assert ds.num_rows == len(df)
+    assert ds.partition_on == ["date"]
+    assert ds.indices == ["product_id"]
+    assert set(ds.schema.names) == set(df.columns)
+    assert ds.partitions() == [{"date": d} for d in sorted(df["date"].unique())]
+    same(hafen.open_dataset(url).read(), df)
+    table = ds.read_arrow(columns=["qty", "date"])
+    assert table.column_names == ["qty", "date"]
+
+
+def test_modes(url):
+    df = sales()
+    with pytest.raises(DatasetNotFoundError):
+        hafen.open_dataset(url)
+    hafen.write_dataset(df, url, partition_on=["date"])
+    with pytest.raises(DatasetExistsError):
+        hafen.write_dataset(df, url, partition_on=["date"])
+    ds = hafen.write_dataset(df, url, mode="append")
+    assert ds.version == 1 and ds.num_rows == 2 * len(df)
+    # overwrite replaces only the partitions present in the new data
+    new = sales(50, seed=1)
+    new = new[new["date"] == dt.date(2024, 1, 2)]
+    ds = hafen.write_dataset(new, url, mode="overwrite")
+    expected = pd.concat([df, df])
+    expected = pd.concat([expected[expected["date"] != dt.date(2024, 1, 2)], new])
+    same(ds.read(), expected)
+    with pytest.raises(ConfigError):
+        hafen.write_dataset(df, url, mode="upsert")
+
+
+def test_append_creates_and_unpartitioned_overwrite(url):
+    df = sales(100)
+    hafen.write_dataset(df, url, mode="append")
+    ds = hafen.write_dataset(df.head(7), url, mode="overwrite")
+    assert ds.num_rows == 7
+    same(ds.read(), df.head(7))
+
+
+def test_time_travel_and_history(url):
+    frames = [sales(50 + i, seed=i, day0=i) for i in range(4)]
+    hafen.write_dataset(frames[0], url, partition_on=["date"])
+    for f in frames[1:3]:
+        hafen.write_dataset(f, url, mode="append")
+    hafen.write_dataset(frames[3], url, mode="overwrite")
+    ds = hafen.open_dataset(url)
+    assert ds.version == 3
+    expected = frames[0]
+    same(hafen.open_dataset(url, version=0).read(), expected)
+    for v in (1, 2):
+        expected = pd.concat([expected, frames[v]])
+        same(hafen.open_dataset(url, version=v).read(), expected)
+    history = ds.history()
+    assert [h["version"] for h in history] == [3, 2, 1, 0]
+    assert [h["operation"] for h in history] == ["overwrite", "append", "append", "create"]
+    assert history[1]["rows_added"] == len(frames[2])
+    assert history[0]["files_removed"] > 0
+    assert all(h["timestamp"] for h in history)
+    with pytest.raises(VersionNotFoundError):
+        hafen.open_dataset(url, version=4)
+
+
+def test_index_prunes_files(url):
+    df = sales(2000)
+    ds = hafen.write_dataset(df, url, partition_on=["store_id"], indices=["product_id"])
+    for _ in range(2):  # several commits: several index parts
+        ds = hafen.write_dataset(sales(300, seed=7), url, mode="append")
+    holding = {
+        f.path
+        for f in ds.files()
+        if 13 in set(ds.read_arrow(files=[f]).column("product_id").to_pylist())
+    }
+    selected = {f.path for f in ds.files([[("product_id", "==", 13)]])}
+    assert selected == holding
+    result = ds.read(predicates=[[("product_id", "in", [13, 14])]])
+    full = ds.read()
+    same(result, full[full["product_id"].isin([13, 14])])
+
+
+def test_stats_prune_files(url):
+    df = pd.DataFrame({"k": np.arange(1000), "v": np.arange(1000) * 2.0})
+    hafen.write_dataset(df.iloc[:500], url)
+    ds = hafen.write_dataset(df.iloc[500:], url, mode="append")
+    assert len(ds.files([[("k", ">=", 700)]])) == 1
+    assert len(ds.files([[("k", "<", 0)]])) == 0
+    same(ds.read(predicates=[[("k", ">=", 700)]]), df[df["k"] >= 700])
+
+
+def test_delete(url):
+    df = sales()
+    hafen.write_dataset(df, url, partition_on=["date"], indices=["product_id"])
+    ds = hafen.open_dataset(url)
+    before = ds.version
+    d = dt.date(2024, 1, 3)
+    ds = ds.delete([[("date", "==", d)], [("store_id", "==", 1)]])
+    expected = df[(df["date"] != d) & (df["store_id"] != 1)]
+    same(ds.read(), expected)
+    assert ds.version == before + 1
+    assert ds.history()[0]["operation"] == "delete"
+    # the index stays right for rewritten files
+    same(
+        ds.read(predicates=[[("product_id", "==", 5)]]),
+        expected[expected["product_id"] == 5],
+    )
+
+
+def test_delete_unknown_column_deletes_nothing(url):
+    df = sales()
+    ds = hafen.write_dataset(df, url, partition_on=["date"])
+    with pytest.raises(PredicateError, match="stor_id"):
+        ds.delete([[("stor_id", "==", 1)]])
+    with pytest.raises(PredicateError):
+        ds.delete(None)
+    with pytest.raises(PredicateError):
+        ds.delete([])
+    after = hafen.open_dataset(url)
+    assert after.version == ds.version
+    same(after.read(), df)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([[("qty", "~", 1)]], "operator"),
+        ([[("nope", "==", 1)]], "nope"),
+        ([("qty", "==", 1)], "AND-list"),
+        ([[("qty", "in", 3)]], "list"),
+        ([[("store_id", "==", "x")]], "store_id"),
+        ([[("date", "<", None)]], "null"),
+    ],
+)
+def test_bad_predicates_name_the_problem(url, bad, match):
+    ds = hafen.write_dataset(sales(), url, partition_on=["date"])
+    with pytest.raises(PredicateError, match=match):
+        ds.read(predicates=bad)
+
+
+def test_bad_layout_is_refused(url):
+    df = sales()
+    with pytest.raises(SchemaError, match="nope"):
+        hafen.write_dataset(df, url, partition_on=["nope"])
+    with pytest.raises(ConfigError, match="date"):
+        hafen.write_dataset(df, url, partition_on=["date"], indices=["date"])
+    hafen.write_dataset(df, url, partition_on=["date"])
+    with pytest.raises(SchemaError, match="partition_on"):
+        hafen.write_dataset(df, url, partition_on=["store_id"], mode="append")
+    with pytest.raises(SchemaError, match="unknown columns"):
+        hafen.open_dataset(url).read(columns=["qtty"])
+
+
+def test_empty_results_keep_the_schema(url):
+    ds = hafen.write_dataset(sales(), url, partition_on=["date"])
+    out = ds.read_arrow(predicates=[[("date", "<", dt.date(2000, 1, 1))]])
+    assert out.num_rows == 0
+    assert out.schema == ds.schema
+
+
+def test_arrow_input_and_null_partition(url):
+    table = pa.table({"region": ["n", None, "s", None], "x": [1, 2, 3, 4]})
+    ds = hafen.write_dataset(table, url, partition_on=["region"])
+    assert {tuple(p.items()) for p in ds.partitions()} == {
+        (("region", None),),
+        (("region", "n"),),
+        (("region", "s"),),
+    }
+    out = ds.read(predicates=[[("region", "==", None)]])
+    assert sorted(out["x"]) == [2, 4]
