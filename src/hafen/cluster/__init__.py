@@ -12,14 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from hafen.cluster._client import lease, limits, remove_limit, set_limit
 from hafen.cluster._connect import SCHEDULER_EXTENSIONS, connect, install_scheduler_extensions
+from hafen.cluster._drain import DrainReport, drain
 
 if TYPE_CHECKING:
     from distributed import Scheduler
 
 __all__ = [
     "SCHEDULER_EXTENSIONS",
+    "DrainReport",
     "connect",
     "dask_setup",
+    "drain",
     "install_scheduler_extensions",
     "lease",
     "limits",
@@ -28,6 +31,16 @@ __all__ = [
 ]
 
 
-def dask_setup(scheduler: Scheduler, *args: Any, **kwargs: Any) -> None:
-    """Preload hook: ``dask scheduler --preload hafen.cluster`` installs hafen's extensions."""
+def dask_setup(scheduler: Scheduler, *args: Any, **kwargs: Any) -> Any:
+    """Preload hook: ``dask scheduler --preload hafen.cluster`` installs hafen's extensions.
+
+    ``dask worker --preload hafen.cluster`` installs the worker side instead: SIGTERM drains.
+    """
+    from distributed import Worker
+
+    if isinstance(scheduler, Worker):
+        from hafen.cluster._preemption import DrainOnSigterm
+
+        return scheduler.plugin_add(DrainOnSigterm())
     install_scheduler_extensions(scheduler)
+    return None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hafen.cluster._limits import install_limits
+from hafen.cluster._resilience import install_resilience
 
 if TYPE_CHECKING:
     from distributed import Client, Scheduler
@@ -21,6 +22,7 @@ __all__ = ["SCHEDULER_EXTENSIONS", "connect", "install_scheduler_extensions"]
 #: Installers run on the scheduler, in order; each takes the Scheduler and must be idempotent.
 SCHEDULER_EXTENSIONS: list[Callable[[Scheduler], Any]] = [
     install_limits,
+    install_resilience,
 ]
 
 
@@ -67,6 +69,7 @@ def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
     """
     from distributed import Client
 
+    from hafen.cluster._preemption import DrainOnSigterm
     from hafen.config import get_settings
     from hafen.errors import ConfigError
 
@@ -84,6 +87,7 @@ def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
         client = Client(**cluster_kwargs)
     try:
         client.run_on_scheduler(_install_remote)
+        client.register_plugin(DrainOnSigterm())  # SIGTERM (preemption) drains a worker
     except BaseException:
         client.close()
         raise

@@ -1,0 +1,452 @@
+"""Chaos: run a graph while workers are killed, terminated, drained or paused, and report.
+
+:func:`run_chaos` runs a graph once without faults (the reference) and once while a schedule of
+:class:`Fault` s fires, then reports for each run the wall time, the recomputed tasks and lost
+results (counted on the scheduler by the resilience plugin), and whether the output of the
+faulty run equals the reference. ``hafen chaos`` on the command line runs it on a built-in graph
+(:func:`costly_graph`) and prints the report as a table.
+
+Faults are real signals, sent by the worker process to itself (so it works on remote clusters
+too): ``kill`` is SIGKILL (the nanny starts a new worker), ``terminate`` is SIGTERM (a preemption
+notice: with :class:`~hafen.cluster._preemption.DrainOnSigterm` the worker drains itself, and
+is not replaced), ``pause`` is SIGSTOP then SIGCONT after ``duration`` seconds (a hung machine),
+``drain`` is :func:`hafen.drain` (a downscale). A fault fires at ``at`` seconds after the start
+of the run, or once ``at_progress`` of the graph's tasks are done, and repeats every ``every``
+seconds if given; its worker is ``worker`` or one picked at random (seeded). ``drain`` and
+``terminate`` never take the last running worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from distributed.metrics import time
+
+from hafen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed import Client
+    from rich.table import Table
+
+__all__ = [
+    "ChaosReport",
+    "Fault",
+    "FaultEvent",
+    "RunResult",
+    "costly_graph",
+    "resilience_counts",
+    "run_chaos",
+    "same_output",
+]
+
+Action = Literal["kill", "terminate", "drain", "pause"]
+ACTIONS: tuple[str, ...] = ("kill", "terminate", "drain", "pause")
+#: Seconds between checks of the schedule and the run.
+POLL_INTERVAL = 0.05
+#: Default length of a ``pause`` fault.
+DEFAULT_PAUSE = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """One scheduled fault (see the module docstring).
+
+    Parameters
+    ----------
+    action : {"kill", "terminate", "drain", "pause"}
+    at : float, optional
+        Seconds after the start of the run.
+    at_progress : float, optional
+        Fraction (0..1) of the graph's tasks computed.
+    every : float, optional
+        Repeat every this many seconds after the first firing, until the run ends.
+    worker : str, optional
+        Worker address; by default one at random.
+    duration : float
+        Length of a ``pause`` (seconds); timeout of a ``drain``.
+    """
+
+    action: Action
+    at: float | None = None
+    at_progress: float | None = None
+    every: float | None = None
+    worker: str | None = None
+    duration: float = DEFAULT_PAUSE
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ConfigError(f"unknown fault {self.action!r}; expected one of {ACTIONS}")
+        if (self.at is None) == (self.at_progress is None):
+            raise ConfigError("a fault needs exactly one of at= (seconds) or at_progress=")
+        if self.at is not None and self.at < 0:
+            raise ConfigError(f"at must be >= 0, got {self.at}")
+        if self.at_progress is not None and not 0 <= self.at_progress <= 1:
+            raise ConfigError(f"at_progress must be within 0..1, got {self.at_progress}")
+        if self.every is not None and self.every <= 0:
+            raise ConfigError(f"every must be > 0, got {self.every}")
+        if self.duration < 0:
+            raise ConfigError(f"duration must be >= 0, got {self.duration}")
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        """Parse ``ACTION@WHEN[/EVERY]``: ``kill@70%``, ``pause@3s``, ``kill@2s/3s``."""
+        try:
+            action, _, when = text.partition("@")
+            when, _, every = when.partition("/")
+            kwargs: dict[str, Any] = {}
+            if when.endswith("%"):
+                kwargs["at_progress"] = float(when[:-1]) / 100
+            else:
+                kwargs["at"] = float(when.removesuffix("s"))
+            if every:
+                kwargs["every"] = float(every.removesuffix("s"))
+        except ValueError:
+            raise ConfigError(
+                f"not a fault: {text!r} (expected e.g. 'kill@70%', 'pause@3s', 'kill@2s/3s')"
+            ) from None
+        return cls(action.strip(), **kwargs)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultEvent:
+    """A fault that fired: when (seconds into the run), what, on which worker, outcome."""
+
+    time: float
+    action: str
+    worker: str
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """One run of the graph."""
+
+    name: str
+    wall_time: float
+    computed: int
+    recomputed: int
+    recomputed_protected: int
+    lost: int
+    output: Any = dataclasses.field(repr=False, compare=False)
+    faults: tuple[FaultEvent, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChaosReport:
+    """Reference and faulty runs, and whether their outputs match."""
+
+    reference: RunResult | None
+    faulty: RunResult
+    matched: bool | None
+
+    def table(self) -> Table:
+        """The report as a rich table."""
+        from rich.table import Table
+
+        table = Table(title="hafen chaos")
+        for column in ("run", "wall time", "computed", "recomputed", "lost results", "output"):
+            table.add_column(column, justify="left" if column == "run" else "right")
+        for run in (self.reference, self.faulty):
+            if run is None:
+                continue
+            if run is self.reference:
+                output = "reference"
+            elif self.matched is None:
+                output = "not compared"
+            else:
+                output = "[green]matched[/]" if self.matched else "[bold red]DIFFERS[/]"
+            table.add_row(
+                f"{run.name} ({len(run.faults)} faults)" if run.faults else run.name,
+                f"{run.wall_time:.1f}s",
+                str(run.computed),
+                str(run.recomputed),
+                str(run.lost),
+                output,
+            )
+        return table
+
+
+def resilience_counts(client: Client, *, reset: bool = False) -> dict[str, Any]:
+    """Counts of the resilience scheduler plugin (computed, recomputed, lost, ...)."""
+    result = client.sync(client.scheduler.hafen_resilience_counts, reset=reset)
+    if not isinstance(result, dict):
+        from hafen.errors import ReplicationError
+
+        raise ReplicationError("the hafen resilience plugin is not installed on the scheduler")
+    return result
+
+
+def same_output(a: Any, b: Any) -> bool:
+    """Deep equality that also works for numpy arrays and pandas objects."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_output(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_output(a[k], b[k]) for k in a)
+    equals = getattr(a, "equals", None)  # pandas
+    if callable(equals):
+        return bool(equals(b))
+    try:
+        import numpy as np
+
+        if isinstance(a, np.ndarray):
+            return bool(np.array_equal(a, b))
+    except ImportError:  # pragma: no cover
+        pass
+    return bool(a == b)
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+async def _signal_self(signum: int, delay: float = 0.05) -> int:
+    """Run on a worker: send ``signum`` to this process just after replying."""
+    import asyncio
+
+    asyncio.get_running_loop().call_later(delay, os.kill, os.getpid(), signum)
+    return os.getpid()
+
+
+def _pause_self(duration: float) -> int:
+    """Run on a worker: have a helper process SIGSTOP this process, then SIGCONT it."""
+    import subprocess
+
+    pid = os.getpid()
+    subprocess.Popen(
+        ["/bin/sh", "-c", f"sleep 0.05; kill -STOP {pid}; sleep {duration}; kill -CONT {pid}"],
+        start_new_session=True,
+    )
+    return pid
+
+
+class _Schedule:
+    """Fires faults on time or progress, from the client process."""
+
+    def __init__(self, client: Client, faults: Sequence[Fault], seed: int) -> None:
+        self.client = client
+        self.rng = random.Random(seed)
+        self.pending = list(faults)
+        self.next_time: dict[int, float] = {}
+        self.events: list[FaultEvent] = []
+        self.threads: list[threading.Thread] = []
+        self.retired: set[str] = set()
+
+    def due(self, elapsed: float, progress: float) -> list[Fault]:
+        due = []
+        for i, fault in enumerate(self.pending):
+            if i in self.next_time:
+                if elapsed >= self.next_time[i]:
+                    due.append(fault)
+                    assert fault.every is not None
+                    self.next_time[i] = elapsed + fault.every
+                continue
+            if (fault.at is not None and elapsed >= fault.at) or (
+                fault.at_progress is not None and progress >= fault.at_progress
+            ):
+                due.append(fault)
+                self.next_time[i] = elapsed + fault.every if fault.every else float("inf")
+        return due
+
+    def fire(self, fault: Fault, elapsed: float) -> None:
+        workers = sorted(
+            addr
+            for addr, info in self.client.scheduler_info(n_workers=-1)["workers"].items()
+            if addr not in self.retired and info.get("status", "running") == "running"
+        )
+        if fault.worker is not None:
+            candidates = [fault.worker] if fault.worker in workers else []
+        else:
+            candidates = workers
+        if fault.action in ("drain", "terminate") and len(workers) <= 1:
+            candidates = []  # never take the last worker away for good
+        if not candidates:
+            self.events.append(FaultEvent(elapsed, fault.action, "-", "no eligible worker"))
+            return
+        worker = self.rng.choice(candidates)
+        if fault.action == "kill":
+            self.client.run(_signal_self, int(signal.SIGKILL), workers=[worker])
+            self.events.append(FaultEvent(elapsed, "kill", worker, "SIGKILL"))
+        elif fault.action == "terminate":
+            self.retired.add(worker)
+            self.client.run(_signal_self, int(signal.SIGTERM), workers=[worker])
+            self.events.append(FaultEvent(elapsed, "terminate", worker, "SIGTERM"))
+        elif fault.action == "pause":
+            self.client.run(_pause_self, fault.duration, workers=[worker])
+            self.events.append(
+                FaultEvent(elapsed, "pause", worker, f"SIGSTOP for {fault.duration:g}s")
+            )
+        else:
+            from hafen.cluster._drain import drain
+
+            self.retired.add(worker)
+            thread = threading.Thread(
+                target=drain,
+                args=(self.client, [worker]),
+                kwargs={"timeout": max(fault.duration, 1.0)},
+                daemon=True,
+            )
+            thread.start()
+            self.threads.append(thread)
+            self.events.append(FaultEvent(elapsed, "drain", worker, "hafen.drain"))
+
+    def join(self, timeout: float) -> None:
+        for thread in self.threads:
+            thread.join(timeout)
+
+
+def _ntasks(collection: Any) -> int:
+    try:
+        return max(len(collection.__dask_graph__()), 1)
+    except Exception:  # not a dask collection: progress faults fire at the start
+        return 1
+
+
+def _run_once(
+    client: Client,
+    build: Callable[[], Any],
+    name: str,
+    faults: Sequence[Fault],
+    seed: int,
+    timeout: float | None,
+) -> RunResult:
+    collection = build()
+    total = _ntasks(collection)
+    resilience_counts(client, reset=True)
+    schedule = _Schedule(client, faults, seed)
+    started = time()
+    future = client.compute(collection)
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    counts: dict[str, Any] = {"computed": 0}
+    while not done.is_set():
+        elapsed = time() - started
+        if timeout is not None and elapsed > timeout:
+            raise TimeoutError(f"chaos run {name!r} did not finish within {timeout}s")
+        if schedule.pending:
+            progress = 0.0
+            if any(f.at_progress is not None for f in schedule.pending):
+                counts = resilience_counts(client)
+                progress = counts["computed"] / total
+            for fault in schedule.due(elapsed, progress):
+                schedule.fire(fault, elapsed)
+        done.wait(POLL_INTERVAL)
+    output = future.result()
+    wall = time() - started
+    schedule.join(timeout=30)
+    counts = resilience_counts(client, reset=True)
+    future.release()
+    return RunResult(
+        name=name,
+        wall_time=wall,
+        computed=counts["computed"],
+        recomputed=counts["recomputed"],
+        recomputed_protected=counts["recomputed_protected"],
+        lost=counts["lost"],
+        output=output,
+        faults=tuple(schedule.events),
+    )
+
+
+def _wait_forgotten(client: Client, build: Callable[[], Any], timeout: float = 30) -> None:
+    """Wait until the scheduler has forgotten the graph's output keys of a previous run."""
+    from dask.core import flatten
+
+    keys = list(flatten(build().__dask_keys__()))
+
+    def present(dask_scheduler: Any, keys: list[Any]) -> int:
+        return sum(1 for k in keys if k in dask_scheduler.tasks)
+
+    deadline = time() + timeout
+    while client.run_on_scheduler(present, keys=keys) and time() < deadline:
+        client.sync(_sleep, POLL_INTERVAL)
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def run_chaos(
+    client: Client,
+    build: Callable[[], Any],
+    faults: Sequence[Fault],
+    *,
+    seed: int = 0,
+    reference: bool = True,
+    timeout: float | None = None,
+) -> ChaosReport:
+    """Run a graph with and without faults; report recomputations, lost results, output.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A synchronous client; the resilience plugin is registered if missing.
+    build : callable
+        Returns the dask collection to compute; called once per run.
+    faults : sequence of Fault
+        The schedule of the faulty run.
+    seed : int
+        Seed of the random choice of workers.
+    reference : bool
+        Also run without faults first and compare outputs (default).
+    timeout : float, optional
+        Fail a run that takes longer (seconds).
+
+    Returns
+    -------
+    ChaosReport
+
+    Examples
+    --------
+    >>> report = run_chaos(client, lambda: costly_graph(100, 0.1),  # doctest: +SKIP
+    ...                    [Fault("kill", at_progress=0.7)])
+    >>> report.matched, report.faulty.recomputed  # doctest: +SKIP
+    (True, 0)
+    """
+    from hafen.cluster._drain import ensure_installed
+
+    client.sync(ensure_installed, client)
+    ref = None
+    if reference:
+        ref = _run_once(client, build, "fault-free", (), seed, timeout)
+        _wait_forgotten(client, build)
+    faulty = _run_once(client, build, "with faults", faults, seed, timeout)
+    matched = same_output(ref.output, faulty.output) if ref is not None else None
+    return ChaosReport(reference=ref, faulty=faulty, matched=matched)
+
+
+# --- a built-in graph --------------------------------------------------------------------------
+
+
+def _costly(i: int, duration: float) -> int:
+    import time as _time
+
+    _time.sleep(duration)
+    return (i * 2654435761) % 2**32
+
+
+def _combine(parts: list[int]) -> int:
+    return sum(parts) % 2**61
+
+
+def costly_graph(tasks: int = 200, duration: float = 0.5, *, replicate: int | None = 2) -> Any:
+    """``tasks`` tasks sleeping ``duration`` seconds each, feeding one reduction.
+
+    With ``replicate`` the costly tasks are annotated ``replicate=N``.
+    """
+    import dask
+
+    annotations = {"replicate": replicate} if replicate else {}
+    with dask.annotate(**annotations):
+        parts = [
+            dask.delayed(_costly)(i, duration, dask_key_name=f"costly-{i}") for i in range(tasks)
+        ]
+    return dask.delayed(_combine)(parts, dask_key_name="combine")

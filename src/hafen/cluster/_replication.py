@@ -1,0 +1,350 @@
+"""Replication: an Active Memory Manager policy that keeps extra copies of costly results.
+
+A result is *protected* when its task is annotated ``replicate=N`` (or ``replicate=True`` for the
+default number of copies), or, when thresholds are set, when it took at least ``min_duration`` to
+compute (including what it would take to recompute inputs that are no longer in memory) and is
+at most ``max_nbytes`` big. A protected result is kept in ``replicas`` copies on distinct workers
+for as long as something still needs it: a dependent that has not run yet, or a client holding its
+future. When nothing needs it any more Dask releases it and all its copies go. Within a
+``memory_budget`` (total bytes of extra copies) the costliest results are protected first; the
+others are let go down to one copy.
+
+Why this replaces ``ReduceReplicas`` instead of running next to it
+-------------------------------------------------------------------
+The Active Memory Manager merges the suggestions of all its policies in one pass and enacts any
+drop that leaves at least one copy: it has no notion of a veto. Dask's own ``ReduceReplicas``
+(installed by default) suggests dropping every copy beyond one (or beyond the number of pending
+dependents); run side by side, it would undo our copies every other cycle and the two policies
+would ping-pong. The principled fix, without patching Dask, is to own that decision:
+:class:`Replication` subclasses ``ReduceReplicas`` and is installed *in its place*. It does both
+jobs: for protected results it asks for copies up to the target, and for every replicated result it
+drops copies beyond ``max(target, what ReduceReplicas would keep)``, with ``ReduceReplicas``'s own
+rule for pending dependents. Results that are not protected are treated exactly as
+``ReduceReplicas`` treats them. :func:`install_replication` swaps the policy into a running
+scheduler's AMM; a scheduler configured from dask config can list
+``hafen.cluster._replication.Replication`` instead of ``ReduceReplicas`` under
+``distributed.scheduler.active-memory-manager.policies``. Another third-party policy that drops
+copies could still remove ours; hafen installs none.
+
+Copies on a worker that is being retired or drained (status ``closing_gracefully``) do not count
+towards the target, so protected results are re-protected while a worker leaves.
+
+The AMM runs every 2 s by default; a result that lands just before a worker dies would be lost in
+that window. The scheduler plugin of ``_resilience.py`` therefore asks the AMM for one extra pass
+``delay`` (default 50 ms) after a protected result lands.
+
+This module reads scheduler internals that Dask does not promise to keep stable: ``TaskState``
+(``annotations``, ``nbytes``, ``who_has``, ``waiters``, ``who_wants``, ``dependencies``,
+``state``, ``prefix.duration_average``), ``Scheduler.replicated_tasks``, ``Scheduler.running``
+and ``ReduceReplicas.run``. ``tests/cluster/test_replication.py`` pins them so an upgrade that
+changes them fails loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from distributed.active_memory_manager import (
+    ActiveMemoryManagerExtension,
+    ReduceReplicas,
+    Suggestion,
+    SuggestionGenerator,
+)
+from distributed.core import Status
+
+from hafen.cluster._dask_config import config_bytes, config_duration, config_get
+from hafen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed.scheduler import Scheduler, TaskState
+
+__all__ = [
+    "ANNOTATION",
+    "DEFAULT_REPLICAS",
+    "Replication",
+    "install_replication",
+    "recompute_cost",
+    "wanted_replicas",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The task annotation that asks for copies: ``dask.annotate(replicate=2)``.
+ANNOTATION = "replicate"
+#: Copies kept of a protected result unless configured otherwise.
+DEFAULT_REPLICAS = 2
+#: How deep :func:`recompute_cost` follows released inputs.
+MAX_COST_DEPTH = 32
+
+_UNSET: Any = object()
+
+
+def recompute_cost(
+    ts: TaskState, durations: Callable[[TaskState], float], _depth: int = 0
+) -> float:
+    """Return the seconds of compute it would take to recompute ``ts`` if it were lost.
+
+    That is its own compute time plus, recursively, that of inputs no longer in memory (they
+    would have to be recomputed first). ``durations`` gives one task's own compute time.
+    """
+    cost = durations(ts)
+    if _depth >= MAX_COST_DEPTH:
+        return cost
+    for dts in ts.dependencies:
+        if dts.state != "memory":
+            cost += recompute_cost(dts, durations, _depth + 1)
+    return cost
+
+
+def prefix_duration(ts: TaskState) -> float:
+    """The scheduler's estimate of one task's compute time (average of its prefix), or 0."""
+    average = ts.prefix.duration_average
+    return average if average >= 0 else 0.0
+
+
+def wanted_replicas(ts: TaskState, default: int) -> int | None:
+    """Copies asked for by the task's ``replicate`` annotation, or None if it has none.
+
+    ``replicate=True`` means ``default``; ``replicate=False`` (or 0, 1) opts a task out even when
+    thresholds would protect it. Malformed values are ignored with a warning.
+    """
+    annotations = ts.annotations
+    if not annotations or ANNOTATION not in annotations:
+        return None
+    value = annotations[ANNOTATION]
+    if value is True:
+        return default
+    if value is False:
+        return 1
+    if isinstance(value, int) and value >= 0:
+        return max(value, 1)
+    logger.warning("ignoring annotation replicate=%r on %s: expected an int or bool", value, ts)
+    return None
+
+
+class Replication(ReduceReplicas):
+    """AMM policy: keep ``replicas`` copies of costly results; drop copies nobody needs.
+
+    Installed in place of Dask's ``ReduceReplicas`` (see the module docstring for why).
+
+    Parameters
+    ----------
+    replicas : int, optional
+        Copies of a protected result (default ``hafen.replication.replicas``, 2).
+    min_duration : str or float, optional
+        Protect results whose recompute cost is at least this (seconds or ``"10s"``);
+        default ``hafen.replication.min-duration`` (None: only annotated tasks).
+    max_nbytes : str or int, optional
+        With ``min_duration``: only results at most this big (default
+        ``hafen.replication.max-nbytes``; None: any size).
+    memory_budget : str or int, optional
+        Total bytes of extra copies; the costliest results are protected first (default
+        ``hafen.replication.memory-budget``; None: unbounded).
+    reduce_replicas : bool
+        Also drop superfluous copies, as ``ReduceReplicas`` does (default True). Set False
+        only when no ``ReduceReplicas`` was installed.
+
+    Raises
+    ------
+    ConfigError
+        If an option is invalid.
+
+    Examples
+    --------
+    >>> import dask
+    >>> with dask.annotate(replicate=2):  # doctest: +SKIP
+    ...     parts = [dask.delayed(train)(i) for i in range(10)]
+    """
+
+    def __init__(
+        self,
+        *,
+        replicas: int = _UNSET,
+        min_duration: str | float | None = _UNSET,
+        max_nbytes: str | int | None = _UNSET,
+        memory_budget: str | int | None = _UNSET,
+        reduce_replicas: bool = True,
+    ) -> None:
+        if replicas is _UNSET:
+            replicas = config_get("hafen.replication.replicas")
+        if min_duration is _UNSET:
+            min_duration = config_get("hafen.replication.min-duration")
+        if max_nbytes is _UNSET:
+            max_nbytes = config_get("hafen.replication.max-nbytes")
+        if memory_budget is _UNSET:
+            memory_budget = config_get("hafen.replication.memory-budget")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
+        self.replicas: int = replicas
+        self.min_duration = config_duration(min_duration, name="min_duration", allow_none=True)
+        self.max_nbytes = config_bytes(max_nbytes, name="max_nbytes", allow_none=True)
+        self.memory_budget = config_bytes(memory_budget, name="memory_budget", allow_none=True)
+        if self.max_nbytes is not None and self.min_duration is None:
+            raise ConfigError("max_nbytes only applies together with min_duration")
+        self.reduce_replicas = bool(reduce_replicas)
+        #: In-memory results that may need protecting; kept by the resilience scheduler plugin.
+        self.candidates: set[TaskState] = set()
+        #: Own compute time of a task (seconds); set by the resilience scheduler plugin.
+        self.durations: Callable[[TaskState], float] = prefix_duration
+        #: Targets of the latest run, for inspection: key -> copies.
+        self.last_targets: dict[Any, int] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"Replication(replicas={self.replicas}, min_duration={self.min_duration}, "
+            f"max_nbytes={self.max_nbytes}, memory_budget={self.memory_budget})"
+        )
+
+    # --- what to protect ----------------------------------------------------------------------
+
+    def cost(self, ts: TaskState) -> float:
+        """Seconds it would take to recompute ``ts`` (see :func:`recompute_cost`)."""
+        return recompute_cost(ts, self.durations)
+
+    def eligible(self, ts: TaskState) -> bool:
+        """Whether ``ts`` (just computed) may need protecting; cheap, called per result."""
+        wanted = wanted_replicas(ts, self.replicas)
+        if wanted is not None:
+            return wanted > 1
+        if self.min_duration is None:
+            return False
+        if self.max_nbytes is not None and ts.nbytes > self.max_nbytes:
+            return False
+        return self.cost(ts) >= self.min_duration
+
+    def observe(self, ts: TaskState) -> bool:
+        """Record a result that just landed in memory; return whether it is a candidate."""
+        if self.eligible(ts):
+            self.candidates.add(ts)
+            return True
+        return False
+
+    def forget(self, ts: TaskState) -> None:
+        """A result left memory."""
+        self.candidates.discard(ts)
+
+    def seed(self, tasks: Iterable[TaskState]) -> None:
+        """Consider results already in memory (for a policy installed mid-run)."""
+        for ts in tasks:
+            if ts.state == "memory":
+                self.observe(ts)
+
+    def targets(self) -> dict[TaskState, int]:
+        """Copies wanted for each protected result still needed, within the memory budget."""
+        scheduler = self.manager.scheduler
+        nworkers = max(len(scheduler.running), 1)
+        wanted: list[tuple[float, TaskState, int]] = []
+        for ts in list(self.candidates):
+            if ts.state != "memory":
+                self.candidates.discard(ts)
+                continue
+            if not (ts.waiters or ts.who_wants):
+                continue
+            n = wanted_replicas(ts, self.replicas)
+            if n is None:
+                n = self.replicas
+            n = min(n, nworkers)
+            if n > 1:
+                wanted.append((self.cost(ts) if self.memory_budget is not None else 0.0, ts, n))
+        if self.memory_budget is None:
+            return {ts: n for _, ts, n in wanted}
+        targets: dict[TaskState, int] = {}
+        spent = 0
+        wanted.sort(key=lambda item: item[0], reverse=True)
+        for _, ts, n in wanted:
+            extra = (n - 1) * max(ts.nbytes, 0)
+            if spent + extra <= self.memory_budget:
+                spent += extra
+                targets[ts] = n
+        return targets
+
+    # --- the AMM policy -----------------------------------------------------------------------
+
+    def run(self) -> SuggestionGenerator:
+        """Yield copies for protected results below target, then drop superfluous copies."""
+        targets = self.targets()
+        self.last_targets = {ts.key: n for ts, n in targets.items()}
+        pending = self.manager.pending
+        nrepl = 0
+        for ts, target in targets.items():
+            live = sum(1 for ws in ts.who_has or () if ws.status != Status.closing_gracefully)
+            if ts in pending:
+                pending_repl, pending_drop = pending[ts]
+                live += len(pending_repl) - len(pending_drop)
+            for _ in range(target - live):
+                choice = yield Suggestion("replicate", ts)
+                if choice is None:
+                    break  # no eligible recipient: all running workers have a copy
+                nrepl += 1
+        if nrepl:
+            logger.debug("Replication: %d new copies of %d results", nrepl, len(targets))
+        if self.reduce_replicas:
+            yield from self._reduce(targets)
+
+    def _reduce(self, targets: dict[TaskState, int]) -> SuggestionGenerator:
+        """``ReduceReplicas.run`` with the desired copies of protected results raised."""
+        pending = self.manager.pending
+        for ts in list(self.manager.scheduler.replicated_tasks):
+            if not ts.who_has:
+                continue
+            desired = targets.get(ts, 1)
+            nwaiters = len(ts.waiters or ())
+            if desired < nwaiters < 20:
+                # As ReduceReplicas: keep a copy per worker a pending dependent is assigned to.
+                nwaiters = len({waiter.processing_on or waiter for waiter in ts.waiters or ()})
+            ndrop = len(ts.who_has) - max(desired, nwaiters)
+            if ts in pending:
+                pending_repl, pending_drop = pending[ts]
+                ndrop += len(pending_repl) - len(pending_drop)
+            for _ in range(ndrop):
+                yield Suggestion("drop", ts)
+
+
+def find_replication(amm: ActiveMemoryManagerExtension) -> Replication | None:
+    """The :class:`Replication` policy installed in ``amm``, if any."""
+    for policy in amm.policies:
+        if isinstance(policy, Replication):
+            return policy
+    return None
+
+
+def install_replication(scheduler: Scheduler, policy: Replication | None = None) -> Replication:
+    """Install :class:`Replication` in the scheduler's AMM, in place of ``ReduceReplicas``.
+
+    Idempotent: if a :class:`Replication` policy is installed already it is returned (or
+    replaced by ``policy`` when one is given). Starts the AMM if it is not running, since the
+    policy needs it.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+    policy : Replication, optional
+        The policy to install; by default one built from dask config.
+
+    Returns
+    -------
+    Replication
+        The installed policy.
+    """
+    amm: ActiveMemoryManagerExtension | None = scheduler.extensions.get("amm")
+    if amm is None:
+        amm = ActiveMemoryManagerExtension(scheduler, policies=set(), start=False)
+        scheduler.extensions["amm"] = amm
+    existing = find_replication(amm)
+    if existing is not None:
+        if policy is None or policy is existing:
+            return existing
+        amm.policies.discard(existing)
+        policy.candidates |= existing.candidates
+        policy.durations = existing.durations
+    replaced = {p for p in amm.policies if type(p) is ReduceReplicas}
+    amm.policies -= replaced
+    if policy is None:
+        policy = Replication(reduce_replicas=bool(replaced) or existing is not None)
+    amm.add_policy(policy)
+    if not amm.running:
+        amm.start()
+    logger.info("hafen: %r installed in the Active Memory Manager", policy)
+    return policy

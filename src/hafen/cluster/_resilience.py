@@ -1,0 +1,217 @@
+"""The scheduler side of hafen's resilience: one scheduler plugin that installs it all.
+
+:class:`ResiliencePlugin` (name ``hafen-resilience``) is what ``hafen.connect()`` registers and
+what ``dask scheduler --preload hafen.cluster`` adds. When it starts it
+
+- installs the :class:`~hafen.cluster._replication.Replication` AMM policy in place of
+  ``ReduceReplicas``;
+- registers the scheduler handlers ``hafen_drain`` (see ``_drain.py``) and
+  ``hafen_resilience_counts``;
+- watches transitions to feed the policy (results that landed, their compute time) and to count,
+  per key, how often a result was computed: a key computed a second time is a *recomputation*; a
+  result that left memory while a dependent or a client still needed it (its worker died) is a
+  *lost result*. Tests, the chaos runner and the benchmark read these counts.
+
+Installation is idempotent: starting the plugin twice, or registering it from several clients,
+installs one policy and one set of handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from hafen.cluster._dask_config import config_duration, config_get
+from hafen.cluster._replication import Replication, install_replication, prefix_duration
+
+if TYPE_CHECKING:
+    from distributed.scheduler import Scheduler, TaskState
+
+__all__ = ["PLUGIN_NAME", "ResiliencePlugin", "install_resilience"]
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "hafen-resilience"
+#: At most this many recomputed keys are remembered by name (counts are exact regardless).
+MAX_KEYS_LISTED = 1000
+
+
+class ResiliencePlugin(SchedulerPlugin):
+    """Scheduler plugin: replication policy, drain handler, recomputation counts.
+
+    Parameters
+    ----------
+    replication : dict, optional
+        Keyword arguments for :class:`~hafen.cluster._replication.Replication`; default from
+        dask config ``hafen.replication.*``.
+
+    Examples
+    --------
+    >>> client.register_plugin(ResiliencePlugin())  # doctest: +SKIP
+    """
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self, replication: dict[str, Any] | None = None) -> None:
+        self.replication_options = dict(replication or {})
+        # Built on the scheduler (start), not pickled from the client.
+        self.scheduler: Scheduler | None = None
+        self.policy: Replication | None = None
+        self._completions: dict[Any, int] = {}
+        self._durations: dict[Any, float] = {}
+        self._kick: asyncio.TimerHandle | None = None
+        self._delay = 0.05
+        self.reset()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"replication_options": self.replication_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["replication_options"])  # type: ignore[misc]
+
+    # --- installation -------------------------------------------------------------------------
+
+    async def start(self, scheduler: Scheduler) -> None:
+        self.install(scheduler)
+
+    def install(self, scheduler: Scheduler) -> None:
+        """Install policy and handlers on ``scheduler`` (idempotent; synchronous)."""
+        from hafen.cluster._drain import DrainCoordinator
+
+        if self.scheduler is scheduler:
+            return
+        self.scheduler = scheduler
+        delay = config_duration(
+            config_get("hafen.replication.delay"), name="hafen.replication.delay"
+        )
+        assert delay is not None
+        self._delay = delay
+        policy = Replication(**self.replication_options) if self.replication_options else None
+        self.policy = install_replication(scheduler, policy)
+        self.policy.durations = self.duration
+        self.policy.seed(scheduler.tasks.values())
+        coordinator = DrainCoordinator(scheduler, self)
+        scheduler.handlers["hafen_drain"] = coordinator.drain
+        scheduler.handlers["hafen_resilience_counts"] = self.counts
+        scheduler.extensions["hafen_drain"] = coordinator
+
+    async def close(self) -> None:
+        if self._kick is not None:
+            self._kick.cancel()
+            self._kick = None
+
+    # --- durations and counts -----------------------------------------------------------------
+
+    def duration(self, ts: TaskState) -> float:
+        """Own compute time of ``ts`` in seconds (measured, else the prefix average)."""
+        measured = self._durations.get(ts.key)
+        return measured if measured is not None else prefix_duration(ts)
+
+    def reset(self) -> None:
+        """Zero the counters (what was computed before stays known)."""
+        self.computed = 0
+        self.recomputed = 0
+        self.recomputed_protected = 0
+        self.lost = 0
+        self.recomputed_keys: list[Any] = []
+
+    def counts(self, reset: bool = False) -> dict[str, Any]:
+        """Handler ``hafen_resilience_counts``: counts since the last reset."""
+        out = {
+            "computed": self.computed,
+            "recomputed": self.recomputed,
+            "recomputed_protected": self.recomputed_protected,
+            "lost": self.lost,
+            "recomputed_keys": list(self.recomputed_keys),
+            "protected": len(self.policy.last_targets) if self.policy else 0,
+        }
+        if reset:
+            self.reset()
+        return out
+
+    def transition(
+        self, key: Any, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any
+    ) -> None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        if start == "processing" and finish == "memory":
+            self._on_computed(scheduler, key, kwargs.get("startstops") or ())
+        elif start == "memory":
+            ts = scheduler.tasks.get(key)
+            if ts is not None and self.policy is not None:
+                self.policy.forget(ts)
+            if finish == "released" and ts is not None and (ts.who_wants or ts.waiters):
+                self.lost += 1
+        if finish == "forgotten":
+            self._completions.pop(key, None)
+            self._durations.pop(key, None)
+
+    def _on_computed(self, scheduler: Scheduler, key: Any, startstops: Any) -> None:
+        self.computed += 1
+        n = self._completions.get(key, 0) + 1
+        self._completions[key] = n
+        compute = sum(
+            ss["stop"] - ss["start"] for ss in startstops if ss.get("action") == "compute"
+        )
+        if compute > 0:
+            self._durations[key] = compute
+        ts = scheduler.tasks.get(key)
+        protected = False
+        if ts is not None and self.policy is not None:
+            protected = self.policy.observe(ts)
+        if n > 1:
+            self.recomputed += 1
+            if protected:
+                self.recomputed_protected += 1
+            if len(self.recomputed_keys) < MAX_KEYS_LISTED:
+                self.recomputed_keys.append(key)
+        if protected:
+            self._schedule_kick()
+
+    def _schedule_kick(self) -> None:
+        """Ask the AMM for a pass soon, so a fresh protected result is copied promptly."""
+        if self._kick is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._kick = loop.call_later(self._delay, self._run_amm)
+
+    def _run_amm(self) -> None:
+        self._kick = None
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        amm = scheduler.extensions.get("amm")
+        if amm is None or self.policy not in amm.policies or hasattr(amm, "pending"):
+            return
+        try:
+            amm.run_once()
+        except Exception:  # the periodic run will try again
+            logger.exception("hafen: Active Memory Manager pass failed")
+
+
+def install_resilience(scheduler: Scheduler, **replication: Any) -> ResiliencePlugin:
+    """Add :class:`ResiliencePlugin` to ``scheduler`` and install it now (idempotent).
+
+    For preload scripts and the ``hafen.connect()`` registry: synchronous, on the scheduler.
+
+    Returns
+    -------
+    ResiliencePlugin
+        The installed plugin (an existing one if it was installed already).
+    """
+    existing = scheduler.plugins.get(PLUGIN_NAME)
+    if isinstance(existing, ResiliencePlugin):
+        existing.install(scheduler)
+        return existing
+    plugin = ResiliencePlugin(replication or None)
+    scheduler.add_plugin(plugin, name=PLUGIN_NAME, idempotent=True)
+    plugin.install(scheduler)
+    return plugin
