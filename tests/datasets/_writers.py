@@ -1,0 +1,60 @@
+"""Writer processes for the concurrency tests (imported by spawned children)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pandas as pd
+
+import hafen
+from hafen.datasets import commit_staged, open_dataset, stage_table, storage_for
+from hafen.errors import ConflictError
+
+
+def append_many(url: str, writer: int, commits: int, barrier) -> None:
+    barrier.wait()
+    for i in range(commits):
+        df = pd.DataFrame(
+            {"part": [writer % 3] * 4, "writer": [writer] * 4, "i": [i] * 4, "j": range(4)}
+        )
+        hafen.write_dataset(df, url, mode="append")
+
+
+def overwrite_partition(url: str, writer: int, part: int, barrier, results, retry: bool) -> None:
+    ds = open_dataset(url)
+    df = pd.DataFrame({"part": [part] * 3, "writer": [writer] * 3, "i": [0] * 3, "j": range(3)})
+    staged = stage_table(
+        ds.storage,
+        hafen.datasets.conform(hafen.datasets.to_arrow(df), ds.schema),
+        partition_on=ds.partition_on,
+    )
+    barrier.wait()  # both writers have read the same version before either commits
+    try:
+        commit_staged(
+            url,
+            [staged],
+            mode="overwrite",
+            base=ds.state,
+            on_conflict="retry" if retry else "raise",
+        )
+        results.put((writer, "landed"))
+    except ConflictError as exc:
+        results.put((writer, f"conflict: {exc}"))
+
+
+def stage_then_hang(url: str) -> None:
+    """Write a commit's files, announce it, and wait to be killed before committing."""
+    ds = open_dataset(url)
+    df = pd.DataFrame({"part": [7] * 5, "writer": [99] * 5, "i": [0] * 5, "j": range(5)})
+    staged = stage_table(
+        storage_for(url),
+        hafen.datasets.conform(hafen.datasets.to_arrow(df), ds.schema),
+        partition_on=ds.partition_on,
+    )
+    print("staged", len(staged.files), flush=True)
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    stage_then_hang(sys.argv[1])
