@@ -4,25 +4,22 @@ Tasks record when they start and end in a log file (one ``O_APPEND`` write per l
 from worker processes never interleave); :func:`max_overlap` turns the log into the largest number
 of tasks that ran at once. A task's recorded interval lies inside the time it held its slot, so
 the overlap found is a lower bound of what the scheduler granted, never an over-count.
+
+Task functions live in the test modules and here; worker processes of a LocalCluster import them
+by name (spawned processes inherit ``sys.path``), stand-alone ``dask`` processes get this folder
+on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import cloudpickle
 import pytest
 
 import hafen
-
-# Task functions defined in test modules travel by value, so worker processes need not import
-# the tests.
-if __name__ in sys.modules:
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def log_event(path: str, kind: str, key: object) -> None:

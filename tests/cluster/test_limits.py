@@ -8,12 +8,10 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import cloudpickle
 import pytest
 from click.testing import CliRunner
 from distributed import Client, wait
@@ -22,8 +20,6 @@ import dask
 import hafen
 from hafen.cli import main
 from hafen.errors import LeaseTimeoutError, LimitError
-
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _info(client: Client, name: str) -> dict:

@@ -7,19 +7,15 @@ than it are not failed, while a task with truly unsatisfiable restrictions still
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 
-import cloudpickle
 import pytest
 from distributed import Client, wait
 from distributed.scheduler import NoValidWorkerError
 
 import dask
 import hafen
-
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 NO_WORKERS_TIMEOUT = "1s"
 

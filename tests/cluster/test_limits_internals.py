@@ -1,0 +1,93 @@
+"""The scheduler internals the limits rely on (see the docstring of ``hafen.cluster._limits``).
+
+hafen holds limited tasks with Dask's own machinery rather than a fork: a resource no worker has
+parks them in ``no-worker``. If a Dask upgrade changes any of what that rests on, a test here
+fails by name, before the behavioural tests fail in more puzzling ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import distributed
+from distributed import Scheduler, SchedulerPlugin
+from distributed.scheduler import SchedulerState, TaskState
+from distributed.utils_test import gen_cluster
+from packaging.version import Version
+
+import dask
+from hafen.cluster import install_scheduler_extensions
+from hafen.cluster._limits import EXTENSION_NAME, HOLD_RESOURCE
+
+
+def test_distributed_is_the_pinned_version():
+    version = Version(distributed.__version__)
+    assert Version("2026.7.0") <= version < Version("2026.9"), version
+
+
+def test_the_transitions_used_exist():
+    table = Scheduler._TRANSITIONS_TABLE
+    for edge in [
+        ("released", "waiting"),  # where a task is held (hook on -> waiting)
+        ("waiting", "no-worker"),  # where it waits
+        ("no-worker", "processing"),  # how a grant sends it to a worker
+        ("no-worker", "erred"),  # how a rejected task fails
+        ("no-worker", "released"),
+        ("processing", "released"),  # retries and dead workers free the slot through here
+        ("processing", "memory"),
+        ("processing", "erred"),
+    ]:
+        assert edge in table, edge
+
+
+def test_plugin_and_state_interfaces():
+    params = inspect.signature(SchedulerPlugin.transition).parameters
+    assert list(params)[:4] == ["self", "key", "start", "finish"]
+    for hook in ("remove_worker", "remove_client"):
+        assert hook in vars(SchedulerPlugin)
+    for attr in ("annotations", "resource_restrictions", "loose_restrictions", "priority"):
+        assert attr in TaskState.__slots__ or hasattr(TaskState, attr), attr
+    assert inspect.get_annotations(SchedulerState)["unrunnable"] == "dict[TaskState, float]"
+    for name in ("valid_workers", "is_rootish", "adaptive_target", "transition", "transitions"):
+        assert callable(getattr(Scheduler, name)), name
+
+
+def test_unrunnable_is_what_adaptive_and_the_timeout_check_read():
+    adaptive = inspect.getsource(Scheduler.adaptive_target)
+    assert "self.unrunnable" in adaptive  # held tasks count as demand
+    check = inspect.getsource(Scheduler._check_unrunnable_task_timeouts)
+    assert "self.unrunnable.items()" in check
+    assert "break" in check  # relies on insertion order: refreshed entries go last
+    refresh = inspect.getsource(Scheduler._refresh_no_workers_since)
+    assert "self.running" in refresh
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_a_held_task_waits_in_no_worker_until_granted(c, s, a):
+    install_scheduler_extensions(s)
+    ext = s.extensions[EXTENSION_NAME]
+    ext.set_limit(name="paused", concurrency=0)
+    with dask.annotate(limits="paused"):
+        # loose restrictions would let a task run anywhere; holding must switch them off
+        future = c.submit(inc, 1, workers=["127.0.0.1:1"], allow_other_workers=True, key="held")
+    while s.tasks.get("held") is None or s.tasks["held"].state != "no-worker":
+        await asyncio.sleep(0.01)
+    ts = s.tasks["held"]
+    assert ts in s.unrunnable
+    assert ts.resource_restrictions == {HOLD_RESOURCE: 1}
+    assert ts.loose_restrictions is False
+    assert s.valid_workers(ts) == set()
+    assert s.is_rootish(ts) is False
+    await asyncio.sleep(0.3)
+    assert ts.state == "no-worker" and not a.state.tasks
+
+    ext.set_limit(name="paused", concurrency=1)
+    assert await future == 2
+    assert ts.resource_restrictions is None  # the task's own restrictions are back
+    assert ts.worker_restrictions == {"tcp://127.0.0.1:1"} and ts.loose_restrictions is True
+    assert ext.info()["paused"]["granted"] == 1
+
+
+def inc(x: int) -> int:
+    return x + 1
