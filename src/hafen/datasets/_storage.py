@@ -86,7 +86,12 @@ class Storage:
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
         with map_storage_errors(self.url):
-            fs, root = fsspec.core.url_to_fs(self.url, **options)
+            try:
+                fs, root = fsspec.core.url_to_fs(self.url, **options)
+            except ImportError as exc:
+                raise StorageError(
+                    f"{self.url}: a package this backend needs is missing: {exc}"
+                ) from exc
         self.fs: fsspec.AbstractFileSystem = fs
         self.root: str = root.rstrip("/")
         self.storage_options = options

@@ -171,7 +171,9 @@ def _index_entries(table: pa.Table, indices: Sequence[str], label: str) -> dict[
         values = pc.unique(table.column(column)).drop_null()
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)
-        out[column] = pa.table({"value": values, "label": pa.array([label] * len(values))})
+        out[column] = pa.table(
+            {"value": values, "label": pa.array([label] * len(values), type=pa.string())}
+        )
     return out
 
 
@@ -306,7 +308,9 @@ class StagingWriter:
                 continue
             values = pc.unique(values)
             self._entries.setdefault(column, []).append(
-                pa.table({"value": values, "label": pa.array([flabel] * len(values))})
+                pa.table(
+                    {"value": values, "label": pa.array([flabel] * len(values), type=pa.string())}
+                )
             )
 
     def close(self) -> StagedWrite:

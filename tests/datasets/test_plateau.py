@@ -1,0 +1,92 @@
+"""Kartothek/plateau compatibility, both ways."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+from minimalkv import get_store_from_url
+from plateau.io.eager import read_table, store_dataframes_as_dataset
+
+import hafen
+
+
+def frame(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "date": [dt.date(2024, 5, 1) + dt.timedelta(days=int(i) % 3) for i in range(n)],
+            "store_id": rng.integers(0, 4, n),
+            "product_id": rng.integers(0, 10, n),
+            "qty": rng.random(n),
+            "name": rng.choice(["a", "b"], n),
+        }
+    )
+
+
+def canon(df: pd.DataFrame) -> pd.DataFrame:
+    cols = sorted(df.columns)
+    out = df[cols].sort_values(cols).reset_index(drop=True)
+    return out.astype(
+        {c: object for c in cols if out[c].dtype.kind in "OUT" or str(out[c].dtype) == "str"}
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    return str(root), partial(get_store_from_url, f"hfs://{root}")
+
+
+def test_plateau_dataset_opens_reads_and_appends_in_hafen(store):
+    root, factory = store
+    df = frame()
+    store_dataframes_as_dataset(
+        dfs=[df],
+        store=factory,
+        dataset_uuid="sales",
+        partition_on=["date"],
+        secondary_indices=["product_id"],
+    )
+    ds = hafen.open_dataset(f"{root}/sales")
+    assert ds.version == 0 and ds.num_rows == len(df)
+    assert ds.partition_on == ["date"] and ds.indices == ["product_id"]
+    pd.testing.assert_frame_equal(canon(ds.read()), canon(df), check_dtype=False)
+    hit = ds.read(predicates=[[("product_id", "==", 3)]])
+    pd.testing.assert_frame_equal(canon(hit), canon(df[df["product_id"] == 3]), check_dtype=False)
+    assert ds.history()[0]["operation"] == "import"
+
+    more = frame(30, seed=1)
+    ds = hafen.write_dataset(more, f"{root}/sales", mode="append")
+    assert ds.version == 1
+    assert [h["operation"] for h in ds.history()] == ["append", "import"]
+    both = pd.concat([df, more])
+    pd.testing.assert_frame_equal(canon(ds.read()), canon(both), check_dtype=False)
+    # ... and plateau still reads it, index included
+    back = read_table("sales", factory)
+    pd.testing.assert_frame_equal(canon(back), canon(both), check_dtype=False)
+    via_index = read_table("sales", factory, predicates=[[("product_id", "==", 3)]])
+    pd.testing.assert_frame_equal(
+        canon(via_index), canon(both[both["product_id"] == 3]), check_dtype=False
+    )
+
+
+def test_hafen_dataset_reads_in_plateau(store):
+    root, factory = store
+    df = frame()
+    url = f"{root}/forecasts"
+    hafen.write_dataset(df, url, partition_on=["store_id"], indices=["product_id"])
+    hafen.write_dataset(frame(20, seed=2), url, mode="append")
+    ds = hafen.write_dataset(frame(10, seed=3).assign(store_id=1), url, mode="overwrite")
+    expected = ds.read()
+    back = read_table("forecasts", factory)
+    pd.testing.assert_frame_equal(canon(back), canon(expected), check_dtype=False)
+    for pid in (0, 4):
+        got = read_table("forecasts", factory, predicates=[[("product_id", "==", pid)]])
+        pd.testing.assert_frame_equal(
+            canon(got), canon(expected[expected["product_id"] == pid]), check_dtype=False
+        )
