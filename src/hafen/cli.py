@@ -42,6 +42,166 @@ def dataset() -> None:
     """Inspect and maintain datasets."""
 
 
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@dataset.command("ls")
+@click.argument("url")
+def dataset_ls(url: str) -> None:
+    """List the datasets directly under URL (hafen's and plateau's)."""
+    from rich.table import Table
+
+    from hafen.datasets import open_dataset, storage_for
+
+    storage = storage_for(url)
+    names = set()
+    for entry in storage.fs.ls(storage.root, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name.endswith(".by-dataset-metadata.json"):
+            names.add(name[: -len(".by-dataset-metadata.json")])
+        elif entry.get("type") == "directory" and storage.fs.exists(f"{entry['name']}/_hafen/log"):
+            names.add(name)
+    table = Table("dataset", "version", "rows", "files", "partition_on", "updated")
+    for name in sorted(names):
+        ds = open_dataset(f"{storage.url}/{name}")
+        table.add_row(
+            name,
+            str(ds.version),
+            f"{ds.num_rows:,}",
+            str(len(ds.files())),
+            ", ".join(ds.partition_on) or "-",
+            ds.timestamp[:19],
+        )
+    if not names:
+        console.print(f"no datasets under {url}")
+        return
+    console.print(table)
+
+
+@dataset.command("show")
+@click.argument("url")
+@click.option("--version", "version", type=int, default=None, help="Time travel to VERSION.")
+def dataset_show(url: str, version: int | None) -> None:
+    """Describe a dataset: version, rows, layout, schema and partitions."""
+    from rich.table import Table
+
+    from hafen.datasets import open_dataset
+
+    ds = open_dataset(url, version=version)
+    files = ds.files()
+    console.print(f"[bold]{ds.url}[/]  version [bold]{ds.version}[/]  ({ds.timestamp})")
+    console.print(
+        f"{ds.num_rows:,} rows in {len(files)} files ({_fmt_bytes(sum(f.size for f in files))}), "
+        f"{len(ds.partitions())} partitions"
+    )
+    console.print(
+        f"partition_on: {', '.join(ds.partition_on) or '-'}   "
+        f"indices: {', '.join(ds.indices) or '-'}"
+    )
+    schema = Table("column", "type", title="schema")
+    for field in ds.schema:
+        role = (
+            " (partition)"
+            if field.name in ds.partition_on
+            else (" (indexed)" if field.name in ds.indices else "")
+        )
+        schema.add_row(field.name + role, str(field.type))
+    console.print(schema)
+
+
+@dataset.command("history")
+@click.argument("url")
+@click.option("--limit", type=int, default=None, help="Show only the newest LIMIT versions.")
+def dataset_history(url: str, limit: int | None) -> None:
+    """Show the commits of a dataset, newest first."""
+    from rich.table import Table
+
+    from hafen.datasets import open_dataset
+
+    table = Table("version", "time (UTC)", "operation", "files +", "files -", "rows +")
+    for h in open_dataset(url).history(limit=limit):
+        table.add_row(
+            str(h["version"]),
+            h["timestamp"][:23].replace("T", " "),
+            h["operation"],
+            str(h["files_added"]),
+            str(h["files_removed"]),
+            f"{h['rows_added']:,}",
+        )
+    console.print(table)
+
+
+@dataset.command("read")
+@click.argument("url")
+@click.option("--columns", default=None, help="Comma-separated columns (default: all).")
+@click.option("--where", default=None, help='e.g. "store_id in (1, 2) and date >= 2024-01-01".')
+@click.option("--version", "version", type=int, default=None, help="Time travel to VERSION.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows to print (0: all).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+def dataset_read(
+    url: str, columns: str | None, where: str | None, version: int | None, limit: int, fmt: str
+) -> None:
+    """Read rows of a dataset, with columns and predicates pushed down."""
+    from rich.table import Table
+
+    from hafen.datasets import open_dataset
+    from hafen.datasets._predicates import parse_predicates
+
+    ds = open_dataset(url, version=version)
+    cols = [c.strip() for c in columns.split(",")] if columns else None
+    predicates = parse_predicates(where) if where else None
+    df = ds.read(columns=cols, predicates=predicates)
+    total = len(df)
+    if limit:
+        df = df.head(limit)
+    if fmt == "csv":
+        click.echo(df.to_csv(index=False), nl=False)
+        return
+    if fmt == "json":
+        click.echo(df.to_json(orient="records", date_format="iso"))
+        return
+    table = Table(*map(str, df.columns))
+    for row in df.itertuples(index=False):
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+    console.print(f"{len(df):,} of {total:,} matching rows shown")
+
+
+@dataset.command("vacuum")
+@click.argument("url")
+@click.option(
+    "--retain",
+    "retain",
+    type=int,
+    default=None,
+    help="Versions that stay readable (default: setting retain_versions, 10).",
+)
+@click.option("--grace", default=None, help="Never remove files younger than this (default 1h).")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+def dataset_vacuum(url: str, retain: int | None, grace: str | None, dry_run: bool) -> None:
+    """Remove files that no retained version references."""
+    from hafen.datasets import open_dataset
+
+    report = open_dataset(url).vacuum(retain_versions=retain, grace_period=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    console.print(
+        f"{verb} {len(report.removed_files)} files ({_fmt_bytes(report.bytes_freed)}) and "
+        f"{len(report.removed_versions)} old versions; kept {report.kept_young} unreferenced "
+        "files younger than the grace period"
+    )
+
+
 # --- limits ---------------------------------------------------------------------------------
 
 
@@ -58,6 +218,77 @@ def limits_command(address: str | None) -> None:
     from hafen.cluster._cli import limits_table
 
     console.print(limits_table(address))
+
+
+# --- chaos ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--scheduler", default=None, help="Scheduler address; default: a local cluster.")
+@click.option("--workers", default=4, show_default=True, help="Workers of the local cluster.")
+@click.option("--threads", default=1, show_default=True, help="Threads per local worker.")
+@click.option("--tasks", default=200, show_default=True, help="Costly tasks in the graph.")
+@click.option("--duration", default=0.5, show_default=True, help="Seconds per costly task.")
+@click.option(
+    "--replicate/--no-replicate",
+    default=True,
+    show_default=True,
+    help="Annotate the costly tasks replicate=2.",
+)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    default=("kill@70%",),
+    show_default=True,
+    help="ACTION@WHEN[/EVERY]: ACTION is kill, terminate, drain or pause; WHEN is a share of "
+    "tasks done ('70%') or seconds ('3s'); EVERY repeats it ('kill@2s/3s'). Repeatable.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the random worker choice.")
+@click.option("--no-reference", is_flag=True, help="Skip the fault-free reference run.")
+def chaos(
+    scheduler: str | None,
+    workers: int,
+    threads: int,
+    tasks: int,
+    duration: float,
+    replicate: bool,
+    faults: tuple[str, ...],
+    seed: int,
+    no_reference: bool,
+) -> None:
+    """Run a graph of costly tasks while faults hit the workers; report what it cost.
+
+    The graph is TASKS tasks of DURATION seconds feeding one reduction. Prints, for a fault-free
+    run and a run with faults, the wall time, recomputed tasks, lost results and whether the
+    outputs match; exits 1 if they do not.
+    """
+    from hafen.cluster import connect
+    from hafen.cluster._chaos import Fault, costly_graph, run_chaos
+
+    schedule = [Fault.parse(text) for text in faults]
+    if scheduler:
+        client = connect(scheduler)
+    else:
+        client = connect(n_workers=workers, threads_per_worker=threads, dashboard_address=":0")
+    try:
+        report = run_chaos(
+            client,
+            lambda: costly_graph(tasks, duration, replicate=2 if replicate else None),
+            schedule,
+            seed=seed,
+            reference=not no_reference,
+        )
+    finally:
+        client.close()
+    console.print(report.table())
+    for event in report.faulty.faults:
+        console.print(
+            f"  {event.time:6.1f}s  {event.action:<9} {event.worker}  {event.detail}",
+            highlight=False,
+        )
+    if report.matched is False:
+        sys.exit(1)
 
 
 # --- sql ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 
 from hafen.errors import PredicateError
 
-__all__ = ["OPS", "Literal", "normalize_predicates", "to_expression"]
+__all__ = ["OPS", "Literal", "normalize_predicates", "parse_predicates", "to_expression"]
 
 OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
 _SET_OPS = ("in", "not in")
@@ -258,3 +259,56 @@ def could_match(
         except TypeError:
             continue
     return True
+
+
+_TERM = re.compile(
+    r"^\s*(?P<col>[A-Za-z_][\w.]*)\s*(?P<op>==|!=|<=|>=|<|>|=|not\s+in|in)\s*(?P<value>.+?)\s*$",
+    re.IGNORECASE,
+)
+
+
+def _parse_value(text: str) -> Any:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if text.lower() in ("null", "none"):
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_predicates(text: str) -> list[list[tuple[str, str, Any]]]:
+    """Parse ``"a >= 3 and b in (1, 2) or c == 'x'"`` into DNF predicates (``or`` binds last).
+
+    Values are numbers, ``null``, ``true``/``false``, quoted or bare text (dates and timestamps
+    as ISO text); lists are written in parentheses or brackets.
+    """
+    disjunction = []
+    for alternative in re.split(r"\s+or\s+", text.strip(), flags=re.IGNORECASE):
+        conjunction = []
+        for term in re.split(r"\s+and\s+", alternative, flags=re.IGNORECASE):
+            match = _TERM.match(term)
+            if not match:
+                raise PredicateError(
+                    f'cannot parse {term.strip()!r}; write e.g. "store_id in (1, 2) and '
+                    f'date >= 2024-01-01" with ops {", ".join(OPS)}'
+                )
+            op = re.sub(r"\s+", " ", match["op"].lower())
+            op = "==" if op == "=" else op
+            value: Any = match["value"]
+            if op in _SET_OPS:
+                inner = value.strip()
+                if inner[:1] in "([" and inner[-1:] in ")]":
+                    inner = inner[1:-1]
+                value = [_parse_value(v) for v in inner.split(",") if v.strip()]
+            else:
+                value = _parse_value(value)
+            conjunction.append((match["col"], op, value))
+        disjunction.append(conjunction)
+    return disjunction

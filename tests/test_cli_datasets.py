@@ -1,0 +1,81 @@
+"""`hafen dataset ...` on a real dataset, as a user types it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+from click.testing import CliRunner
+
+import hafen
+from hafen.cli import main
+
+
+def make(tmp_path) -> str:
+    df = pd.DataFrame(
+        {
+            "date": [dt.date(2024, 1, 1 + i % 3) for i in range(30)],
+            "store_id": [i % 4 for i in range(30)],
+            "qty": [float(i) for i in range(30)],
+        }
+    )
+    url = str(tmp_path / "root" / "sales")
+    hafen.write_dataset(df, url, partition_on=["date"])
+    hafen.write_dataset(df, url, mode="append")
+    return url
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_ls_show_history(tmp_path):
+    url = make(tmp_path)
+    assert "sales" in run("dataset", "ls", str(tmp_path / "root"))
+    shown = run("dataset", "show", url)
+    assert "version 1" in shown and "60 rows" in shown and "date (partition)" in shown
+    history = run("dataset", "history", url)
+    assert "append" in history and "create" in history
+
+
+def test_read_with_where_and_columns(tmp_path):
+    url = make(tmp_path)
+    out = run(
+        "dataset",
+        "read",
+        url,
+        "--where",
+        "store_id in (1, 2) and date >= 2024-01-02",
+        "--columns",
+        "store_id,qty",
+        "--format",
+        "json",
+        "--limit",
+        "0",
+    )
+    rows = json.loads(out)
+    df = hafen.open_dataset(url).read()
+    expected = df[df["store_id"].isin([1, 2]) & (df["date"] >= dt.date(2024, 1, 2))]
+    assert len(rows) == len(expected) and set(rows[0]) == {"store_id", "qty"}
+
+
+def test_errors_are_one_readable_line(tmp_path):
+    url = make(tmp_path)
+    result = CliRunner().invoke(main, ["dataset", "read", url, "--where", "stor = 1"])
+    assert result.exit_code == 1
+    assert "PredicateError" in result.output and "'stor'" in result.output
+    assert "Traceback" not in result.output
+    missing = CliRunner().invoke(main, ["dataset", "show", str(tmp_path / "nothing")])
+    assert missing.exit_code == 1 and "DatasetNotFoundError" in missing.output
+
+
+def test_vacuum(tmp_path):
+    url = make(tmp_path)
+    df = hafen.open_dataset(url).read().drop_duplicates("date")
+    hafen.write_dataset(df, url, mode="overwrite")  # replaces all three partitions
+    out = run("dataset", "vacuum", url, "--retain", "1", "--grace", "0")
+    assert "removed" in out and "2 old versions" in out
+    assert hafen.open_dataset(url).num_rows == 3
