@@ -115,12 +115,13 @@ class Fault:
 
 @dataclasses.dataclass(frozen=True)
 class FaultEvent:
-    """A fault that fired: when (seconds into the run), what, on which worker, outcome."""
+    """A fault that fired: when (seconds into the run), what, on which worker (and its pid)."""
 
     time: float
     action: str
     worker: str
     detail: str = ""
+    pid: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,17 +271,23 @@ class _Schedule:
             self.events.append(FaultEvent(elapsed, fault.action, "-", "no eligible worker"))
             return
         worker = self.rng.choice(candidates)
+        try:
+            self._act(fault, worker, elapsed)
+        except Exception as exc:  # the worker went away meanwhile
+            self.events.append(FaultEvent(elapsed, fault.action, worker, f"failed: {exc!r}"))
+
+    def _act(self, fault: Fault, worker: str, elapsed: float) -> None:
         if fault.action == "kill":
-            self.client.run(_signal_self, int(signal.SIGKILL), workers=[worker])
-            self.events.append(FaultEvent(elapsed, "kill", worker, "SIGKILL"))
+            pid = self.client.run(_signal_self, int(signal.SIGKILL), workers=[worker])[worker]
+            self.events.append(FaultEvent(elapsed, "kill", worker, "SIGKILL", pid))
         elif fault.action == "terminate":
             self.retired.add(worker)
-            self.client.run(_signal_self, int(signal.SIGTERM), workers=[worker])
-            self.events.append(FaultEvent(elapsed, "terminate", worker, "SIGTERM"))
+            pid = self.client.run(_signal_self, int(signal.SIGTERM), workers=[worker])[worker]
+            self.events.append(FaultEvent(elapsed, "terminate", worker, "SIGTERM", pid))
         elif fault.action == "pause":
-            self.client.run(_pause_self, fault.duration, workers=[worker])
+            pid = self.client.run(_pause_self, fault.duration, workers=[worker])[worker]
             self.events.append(
-                FaultEvent(elapsed, "pause", worker, f"SIGSTOP for {fault.duration:g}s")
+                FaultEvent(elapsed, "pause", worker, f"SIGSTOP for {fault.duration:g}s", pid)
             )
         else:
             from hafen.cluster._drain import drain

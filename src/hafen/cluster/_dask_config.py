@@ -21,18 +21,26 @@ __all__ = ["config_bytes", "config_duration", "config_get"]
 _DEFAULTS_FILE = Path(__file__).with_name("resilience.yaml")
 
 
-def _load_defaults() -> None:
+def _load_defaults() -> dict[str, Any]:
     with _DEFAULTS_FILE.open() as f:
-        defaults = yaml.safe_load(f)
+        defaults: dict[str, Any] = yaml.safe_load(f)
     dask.config.update_defaults(defaults)
+    return defaults
 
 
-_load_defaults()
+_DEFAULTS = _load_defaults()
 
 
 def config_get(key: str) -> Any:
-    """Return dask config ``key`` (defaults from ``resilience.yaml``)."""
-    return dask.config.get(key)
+    """Return dask config ``key``, falling back to ``resilience.yaml``.
+
+    The fallback matters when something resets dask config to a snapshot taken before this
+    module was imported (distributed's test utilities do).
+    """
+    default: Any = _DEFAULTS
+    for part in key.split("."):
+        default = default[part]
+    return dask.config.get(key, default=default)
 
 
 def config_duration(value: Any, *, name: str, allow_none: bool = False) -> float | None:
