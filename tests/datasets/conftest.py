@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from _azurite import azurite  # noqa: F401 - the session fixture, for every dataset test
 
-BACKENDS = ["local", "memory"]
+BACKENDS = ["local", "memory", "azure"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -16,15 +17,27 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_url(backend: str, tmp_path) -> Callable[[str], str]:
-    """Return a function giving a fresh dataset URL on the backend under test."""
+def make_url(
+    backend: str, tmp_path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], str]:
+    """Return a function giving a fresh dataset URL on the backend under test.
+
+    On Azure the URL is ``az://hafen-tests/<run>/<name>`` on the session's Azurite, and the
+    credentials come, as in production, from ``AZURE_STORAGE_CONNECTION_STRING`` (set for this
+    test only).
+    """
     run = uuid.uuid4().hex[:8]
+    if backend == "azure":
+        server = request.getfixturevalue("azurite")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", server.connection_string)
 
     def make(name: str = "ds") -> str:
         if backend == "local":
             return str(tmp_path / run / name)
         if backend == "memory":
             return f"memory://{run}/{name}"
+        if backend == "azure":
+            return server.url(f"{run}/{name}")
         raise AssertionError(backend)
 
     return make

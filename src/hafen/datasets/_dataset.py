@@ -679,7 +679,7 @@ def _write_index_parts(
             continue
         path = f"_hafen/indices/{column}/{commit_id}.by-dataset-index.parquet"
         write_index_part(storage, column, entries, schema.field(column).type, path)
-        parts.append(IndexPart(column, path, -1))
+        parts.append(IndexPart(column, path, -1, len(staged.files)))
     return parts
 
 

@@ -108,6 +108,7 @@ class IndexPart:
     column: str
     path: str
     version: int
+    files: int = 0  # how many data files it covers (0: unknown)
 
 
 @dataclass
@@ -216,7 +217,10 @@ class Commit:
             actions.append({"schema": schema_to_b64(self.schema)})
         actions.extend({"remove": {"path": p, "partition": label}} for p, label in self.removes)
         actions.extend({"add": f.to_json()} for f in self.adds)
-        actions.extend({"index": {"column": p.column, "path": p.path}} for p in self.index_parts)
+        actions.extend(
+            {"index": {"column": p.column, "path": p.path, "files": p.files}}
+            for p in self.index_parts
+        )
         return out
 
     @classmethod
@@ -238,7 +242,9 @@ class Commit:
             elif kind == "remove":
                 c.removes.append((body["path"], body["partition"]))
             elif kind == "index":
-                c.index_parts.append(IndexPart(body["column"], body["path"], version))
+                c.index_parts.append(
+                    IndexPart(body["column"], body["path"], version, body.get("files", 0))
+                )
             elif kind == "schema":
                 c.schema = schema_from_b64(body)
             elif kind == "metadata":

@@ -16,6 +16,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -85,7 +86,10 @@ def import_plateau(storage: Storage) -> DatasetState | None:
         with map_storage_errors(common):
             schema = pq.read_schema(common, filesystem=fs)
     except FileNotFoundError as exc:
-        raise CorruptMetadataError(f"{common}: plateau's schema file is missing") from exc
+        raise CorruptMetadataError(
+            f"{common}: plateau's schema file is missing, but {meta_path} describes a dataset "
+            "here; if the dataset was deleted, remove that leftover metadata file too"
+        ) from exc
     except pa.ArrowInvalid as exc:
         raise CorruptMetadataError(f"{common}: cannot be read ({exc})") from exc
 
@@ -125,18 +129,39 @@ def write_index_part(
     """Write index entries ``(value, label)`` as a plateau index file at ``path``."""
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
-    grouped = entries.group_by("value").aggregate([("label", "list")])
-    table = pa.table(
-        {
-            column: grouped.column("value").cast(type_),
-            "partition": grouped.column("label_list").cast(pa.list_(pa.string())),
-        }
-    )
+    table = index_table(column, entries, type_)
     full = storage.full(path)
     with map_storage_errors(full):
         if storage.protocol == "file":
             storage.arrow_filesystem.create_dir(full.rsplit("/", 1)[0], recursive=True)
         pq.write_table(table, full, filesystem=storage.arrow_filesystem)
+
+
+def index_table(column: str, entries: pa.Table, type_: pa.DataType) -> pa.Table:
+    """Group ``(value, label)`` rows into plateau's index layout ``(value, [labels])``."""
+    entries = entries.combine_chunks()
+    values = entries.column("value").cast(type_)
+    order = pc.sort_indices(values)
+    values = values.take(order).combine_chunks()
+    labels = entries.column("label").combine_chunks().take(order)
+    if pa.types.is_dictionary(labels.type):
+        labels = labels.dictionary_decode()
+    n = len(values)
+    if n == 0:
+        starts = np.zeros(0, dtype=np.int32)
+    else:
+        # a new group starts wherever the sorted value differs from the one before it
+        changed = pc.not_equal(values.slice(1), values.slice(0, n - 1))
+        starts = np.concatenate(
+            [[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1]
+        ).astype(np.int32)
+    offsets = pa.array(np.append(starts, n).astype(np.int32))
+    return pa.table(
+        {
+            column: values.take(pa.array(starts)),
+            "partition": pa.ListArray.from_arrays(offsets, labels),
+        }
+    )
 
 
 def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None) -> pa.Table:
@@ -233,14 +258,12 @@ def _with_pandas_metadata(schema: pa.Schema) -> pa.Schema:
 
 def _merged_index(storage: Storage, state: DatasetState, column: str, live: list[IndexPart]) -> str:
     """Return one index file covering exactly the live files, writing it when needed."""
-    live_labels = {file_label(f.path) for f in state.files.values()}
-    if len(live) == 1:
-        entries = read_index_part(storage, live[0], None)
-        labels = set(entries.column("label").to_pylist())
-        if labels <= live_labels:
+    if len(live) == 1 and live[0].files:
+        still = sum(1 for f in state.files.values() if f.version == live[0].version)
+        if still == live[0].files:  # every file the part covers is live: use it as it is
             return live[0].path
-    else:
-        entries = pa.concat_tables(read_index_part(storage, p, None) for p in live)
+    live_labels = {file_label(f.path) for f in state.files.values()}
+    entries = pa.concat_tables(read_index_part(storage, p, None) for p in live)
     entries = entries.filter(pc.is_in(entries.column("label"), pa.array(sorted(live_labels))))
     path = f"indices/{column}/{state.version:020d}-{uuid.uuid4().hex[:8]}.by-dataset-index.parquet"
     write_index_part(storage, column, entries, state.schema.field(column).type, path)

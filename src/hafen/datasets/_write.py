@@ -165,15 +165,20 @@ def _write_file(
             return sink.tell()
 
 
+def _repeat(label: str, n: int) -> pa.DictionaryArray:
+    """``label`` n times, dictionary-encoded: index entries stay small whatever the label."""
+    return pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n, dtype=np.int32)), pa.array([label], type=pa.string())
+    )
+
+
 def _index_entries(table: pa.Table, indices: Sequence[str], label: str) -> dict[str, pa.Table]:
     out = {}
     for column in indices:
         values = pc.unique(table.column(column)).drop_null()
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)
-        out[column] = pa.table(
-            {"value": values, "label": pa.array([label] * len(values), type=pa.string())}
-        )
+        out[column] = pa.table({"value": values, "label": _repeat(label, len(values))})
     return out
 
 
@@ -308,9 +313,7 @@ class StagingWriter:
                 continue
             values = pc.unique(values)
             self._entries.setdefault(column, []).append(
-                pa.table(
-                    {"value": values, "label": pa.array([flabel] * len(values), type=pa.string())}
-                )
+                pa.table({"value": values, "label": _repeat(flabel, len(values))})
             )
 
     def close(self) -> StagedWrite:
