@@ -205,12 +205,15 @@ class DrainCoordinator:
         workers: Sequence[str],
         timeout: float,
         drain_id: str,
-        close: bool = True,
+        close_workers: bool = True,
     ) -> dict[str, Any]:
-        """Handler ``hafen_drain``; a repeated ``drain_id`` joins the drain in progress."""
+        """Handler ``hafen_drain``; a repeated ``drain_id`` joins the drain in progress.
+
+        (``close`` is a reserved key of Dask's RPC messages, hence ``close_workers``.)
+        """
         future = self._drains.get(drain_id)
         if future is None:
-            future = asyncio.ensure_future(self._drain(list(workers), timeout, close))
+            future = asyncio.ensure_future(self._drain(list(workers), timeout, close_workers))
             self._drains[drain_id] = future
             future.add_done_callback(lambda _: self._forget_later(drain_id))
         return await asyncio.shield(future)
@@ -414,7 +417,7 @@ async def _drain_async(
 ) -> DrainReport:
     await ensure_installed(client)
     result = await client.scheduler.hafen_drain(
-        workers=workers, timeout=timeout, drain_id=drain_id, close=close
+        workers=workers, timeout=timeout, drain_id=drain_id, close_workers=close
     )
     if not isinstance(result, dict):
         raise ReplicationError(f"drain of {workers} failed: the scheduler answered {result!r}")

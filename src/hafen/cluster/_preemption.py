@@ -113,7 +113,7 @@ class DrainOnSigterm(WorkerPlugin):
                     workers=[worker.address],
                     timeout=self.timeout,
                     drain_id=f"sigterm-{uuid.uuid4().hex}",
-                    close=True,
+                    close_workers=True,
                 ),
                 timeout=self.timeout + 10,
             )
