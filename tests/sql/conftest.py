@@ -6,7 +6,7 @@ unprivileged user (``hafen-pg``, created when missing and the tests run as root)
 authentication over TCP. It never skips: if the server cannot start, the fixture fails with the
 server's log. Other test areas that need PostgreSQL can import it::
 
-    from tests.sql.conftest import PostgresServer  # or use the ``postgres`` fixture
+    sys.path.insert(0, "tests/sql"); from conftest import PostgresServer  # or the fixture
 
 The ``postgres`` fixture is session-scoped; each test that needs a clean database takes
 ``pg_url`` (a fresh database per test, dropped afterwards).
@@ -66,6 +66,7 @@ class PostgresServer:
         self.data = self.root / "data"
         self.port = _free_port()
         self.log = self.root / "server.log"
+        self.password = PG_PASSWORD
         self._as_user: list[str] = []
         self.started = False
 

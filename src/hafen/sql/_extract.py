@@ -38,7 +38,16 @@ from hafen.errors import (
     SQLError,
     StorageError,
 )
-from hafen.sql._source import SUBQUERY_ALIAS, as_query, bounds, check_source, describe, read_batches
+from hafen.sql._source import (
+    SUBQUERY_ALIAS,
+    InferenceMismatch,
+    as_query,
+    bounds,
+    check_source,
+    connect_reader,
+    describe,
+    read_batches,
+)
 from hafen.sql._tasks import first_error, limit_name, run_chunks, task_client
 from hafen.sql._url import DatabaseURL, connect, parse_url, quote_ident
 
@@ -212,9 +221,25 @@ def extract_range(
     indices: Sequence[str],
 ) -> StagedWrite:
     """One range: stream the query's rows into staged files; on failure remove them."""
+    try:
+        return _stage_range(db, query, schema, storage, partition_on, indices, fast=True)
+    except InferenceMismatch:  # SQLite values of mixed types: the slower, exact reader
+        return _stage_range(db, query, schema, storage, partition_on, indices, fast=False)
+
+
+def _stage_range(
+    db: DatabaseURL,
+    query: str,
+    schema: pa.Schema,
+    storage: Storage,
+    partition_on: Sequence[str],
+    indices: Sequence[str],
+    *,
+    fast: bool,
+) -> StagedWrite:
     writer = StagingWriter(storage, schema, partition_on=partition_on, indices=indices)
     try:
-        conn = connect(db, "extract")
+        conn = connect_reader(db, fast=fast)
         try:
             for table in read_batches(db, conn, query, schema):
                 writer.write(conform(table, schema))

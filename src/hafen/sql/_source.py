@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,9 +24,17 @@ from hafen.sql._types import (
     conform_batch,
     sqlite_column,
 )
-from hafen.sql._url import DatabaseURL, map_db_errors, quote_ident
+from hafen.sql._url import DatabaseURL, connect, map_db_errors, quote_ident
 
-__all__ = ["as_query", "bounds", "describe", "read_batches", "table_exists"]
+__all__ = [
+    "InferenceMismatch",
+    "as_query",
+    "bounds",
+    "connect_reader",
+    "describe",
+    "read_batches",
+    "table_exists",
+]
 
 #: Rows per batch read from SQLite.
 SQLITE_BATCH_ROWS = 65_536
@@ -148,21 +158,19 @@ def _as_python(value: Any, type_: pa.DataType) -> Any:
     return value
 
 
+class InferenceMismatch(Exception):
+    """ADBC's SQLite driver met a value of another type than it inferred: use the stdlib."""
+
+
 def read_batches(db: DatabaseURL, conn: Any, query: str, schema: pa.Schema) -> Iterator[pa.Table]:
-    """Run ``query`` and yield its rows as tables of ``schema``, one batch at a time."""
+    """Run ``query`` and yield its rows as tables of ``schema``, one batch at a time.
+
+    ``conn`` is an ADBC connection for PostgreSQL; for SQLite either an ADBC connection (fast,
+    but it infers column types from the first rows: :class:`InferenceMismatch` when a later
+    value differs) or a stdlib one.
+    """
     with map_db_errors(db, "reading"):
-        if db.dialect == "postgresql":
-            cur = conn.cursor()
-            try:
-                cur.execute(query)
-                reader = cur.fetch_record_batch()
-                for batch in reader:
-                    if batch.num_rows:
-                        yield conform_batch(batch, schema)
-            finally:
-                cur.close()
-            conn.rollback()
-        else:
+        if db.dialect == "sqlite" and isinstance(conn, sqlite3.Connection):
             cur = conn.execute(query)
             while True:
                 rows = cur.fetchmany(SQLITE_BATCH_ROWS)
@@ -171,3 +179,44 @@ def read_batches(db: DatabaseURL, conn: Any, query: str, schema: pa.Schema) -> I
                 columns = list(zip(*rows, strict=True))
                 arrays = [sqlite_column(columns[i], f.type) for i, f in enumerate(schema)]
                 yield pa.Table.from_arrays(arrays, schema=schema)
+            return
+        cur = conn.cursor()
+        try:
+            cur.execute(query)
+            reader = cur.fetch_record_batch()
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except OSError as exc:
+                    if db.dialect == "sqlite" and "Type mismatch" in str(exc):
+                        raise InferenceMismatch(str(exc)) from None
+                    raise
+                if batch.num_rows:
+                    yield _conform_driver_batch(batch, schema)
+        finally:
+            cur.close()
+        conn.rollback()
+
+
+def _conform_driver_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for field, column in zip(schema, batch.columns, strict=True):
+        if pa.types.is_decimal(field.type) and not pa.types.is_decimal(column.type):
+            column = sqlite_column(column.to_pylist(), field.type)
+        columns.append(column)
+    return conform_batch(pa.RecordBatch.from_arrays(columns, names=schema.names), schema)
+
+
+def connect_reader(db: DatabaseURL, *, fast: bool = True) -> Any:
+    """A connection for :func:`read_batches`: ADBC when available (and ``fast``)."""
+    if db.dialect == "sqlite" and fast:
+        try:
+            import adbc_driver_sqlite.dbapi as adbc_sqlite
+        except ImportError:
+            return connect(db, "extract")
+        with map_db_errors(db, "connecting"):
+            uri = "file:" + urllib.parse.quote(db.path or "") + "?mode=ro"
+            return adbc_sqlite.connect(uri)
+    return connect(db, "extract")
