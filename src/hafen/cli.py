@@ -156,7 +156,7 @@ def dataset_read(
     from rich.table import Table
 
     from hafen.datasets import open_dataset
-    from hafen.datasets._predicates import parse_predicates
+    from hafen.datasets import parse_predicates
 
     ds = open_dataset(url, version=version)
     cols = [c.strip() for c in columns.split(",")] if columns else None
@@ -378,3 +378,122 @@ def load_command(
         scheduler=scheduler,
     )
     console.print(f"{table}: {rows:,} rows written ({mode})", highlight=False)
+
+
+# --- pipeline -------------------------------------------------------------------------------
+
+
+def _serve_after(root: str, host: str, port: int) -> None:
+    from hafen.serve import serve
+
+    console.print(f"Serving {root} on http://{host}:{port}/ (Ctrl-C to stop)", highlight=False)
+    serve(root, host=host, port=port)
+
+
+@main.command("demo")
+@click.option(
+    "--workdir",
+    default=None,
+    metavar="DIR",
+    help="Work folder (default: the workdir setting, ./hafen-demo).",
+)
+@click.option("--stores", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--products", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--days", default=730, show_default=True, type=click.IntRange(min=70))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--fresh", is_flag=True, help="Delete the work folder first.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Use this Dask cluster.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
+@click.option("--serve", "then_serve", is_flag=True, help="Then serve the results over HTTP.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def demo_command(
+    workdir: str | None,
+    stores: int,
+    products: int,
+    days: int,
+    seed: int,
+    fresh: bool,
+    scheduler: str | None,
+    as_json: bool,
+    then_serve: bool,
+    host: str,
+    port: int,
+) -> None:
+    """Run the reference pipeline on a synthetic retail database.
+
+    Makes DIR/retail.sqlite (or reuses it), then extracts, denormalizes, reshuffles, forecasts
+    and writes DIR/datasets/{sales,sales_by_store,forecasts}. Rerunning adds a version.
+    """
+    import json
+
+    from hafen.config import get_settings
+    from hafen.pipeline import SynthParams, demo, summary_dict
+
+    root = workdir or get_settings().workdir
+    result = demo(
+        root,
+        synth=SynthParams(stores=stores, products=products, days=days, seed=seed),
+        fresh=fresh,
+        console=None if as_json else console,
+        scheduler=scheduler,
+    )
+    if as_json:
+        click.echo(json.dumps(summary_dict(result), indent=2, default=str))
+    if then_serve:
+        _serve_after(result.config.datasets_root, host, port)
+
+
+@main.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A pipeline.toml (see hafen.pipeline._config).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
+@click.option("--serve", "then_serve", is_flag=True, help="Then serve the results over HTTP.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def run_command(config_path: str, as_json: bool, then_serve: bool, host: str, port: int) -> None:
+    """Run the reference pipeline on the database and storage named in a pipeline.toml."""
+    import json
+
+    from hafen.pipeline import load_config, run_pipeline, summary_dict
+    from hafen.pipeline._run import prepare_database
+
+    cfg = load_config(config_path)
+    seconds = None
+    if cfg.synth is not None:
+        seconds = prepare_database(cfg, cfg.synth, None if as_json else console)
+    result = run_pipeline(cfg, console=None if as_json else console, synth_seconds=seconds)
+    if as_json:
+        click.echo(json.dumps(summary_dict(result), indent=2, default=str))
+    if then_serve:
+        _serve_after(cfg.datasets_root, host, port)
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+@main.command("serve")
+@click.argument("url")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--refresh",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between checks for new versions.",
+)
+def serve_command(url: str, host: str, port: int, refresh: float) -> None:
+    """Serve the forecasts (and the datasets' metadata) under URL over HTTP.
+
+    URL is a folder of datasets (such as hafen-demo/datasets) or one forecasts dataset.
+    """
+    from hafen.serve import serve
+
+    console.print(f"Serving {url} on http://{host}:{port}/ (docs at /docs)", highlight=False)
+    serve(url, host=host, port=port, refresh=refresh)

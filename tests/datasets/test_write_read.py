@@ -213,3 +213,12 @@ def test_arrow_input_and_null_partition(url):
     }
     out = ds.read(predicates=[[("region", "==", None)]])
     assert sorted(out["x"]) == [2, 4]
+
+
+def test_latest_follows_new_commits(url):
+    ds = hafen.write_dataset(sales(10), url)
+    assert ds.is_latest() and ds.latest() is ds
+    newer = hafen.write_dataset(sales(10), url, mode="append")
+    assert not ds.is_latest()
+    assert ds.latest().version == newer.version == 1
+    assert hafen.datasets.latest_version(ds.storage) == 1

@@ -17,10 +17,10 @@ from hafen.datasets._dataset import (
     storage_for,
     write_dataset,
 )
-from hafen.datasets._log import DataFile
-from hafen.datasets._predicates import normalize_predicates, to_expression
-from hafen.datasets._schema import conform, normalize_schema, to_arrow
-from hafen.datasets._storage import Storage
+from hafen.datasets._log import DataFile, latest_version
+from hafen.datasets._predicates import normalize_predicates, parse_predicates, to_expression
+from hafen.datasets._schema import conform, normalize_schema, partition_label, to_arrow
+from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.datasets._write import StagedWrite, StagingWriter, split_by_partition, stage_table
 
 __all__ = [
@@ -33,9 +33,13 @@ __all__ = [
     "VacuumReport",
     "commit_staged",
     "conform",
+    "latest_version",
+    "map_storage_errors",
     "normalize_predicates",
     "normalize_schema",
     "open_dataset",
+    "parse_predicates",
+    "partition_label",
     "prepare_table",
     "split_by_partition",
     "stage_table",

@@ -154,6 +154,16 @@ class Dataset:
     def state(self) -> DatasetState:
         return self._state
 
+    def is_latest(self) -> bool:
+        """Whether no newer version has been committed (one existence check)."""
+        if self._state.origin == "plateau":
+            return not _log.list_versions(self._storage)
+        return not self._storage.exists(_log.log_path(self.version + 1))
+
+    def latest(self) -> Dataset:
+        """This dataset at its newest version (``self`` when it is the newest)."""
+        return self if self.is_latest() else open_dataset(self._storage)
+
     def files(self, predicates: Predicates = None) -> list[DataFile]:
         """The data files of this version that may hold rows matching ``predicates``."""
         literals = normalize_predicates(predicates, self.schema)

@@ -47,6 +47,7 @@ __all__ = [
     "IndexPart",
     "commit",
     "conflicts",
+    "latest_version",
     "load_state",
     "replay",
 ]
@@ -348,6 +349,12 @@ def read_commit(storage: Storage, version: int) -> Commit:
 def list_versions(storage: Storage) -> list[int]:
     found = (_version_of(info.path) for info in storage.list(LOG_DIR))
     return sorted(v for v in found if v is not None)
+
+
+def latest_version(storage: Storage) -> int | None:
+    """The newest committed version, from one listing of the log (None: no hafen log)."""
+    versions = list_versions(storage)
+    return versions[-1] if versions else None
 
 
 def list_checkpoints(storage: Storage) -> list[int]:
