@@ -35,7 +35,7 @@ from hafen.datasets._schema import (
     to_arrow,
     validate_partition_type,
 )
-from hafen.datasets._storage import Storage
+from hafen.datasets._storage import FileInfo, Storage
 from hafen.datasets._write import StagedWrite, file_label, stage_table
 from hafen.errors import (
     ConfigError,
@@ -393,7 +393,7 @@ class Dataset:
         referenced |= view_references(storage)
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=grace)
         report = VacuumReport()
-        candidates = []
+        candidates: list[FileInfo] = []
         for directory in ("table", "indices", "_hafen/indices"):
             candidates.extend(storage.walk(directory))
         candidates.extend(i for i in storage.list(_log.LOG_DIR) if "/.tmp-" in "/" + i.path)
