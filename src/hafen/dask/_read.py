@@ -155,6 +155,7 @@ def read_ddf(
     --------
     >>> ddf = hafen.read_ddf("data/sales", columns=["store_id", "qty"])  # doctest: +SKIP
     """
+    import dask
     import dask.dataframe as dd
 
     from hafen.datasets import Dataset, normalize_predicates, open_dataset
@@ -200,16 +201,19 @@ def read_ddf(
     if divisions is None:
         meta.index = pd.RangeIndex(0)
     state = dataclasses.replace(ds.state, files={}, index_parts=[])
-    return dd.from_map(
-        _read_part,
-        parts,
-        args=[ds.storage, state],
-        columns=selected,
-        meta=meta,
-        divisions=divisions,
-        label="hafen-read",
-        enforce_metadata=False,
-    )
+    # Dask would turn every object column into strings, dates included; the partitions
+    # already have the dtypes Dataset.read gives (pandas' own string dtype for strings)
+    with dask.config.set({"dataframe.convert-string": False}):
+        return dd.from_map(
+            _read_part,
+            parts,
+            args=[ds.storage, state],
+            columns=selected,
+            meta=meta,
+            divisions=divisions,
+            label="hafen-read",
+            enforce_metadata=False,
+        )
 
 
 def _divisions(parts: list[_Part], total: int) -> tuple[int, ...] | None:
