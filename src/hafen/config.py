@@ -40,6 +40,8 @@ class Settings:
     grace_period: str = DEFAULT_GRACE_PERIOD
     retain_versions: int = DEFAULT_RETAIN_VERSIONS
     memory_budget: str | None = None
+    # rewrite plateau's metadata file after each commit (its cost grows with the dataset's files)
+    plateau_view: bool = True
     workdir: str = "hafen-demo"
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -55,6 +57,10 @@ class Settings:
 
 def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    if kind.startswith("bool"):
+        if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+            raise ConfigError(f"HAFEN_{field.name.upper()} must be true or false, got {raw!r}")
+        return raw.lower() in {"1", "true", "yes", "on"}
     if kind.startswith("int"):
         try:
             return int(raw)

@@ -90,3 +90,10 @@ def test_hafen_dataset_reads_in_plateau(store):
         pd.testing.assert_frame_equal(
             canon(got), canon(expected[expected["product_id"] == pid]), check_dtype=False
         )
+
+
+def test_plateau_view_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAFEN_PLATEAU_VIEW", "false")
+    hafen.write_dataset(frame(), str(tmp_path / "quiet"))
+    assert not (tmp_path / "quiet.by-dataset-metadata.json").exists()
+    assert hafen.open_dataset(str(tmp_path / "quiet")).num_rows == 60

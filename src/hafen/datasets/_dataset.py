@@ -719,6 +719,8 @@ def _commit(
     except (ConflictError, DatasetExistsError, SchemaError):
         _discard(storage, staged)
         raise
+    if not settings.plateau_view:
+        return Dataset(storage, new_state)
     try:
         write_plateau_view(storage, new_state)
     except (StorageError, pa.ArrowException) as exc:
