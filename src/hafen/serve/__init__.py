@@ -1,1 +1,34 @@
-"""See DESIGN.md."""
+"""The HTTP API over datasets (DESIGN.md section 5): forecasts, dataset metadata, a chart page.
+
+``hafen serve URL`` runs :func:`serve`; :func:`create_app` returns the FastAPI application for
+tests or another ASGI server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hafen.serve._app import create_app
+from hafen.serve._registry import DEFAULT_REFRESH, Registry
+
+__all__ = ["DEFAULT_REFRESH", "Registry", "create_app", "serve"]
+
+
+def serve(
+    root: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    refresh: float = DEFAULT_REFRESH,
+    **uvicorn_options: Any,
+) -> None:
+    """Serve the datasets under ``root`` with uvicorn until interrupted.
+
+    Examples
+    --------
+    >>> serve("hafen-demo/datasets", port=8000)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    app = create_app(root, refresh=refresh)
+    uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_options)

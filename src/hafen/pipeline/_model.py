@@ -1,0 +1,305 @@
+"""The forecast model: gradient boosting on lag, calendar and promotion features, per store.
+
+One model per store, trained in the task that reads that store's partition of
+``sales_by_store``. Why per store rather than one global model: the data is partitioned by store,
+so each task reads exactly one partition and needs nothing from the others (no shuffle of the
+training data, memory bounded by the largest store, as many parallel tasks as stores), and stores
+differ in level and trend, which a per-store model absorbs without store features. A store has
+``products x days`` rows (70,000 at the default size), plenty for gradient boosting; products
+share one model through their lags, rolling means, group and price.
+
+Every lag is at least :data:`MIN_LAG` = 28 days, the horizon: the forecast for any of the next 28
+days uses only observed history (a direct multi-horizon model, no recursion), and the held-out
+evaluation window of 28 days is forecast exactly as the future is.
+
+The baseline is the seasonal naive forecast: the same weekday of the last observed week (if that
+day is missing, the week before, up to four weeks back, else 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "HOLDOUT",
+    "HORIZON",
+    "MIN_LAG",
+    "ModelParams",
+    "StoreForecast",
+    "as_days",
+    "forecast_store",
+    "seasonal_naive",
+]
+
+HORIZON = 28
+HOLDOUT = 28
+MIN_LAG = 28
+LAGS = (28, 35, 42, 49, 364)
+WINDOWS = (7, 28, 91)
+FEATURES = [
+    *(f"lag_{k}" for k in LAGS),
+    *(f"mean_{w}" for w in WINDOWS),
+    "dow",
+    "doy_sin",
+    "doy_cos",
+    "month",
+    "holiday",
+    "discount",
+    "group",
+    "price",
+]
+CATEGORICAL = ["dow", "holiday", "group"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """Gradient boosting settings (scikit-learn's ``HistGradientBoostingRegressor``)."""
+
+    max_iter: int = 100
+    learning_rate: float = 0.15
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 40
+    seed: int = 0
+    #: Retrain on all history (held-out window included) before forecasting the future. Off by
+    #: default: the evaluated model is the one that forecasts, and each store costs one fit.
+    refit: bool = False
+
+
+@dataclasses.dataclass
+class StoreForecast:
+    """What one store's task returns: forecasts of the horizon and held-out error sums."""
+
+    forecasts: pd.DataFrame  # store_id, product_id, date, forecast, baseline
+    metrics: dict[str, Any]
+
+
+def as_days(values: Any) -> np.ndarray:
+    """Dates given as strings, ``date`` objects or timestamps, as ``datetime64[D]``."""
+    series = pd.Series(values)
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        series = pd.to_datetime(series.astype(str), format="ISO8601")
+    return series.to_numpy(dtype="datetime64[D]")
+
+
+def seasonal_naive(y: np.ndarray, origin: int, steps: int) -> np.ndarray:
+    """Repeat the last observed week after day index ``origin``, per row of ``y`` (P x T).
+
+    Missing (NaN) reference days fall back a week at a time, up to four weeks, then to 0.
+    """
+    out = np.full((y.shape[0], steps), np.nan)
+    for h in range(1, steps + 1):
+        ref = origin - 6 + (h - 1) % 7
+        value = np.full(y.shape[0], np.nan)
+        for back in range(4):
+            r = ref - 7 * back
+            if r < 0:
+                break
+            value = np.where(np.isnan(value), y[:, r], value)
+        out[:, h - 1] = np.nan_to_num(value, nan=0.0)
+    return out
+
+
+def _rolling_mean(y: np.ndarray, window: int, lag: int) -> np.ndarray:
+    """Mean of the non-missing values in ``[t - lag - window + 1, t - lag]``, for every t."""
+    filled = np.nan_to_num(y)
+    seen = (~np.isnan(y)).astype(np.float64)
+    csum = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(filled, axis=1)], axis=1)
+    ccnt = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(seen, axis=1)], axis=1)
+    t = np.arange(y.shape[1])
+    hi = np.clip(t - lag + 1, 0, y.shape[1])
+    lo = np.clip(t - lag - window + 1, 0, y.shape[1])
+    total = csum[:, hi] - csum[:, lo]
+    count = ccnt[:, hi] - ccnt[:, lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _shift(y: np.ndarray, k: int) -> np.ndarray:
+    out = np.full_like(y, np.nan)
+    out[:, k:] = y[:, :-k]
+    return out
+
+
+def _features(
+    y: np.ndarray,
+    discount: np.ndarray,
+    days: np.ndarray,
+    holiday_code: np.ndarray,
+    group_code: np.ndarray,
+    price: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Feature grids (products x days) for every cell."""
+    n_products, n_days = y.shape
+    doy = (days - days.astype("datetime64[Y]")).astype(np.int64)
+    month = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    dow = (days.astype(np.int64) + 3) % 7
+    grid: dict[str, np.ndarray] = {}
+    for k in LAGS:
+        grid[f"lag_{k}"] = _shift(y, k)
+    for w in WINDOWS:
+        grid[f"mean_{w}"] = _rolling_mean(y, w, MIN_LAG)
+    ones = np.ones((n_products, 1))
+    grid["dow"] = ones * dow[None, :]
+    grid["doy_sin"] = ones * np.sin(2 * np.pi * doy / 365.25)[None, :]
+    grid["doy_cos"] = ones * np.cos(2 * np.pi * doy / 365.25)[None, :]
+    grid["month"] = ones * month[None, :]
+    grid["holiday"] = ones * holiday_code[None, :]
+    grid["discount"] = discount
+    grid["group"] = group_code[:, None] * np.ones((1, n_days))
+    grid["price"] = price[:, None] * np.ones((1, n_days))
+    return grid
+
+
+def _matrix(grid: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    return np.column_stack([grid[name][mask] for name in FEATURES])
+
+
+class _Model:
+    """A fitted regressor and the feature columns it uses (those that vary in its training set)."""
+
+    def __init__(self, regressor: Any, keep: np.ndarray) -> None:
+        self.regressor = regressor
+        self.keep = keep
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.regressor.predict(x[:, self.keep])
+
+
+def _fit(x: np.ndarray, y: np.ndarray, params: ModelParams) -> _Model:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    # a feature with fewer than two distinct values (lag_364 on less than a year) cannot be binned
+    keep = np.array([len(np.unique(col[~np.isnan(col)][:100_000])) >= 2 for col in x.T])
+    categorical = [i for i, name in enumerate(np.asarray(FEATURES)[keep]) if name in CATEGORICAL]
+    regressor = HistGradientBoostingRegressor(
+        loss="poisson",
+        max_iter=params.max_iter,
+        learning_rate=params.learning_rate,
+        max_leaf_nodes=params.max_leaf_nodes,
+        min_samples_leaf=params.min_samples_leaf,
+        categorical_features=categorical or None,
+        early_stopping=False,
+        random_state=params.seed,
+    )
+    return _Model(regressor.fit(x[:, keep], y), keep)
+
+
+def forecast_store(
+    history: pd.DataFrame,
+    *,
+    store_id: int,
+    products: pd.DataFrame,
+    promotions: pd.DataFrame,
+    holidays: pd.DataFrame,
+    first_day: dt.date,
+    last_day: dt.date,
+    horizon: int = HORIZON,
+    holdout: int = HOLDOUT,
+    params: ModelParams | None = None,
+) -> StoreForecast:
+    """Evaluate on the held-out window, then forecast ``horizon`` days, for one store.
+
+    Parameters
+    ----------
+    history
+        The store's rows: ``product_id``, ``date``, ``qty`` (missing days have no rows).
+    products
+        Every product: ``product_id``, ``product_group``, ``price``.
+    promotions
+        The store's promotions: ``product_id``, ``start_date``, ``end_date``, ``discount``,
+        including planned ones in the horizon.
+    holidays
+        ``date``, ``name`` over the history and the horizon.
+    first_day, last_day
+        The history's calendar (the same for every store, so missing days stay missing).
+
+    Returns
+    -------
+    StoreForecast
+        ``horizon`` rows per product, and the absolute errors of model and baseline on the
+        ``holdout`` window, with the sum of actual sales there.
+    """
+    params = params or ModelParams()
+    products = products.sort_values("product_id").reset_index(drop=True)
+    product_ids = products["product_id"].to_numpy(dtype=np.int64)
+    n_hist = (last_day - first_day).days + 1
+    n_days = n_hist + horizon
+    start = np.datetime64(first_day, "D")
+    days = start + np.arange(n_days)
+
+    y = np.full((len(product_ids), n_days), np.nan)
+    if len(history):
+        row = np.searchsorted(product_ids, history["product_id"].to_numpy(dtype=np.int64))
+        col = (as_days(history["date"]) - start).astype(np.int64)
+        ok = (col >= 0) & (col < n_hist) & (row < len(product_ids))
+        y[row[ok], col[ok]] = history["qty"].to_numpy(dtype=np.float64)[ok]
+
+    discount = np.zeros((len(product_ids), n_days + 1))
+    if len(promotions):
+        p_row = np.searchsorted(product_ids, promotions["product_id"].to_numpy(dtype=np.int64))
+        begin = np.clip((as_days(promotions["start_date"]) - start).astype(np.int64), 0, n_days)
+        end = np.clip((as_days(promotions["end_date"]) - start).astype(np.int64) + 1, 0, n_days)
+        value = promotions["discount"].to_numpy(dtype=np.float64)
+        np.add.at(discount, (p_row, begin), value)
+        np.add.at(discount, (p_row, end), -value)
+    discount = np.round(np.cumsum(discount, axis=1)[:, :n_days], 4)
+
+    names = sorted(set(holidays["name"])) if len(holidays) else []
+    holiday_code = np.zeros(n_days)
+    if len(holidays):
+        h_col = (as_days(holidays["date"]) - start).astype(np.int64)
+        ok = (h_col >= 0) & (h_col < n_days)
+        codes = np.array([names.index(n) + 1 for n in holidays["name"]], dtype=np.float64)
+        holiday_code[h_col[ok]] = codes[ok]
+    group_names = sorted(set(products["product_group"]))
+    group_code = np.array([group_names.index(g) for g in products["product_group"]], dtype=float)
+    price = products["price"].to_numpy(dtype=np.float64)
+
+    grid = _features(y, discount, days, holiday_code, group_code, price)
+    t = np.broadcast_to(np.arange(n_days)[None, :], y.shape)
+    observed = ~np.isnan(y)
+    cut = n_hist - holdout
+    first_train = MIN_LAG + max(WINDOWS)  # rows before have no rolling means at all
+
+    # 1. evaluation: train before the held-out window, forecast it, compare with the baseline
+    train = observed & (t >= first_train) & (t < cut)
+    held = observed & (t >= cut) & (t < n_hist)
+    model = _fit(_matrix(grid, train), y[train], params)
+    predicted = np.full(y.shape, np.nan)
+    predicted[held] = model.predict(_matrix(grid, held))
+    baseline = np.full(y.shape, np.nan)
+    baseline[:, cut:n_hist] = seasonal_naive(y, cut - 1, holdout)
+    actual = y[held]
+    metrics = {
+        "store_id": int(store_id),
+        "holdout_rows": int(held.sum()),
+        "train_rows": int(train.sum()),
+        "actual_sum": float(actual.sum()),
+        "abs_error_model": float(np.abs(actual - predicted[held]).sum()),
+        "abs_error_baseline": float(np.abs(actual - baseline[held]).sum()),
+    }
+
+    # 2. the future: its features only use history (lags >= 28), so the evaluated model can
+    # forecast it as is; with refit, retrain on all history first
+    future = t >= n_hist
+    if params.refit:
+        train = observed & (t >= first_train)
+        model = _fit(_matrix(grid, train), y[train], params)
+    forecast = model.predict(_matrix(grid, future)).reshape(len(product_ids), horizon)
+    naive = seasonal_naive(y, n_hist - 1, horizon)
+    frame = pd.DataFrame(
+        {
+            "store_id": np.full(forecast.size, store_id, dtype=np.int64),
+            "product_id": np.repeat(product_ids, horizon),
+            "date": np.tile(days[n_hist:], len(product_ids)),
+            "forecast": np.round(np.clip(forecast, 0, None), 4).ravel(),
+            "baseline": naive.ravel(),
+        }
+    )
+    frame["date"] = frame["date"].astype("datetime64[s]").dt.date
+    return StoreForecast(frame, metrics)

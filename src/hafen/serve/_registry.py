@@ -1,0 +1,146 @@
+"""The datasets an API serves, kept at their latest version without a restart.
+
+A :class:`Registry` holds one open :class:`~hafen.datasets.Dataset` per name. Reads never wait
+for storage beyond the lookup itself: at most once per ``refresh`` seconds per dataset, a request
+checks whether the next log entry exists (one ``exists`` call) and, if so, opens the new version;
+every other request uses the cached one. A dataset that appears after start-up (a first run of
+the pipeline) is found by a rescan, also at most once per ``refresh`` seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any
+
+from hafen.datasets import Dataset, open_dataset, storage_for
+from hafen.datasets._log import log_path
+from hafen.errors import DatasetNotFoundError, HafenError
+
+__all__ = ["DEFAULT_REFRESH", "Registry"]
+
+DEFAULT_REFRESH = 1.0
+#: How deep under the root datasets are looked for (``raw/sales`` is depth 2).
+MAX_DEPTH = 2
+
+
+@dataclasses.dataclass
+class _Entry:
+    url: str
+    dataset: Dataset
+    checked: float
+
+
+class Registry:
+    """Datasets under ``root`` by name (their path below it), each at its latest version.
+
+    ``root`` is either a folder of datasets or one dataset (then named by its last path part).
+    """
+
+    def __init__(self, root: str, *, refresh: float = DEFAULT_REFRESH) -> None:
+        self.root = root.rstrip("/") or root
+        self.refresh = refresh
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._scanned = 0.0
+        self._single = self._is_dataset(self.root)
+        self.scan()
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_dataset(url: str) -> bool:
+        try:
+            storage = storage_for(url)
+            return bool(storage.exists("_hafen") or storage.exists("_hafen/log"))
+        except (HafenError, OSError, ValueError):
+            return False
+
+    def _candidates(self) -> dict[str, str]:
+        if self._single:
+            return {self.root.rsplit("/", 1)[-1]: self.root}
+        storage = storage_for(self.root)
+        fs, base = storage.fs, storage.full("").rstrip("/")
+        found: dict[str, str] = {}
+        level = [""]
+        for _ in range(MAX_DEPTH):
+            deeper = []
+            for rel in level:
+                try:
+                    children = fs.ls(f"{base}/{rel}".rstrip("/"), detail=True)
+                except (FileNotFoundError, OSError):
+                    continue
+                for child in children:
+                    if child.get("type") != "directory":
+                        continue
+                    name = child["name"].rstrip("/").rsplit("/", 1)[-1]
+                    if name.startswith(("_", ".")):
+                        continue
+                    sub = f"{rel}/{name}".lstrip("/")
+                    url = f"{self.root}/{sub}"
+                    if fs.exists(f"{base}/{sub}/_hafen"):
+                        found[sub] = url
+                    else:
+                        deeper.append(sub)
+            level = deeper
+        return found
+
+    def scan(self) -> None:
+        """Find datasets under the root (new ones are opened; known ones keep their entry)."""
+        candidates = self._candidates()
+        now = time.monotonic()
+        with self._lock:
+            self._scanned = now
+            for name, url in candidates.items():
+                if name in self._entries:
+                    continue
+                try:
+                    self._entries[name] = _Entry(url, open_dataset(url), now)
+                except DatasetNotFoundError:
+                    continue
+
+    # -- access ---------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if time.monotonic() - self._scanned > self.refresh:
+            self.scan()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Dataset:
+        """The latest version of dataset ``name``; raises :class:`DatasetNotFoundError`."""
+        entry = self._entries.get(name)
+        now = time.monotonic()
+        if entry is None:
+            if now - self._scanned > self.refresh:
+                self.scan()
+                entry = self._entries.get(name)
+            if entry is None:
+                raise DatasetNotFoundError(f"no dataset named {name!r} under {self.root}")
+        if now - entry.checked > self.refresh:
+            self._refresh(entry, now)
+        return entry.dataset
+
+    def _refresh(self, entry: _Entry, now: float) -> None:
+        entry.checked = now  # first, so concurrent requests do not all check
+        ds = entry.dataset
+        try:
+            if ds.storage.exists(log_path(ds.version + 1)):
+                entry.dataset = open_dataset(entry.url)
+        except HafenError:
+            pass  # keep serving the version we have; the next check tries again
+
+    def versions(self) -> dict[str, int]:
+        return {name: self.get(name).version for name in self.names()}
+
+    def info(self, name: str) -> dict[str, Any]:
+        ds = self.get(name)
+        return {
+            "name": name,
+            "url": ds.url,
+            "version": ds.version,
+            "timestamp": ds.timestamp,
+            "num_rows": ds.num_rows,
+            "partition_on": ds.partition_on,
+            "indices": ds.indices,
+        }
