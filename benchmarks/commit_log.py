@@ -4,7 +4,7 @@
     python benchmarks/commit_log.py --versions 2000
 
 Each version appends 10 rows to a new partition. Reported: the mean time of a commit among the
-first and the last 100, and the time to open the latest version, for hafen (checkpoints every 100
+first and the last 100, and the time to open the latest version, for hafen (checkpoints every 50
 versions), hafen without checkpoints, and plateau's ``update_dataset_from_dataframes``.
 """
 
@@ -69,9 +69,9 @@ def main() -> None:
         assert hafen.open_dataset(url).version == n - 1
         rows.append((name, n, times[:100], times[-100:], opened))
 
-    hafen_run("hafen", 100, False, args.versions)
+    hafen_run("hafen", 50, False, args.versions)
     hafen_run("hafen, no checkpoints", 10**9, False, args.versions)
-    hafen_run("hafen + plateau view", 100, True, args.plateau_versions)
+    hafen_run("hafen + plateau view", 50, True, args.plateau_versions)
 
     from minimalkv import get_store_from_url
     from plateau.core.factory import DatasetFactory

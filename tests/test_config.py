@@ -14,7 +14,7 @@ def test_precedence(tmp_path):
     s = get_settings(env={"HAFEN_CHECKPOINT_INTERVAL": "9"}, toml_path=str(toml))
     assert s.checkpoint_interval == 9 and s.scheduler == "tcp://a:1"
     assert s.storage_options == {"x": 1}
-    assert get_settings(env={}, toml_path=str(tmp_path / "none.toml")).checkpoint_interval == 100
+    assert get_settings(env={}, toml_path=str(tmp_path / "none.toml")).checkpoint_interval == 50
     assert get_settings(env={"HAFEN_PLATEAU_VIEW": "false"}).plateau_view is False
 
 

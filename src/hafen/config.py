@@ -24,7 +24,7 @@ from hafen.errors import ConfigError
 
 __all__ = ["Settings", "get_settings", "parse_bytes", "parse_duration"]
 
-DEFAULT_CHECKPOINT_INTERVAL = 100
+DEFAULT_CHECKPOINT_INTERVAL = 50
 DEFAULT_COMMIT_RETRIES = 50
 DEFAULT_GRACE_PERIOD = "1h"
 DEFAULT_RETAIN_VERSIONS = 10

@@ -22,6 +22,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -410,7 +411,15 @@ def load_state(
         raise CorruptMetadataError(
             f"{storage.full(log_path(missing[0]))}: log entry for version {missing[0]} is missing"
         )
-    return replay(base, (read_commit(storage, v) for v in range(start, target + 1)))
+    return replay(base, read_commits(storage, range(start, target + 1)))
+
+
+def read_commits(storage: Storage, versions: range | list[int]) -> list[Commit]:
+    """Read log entries, in parallel when there are several (remote stores answer slowly)."""
+    if len(versions) <= 2:
+        return [read_commit(storage, v) for v in versions]
+    with ThreadPoolExecutor(max_workers=min(16, len(versions))) as pool:
+        return list(pool.map(lambda v: read_commit(storage, v), versions))
 
 
 # -- committing ----------------------------------------------------------------------------------
@@ -427,7 +436,7 @@ def commit(
     *,
     retry_conflicts: bool = False,
     max_attempts: int = 50,
-    checkpoint_interval: int = 100,
+    checkpoint_interval: int = 50,
 ) -> DatasetState:
     """Land the commit ``plan(state)`` as the next version; return the new state.
 
@@ -459,7 +468,7 @@ def commit(
         if state is None:
             raise DatasetExistsError(f"a dataset was created at {storage.url} concurrently")
         landed_versions = [v for v in list_versions(storage) if v > state.version]
-        landed = [read_commit(storage, v) for v in landed_versions]
+        landed = read_commits(storage, landed_versions)
         reasons = conflicts(entry, landed)
         fresh = replay(state, landed)
         if reasons:
