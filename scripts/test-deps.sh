@@ -2,4 +2,14 @@
 # Installs what the test suite needs beyond Python packages, only when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Azurite (Azure Storage emulator) for the Azure tests, from the npm registry into an ignored
+# folder; the version is pinned in tests/datasets/_azurite.py (AZURITE_VERSION).
+AZURITE_VERSION=3.37.0
+if [ ! -f .cache/azurite/node_modules/azurite/dist/src/blob/main.js ]; then
+    command -v npm >/dev/null || { echo "npm is required for Azurite (apt-get install nodejs npm)" >&2; exit 1; }
+    mkdir -p .cache/azurite
+    npm install --no-audit --no-fund --prefix .cache/azurite "azurite@${AZURITE_VERSION}"
+fi
+
 echo "test dependencies ready"
