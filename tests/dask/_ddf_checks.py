@@ -34,3 +34,78 @@ def canonical(df: pd.DataFrame) -> pd.DataFrame:
 
 def assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(canonical(actual), canonical(expected), check_dtype=False)
+
+
+def bucket_column(df: pd.DataFrame, bucket_by: list[str], num_buckets: int) -> np.ndarray:
+    """Each row's bucket, by the documented rule: pandas' stable row hash modulo the count."""
+    if num_buckets == 1:
+        return np.zeros(len(df), dtype=np.int64)
+    hashes = pd.util.hash_pandas_object(df[bucket_by], index=False).to_numpy()
+    return (hashes % np.uint64(num_buckets)).astype(np.int64)
+
+
+def _key(values: tuple) -> tuple:
+    return tuple(None if pd.isna(v) else v for v in values)
+
+
+def check_reshuffled(
+    out,
+    expected: pd.DataFrame,
+    partition_on: list[str],
+    num_buckets: int,
+    bucket_by: list[str],
+    sort_by: list[str],
+    *,
+    one_file_per_group: bool = True,
+) -> None:
+    """``out`` holds exactly a pandas groupby of ``expected`` by partition and bucket.
+
+    Every file holds one (partition, bucket) group and is sorted by ``sort_by``; the groups'
+    contents equal those of ``expected`` grouped the same way in pandas.
+    """
+    assert_same_rows(out.read(), expected)
+    assert out.partition_on == partition_on
+    keys = [*partition_on, "__bucket"]
+    exp = expected.assign(__bucket=bucket_column(expected, bucket_by, num_buckets))
+    pandas_groups = {
+        _key(k if isinstance(k, tuple) else (k,)): g.drop(columns="__bucket")
+        for k, g in exp.groupby(keys, dropna=False, sort=False)
+    }
+    found: dict[tuple, list[pd.DataFrame]] = {}
+    for f in out.files():
+        df = out.read_arrow(files=[f]).to_pandas()
+        assert len(df) > 0
+        buckets = set(bucket_column(df, bucket_by, num_buckets).tolist())
+        assert len(buckets) == 1, f"{f.path} mixes buckets {buckets}"
+        values = tuple(df[c].iloc[0] for c in partition_on)
+        for c in partition_on:
+            assert df[c].nunique(dropna=False) == 1, f"{f.path} mixes partitions"
+        if sort_by:
+            resorted = df.sort_values(sort_by, kind="stable", na_position="last")
+            assert list(resorted.index) == list(df.index), f"{f.path} is not sorted by {sort_by}"
+        found.setdefault(_key((*values, buckets.pop())), []).append(df)
+    assert set(found) == set(pandas_groups)
+    for key, frames in found.items():
+        if one_file_per_group:
+            assert len(frames) == 1, f"group {key} has {len(frames)} files"
+        assert_same_rows(pd.concat(frames), pandas_groups[key])
+    per_partition: dict[tuple, int] = {}
+    for key, frames in found.items():
+        per_partition[key[:-1]] = per_partition.get(key[:-1], 0) + len(frames)
+    if one_file_per_group:
+        assert max(per_partition.values()) <= num_buckets
+
+
+def index_is_exact(ds, column: str, value) -> bool:
+    """The secondary index names exactly the files holding ``value``."""
+    holding = {
+        f.path[len("table/") : -len(".parquet")]
+        for f in ds.files()
+        if value in set(ds.read_arrow([column], files=[f]).column(0).to_pylist())
+    }
+    return bool(holding) and ds.index_lookup(column, [value]) == holding
+
+
+def no_compute(*args, **kwargs):
+    """A Dask scheduler that fails: for checking that nothing was computed."""
+    raise AssertionError("a Dask graph was computed although the arguments were refused")
