@@ -2,6 +2,12 @@
 
     python benchmarks/datasets_io.py               # 10 million rows x 5 columns, 100 partitions
     python benchmarks/datasets_io.py --rows 1e6    # a quick look
+    python benchmarks/datasets_io.py --rows 1e6 --url az://bench/io --azurite
+
+With ``--url`` the same table is also written and read at that URL (credentials from the
+environment, e.g. ``AZURE_STORAGE_CONNECTION_STRING``), by hafen and by pyarrow through the same
+fsspec filesystem (adlfs for ``az://``), next to hafen's local figures; ``--azurite`` starts a
+throwaway Azurite (npm, see ``tests/datasets/_azurite.py``) and points the credentials at it.
 
 Each operation runs ``--repeat`` times per contender; the best time counts.
 """
@@ -54,6 +60,110 @@ def best(fn: Callable[[], object], repeat: int, setup: Callable[[], None] | None
     return min(times)
 
 
+def remote_io(
+    table: pa.Table,
+    url: str,
+    repeat: int,
+    local: dict[str, dict[str, float]],
+    one_part: int,
+    lookup_product: int,
+) -> None:
+    """Write and read ``table`` at ``url`` with hafen and with pyarrow through the same fsspec."""
+    storage = hafen.datasets.storage_for(url)
+    fs, base = storage.fs, storage.root
+    hafen_url, pa_path = f"{storage.url}/hafen", f"{base}/pa_tuned"
+    part_schema = pa.schema([("part", pa.int64())])
+    tuned = {"min_rows_per_group": 128 * 1024, "max_rows_per_group": 256 * 1024}
+
+    def clear(*paths: str) -> Callable[[], None]:
+        def run() -> None:
+            for path in paths:
+                if fs.exists(path):
+                    fs.rm(path, recursive=True)
+
+        return run
+
+    def pa_read(flt=None) -> pa.Table:
+        d = pds.dataset(pa_path, filesystem=fs, format="parquet", partitioning="hive")
+        return d.to_table(filter=flt)
+
+    results: dict[str, dict[str, float]] = {}
+    results["write"] = {
+        "hafen": best(
+            lambda: hafen.write_dataset(
+                table, hafen_url, partition_on=["part"], indices=["product_id"]
+            ),
+            repeat,
+            clear(f"{base}/hafen", f"{base}/hafen.by-dataset-metadata.json"),
+        ),
+        "pyarrow": best(
+            lambda: pds.write_dataset(
+                table,
+                pa_path,
+                filesystem=fs,
+                format="parquet",
+                partitioning=pds.partitioning(part_schema, flavor="hive"),
+                existing_data_behavior="overwrite_or_ignore",
+                **tuned,
+            ),
+            repeat,
+            clear(pa_path),
+        ),
+    }
+    ds = hafen.open_dataset(hafen_url)
+    point = [[("product_id", "==", lookup_product)]]
+    results["full read"] = {
+        "hafen": best(lambda: ds.read_arrow(), repeat),
+        "pyarrow": best(lambda: pa_read(), repeat),
+    }
+    results["one partition"] = {
+        "hafen": best(lambda: ds.read_arrow(predicates=[[("part", "==", one_part)]]), repeat),
+        "pyarrow": best(lambda: pa_read(pc.field("part") == one_part), repeat),
+    }
+    results["point lookup"] = {
+        "hafen": best(lambda: ds.read_arrow(predicates=point), repeat),
+        "pyarrow": best(lambda: pa_read(pc.field("product_id") == lookup_product), repeat),
+    }
+    assert ds.read_arrow().num_rows == table.num_rows
+    via = type(fs).__module__.split(".")[0]
+    out = Table(title=f"datasets_io at {url}: hafen and pyarrow (tuned) through {via}")
+    for column in ("operation", "hafen local s", "hafen remote s", "pyarrow remote s"):
+        out.add_column(column)
+    out.add_column("hafen remote / local")
+    out.add_column("hafen / pyarrow, remote")
+    for op, timing in results.items():
+        out.add_row(
+            op,
+            f"{local[op]['hafen']:.3f}",
+            f"{timing['hafen']:.3f}",
+            f"{timing['pyarrow']:.3f}",
+            f"{timing['hafen'] / local[op]['hafen']:.2f}x",
+            f"{timing['hafen'] / timing['pyarrow']:.2f}x",
+        )
+    console.print(out)
+    clear(f"{base}/hafen", f"{base}/hafen.by-dataset-metadata.json", pa_path)()
+
+
+def start_azurite(url: str) -> Callable[[], None]:
+    """Start a throwaway Azurite, point the environment at it, create the URL's container."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "datasets"))
+    from _azurite import Azurite
+
+    server = Azurite(Path(tempfile.mkdtemp(prefix="hafen-bench-azurite-")))
+    server.start()
+    os.environ["AZURE_STORAGE_CONNECTION_STRING"] = server.connection_string
+    server.create_container(url.split("://", 1)[1].split("/", 1)[0].split("@", 1)[0])
+
+    def stop() -> None:
+        server.stop()
+        shutil.rmtree(server.location, ignore_errors=True)
+
+    return stop
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=float, default=10e6)
@@ -61,7 +171,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--root", default=None, help="Local directory for the datasets.")
     parser.add_argument("--no-plateau", action="store_true")
+    parser.add_argument("--url", default=None, help="Also write and read there (az://...).")
+    parser.add_argument("--azurite", action="store_true", help="Run --url on a new Azurite.")
     args = parser.parse_args()
+    if args.azurite and not args.url:
+        parser.error("--azurite needs --url az://CONTAINER/PATH")
     rows = int(args.rows)
     root = Path(args.root or tempfile.mkdtemp(prefix="hafen-bench-"))
     table = make_table(rows, args.partitions)
@@ -214,6 +328,13 @@ def main() -> None:
         f"{holding} files hold the value ({expected_rows} rows)"
     )
     shutil.rmtree(root, ignore_errors=True)
+    if args.url:
+        stop = start_azurite(args.url) if args.azurite else None
+        try:
+            remote_io(table, args.url, args.repeat, results, one_part, lookup_product)
+        finally:
+            if stop:
+                stop()
 
 
 if __name__ == "__main__":
