@@ -58,3 +58,10 @@ def stage_then_hang(url: str) -> None:
 
 if __name__ == "__main__":
     stage_then_hang(sys.argv[1])
+
+
+def append_to_missing(url: str, writer: int, barrier) -> None:
+    """Append to a dataset that does not exist yet; several writers race to create it."""
+    df = pd.DataFrame({"part": [writer % 2] * 2, "writer": [writer] * 2, "i": [0, 1], "j": [0, 1]})
+    barrier.wait()
+    hafen.write_dataset(df, url, partition_on=["part"], mode="append")

@@ -639,6 +639,10 @@ def commit_staged(
                 "dataset_id": uuid.uuid4().hex,
             }
             return entry
+        if state is None:  # planned as a create, but a concurrent writer created it first
+            _check_layout_matches(current, layout_p, layout_i)
+            if schema_mode == "strict":
+                conform(schema.empty_table(), current.schema)
         if schema_mode == "merge":
             merged = merge_schemas(current.schema, schema)
             if merged != current.schema:
@@ -653,7 +657,9 @@ def commit_staged(
             ]
         return entry
 
-    return _commit(storage, state, combined, plan, retry=on_conflict == "retry")
+    return _commit(
+        storage, state, combined, plan, retry=on_conflict == "retry", exclusive=mode == "create"
+    )
 
 
 def _staged_schema(
@@ -705,6 +711,7 @@ def _commit(
     plan: Any,
     *,
     retry: bool,
+    exclusive: bool = True,
 ) -> Dataset:
     settings = get_settings()
     try:
@@ -715,6 +722,7 @@ def _commit(
             retry_conflicts=retry,
             max_attempts=settings.commit_retries,
             checkpoint_interval=settings.checkpoint_interval,
+            exclusive_create=exclusive,
         )
     except (ConflictError, DatasetExistsError, SchemaError):
         _discard(storage, staged)

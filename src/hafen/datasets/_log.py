@@ -437,12 +437,14 @@ def commit(
     retry_conflicts: bool = False,
     max_attempts: int = 50,
     checkpoint_interval: int = 50,
+    exclusive_create: bool = True,
 ) -> DatasetState:
     """Land the commit ``plan(state)`` as the next version; return the new state.
 
     ``plan`` builds the commit from the state it applies to; it is called again with fresh
     state after a conflict when ``retry_conflicts`` is set. Raises :class:`ConflictError`
-    (nothing landed) or :class:`DatasetExistsError` when a create loses to another.
+    (nothing landed) or :class:`DatasetExistsError` when a create loses to another and
+    ``exclusive_create`` is set; without it, the losing create is re-planned on top.
     """
     state = base
     if state is not None and state.origin == "plateau":
@@ -466,7 +468,12 @@ def commit(
                 write_checkpoint(storage, new_state)
             return new_state
         if state is None:
-            raise DatasetExistsError(f"a dataset was created at {storage.url} concurrently")
+            if exclusive_create:
+                raise DatasetExistsError(f"a dataset was created at {storage.url} concurrently")
+            # another writer created it first: become an ordinary commit on top of theirs
+            state = load_state(storage)
+            entry = plan(state)
+            continue
         landed_versions = [v for v in list_versions(storage) if v > state.version]
         landed = read_commits(storage, landed_versions)
         reasons = conflicts(entry, landed)
