@@ -12,8 +12,8 @@ notice: with :class:`~hafen.cluster._preemption.DrainOnSigterm` the worker drain
 is not replaced), ``pause`` is SIGSTOP then SIGCONT after ``duration`` seconds (a hung machine),
 ``drain`` is :func:`hafen.drain` (a downscale). A fault fires at ``at`` seconds after the start
 of the run, or once ``at_progress`` of the graph's tasks are done, and repeats every ``every``
-seconds if given; its worker is ``worker`` or one picked at random (seeded). ``drain`` and
-``terminate`` never take the last running worker.
+seconds if given; its worker is ``worker`` or one picked at random (seeded). No fault hits the
+last running worker (a killed worker's nanny may take seconds to start a new one).
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ class FaultEvent:
     worker: str
     detail: str = ""
     pid: int | None = None
+    #: Wall-clock time (``time.time()``) the fault was sent.
+    wall: float = dataclasses.field(default_factory=time, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,8 +267,8 @@ class _Schedule:
             candidates = [fault.worker] if fault.worker in workers else []
         else:
             candidates = workers
-        if fault.action in ("drain", "terminate") and len(workers) <= 1:
-            candidates = []  # never take the last worker away for good
+        if len(workers) <= 1:
+            candidates = []  # never hit the last running worker: the run could not progress
         if not candidates:
             self.events.append(FaultEvent(elapsed, fault.action, "-", "no eligible worker"))
             return

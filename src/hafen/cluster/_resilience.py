@@ -151,6 +151,11 @@ class ResiliencePlugin(SchedulerPlugin):
             self._completions.pop(key, None)
             self._durations.pop(key, None)
 
+    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        """A worker left: protected results it held may be down to one copy; copy them now."""
+        if self.policy is not None and self.policy.candidates:
+            self._schedule_kick()
+
     def _on_computed(self, scheduler: Scheduler, key: Any, startstops: Any) -> None:
         self.computed += 1
         n = self._completions.get(key, 0) + 1
