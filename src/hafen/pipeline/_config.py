@@ -137,8 +137,8 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
         raise ConfigError(f"{file}: [source] url is required")
     base = file.resolve().parent
     source = str(values["source_url"])
-    if "://" not in source:
-        values["source_url"] = str(base / source)
+    if "://" not in source:  # a SQLite file, relative to the config's folder
+        values["source_url"] = f"sqlite:///{base / source}"
     root = str(values.get("datasets_root", "datasets"))
     values["datasets_root"] = root if "://" in root else str(base / root)
     if "synth" in data:

@@ -39,6 +39,8 @@ __all__ = [
 HORIZON = 28
 HOLDOUT = 28
 MIN_LAG = 28
+#: Fewer training rows than this and a store is forecast by the baseline.
+MIN_TRAIN_ROWS = 50
 LAGS = (28, 35, 42, 49, 364)
 WINDOWS = (7, 28, 91)
 FEATURES = [
@@ -264,21 +266,24 @@ def forecast_store(
     t = np.broadcast_to(np.arange(n_days)[None, :], y.shape)
     observed = ~np.isnan(y)
     cut = n_hist - holdout
-    first_train = MIN_LAG + max(WINDOWS)  # rows before have no rolling means at all
+    first_train = MIN_LAG + 7  # from the first day with a week of lagged history
 
     # 1. evaluation: train before the held-out window, forecast it, compare with the baseline
     train = observed & (t >= first_train) & (t < cut)
     held = observed & (t >= cut) & (t < n_hist)
-    model = _fit(_matrix(grid, train), y[train], params)
-    predicted = np.full(y.shape, np.nan)
-    predicted[held] = model.predict(_matrix(grid, held))
     baseline = np.full(y.shape, np.nan)
     baseline[:, cut:n_hist] = seasonal_naive(y, cut - 1, holdout)
+    naive = seasonal_naive(y, n_hist - 1, horizon)
+    model = _fit(_matrix(grid, train), y[train], params) if train.sum() >= MIN_TRAIN_ROWS else None
+    predicted = np.full(y.shape, np.nan)
+    # too little history to learn from: the model is the baseline (said in the metrics)
+    predicted[held] = model.predict(_matrix(grid, held)) if model else baseline[held]
     actual = y[held]
     metrics = {
         "store_id": int(store_id),
         "holdout_rows": int(held.sum()),
         "train_rows": int(train.sum()),
+        "model": "gradient boosting" if model else "seasonal naive (too little history)",
         "actual_sum": float(actual.sum()),
         "abs_error_model": float(np.abs(actual - predicted[held]).sum()),
         "abs_error_baseline": float(np.abs(actual - baseline[held]).sum()),
@@ -287,11 +292,13 @@ def forecast_store(
     # 2. the future: its features only use history (lags >= 28), so the evaluated model can
     # forecast it as is; with refit, retrain on all history first
     future = t >= n_hist
-    if params.refit:
+    if params.refit and model is not None:
         train = observed & (t >= first_train)
         model = _fit(_matrix(grid, train), y[train], params)
-    forecast = model.predict(_matrix(grid, future)).reshape(len(product_ids), horizon)
-    naive = seasonal_naive(y, n_hist - 1, horizon)
+    if model is None:
+        forecast = naive
+    else:
+        forecast = model.predict(_matrix(grid, future)).reshape(len(product_ids), horizon)
     frame = pd.DataFrame(
         {
             "store_id": np.full(forecast.size, store_id, dtype=np.int64),

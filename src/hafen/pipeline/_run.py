@@ -254,13 +254,17 @@ DEFAULT_WORKDIR = "hafen-demo"
 
 
 def demo_config(workdir: str | os.PathLike[str], **overrides: Any) -> PipelineConfig:
-    """The demo's configuration: ``DIR/retail.sqlite`` and ``DIR/datasets/...``."""
+    """The demo's configuration: ``DIR/retail.sqlite`` and ``DIR/datasets/...``.
+
+    ``overrides`` may replace any field, e.g. ``datasets_root="az://lake/retail"``.
+    """
     root = Path(workdir).resolve()
-    return PipelineConfig(
-        source_url=f"sqlite:///{root / 'retail.sqlite'}",
-        datasets_root=str(root / "datasets"),
+    values = {
+        "source_url": f"sqlite:///{root / 'retail.sqlite'}",
+        "datasets_root": str(root / "datasets"),
         **overrides,
-    )
+    }
+    return PipelineConfig(**values)
 
 
 def prepare_database(cfg: PipelineConfig, synth: SynthParams, console: Any = None) -> float | None:

@@ -425,7 +425,7 @@ def _generate_batch(
         )
     discount = np.round(discount, 2)
     promos = pd.concat(promo_parts, ignore_index=True)
-    promos = promos.sort_values(["start_date", "store_id", "product_id"], kind="stable")
+    promos = promos.sort_values(["store_id", "start_date", "product_id"], kind="stable")
     promos.insert(0, "promo_id", np.arange(promo_offset + 1, promo_offset + len(promos) + 1))
 
     # Demand over the history only (the horizon is what the pipeline forecasts).

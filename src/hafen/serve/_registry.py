@@ -9,13 +9,13 @@ the pipeline) is found by a rescan, also at most once per ``refresh`` seconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 from typing import Any
 
 from hafen.datasets import Dataset, open_dataset, storage_for
-from hafen.datasets._log import log_path
 from hafen.errors import DatasetNotFoundError, HafenError
 
 __all__ = ["DEFAULT_REFRESH", "Registry"]
@@ -123,12 +123,10 @@ class Registry:
 
     def _refresh(self, entry: _Entry, now: float) -> None:
         entry.checked = now  # first, so concurrent requests do not all check
-        ds = entry.dataset
-        try:
-            if ds.storage.exists(log_path(ds.version + 1)):
-                entry.dataset = open_dataset(entry.url)
-        except HafenError:
-            pass  # keep serving the version we have; the next check tries again
+        # one existence check when nothing changed; on an error keep serving the version we
+        # have, and the next check tries again
+        with contextlib.suppress(HafenError):
+            entry.dataset = entry.dataset.latest()
 
     def versions(self) -> dict[str, int]:
         return {name: self.get(name).version for name in self.names()}
