@@ -12,4 +12,11 @@ if [ ! -f .cache/azurite/node_modules/azurite/dist/src/blob/main.js ]; then
     npm install --no-audit --no-fund --prefix .cache/azurite "azurite@${AZURITE_VERSION}"
 fi
 
+# PostgreSQL server binaries for the SQL tests (tests/sql/conftest.py starts a throwaway server
+# from /usr/lib/postgresql/*/bin as an unprivileged user).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    command -v apt-get >/dev/null || { echo "PostgreSQL server binaries are required (/usr/lib/postgresql/*/bin)" >&2; exit 1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
 echo "test dependencies ready"
