@@ -102,3 +102,16 @@ def test_connect_by_setting_to_a_preloaded_scheduler_keeps_its_state(
             assert client.submit(double, 21).result(timeout=30) == 42
     finally:
         client.close()
+
+
+def test_a_scheduler_without_the_extension_says_so():
+    from distributed import LocalCluster
+
+    from hafen.errors import LimitError
+
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+        pytest.raises(LimitError, match=r"no hafen limits extension.*--preload hafen\.cluster"),
+    ):
+        hafen.limits(client=client)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,18 +33,26 @@ def _client(client: Client | None) -> Client:
         raise LimitError("no Dask client: call hafen.connect() first, or pass client=") from None
 
 
+_checked: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _has_limits(dask_scheduler: Any) -> bool:
+    return "hafen_limits" in dask_scheduler.extensions
+
+
 def _call(client: Client, op: str, **kwargs: Any) -> Any:
+    # A scheduler without the handler drops the request without a reply, so look first.
+    if client not in _checked:
+        if not client.run_on_scheduler(_has_limits):
+            raise LimitError(
+                f"the scheduler at {client.scheduler.address} has no hafen limits extension: "
+                "connect with hafen.connect() or start it with "
+                "`dask scheduler --preload hafen.cluster`"
+            )
+        _checked.add(client)
+
     async def request() -> Any:
-        try:
-            return await getattr(client.scheduler, op)(**kwargs)
-        except ValueError as exc:
-            if "unknown operation" in str(exc).lower() or "hafen_limits" in str(exc):
-                raise LimitError(
-                    f"the scheduler at {client.scheduler.address} has no hafen limits "
-                    "extension: connect with hafen.connect() or start it with "
-                    "`dask scheduler --preload hafen.cluster`"
-                ) from exc
-            raise
+        return await getattr(client.scheduler, op)(**kwargs)
 
     return client.sync(request)
 

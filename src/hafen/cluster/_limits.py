@@ -40,6 +40,11 @@ priority``; ``SchedulerState.valid_workers`` returning an empty set for an unkno
 ``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and
 ``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
 
+A task naming an unknown limit, or with a malformed annotation, is held like the others and failed
+with a :class:`~hafen.errors.LimitError` as soon as it is ready to run (at submission for a task
+without dependencies), before it reaches a worker. Once admitted, a task keeps its limits for its
+life: if one is removed meanwhile, its retries and recomputations simply no longer wait for it.
+
 Every request that changes state is idempotent: leases carry an id the caller creates, setting a
 limit to the same values twice is a no-op and removing a missing limit does nothing.
 """
@@ -51,7 +56,6 @@ import dataclasses
 import heapq
 import itertools
 import logging
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -63,8 +67,9 @@ from hafen.cluster._spec import ANNOTATION, LimitSpec, make_spec, parse_annotati
 from hafen.errors import LimitError
 
 if TYPE_CHECKING:
+    from dask.typing import Key
     from distributed import Scheduler
-    from distributed.scheduler import TaskState
+    from distributed.scheduler import Recs, TaskState
 
 __all__ = [
     "EXTENSION_NAME",
@@ -83,7 +88,7 @@ HOLD_RESOURCE = "hafen-limits-hold"
 #: Smallest interval of the callback that keeps held tasks clear of ``no-workers-timeout``.
 MIN_REFRESH_INTERVAL = 0.025
 
-Holder = tuple[str, Hashable]  # ("task", key) or ("lease", lease_id)
+Holder = tuple[str, "Key"]  # ("task", key) or ("lease", lease_id)
 
 
 @dataclasses.dataclass(eq=False)
@@ -146,11 +151,11 @@ class LimitsExtension(SchedulerPlugin):
         self._limits: dict[str, _Limit] = {}
         self._waiters: dict[Holder, _Waiter] = {}
         self._holds: dict[Holder, _Hold] = {}
-        self._saved: dict[Hashable, tuple[dict[str, float] | None, bool]] = {}
-        self._names: dict[Hashable, tuple[str, ...]] = {}
-        self._rejected: dict[Hashable, str] = {}
-        self._seniority: dict[Hashable, int] = {}
-        self._to_reject: list[Hashable] = []
+        self._saved: dict[Key, tuple[dict[str, float] | None, bool]] = {}
+        self._names: dict[Key, tuple[str, ...]] = {}
+        self._rejected: dict[Key, str] = {}
+        self._seniority: dict[Key, int] = {}
+        self._to_reject: list[Key] = []
         self._unconstrained: list[_Waiter] = []
         self._counter = itertools.count()
         self._grant_pending = False
@@ -276,7 +281,7 @@ class LimitsExtension(SchedulerPlugin):
 
     # --- plugin hooks -------------------------------------------------------------------------
 
-    def transition(self, key: Hashable, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+    def transition(self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         ts = self.scheduler.tasks.get(key)
         if ts is None:
             return
@@ -318,15 +323,17 @@ class LimitsExtension(SchedulerPlugin):
     def _hold_task(self, ts: TaskState) -> None:
         key = ts.key
         self._drop(("task", key))
-        try:
-            names = parse_annotation(ts.annotations[ANNOTATION])
-            self._check_known(names, what=f"task {key!r}")
-        except LimitError as exc:
-            self._rejected[key] = str(exc)
-            names = ()
+        if key in self._names:
+            pass  # admitted before (a retry, a rerun, a recomputation): removed limits are skipped
         else:
-            self._rejected.pop(key, None)
-        self._names[key] = names
+            try:
+                names = parse_annotation((ts.annotations or {}).get(ANNOTATION))
+                self._check_known(names, what=f"task {key!r}")
+            except LimitError as exc:
+                self._rejected[key] = str(exc)
+            else:
+                self._names[key] = names
+                self._rejected.pop(key, None)
         self._seniority.setdefault(key, next(self._counter))
         if key not in self._saved:
             rr = ts.resource_restrictions
@@ -423,7 +430,7 @@ class LimitsExtension(SchedulerPlugin):
                 due = limit.token_due_in()
                 if due is not None:
                     self._wake_in(due)
-        recommendations: dict[Hashable, str] = {}
+        recommendations: Recs = {}
         for waiter in reversed(granted):  # transitions are processed LIFO: best first
             kind, ident = waiter.holder
             if kind == "lease":
@@ -467,7 +474,7 @@ class LimitsExtension(SchedulerPlugin):
 
     def _reject_tasks(self, stimulus_id: str) -> None:
         keys, self._to_reject = self._to_reject, []
-        recommendations: dict[Hashable, str] = {}
+        recommendations: Recs = {}
         for key in keys:
             ts = self.scheduler.tasks.get(key)
             reason = self._rejected.get(key)

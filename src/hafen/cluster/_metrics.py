@@ -42,7 +42,7 @@ class _LimitsCollector:
         if ext is None:
             return
         info = ext.info()
-        families = {
+        families: dict[str, Any] = {
             "concurrency": GaugeMetricFamily(
                 self._name("concurrency"), "Slots of the limit (absent: no cap)", labels=["name"]
             ),
@@ -87,6 +87,6 @@ def register_metrics(extension: LimitsExtension) -> bool:
         return False
     if _collector is None:
         _collector = _LimitsCollector()
-        prometheus_client.REGISTRY.register(_collector)  # type: ignore[arg-type]
+        prometheus_client.REGISTRY.register(_collector)
     _collector.extension = weakref.ref(extension)
     return True
