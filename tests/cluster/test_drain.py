@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from _resilience_fixtures import (
@@ -239,3 +242,57 @@ def test_sigterm_moves_a_workers_results_before_it_exits(tmp_path):
         assert after["recomputed"] == 0 and after["lost"] == 0, after
         assert log.computed_more_than_once() == {}
         assert len(client.scheduler_info()["workers"]) == 2  # not restarted: it was preempted
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("", 1)],
+    scheduler_kwargs={"preload": ["hafen.cluster"]},
+    worker_kwargs={"preload": ["hafen.cluster"]},
+)
+async def test_preload_installs_scheduler_and_worker_sides(c, s, a):
+    assert PLUGIN_NAME in s.plugins and "hafen_drain" in s.handlers
+    assert "hafen-drain-on-sigterm" in a.plugins
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_dask_worker_cli_process_drains_it(tmp_path):
+    """The real deployment: ``dask worker`` with a nanny; the orchestrator signals the nanny."""
+    log = ExecLog(tmp_path / "exec.log")
+    dask_cli = Path(sys.executable).with_name("dask")
+    with process_cluster(1) as client:
+        address = client.scheduler.address
+        proc = subprocess.Popen(
+            [
+                str(dask_cli), "worker", address, "--nthreads", "1", "--name", "cli-worker",
+                "--no-dashboard", "--preload", "hafen.cluster", "--preload-nanny", "hafen.cluster",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            client.wait_for_workers(2, timeout=120)
+            victim = next(
+                addr
+                for addr, info in client.scheduler_info()["workers"].items()
+                if info["name"] == "cli-worker"
+            )
+            parts = [
+                client.submit(logged_task, i, log.path, 0.0, workers=[victim], pure=False)
+                for i in range(20)
+            ]
+            client.gather(parts)
+            counts(client, reset=True)
+
+            proc.send_signal(signal.SIGTERM)  # to the nanny, as Kubernetes would
+
+            assert proc.wait(timeout=120) == 0
+            assert victim not in client.scheduler_info()["workers"]
+            assert client.gather(parts) == [logged_task(i, os.devnull) for i in range(20)]
+            after = counts(client)
+            assert after["recomputed"] == 0 and after["lost"] == 0, after
+            assert log.computed_more_than_once() == {}
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -34,13 +34,18 @@ __all__ = [
 def dask_setup(scheduler: Scheduler, *args: Any, **kwargs: Any) -> Any:
     """Preload hook: ``dask scheduler --preload hafen.cluster`` installs hafen's extensions.
 
-    ``dask worker --preload hafen.cluster`` installs the worker side instead: SIGTERM drains.
+    ``dask worker --preload hafen.cluster --preload-nanny hafen.cluster`` installs the worker
+    side instead: SIGTERM (a preemption notice) drains the worker before it exits.
     """
-    from distributed import Worker
+    from distributed import Nanny, Worker
 
     if isinstance(scheduler, Worker):
         from hafen.cluster._preemption import DrainOnSigterm
 
         return scheduler.plugin_add(DrainOnSigterm())
+    if isinstance(scheduler, Nanny):
+        from hafen.cluster._preemption import ForwardSigterm
+
+        return scheduler.plugin_add(ForwardSigterm())
     install_scheduler_extensions(scheduler)
     return None

@@ -123,7 +123,7 @@ class FaultEvent:
     detail: str = ""
     pid: int | None = None
     #: Wall-clock time (``time.time()``) the fault was sent.
-    wall: float = dataclasses.field(default_factory=time, compare=False)
+    wall: float = dataclasses.field(default_factory=lambda: float(time()), compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +325,7 @@ def _run_once(
     seed: int,
     timeout: float | None,
 ) -> RunResult:
+    _wait_forgotten(client, build)  # a previous run of the same graph must be gone
     collection = build()
     total = _ntasks(collection)
     resilience_counts(client, reset=True)
@@ -367,7 +368,10 @@ def _wait_forgotten(client: Client, build: Callable[[], Any], timeout: float = 3
     """Wait until the scheduler has forgotten the graph's output keys of a previous run."""
     from dask.core import flatten
 
-    keys = list(flatten(build().__dask_keys__()))
+    try:
+        keys = list(flatten(build().__dask_keys__()))
+    except AttributeError:  # not a dask collection
+        return
 
     def present(dask_scheduler: Any, keys: list[Any]) -> int:
         return sum(1 for k in keys if k in dask_scheduler.tasks)
@@ -426,7 +430,6 @@ def run_chaos(
     ref = None
     if reference:
         ref = _run_once(client, build, "fault-free", (), seed, timeout)
-        _wait_forgotten(client, build)
     faulty = _run_once(client, build, "with faults", faults, seed, timeout)
     matched = same_output(ref.output, faulty.output) if ref is not None else None
     return ChaosReport(reference=ref, faulty=faulty, matched=matched)

@@ -69,7 +69,7 @@ def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
     """
     from distributed import Client
 
-    from hafen.cluster._preemption import DrainOnSigterm
+    from hafen.cluster._preemption import DrainOnSigterm, ForwardSigterm
     from hafen.config import get_settings
     from hafen.errors import ConfigError
 
@@ -88,6 +88,7 @@ def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
     try:
         client.run_on_scheduler(_install_remote)
         client.register_plugin(DrainOnSigterm())  # SIGTERM (preemption) drains a worker
+        client.register_plugin(ForwardSigterm())  # ... also when it reaches the nanny
     except BaseException:
         client.close()
         raise

@@ -9,35 +9,45 @@ process: on the signal the worker asks the scheduler to drain it (``hafen_drain`
 closes it, and the nanny does not restart it. A second SIGTERM while draining falls through to the
 previous handler (normally: die at once).
 
+With a nanny (``dask worker`` by default), the orchestrator's SIGTERM reaches the *nanny*
+process, whose default is to kill its worker at once. :class:`ForwardSigterm`, a ``NannyPlugin``
+installed only in a ``dask worker`` process, forwards the first SIGTERM to the worker process;
+the worker drains and closes, and its nanny, told to close gracefully, exits after it (and so
+does ``dask worker``). A second SIGTERM goes to the nanny's previous handler.
+
 Signal handlers can only be installed in a process's main thread. A worker started by a nanny
 or by ``dask worker --no-nanny`` runs its event loop there; a worker running in a thread
 (``LocalCluster(processes=False)``) is left alone with a log line.
 
-``hafen.connect()`` registers the plugin on every worker (also those that join later);
-``dask worker --preload hafen.cluster`` installs it at worker start.
+``hafen.connect()`` registers both plugins on every worker and nanny (also those that join
+later); ``dask worker --preload hafen.cluster --preload-nanny hafen.cluster`` installs them at
+start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 
 from hafen.cluster._dask_config import config_duration, config_get
 
 if TYPE_CHECKING:
-    from distributed import Worker
+    from distributed import Nanny, Worker
 
-__all__ = ["PLUGIN_NAME", "DrainOnSigterm"]
+__all__ = ["NANNY_PLUGIN_NAME", "PLUGIN_NAME", "DrainOnSigterm", "ForwardSigterm"]
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "hafen-drain-on-sigterm"
+NANNY_PLUGIN_NAME = "hafen-forward-sigterm"
 
 
 class DrainOnSigterm(WorkerPlugin):
@@ -139,3 +149,52 @@ class DrainOnSigterm(WorkerPlugin):
         # The scheduler closes a drained worker; make sure this process ends either way, and
         # that the nanny does not start a new one on a machine that is going away.
         await worker.close(nanny=True, reason="hafen-sigterm")
+
+
+class ForwardSigterm(NannyPlugin):
+    """NannyPlugin: forward the first SIGTERM to the worker process, which drains itself.
+
+    Examples
+    --------
+    >>> client.register_plugin(ForwardSigterm())  # doctest: +SKIP
+    """
+
+    name = NANNY_PLUGIN_NAME
+    idempotent = True
+    restart = False
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+        self._installed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def setup(self, nanny: Nanny) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # a nanny of a LocalCluster runs in a thread of the client process
+        if "distributed.cli.dask_worker" not in sys.modules:
+            return  # not a `dask worker` process: SIGTERM is its owner's business
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self._restore()  # a second SIGTERM takes the previous way
+            process = nanny.process
+            pid = process.pid if process is not None else None
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+            else:
+                signal.raise_signal(signum)
+
+        self._previous = signal.signal(signal.SIGTERM, on_sigterm)
+        self._installed = True
+
+    def teardown(self, nanny: Nanny) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._installed and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+            self._installed = False
