@@ -40,7 +40,12 @@ def task_client(client: Client | None) -> Iterator[Client]:
         pass
     from hafen.cluster import connect
 
-    local = connect(processes=False, n_workers=1, threads_per_worker=DEFAULT_LOCAL_THREADS)
+    local = connect(
+        processes=False,
+        n_workers=1,
+        threads_per_worker=DEFAULT_LOCAL_THREADS,
+        dashboard_address=":0",
+    )
     try:
         yield local
     finally:
@@ -120,8 +125,10 @@ def run_chunks(
         for future in futures:
             if future.status == "finished":
                 results.append(future.result())
+            elif future.status == "error":
+                errors.append(future.exception())
             else:
-                errors.append(future.exception() or SQLError(f"{future.key} {future.status}"))
+                errors.append(SQLError(f"task {future.key} ended as {future.status}"))
         return Outcome(results, errors)
     finally:
         for future in futures:

@@ -40,6 +40,9 @@ class DatabaseURL:
     password: str | None = None
     path: str | None = None  # sqlite: the database file
 
+    def __repr__(self) -> str:  # never the password, wherever Dask or a log prints the object
+        return f"DatabaseURL({self.masked!r})"
+
     @property
     def masked(self) -> str:
         """The URL with its password replaced by ``***``."""
