@@ -6,6 +6,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+from distributed import WorkerPlugin
 
 
 def make_sales(rows: int = 3000, days: int = 8, seed: int = 0) -> pd.DataFrame:
@@ -109,3 +110,33 @@ def index_is_exact(ds, column: str, value) -> bool:
 def no_compute(*args, **kwargs):
     """A Dask scheduler that fails: for checking that nothing was computed."""
     raise AssertionError("a Dask graph was computed although the arguments were refused")
+
+
+class HoldOnce(WorkerPlugin):
+    """A worker plugin: once, right after a task whose key contains ``marker`` has finished,
+    block the worker (before it reports the result) and record its pid in ``flag``.
+
+    A test that kills that worker then loses a task whose side effects (pieces, staged files)
+    are already written, the worst moment for duplicate or half-committed output.
+    """
+
+    name = "hafen-test-hold-once"
+
+    def __init__(self, marker: str, flag: str, seconds: float = 30.0) -> None:
+        self.marker = marker
+        self.flag = flag
+        self.seconds = seconds
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        import os
+        import time
+
+        if finish != "memory" or self.marker not in str(key):
+            return
+        try:
+            fd = os.open(self.flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return  # held once already
+        os.write(fd, f"{os.getpid()} {key}".encode())
+        os.close(fd)
+        time.sleep(self.seconds)  # killed long before this ends
