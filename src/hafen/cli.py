@@ -590,3 +590,88 @@ def reshuffle_command(
         f"({time.perf_counter() - started:.1f} s)",
         highlight=False,
     )
+
+
+# --- reshuffle ------------------------------------------------------------------------------
+
+
+@main.command("reshuffle")
+@click.argument("src")
+@click.argument("dst")
+@click.option(
+    "--partition-on", "-p", multiple=True, help="An output partition column (repeat for more)."
+)
+@click.option("--num-buckets", "-n", default=1, show_default=True, type=int)
+@click.option("--bucket-by", multiple=True, help="Hash these columns to pick a bucket.")
+@click.option("--sort-by", multiple=True, help="Sort each output file by these columns.")
+@click.option("--index", "indices", multiple=True, help="Build a secondary index on a column.")
+@click.option("--columns", default=None, help="Comma-separated columns to keep (default: all).")
+@click.option("--where", default=None, help='Rows to keep, e.g. "date >= 2024-01-01".')
+@click.option("--version", type=int, default=None, help="Read this version of SRC.")
+@click.option(
+    "--mode",
+    type=click.Choice(["create", "append", "overwrite"]),
+    default="create",
+    show_default=True,
+)
+@click.option("--memory-budget", default=None, help='Peak memory per worker, e.g. "1GiB".')
+@click.option(
+    "--scheduler",
+    "address",
+    default=None,
+    metavar="ADDRESS",
+    help="Use this Dask cluster (default: HAFEN_SCHEDULER, else a local one).",
+)
+@click.option("--workers", default=2, show_default=True, help="Workers of a local cluster.")
+def reshuffle_command(
+    src: str,
+    dst: str,
+    partition_on: tuple[str, ...],
+    num_buckets: int,
+    bucket_by: tuple[str, ...],
+    sort_by: tuple[str, ...],
+    indices: tuple[str, ...],
+    columns: str | None,
+    where: str | None,
+    version: int | None,
+    mode: str,
+    memory_budget: str | None,
+    address: str | None,
+    workers: int,
+) -> None:
+    """Rewrite dataset SRC partitioned by other columns into DST, in bounded memory.
+
+    Example: hafen reshuffle data/sales data/by_store -p store_id -n 4 --sort-by product_id
+    --index product_id
+    """
+    import time
+
+    from hafen.cluster import connect
+    from hafen.config import get_settings
+    from hafen.dask import reshuffle
+    from hafen.datasets import parse_predicates
+
+    predicates = parse_predicates(where) if where else None
+    local = {} if (address or get_settings().scheduler) else {"n_workers": workers}
+    started = time.perf_counter()
+    with connect(address, **local):
+        ds = reshuffle(
+            src,
+            dst,
+            list(partition_on),
+            num_buckets=num_buckets,
+            bucket_by=list(bucket_by) or None,
+            sort_by=list(sort_by),
+            indices=list(indices),
+            memory_budget=memory_budget,
+            columns=[c.strip() for c in columns.split(",")] if columns else None,
+            predicates=predicates,
+            version=version,
+            mode=mode,
+        )
+    console.print(
+        f"{ds.url}: version {ds.version}, {ds.num_rows:,} rows in {len(ds.files())} files, "
+        f"{len(ds.partitions())} partitions by {ds.partition_on or '(none)'} "
+        f"({time.perf_counter() - started:.1f} s)",
+        highlight=False,
+    )

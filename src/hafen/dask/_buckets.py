@@ -26,9 +26,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hafen.datasets import DataFile, StagedWrite, Storage, stage_table
-from hafen.datasets._schema import partition_label  # not exported by hafen.datasets (yet)
-from hafen.datasets._storage import map_storage_errors  # idem
+from hafen.datasets import (
+    DataFile,
+    StagedWrite,
+    Storage,
+    map_storage_errors,
+    partition_label,
+    stage_table,
+)
 
 __all__ = ["Piece", "ReshuffleSpec", "bucket_of", "build_groups", "split_files"]
 
