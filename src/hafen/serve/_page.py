@@ -81,7 +81,8 @@ function draw(history, forecasts, title) {
   for (let i = 0; i <= 6; i++) {
     const d = x0 + (x1 - x0) * i / 6, x = sx(d);
     el("line", {class: "axis", x1: x, x2: x, y1: H - M.bottom, y2: H - M.bottom + 5});
-    el("text", {class: "tick", x: x, y: H - M.bottom + 18, "text-anchor": "middle"},
+    const anchor = i === 0 ? "start" : i === 6 ? "end" : "middle";
+    el("text", {class: "tick", x: x, y: H - M.bottom + 18, "text-anchor": anchor},
        iso(Math.round(d)));
   }
   el("line", {class: "axis", x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom});
