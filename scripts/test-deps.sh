@@ -12,7 +12,7 @@ apt_update_once() {
 }
 
 # Azurite (Azure Storage emulator) for the Azure tests, from the npm registry into an ignored
-# folder; the version is pinned in tests/datasets/_azurite.py (AZURITE_VERSION).
+# folder; the version is pinned in tests/_azurite.py (AZURITE_VERSION).
 AZURITE_VERSION=3.37.0
 if [ ! -f .cache/azurite/node_modules/azurite/dist/src/blob/main.js ]; then
     command -v npm >/dev/null || { echo "npm is required for Azurite (apt-get install nodejs npm)" >&2; exit 1; }

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-# Tests must not pick up a developer's hafen.toml or HAFEN_* settings.
-for _key in [k for k in os.environ if k.startswith("HAFEN_")]:
+from _azurite import azurite  # noqa: F401 - the Azurite session fixture (datasets, pipeline)
+
+# Tests must not pick up a developer's hafen.toml or HAFEN_* settings, nor reach a real Azure
+# account through AZURE_STORAGE_* (Azure tests set their own, per test, with monkeypatch).
+for _key in [k for k in os.environ if k.startswith(("HAFEN_", "AZURE_STORAGE_"))]:
     del os.environ[_key]
 os.environ["HAFEN_CONFIG"] = os.devnull

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from _azurite import azurite  # noqa: F401 - the session fixture, for every dataset test
 
 BACKENDS = ["local", "memory", "azure"]
 

@@ -1,6 +1,6 @@
 """Azurite, Microsoft's Azure Storage emulator, for tests: installed from npm, started, stopped.
 
-The session fixture :func:`azurite` (re-exported by ``tests/datasets/conftest.py``) installs
+The session fixture :func:`azurite` (registered in ``tests/conftest.py``) installs
 Azurite into ``.cache/azurite`` when it is missing, starts its blob service on a free loopback
 port with its data in a temporary folder, creates a container and stops the process at the end
 of the session. It never skips: if Azurite cannot be installed or started, the tests that need
@@ -11,7 +11,6 @@ port and location, for outage tests.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 AZURITE_VERSION = "3.37.0"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PREFIX = REPO / ".cache" / "azurite"
 MAIN = PREFIX / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
 
@@ -180,13 +179,16 @@ def azurite() -> Iterator[Azurite]:
 
 __all__ = ["ACCOUNT_KEY", "ACCOUNT_NAME", "CONTAINER", "Azurite", "azurite", "install"]
 
-if __name__ == "__main__":  # manual use: python tests/datasets/_azurite.py prints a connection
+if __name__ == "__main__":  # python tests/_azurite.py: one Azurite until Ctrl-C
     server = Azurite(Path(tempfile.mkdtemp(prefix="hafen-azurite-")))
     server.start()
     server.create_container()
-    print(server.connection_string, flush=True)
+    print(f"export AZURE_STORAGE_CONNECTION_STRING='{server.connection_string}'", flush=True)
     try:
-        server.process.wait() if server.process else None  # type: ignore[func-returns-value]
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
         server.stop()
-    os._exit(0)
+        shutil.rmtree(server.location, ignore_errors=True)
