@@ -191,6 +191,9 @@ def test_killed_connection_is_retried_without_duplicates_or_gaps(pg_url, tmp_pat
     assert len(ids) == 40000
     assert sorted(ids) == list(range(1, 40001))
     assert ds.version == 0 and len(ds.history()) == 1
+    # The killed attempt removed what it had staged: only committed files are on disk.
+    on_disk = {p.name for p in (tmp_path / "ds" / "table").rglob("*.parquet")}
+    assert on_disk == {f.path.rsplit("/", 1)[-1] for f in ds.files()}
 
 
 def test_persistent_failure_leaves_the_dataset_unchanged(postgres, pg_url, tmp_path, client):

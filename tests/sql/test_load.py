@@ -89,6 +89,17 @@ def test_append_and_replace(db, tmp_path, client):
     assert _tables(db) == ["t"]
 
 
+def test_partitioned_dataset_loads_its_partition_columns(tmp_path, client):
+    url = str(tmp_path / "parts")
+    table = pa.table({"day": ["a", "b", "c", "a"], "id": [1, 2, 3, 4], "v": [0.5, 1.5, 2.5, 3.5]})
+    hafen.write_dataset(table, url, partition_on=["day"])
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    assert hafen.load(url, db, table="p", mode="upsert", key=["id"], client=client) == 4
+    assert sorted(_query(db, "SELECT day, id, v FROM p")) == sorted(
+        zip(*[table.column(n).to_pylist() for n in ("day", "id", "v")], strict=True)
+    )
+
+
 def test_failed_replace_keeps_the_old_table_and_leaves_nothing(db, tmp_path, client):
     good = _dataset(tmp_path, "good", list(range(50)), "g")
     hafen.load(good, db, table="t", client=client)
