@@ -137,7 +137,11 @@ def run_dask(src: str, dst: str, days: int) -> None:
     ddf = hafen.read_ddf(src, files_per_partition=max(1, days // 10))
     shuffled = ddf.shuffle(["store_id", "product_id"], npartitions=4)
     shuffled = shuffled.map_partitions(lambda df: df.sort_values("product_id", kind="stable"))
-    shuffled.to_parquet(dst, partition_on=["store_id"], write_index=False)
+    # the dates are Python objects in pandas (as Dataset.read gives them), which dask cannot
+    # infer a type from: give it the source's schema
+    shuffled.to_parquet(
+        dst, partition_on=["store_id"], write_index=False, schema=hafen.open_dataset(src).schema
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

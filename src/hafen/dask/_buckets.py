@@ -3,14 +3,14 @@
 A *group* is one (target partition, bucket) pair: the rows that end up in one output file.
 
 Map task (:func:`split_files`): streams a few source files in record batches, buffering at most
-``chunk_bytes``; each full buffer is cut into one piece per group, and every piece is written to
-the scratch area as an Arrow IPC file named after the task, the flush and the group's place in
-it (``m00003/f0001-00017.arrow``). Names are deterministic, so a task recomputed after a worker
-died overwrites its own pieces instead of adding rows; the task returns the list of its pieces,
-and only listed pieces are ever read.
+``chunk_bytes``; each full buffer is ordered by group and written to the scratch area as one Arrow
+IPC file (a *run*, ``m00003-f0001.arrow`` for task 3's second flush) in which every group's rows
+are consecutive record batches: a *piece*. Names are deterministic, so a task recomputed after a
+worker died rewrites its own runs instead of adding rows; the task returns the list of its pieces
+(file, first batch, batch count), and only listed pieces are ever read.
 
 Reduce task (:func:`build_groups`): for each group it is given, reads the group's pieces (at most
-``chunk_bytes`` at a time), sorts them, and stages the file with
+``chunk_bytes`` at a time, only their batches), sorts them, and stages the file with
 :func:`hafen.datasets.stage_table`, which also collects the secondary-index entries. Nothing is
 committed here; the client commits every staged file at once.
 """
@@ -37,7 +37,6 @@ from hafen.datasets import (
 
 __all__ = ["Piece", "ReshuffleSpec", "bucket_of", "build_groups", "split_files"]
 
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 _BATCH_ROWS = 64 * 1024
 
 
@@ -62,11 +61,13 @@ class ReshuffleSpec:
 
 @dataclass(frozen=True)
 class Piece:
-    """One intermediate file: the rows of one group that one map flush produced."""
+    """The rows of one group that one map flush produced: a run of batches in a scratch file."""
 
     label: str  # the target partition's Hive label
     bucket: int
-    path: str  # relative to the target root
+    path: str  # the flush's Arrow IPC file, relative to the target root
+    first_batch: int  # the piece is record batches first_batch .. first_batch + num_batches - 1
+    num_batches: int
     num_rows: int
     nbytes: int  # in-memory size of its rows
 
@@ -131,23 +132,60 @@ def _scan(spec: ReshuffleSpec, files: Sequence[DataFile]) -> Any:
     )
 
 
-def _write_piece(storage: Storage, path: str, table: pa.Table) -> None:
+def _ipc_options(storage: Storage) -> pa.ipc.IpcWriteOptions:
+    # local scratch files are read back at once (from the page cache): compressing costs more
+    # CPU than it saves; remote ones cross the network twice
+    return pa.ipc.IpcWriteOptions(compression=None if storage.protocol == "file" else "lz4")
+
+
+def _write_run(
+    spec: ReshuffleSpec, path: str, table: pa.Table, bounds: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Write ``table`` (rows sorted by group) as one IPC file; return each group's batches."""
+    storage = spec.target
     full = storage.full(path)
     fs = storage.arrow_filesystem
+    runs = []
     with map_storage_errors(full):
         if storage.protocol == "file":
             fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
         with (
             fs.open_output_stream(full) as sink,
-            pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer,
+            pa.ipc.new_file(sink, table.schema, options=_ipc_options(storage)) as writer,
         ):
-            writer.write_table(table, max_chunksize=_BATCH_ROWS)
+            written = 0
+            for start, end in bounds:
+                batches = table.slice(start, end - start).to_batches(max_chunksize=_BATCH_ROWS)
+                for batch in batches:
+                    writer.write_batch(batch)
+                runs.append((written, len(batches)))
+                written += len(batches)
+    return runs
 
 
-def _read_piece(storage: Storage, path: str) -> pa.Table:
-    full = storage.full(path)
-    with map_storage_errors(full), storage.arrow_filesystem.open_input_file(full) as source:
-        return pa.ipc.open_file(source).read_all()
+class _Runs:
+    """Open scratch files of one reduce task, so each is opened (and its footer read) once."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.open: dict[str, tuple[Any, pa.ipc.RecordBatchFileReader]] = {}
+
+    def read(self, piece: Piece) -> list[pa.RecordBatch]:
+        full = self.storage.full(piece.path)
+        with map_storage_errors(full):
+            if piece.path not in self.open:
+                source = self.storage.arrow_filesystem.open_input_file(full)
+                self.open[piece.path] = (source, pa.ipc.open_file(source))
+            reader = self.open[piece.path][1]
+            return [
+                reader.get_batch(i)
+                for i in range(piece.first_batch, piece.first_batch + piece.num_batches)
+            ]
+
+    def close(self) -> None:
+        for source, _ in self.open.values():
+            source.close()
+        self.open.clear()
 
 
 def _flush(
@@ -159,21 +197,25 @@ def _flush(
     batches.clear()
     buckets = bucket_of(table, spec.bucket_by, spec.num_buckets)
     codes = _group_codes(table, spec.partition_on, buckets)
-    order = np.argsort(codes, kind="stable")
+    # Arrow sorts small-range integers by counting: stable, and linear in the rows
+    order = pc.array_sort_indices(pa.array(codes)).to_numpy()
     sorted_codes = codes[order]
     starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     ends = np.r_[starts[1:], len(order)]
     sorted_buckets = buckets[order]
     table = table.take(pa.array(order))
-    del codes, order
+    del codes, order, sorted_codes
+    bounds = list(zip(starts.tolist(), ends.tolist(), strict=True))
+    path = f"{spec.scratch}/m{task:05d}-f{flush:04d}.arrow"  # the same when recomputed
+    runs = _write_run(spec, path, table, bounds)
     pieces = []
-    for k, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        piece = table.slice(start, end - start)
-        values = [piece.column(c)[0].as_py() for c in spec.partition_on]
+    for (start, end), (first, count) in zip(bounds, runs, strict=True):
+        values = [table.column(c)[start].as_py() for c in spec.partition_on]
         label = partition_label(spec.partition_on, values)
-        path = f"{spec.scratch}/m{task:05d}/f{flush:04d}-{k:05d}.arrow"
-        _write_piece(spec.target, path, piece)
-        pieces.append(Piece(label, int(sorted_buckets[start]), path, piece.num_rows, piece.nbytes))
+        nbytes = table.slice(start, end - start).nbytes
+        pieces.append(
+            Piece(label, int(sorted_buckets[start]), path, first, count, end - start, nbytes)
+        )
     return pieces
 
 
@@ -216,17 +258,23 @@ def _chunks(pieces: Sequence[Piece], limit: int) -> list[list[Piece]]:
 def build_groups(spec: ReshuffleSpec, groups: Sequence[Sequence[Piece]]) -> StagedWrite:
     """Reduce task: stage one output file per group (more if a group exceeds the chunk size)."""
     staged = []
-    for pieces in groups:
-        ordered = sorted(pieces, key=lambda p: p.path)  # source order when not sorted
-        for chunk in _chunks(ordered, spec.chunk_bytes):
-            table = pa.concat_tables([_read_piece(spec.target, p.path) for p in chunk])
-            if spec.sort_by:
-                table = table.sort_by([(c, "ascending") for c in spec.sort_by])
-            staged.append(
-                stage_table(
-                    spec.target, table, partition_on=spec.partition_on, indices=spec.indices
+    runs = _Runs(spec.target)
+    try:
+        for pieces in groups:
+            ordered = sorted(pieces, key=lambda p: (p.path, p.first_batch))  # source order
+            for chunk in _chunks(ordered, spec.chunk_bytes):
+                batches = [b for p in chunk for b in runs.read(p)]
+                table = pa.Table.from_batches(batches, schema=spec.schema)
+                del batches
+                if spec.sort_by:
+                    table = table.sort_by([(c, "ascending") for c in spec.sort_by])
+                staged.append(
+                    stage_table(
+                        spec.target, table, partition_on=spec.partition_on, indices=spec.indices
+                    )
                 )
-            )
-            del table
+                del table
+    finally:
+        runs.close()
     pa.default_memory_pool().release_unused()
     return StagedWrite.combine(staged) if staged else StagedWrite(schema=spec.schema)
