@@ -78,11 +78,13 @@ class PostgresServer:
         try:
             pwd.getpwnam(PG_USER)
         except KeyError:
-            subprocess.run(
+            made = subprocess.run(
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                  PG_USER],
-                check=True, capture_output=True,
+                capture_output=True, text=True,
             )  # fmt: skip
+            if made.returncode not in (0, 9):  # 9: created meanwhile by another session
+                raise RuntimeError(f"cannot create the user {PG_USER}: {made.stderr}") from None
         entry = pwd.getpwnam(PG_USER)
         os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._as_user = ["runuser", "-u", PG_USER, "--"]
@@ -119,19 +121,28 @@ class PostgresServer:
             "-E", "UTF8", "--locale=C", "--no-sync",
         )  # fmt: skip
         pwfile.unlink()
-        options = (
+        for attempt in range(3):  # the free port may be taken before the server binds it
+            try:
+                self._run(
+                    str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                    "-o", self._options(), "-w", "-t", "60", "start",
+                )  # fmt: skip
+                break
+            except RuntimeError:
+                if attempt == 2 or "already in use" not in self._log_text():
+                    raise
+                self.port = _free_port()
+        self.started = True
+        self._wait_ready()
+        return self
+
+    def _options(self) -> str:
+        return (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             f"-c unix_socket_directories={self.root} -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=60 -c shared_buffers=64MB "
             "-c log_min_messages=warning"
         )
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
-            "-w", "-t", "60", "start",
-        )  # fmt: skip
-        self.started = True
-        self._wait_ready()
-        return self
 
     def _wait_ready(self) -> None:
         import psycopg
@@ -147,7 +158,7 @@ class PostgresServer:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.started:
+        if self.started or (self.data / "postmaster.pid").exists():
             with contextlib.suppress(Exception):
                 self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
                           "-w", "stop")  # fmt: skip
