@@ -183,7 +183,14 @@ def test_killed_connection_is_retried_without_duplicates_or_gaps(pg_url, tmp_pat
     thread.start()
     query = "SELECT t.id FROM t, (SELECT pg_sleep(0.3)) AS s"
     ds = hafen.extract(
-        pg_url, query, str(tmp_path / "ds"), split_on="id", chunks=4, retries=2, client=client
+        pg_url,
+        query,
+        str(tmp_path / "ds"),
+        split_on="id",
+        chunks=4,
+        retries=2,
+        limit=2,
+        client=client,
     )
     thread.join(35)
     assert killed, "the watcher never saw a range running"
