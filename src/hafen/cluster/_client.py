@@ -101,10 +101,28 @@ def set_limit(
 
 
 def remove_limit(name: str, *, client: Client | None = None) -> bool:
-    """Remove a limit; tasks waiting only for it start. Returns whether it existed.
+    """Remove a limit; tasks waiting only for it start.
 
     Removing a limit that does not exist does nothing, so a retried call is harmless. Tasks
-    submitted later that name it are rejected.
+    already admitted stop waiting for it (also on retries); tasks submitted later that name it
+    are rejected with :class:`~hafen.errors.LimitError`.
+
+    Parameters
+    ----------
+    name
+        The limit.
+    client
+        Defaults to the default client.
+
+    Returns
+    -------
+    bool
+        Whether the limit existed.
+
+    Examples
+    --------
+    >>> hafen.remove_limit("postgres")  # doctest: +SKIP
+    True
     """
     check_name(name)
     return bool(_call(_client(client), "hafen_limits_remove", name=name))
@@ -138,7 +156,9 @@ def lease(
     Inside a task it blocks that task's thread until the scheduler grants the lease -- use the
     ``limits=`` annotation instead to wait without a thread. The lease is freed on leaving the
     block, or when the scheduler removes the worker (or client) that holds it. Do not take a lease
-    on a limit the task is already annotated with: with one slot, it would wait for itself.
+    on a limit the task is already annotated with: with one slot, it would wait for itself. The
+    scheduler must have the extension (``hafen.connect`` or ``--preload hafen.cluster``); from a
+    client this is checked, from inside a task it is assumed.
 
     Parameters
     ----------
