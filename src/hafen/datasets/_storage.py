@@ -105,7 +105,7 @@ def _azure_transient(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "aiohttp"
 
 
-def _retry_after(exc: BaseException) -> float:
+def _retry_after(exc: BaseException | None) -> float:
     response = getattr(exc, "response", None)
     try:
         return float(response.headers.get("Retry-After", 0)) if response is not None else 0.0
