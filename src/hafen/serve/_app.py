@@ -200,6 +200,9 @@ def create_app(
         except DatasetNotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
 
+    # The lookups are async: once a file is cached a lookup takes well under a millisecond of
+    # CPU, less than handing it to a worker thread; a first read of a file blocks the loop for
+    # that one read.
     @app.get(
         "/forecasts",
         response_model=Forecasts,
@@ -209,7 +212,7 @@ def create_app(
             404: {"description": "No forecasts for this store (and product)"},
         },
     )
-    def get_forecasts(
+    async def get_forecasts(
         request: Request,
         store_id: StoreId,
         product_id: OptionalProductId = None,
@@ -247,7 +250,7 @@ def create_app(
             404: {"description": "No sales for this store and product"},
         },
     )
-    def get_history(
+    async def get_history(
         request: Request,
         store_id: StoreId,
         product_id: ProductId,

@@ -1,12 +1,13 @@
 """Point lookups by partition value and indexed key, with bounded caches.
 
 A lookup ``store_id == s and product_id == p`` asks the dataset which files may hold the rows
-(:meth:`~hafen.datasets.Dataset.files`: the partition value selects the store's files, the
-product index the ones among them that hold the product) and reads only those. Two caches make
-repeated lookups cheap, and both are safe because a version never changes and a data file is
-never rewritten:
+(:meth:`~hafen.datasets.Dataset.files`): the partition value selects the store's files; when
+there are several, the product index selects the ones that hold the product (with one, the
+index could only say whether the product is there, which the file itself answers once cached).
+Only those files are read. Two caches make repeated lookups cheap, and both are safe because a
+version never changes and a data file is never rewritten:
 
-- the pruned file list per (dataset version, predicate), so the index is read once per key;
+- the pruned file lists per (dataset version, predicate), so the index is read once per key;
 - the decoded columns of each file (bounded by :data:`DEFAULT_CACHE_BYTES`, least recently used
   out first), so a popular store's file is read from storage once.
 
@@ -89,10 +90,12 @@ class Lookup:
         ``columns`` must include the key column; the result has ``columns`` in that order.
         """
         conjunction = [(partition[0], "==", partition[1])]
-        if key is not None:
-            conjunction.append((key[0], "==", key[1]))
+        files = self._files(ds, conjunction)  # the partition's files
+        if key is not None and len(files) > 1:
+            # several files in the partition: the index says which hold the key
+            files = self._files(ds, [*conjunction, (key[0], "==", key[1])])
         parts = []
-        for f in self._files(ds, conjunction):
+        for f in files:
             table = self._table(ds, f, columns)
             if key is not None:
                 values = table.column(key[0])

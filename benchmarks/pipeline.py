@@ -1,0 +1,118 @@
+"""The reference pipeline's stage times at the default size and at 10x: how cost grows with data.
+
+Each size runs ``hafen demo --json`` in a fresh work folder, as a subprocess (its own 2-worker
+process-based LocalCluster, 1 thread each), and records:
+
+- the wall time of each stage (from the demo's summary) and of the whole command;
+- the CPU seconds of the command and everything it started (the cluster's processes), from
+  ``RUSAGE_CHILDREN``: on a machine shared with other work, CPU time says what the pipeline cost
+  when wall time also says how long it waited for a core;
+- the load average before and after, to show how busy the machine was.
+
+The anchor is the default size (10 stores x 100 products x 730 days); the ratios are each
+figure at 10x (``--scale``, stores multiplied) over the anchor's. Usage::
+
+    .venv/bin/python benchmarks/pipeline.py                # default size, then 10x
+    .venv/bin/python benchmarks/pipeline.py --scale 10 --stores 10 --products 100 --days 730
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _hafen() -> str:
+    return str(Path(sys.executable).with_name("hafen"))
+
+
+def run_demo(workdir: Path, stores: int, products: int, days: int) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = os.getloadavg()[0]
+    began = time.perf_counter()
+    done = subprocess.run(
+        [
+            _hafen(),
+            "demo",
+            "--workdir",
+            str(workdir),
+            "--stores",
+            str(stores),
+            "--products",
+            str(products),
+            "--days",
+            str(days),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"hafen demo failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    return {
+        "size": {"stores": stores, "products": products, "days": days},
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(
+            (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1
+        ),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "synth_seconds": summary["synth_seconds"],
+        "stages": {
+            s["name"]: {"rows": s["rows"], "seconds": s["seconds"]} for s in summary["stages"]
+        },
+        "wape_model": round(summary["wape_model"], 4),
+        "wape_baseline": round(summary["wape_baseline"], 4),
+        "peak_memory_mib": {k: round(v / 2**20) for k, v in summary["peak_memory_bytes"].items()},
+        "db_slots_max": summary["db_slots_max"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stores", type=int, default=10)
+    parser.add_argument("--products", type=int, default=100)
+    parser.add_argument("--days", type=int, default=730)
+    parser.add_argument("--scale", type=int, default=10, help="stores multiplier; 1 to skip")
+    parser.add_argument("--out", default=None, help="also write the results here (JSON)")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="hafen-bench-pipeline-"))
+    results = []
+    try:
+        sizes = [1] if args.scale == 1 else [1, args.scale]
+        for factor in sizes:
+            result = run_demo(base / f"x{factor}", args.stores * factor, args.products, args.days)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            shutil.rmtree(base / f"x{factor}", ignore_errors=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    if len(results) == 2:
+        anchor, big = results
+        print(f"\n{'stage':<18}{'x1 s':>9}{'x' + str(args.scale) + ' s':>9}{'ratio':>8}")
+        for name, stage in anchor["stages"].items():
+            other = big["stages"][name]["seconds"]
+            ratio = other / stage["seconds"] if stage["seconds"] else float("nan")
+            print(f"{name:<18}{stage['seconds']:>9.1f}{other:>9.1f}{ratio:>8.1f}")
+        for key in ("wall_seconds", "cpu_seconds"):
+            print(f"{key:<18}{anchor[key]:>9.1f}{big[key]:>9.1f}{big[key] / anchor[key]:>8.1f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
