@@ -110,7 +110,7 @@ def test_a_scheduler_without_the_extension_says_so():
     from hafen.errors import LimitError
 
     with (
-        LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster,
         Client(cluster, set_as_default=False) as client,
         pytest.raises(LimitError, match=r"no hafen limits extension.*--preload hafen\.cluster"),
     ):
