@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
 
 import distributed
 from distributed import Scheduler, SchedulerPlugin
@@ -91,3 +93,12 @@ async def test_a_held_task_waits_in_no_worker_until_granted(c, s, a):
 
 def inc(x: int) -> int:
     return x + 1
+
+
+def test_the_cluster_package_never_imports_datasets():
+    code = (
+        "import sys, hafen.cluster, hafen.cluster._limits, hafen.cluster._client; "
+        "bad = sorted(m for m in sys.modules if m.startswith('hafen.datasets')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
