@@ -416,6 +416,9 @@ class LimitsExtension(SchedulerPlugin):
                     waiter.names
                 ):
                     continue  # stale entry: granted, dropped or limit removed meanwhile
+                if not self._still_waiting(waiter):
+                    self._drop(waiter.holder)
+                    continue
                 others = [self._limits[n] for n in waiter.names if n != limit.spec.name]
                 for other in others:
                     other.refill(now)
@@ -446,6 +449,13 @@ class LimitsExtension(SchedulerPlugin):
             recommendations[ident] = "processing"
         if recommendations:
             self.scheduler.transitions(recommendations, stimulus_id=stimulus_id)
+
+    def _still_waiting(self, waiter: _Waiter) -> bool:
+        kind, ident = waiter.holder
+        if kind == "lease":
+            return waiter.future is not None and not waiter.future.done()
+        ts = self.scheduler.tasks.get(ident)
+        return ts is not None and ts.state == "no-worker" and ident in self._saved
 
     def _take(self, waiter: _Waiter, now: float) -> None:
         del self._waiters[waiter.holder]
