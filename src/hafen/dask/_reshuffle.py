@@ -31,7 +31,7 @@ import dataclasses
 import math
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
@@ -150,7 +150,7 @@ def reshuffle(
     columns: Sequence[str] | None = None,
     predicates: Predicates = None,
     version: int | None = None,
-    mode: str = "create",
+    mode: Literal["create", "append", "overwrite"] = "create",
     storage_options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Rewrite a dataset with another partitioning, with bounded memory per worker.
@@ -158,6 +158,8 @@ def reshuffle(
     Every output partition (one value combination of ``partition_on``) gets up to
     ``num_buckets`` files; a row goes to the bucket given by a stable hash of its ``bucket_by``
     values, so equal values share one file per partition. Each file is sorted by ``sort_by``.
+    A (partition, bucket) group too large for the memory budget is written as several files,
+    each sorted, rather than exceed the budget.
     Secondary ``indices`` are built while the files are written. The source is read at one
     version and never changed; the destination gets one new version, or none if anything fails.
 
@@ -321,7 +323,7 @@ def reshuffle(
         return commit_staged(
             target,
             staged,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             partition_on=layout_p,
             indices=layout_i,
             schema_mode="strict",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["write_ddf"]
 
+Mode = Literal["create", "append", "overwrite"]
+SchemaMode = Literal["strict", "merge"]
+OnConflict = Literal["raise", "retry"]
 MODES = ("create", "append", "overwrite")
 SCHEMA_MODES = ("strict", "merge")
 
@@ -29,7 +32,7 @@ def _stage_partition(
     state: Any,
     partition_on: list[str],
     indices: list[str],
-    schema_mode: str,
+    schema_mode: SchemaMode,
     schema: pa.Schema | None,
 ) -> StagedWrite:
     """Task: conform one pandas partition and stage it; return the (small) StagedWrite."""
@@ -66,9 +69,9 @@ def write_ddf(
     *,
     partition_on: Sequence[str] | None = None,
     indices: Sequence[str] | None = None,
-    mode: str = "create",
-    schema_mode: str = "strict",
-    on_conflict: str = "raise",
+    mode: Mode = "create",
+    schema_mode: SchemaMode = "strict",
+    on_conflict: OnConflict = "raise",
     storage_options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Write a Dask DataFrame as one new version of a dataset: parallel files, one commit.
@@ -174,11 +177,11 @@ def write_ddf(
     return commit_staged(
         storage,
         staged,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         partition_on=layout_p,
         indices=layout_i,
-        schema_mode=schema_mode,  # type: ignore[arg-type]
-        on_conflict=on_conflict,  # type: ignore[arg-type]
+        schema_mode=schema_mode,
+        on_conflict=on_conflict,
         base=state,
         parameters={"writer": "write_ddf", "partitions": len(tasks)},
     )
