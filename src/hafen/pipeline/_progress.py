@@ -27,7 +27,16 @@ def _task_states(dask_scheduler: Any) -> dict[str, int]:
 
 
 def _maxrss() -> int:
-    """Peak resident memory of this process, in bytes (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process, in bytes.
+
+    Linux: ``VmHWM`` (``ru_maxrss`` can carry a parent's peak over into a spawned process);
+    elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 
