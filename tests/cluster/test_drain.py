@@ -170,7 +170,6 @@ def test_drain_of_a_worker_holding_100_unique_results_mid_graph_recomputes_nothi
                 log.path,
                 0.0,
                 workers=[victim],
-                allow_other_workers=True,
                 pure=False,
             )
             for i in range(100)
@@ -269,6 +268,7 @@ def test_sigterm_to_a_dask_worker_cli_process_drains_it(tmp_path):
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},  # task functions
         )  # fmt: skip
         try:
             client.wait_for_workers(2, timeout=120)

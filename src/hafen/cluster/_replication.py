@@ -31,7 +31,7 @@ towards the target, so protected results are re-protected while a worker leaves.
 
 The AMM runs every 2 s by default; a result that lands just before a worker dies would be lost in
 that window. The scheduler plugin of ``_resilience.py`` therefore asks the AMM for one extra pass
-``delay`` (default 50 ms) after a protected result lands.
+``delay`` (default 10 ms) after a protected result lands.
 
 This module reads scheduler internals that Dask does not promise to keep stable: ``TaskState``
 (``annotations``, ``nbytes``, ``who_has``, ``waiters``, ``who_wants``, ``dependencies``,

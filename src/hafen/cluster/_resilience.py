@@ -64,7 +64,7 @@ class ResiliencePlugin(SchedulerPlugin):
         self._completions: dict[Any, int] = {}
         self._durations: dict[Any, float] = {}
         self._kick: asyncio.TimerHandle | None = None
-        self._delay = 0.05
+        self._delay = 0.01
         self.reset()
 
     def __getstate__(self) -> dict[str, Any]:
