@@ -253,3 +253,43 @@ def test_dates_and_nulls_as_partition_values(tmp_path):
     hafen.write_dataset(df, src, partition_on=["k"])
     out = hafen.reshuffle(src, str(tmp_path / "dst"), ["day"], num_buckets=2, sort_by=["v"])
     check_reshuffled(out, df, ["day"], 2, ["v"], ["v"])
+
+
+def test_no_task_holds_more_than_its_chunk(tmp_path, src, sales, monkeypatch):
+    """The memory plan, checked where it is enforced: every buffer a map task splits holds at
+    most one chunk plus one batch, and every table a reduce task sorts at most one chunk (or
+    one piece, when a single piece is larger)."""
+    chunk = 16 * 1024
+    monkeypatch.setattr(_reshuffle, "chunk_bytes_for", lambda budget, threads: chunk)
+    flushed, built, largest_batch, largest_piece = [], [], [0], [0]
+    real_flush, real_chunks = _buckets._flush, _buckets._chunks
+
+    def flush(spec, task, n, batches):
+        largest_batch[0] = max([largest_batch[0], *(b.nbytes for b in batches)])
+        flushed.append(sum(b.nbytes for b in batches))
+        pieces = real_flush(spec, task, n, batches)
+        largest_piece[0] = max([largest_piece[0], *(p.nbytes for p in pieces)])
+        return pieces
+
+    def chunks(pieces, limit):
+        out = real_chunks(pieces, limit)
+        built.extend(sum(p.nbytes for p in c) for c in out)  # what one reduce step reads
+        return out
+
+    monkeypatch.setattr(_buckets, "_flush", flush)
+    monkeypatch.setattr(_buckets, "_chunks", chunks)
+    with dask.config.set(scheduler="sync"):
+        out = hafen.reshuffle(src, str(tmp_path / "dst"), ["store_id"], num_buckets=2)
+    monkeypatch.undo()
+    assert len(flushed) > 5 and len(built) >= 10
+    assert max(flushed) <= chunk + largest_batch[0]
+    assert max(built) <= max(chunk, largest_piece[0])
+    check_reshuffled(
+        out,
+        sales,
+        ["store_id"],
+        2,
+        list(sales.columns.drop("store_id")),
+        [],
+        one_file_per_group=False,
+    )

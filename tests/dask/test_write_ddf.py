@@ -147,3 +147,19 @@ def test_mismatch_with_an_existing_dataset_fails_before_any_task(tmp_path, sales
 def test_not_a_dask_dataframe(tmp_path, sales):
     with pytest.raises(ConfigError):
         hafen.write_ddf(sales, str(tmp_path / "ds"))
+
+
+def test_on_an_in_process_distributed_cluster(tmp_path, src, sales):
+    from distributed import Client, LocalCluster
+
+    url = str(tmp_path / "ds")
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster),
+    ):
+        ddf = hafen.read_ddf(src, files_per_partition=3)
+        ds = hafen.write_ddf(ddf, url, partition_on=["region"], indices=["store_id"])
+    assert ds.version == 0 and len(ds.history()) == 1
+    assert_same_rows(ds.read(), sales)
