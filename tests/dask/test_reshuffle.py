@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -293,3 +294,17 @@ def test_no_task_holds_more_than_its_chunk(tmp_path, src, sales, monkeypatch):
         [],
         one_file_per_group=False,
     )
+
+
+def test_scratch_left_by_a_dead_client_is_swept_after_the_grace_period(tmp_path, src):
+    dst = tmp_path / "dst"
+    old = dst / "_hafen" / "scratch" / "reshuffle-dead" / "m00000-f0000.arrow"
+    young = dst / "_hafen" / "scratch" / "reshuffle-running" / "m00000-f0000.arrow"
+    for path in (old, young):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    hafen.reshuffle(src, str(dst), ["store_id"])
+    assert not old.parent.exists()
+    assert young.exists()  # may be another run's, in progress

@@ -10,7 +10,8 @@ The scheme has two phases of Dask tasks and one commit, planned on the client:
    pieces of one group at a time, at most ``chunk_bytes`` at once, sorts them by ``sort_by`` and
    stages the output file (secondary-index entries are collected while it is written).
 3. **Commit.** One :func:`~hafen.datasets.commit_staged` from the client; the scratch area is
-   removed whatever happens.
+   removed whatever happens (if the client itself dies, the next reshuffle into the same
+   destination sweeps that scratch area once it is older than the grace period).
 
 Memory: a task never holds more than ``chunk_bytes`` of rows plus the copies a split or a sort
 needs (at most about three more), so :data:`TASK_MEMORY_FACTOR` chunks fit in one task's share of
@@ -122,6 +123,35 @@ def _pack_groups(groups: list[list[Piece]], target: int) -> list[list[list[Piece
     if current:
         tasks.append(current)
     return tasks
+
+
+def _remove_stale_scratch(storage: Storage) -> list[str]:
+    """Remove scratch areas of runs whose client died, once older than the grace period.
+
+    A run removes its own scratch area in all cases its client survives; this sweeps what a
+    killed client left. Areas with any file younger than ``grace_period`` are kept: they may
+    belong to a reshuffle into the same destination that is running now.
+    """
+    import datetime as dt
+
+    from hafen.config import get_settings, parse_duration
+
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(
+        seconds=parse_duration(get_settings().grace_period)
+    )
+    newest: dict[str, dt.datetime | None] = {}
+    for info in storage.walk(SCRATCH_DIR):
+        run = info.path[len(SCRATCH_DIR) + 1 :].split("/", 1)[0]
+        seen = newest.get(run, info.modified)
+        if seen is None or info.modified is None:
+            newest[run] = None  # unknown age: keep
+        else:
+            newest[run] = max(seen, info.modified)
+    stale = [run for run, when in newest.items() if when is not None and when < cutoff]
+    for run in stale:
+        with contextlib.suppress(FileNotFoundError, StorageError, OSError):
+            storage.fs.rm(storage.full(f"{SCRATCH_DIR}/{run}"), recursive=True)
+    return stale
 
 
 def _remove_scratch(storage: Storage, scratch: str, created_root: bool) -> None:
@@ -300,6 +330,8 @@ def reshuffle(
     per_map = max(1, min(TASK_MEMORY_FACTOR * chunk, math.ceil(total / (2 * slots))))
     map_inputs = _pack_files(files, per_map)
     created_root = not target.exists("")
+    if not created_root:
+        _remove_stale_scratch(target)
 
     split = delayed(split_files, pure=False)
     build = delayed(build_groups, pure=False)
