@@ -64,7 +64,7 @@ def test_bad_config_is_a_clear_error(tmp_path, text, message):
 def test_demo_and_run_commands(tmp_path, client):
     address = client.scheduler.address
     runner = CliRunner()
-    args = ["--stores", "2", "--products", "5", "--days", "120", "--json"]
+    args = ["--stores", "2", "--products", "5", "--days", "80", "--json"]
     result = runner.invoke(
         main, ["demo", "--workdir", str(tmp_path / "w"), *args, "--scheduler", address]
     )
