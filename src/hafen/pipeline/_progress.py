@@ -32,11 +32,10 @@ def _maxrss() -> int:
     Linux: ``VmHWM`` (``ru_maxrss`` can carry a parent's peak over into a spawned process);
     elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
     """
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 

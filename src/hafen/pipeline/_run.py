@@ -8,6 +8,7 @@ folder. Both print progress and the summary (stage 6) when given a console.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -117,7 +118,19 @@ def run_pipeline(
         return result
     finally:
         if own:
-            client.close()
+            _close(client)
+
+
+def _close(client: Any) -> None:
+    """Close a client and the cluster it started, without the nannies' warnings about workers
+    that take more than a few seconds to stop on a busy machine (they are stopped anyway)."""
+    logger = logging.getLogger("distributed.nanny")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        client.close()
+    finally:
+        logger.setLevel(level)
 
 
 class _Null:
