@@ -21,9 +21,9 @@ Azure credentials come from ``storage_options`` (any adlfs argument: ``connectio
 ``account_name`` with ``account_key`` or ``sas_token``, ``credential``...), else from the
 environment: ``AZURE_STORAGE_CONNECTION_STRING``, or ``AZURE_STORAGE_ACCOUNT_NAME`` with
 ``AZURE_STORAGE_ACCOUNT_KEY`` / ``AZURE_STORAGE_SAS_TOKEN`` / a service principal
-(``AZURE_STORAGE_CLIENT_ID``, ``_CLIENT_SECRET``, ``_TENANT_ID``). An account key with a
-``blob_endpoint`` option or ``AZURE_STORAGE_BLOB_ENDPOINT`` (an emulator, a private endpoint)
-becomes a connection string. The environment is read when a :class:`Storage` is built and
+(``AZURE_STORAGE_CLIENT_ID``, ``_CLIENT_SECRET``, ``_TENANT_ID``). An account key or a SAS
+token with a ``blob_endpoint`` option or ``AZURE_STORAGE_BLOB_ENDPOINT`` (an emulator, a private
+endpoint) becomes a connection string. The environment is read when a :class:`Storage` is built and
 passed to adlfs explicitly, so fsspec's instance cache never hands out a filesystem built from
 other credentials; a pickled :class:`Storage` carries only the explicit options.
 """
@@ -92,6 +92,12 @@ def _azure_options(options: dict[str, Any]) -> dict[str, Any]:
             f"AccountKey={out.pop('account_key')};BlobEndpoint={endpoint.rstrip('/')};"
         )
     return out
+    elif endpoint and out.get("sas_token"):
+        out.pop("account_name", None)
+        out["connection_string"] = (
+            f"BlobEndpoint={endpoint.rstrip('/')};"
+            f"SharedAccessSignature={out.pop('sas_token').lstrip('?')};"
+        )
 
 
 def _azure_transient(exc: BaseException) -> bool:
