@@ -7,16 +7,17 @@ that must never commit twice, where credentials come from, and the service going
 
 from __future__ import annotations
 
+import datetime as dt
 import pickle
 import uuid
 
 import pandas as pd
 import pytest
-from _azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.storage.blob.aio import BlobClient
 
 import hafen
+from _azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from hafen.datasets import Storage, _storage, commit_staged, open_dataset, stage_table, storage_for
 from hafen.errors import CommitOutcomeUnknownError, StorageError
 
@@ -179,6 +180,24 @@ def test_account_name_and_key_from_the_environment(azurite, no_azure_env):
     no_azure_env.setenv("AZURE_STORAGE_ACCOUNT_KEY", ACCOUNT_KEY)
     # without an endpoint the account's public one is used (nothing is sent here)
     assert Storage("az://c/x").fs.account_url == f"https://{ACCOUNT_NAME}.blob.core.windows.net"
+    no_azure_env.setenv("AZURE_STORAGE_BLOB_ENDPOINT", azurite.endpoint)
+    roundtrip(azurite.url(uuid.uuid4().hex))
+
+
+def test_sas_token_and_endpoint_from_the_environment(azurite, no_azure_env):
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    sas = generate_account_sas(
+        ACCOUNT_NAME,
+        ACCOUNT_KEY,
+        resource_types=ResourceTypes(service=True, container=True, object=True),
+        permission=AccountSasPermissions(
+            read=True, write=True, delete=True, list=True, add=True, create=True
+        ),
+        expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    )
+    no_azure_env.setenv("AZURE_STORAGE_ACCOUNT_NAME", ACCOUNT_NAME)
+    no_azure_env.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
     no_azure_env.setenv("AZURE_STORAGE_BLOB_ENDPOINT", azurite.endpoint)
     roundtrip(azurite.url(uuid.uuid4().hex))
 
