@@ -106,6 +106,28 @@ async def test_annotated_results_keep_their_copies_and_reduce_replicas_is_replac
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 3)
+async def test_fresh_results_are_copied_without_waiting_for_a_full_pass(c, s, *workers):
+    install_resilience(s)
+    amm = s.extensions["amm"]
+    amm.stop()  # no periodic full pass: only the per-result fast path can copy
+    policy = find_replication(amm)
+    full_passes = 0
+    run = policy.run
+
+    def counting_run():
+        nonlocal full_passes
+        full_passes += 1
+        return run()
+
+    policy.run = counting_run
+    with dask.annotate(replicate=2):
+        futs = c.map(inc, range(20))
+    await c.gather(futs)
+    await until(lambda: all(ncopies(s, f.key) == 2 for f in futs), what="fresh copies")
+    assert full_passes == 0
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3)
 async def test_copies_go_once_no_dependent_needs_them(c, s, *workers):
     install_resilience(s)
     name = f"gate-{uuid.uuid4().hex}"

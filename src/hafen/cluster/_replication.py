@@ -30,8 +30,10 @@ Copies on a worker that is being retired or drained (status ``closing_gracefully
 towards the target, so protected results are re-protected while a worker leaves.
 
 The AMM runs every 2 s by default; a result that lands just before a worker dies would be lost in
-that window. The scheduler plugin of ``_resilience.py`` therefore asks the AMM for one extra pass
-``delay`` (default 10 ms) after a protected result lands.
+that window. The scheduler plugin of ``_resilience.py`` therefore copies a protected result
+``delay`` (default 10 ms) after it lands, through :class:`CopyFresh` in a side manager that looks
+only at new results (a full pass per result would cost O(results) each time). A result is still
+unprotected from the moment it lands until its copy has arrived.
 
 This module reads scheduler internals that Dask does not promise to keep stable: ``TaskState``
 (``annotations``, ``nbytes``, ``who_has``, ``waiters``, ``who_wants``, ``dependencies``,
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.active_memory_manager import (
     ActiveMemoryManagerExtension,
+    ActiveMemoryManagerPolicy,
     ReduceReplicas,
     Suggestion,
     SuggestionGenerator,
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANNOTATION",
     "DEFAULT_REPLICAS",
+    "CopyFresh",
     "Replication",
     "install_replication",
     "recompute_cost",
@@ -231,6 +235,15 @@ class Replication(ReduceReplicas):
             if ts.state == "memory":
                 self.observe(ts)
 
+    def target(self, ts: TaskState, nworkers: int) -> int:
+        """Copies wanted of candidate ``ts``, before the memory budget (1: none extra)."""
+        if ts.state != "memory" or not (ts.waiters or ts.who_wants):
+            return 1
+        n = wanted_replicas(ts, self.replicas)
+        if n is None:
+            n = self.replicas
+        return max(min(n, nworkers), 1)
+
     def targets(self) -> dict[TaskState, int]:
         """Copies wanted for each protected result still needed, within the memory budget."""
         scheduler = self.manager.scheduler
@@ -240,12 +253,7 @@ class Replication(ReduceReplicas):
             if ts.state != "memory":
                 self.candidates.discard(ts)
                 continue
-            if not (ts.waiters or ts.who_wants):
-                continue
-            n = wanted_replicas(ts, self.replicas)
-            if n is None:
-                n = self.replicas
-            n = min(n, nworkers)
+            n = self.target(ts, nworkers)
             if n > 1:
                 wanted.append((self.cost(ts) if self.memory_budget is not None else 0.0, ts, n))
         if self.memory_budget is None:
@@ -269,11 +277,7 @@ class Replication(ReduceReplicas):
         pending = self.manager.pending
         nrepl = 0
         for ts, target in targets.items():
-            live = sum(1 for ws in ts.who_has or () if ws.status != Status.closing_gracefully)
-            if ts in pending:
-                pending_repl, pending_drop = pending[ts]
-                live += len(pending_repl) - len(pending_drop)
-            for _ in range(target - live):
+            for _ in range(target - live_copies(ts, pending)):
                 choice = yield Suggestion("replicate", ts)
                 if choice is None:
                     break  # no eligible recipient: all running workers have a copy
@@ -300,6 +304,39 @@ class Replication(ReduceReplicas):
                 ndrop += len(pending_repl) - len(pending_drop)
             for _ in range(ndrop):
                 yield Suggestion("drop", ts)
+
+
+def live_copies(ts: TaskState, pending: dict[TaskState, Any]) -> int:
+    """Copies of ``ts`` that will stay: not on a retiring worker, with pending AMM actions."""
+    live = sum(1 for ws in ts.who_has or () if ws.status != Status.closing_gracefully)
+    if ts in pending:
+        pending_repl, pending_drop = pending[ts]
+        live += len(pending_repl) - len(pending_drop)
+    return live
+
+
+class CopyFresh(ActiveMemoryManagerPolicy):
+    """AMM policy for a side manager: copy results that just landed, between full passes.
+
+    The full :class:`Replication` pass looks at every protected result and every replicated
+    one; running it after each result would cost O(results) per result. This policy only looks
+    at the results added to :attr:`fresh` since its last run (no budget, no drops: those are the
+    periodic pass's job), so prompt protection costs O(1) per result.
+    """
+
+    def __init__(self, replication: Replication) -> None:
+        self.replication = replication
+        self.fresh: set[TaskState] = set()
+
+    def run(self) -> SuggestionGenerator:
+        fresh, self.fresh = self.fresh, set()
+        nworkers = max(len(self.manager.scheduler.running), 1)
+        pending = self.manager.pending
+        for ts in fresh:
+            for _ in range(self.replication.target(ts, nworkers) - live_copies(ts, pending)):
+                choice = yield Suggestion("replicate", ts)
+                if choice is None:
+                    break
 
 
 def find_replication(amm: ActiveMemoryManagerExtension) -> Replication | None:

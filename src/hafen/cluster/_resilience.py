@@ -22,10 +22,16 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from distributed.active_memory_manager import ActiveMemoryManagerExtension
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from hafen.cluster._dask_config import config_duration, config_get
-from hafen.cluster._replication import Replication, install_replication, prefix_duration
+from hafen.cluster._replication import (
+    CopyFresh,
+    Replication,
+    install_replication,
+    prefix_duration,
+)
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState
@@ -64,6 +70,9 @@ class ResiliencePlugin(SchedulerPlugin):
         self._completions: dict[Any, int] = {}
         self._durations: dict[Any, float] = {}
         self._kick: asyncio.TimerHandle | None = None
+        self._full_pass = False
+        self._fresh: CopyFresh | None = None
+        self._side_amm: ActiveMemoryManagerExtension | None = None
         self._delay = 0.01
         self.reset()
 
@@ -94,6 +103,10 @@ class ResiliencePlugin(SchedulerPlugin):
         self.policy = install_replication(scheduler, policy)
         self.policy.durations = self.duration
         self.policy.seed(scheduler.tasks.values())
+        self._fresh = CopyFresh(self.policy)
+        self._side_amm = ActiveMemoryManagerExtension(
+            scheduler, policies={self._fresh}, register=False, start=False
+        )
         coordinator = DrainCoordinator(scheduler, self)
         scheduler.handlers["hafen_drain"] = coordinator.drain
         scheduler.handlers["hafen_resilience_counts"] = self.counts
@@ -154,7 +167,7 @@ class ResiliencePlugin(SchedulerPlugin):
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         """A worker left: protected results it held may be down to one copy; copy them now."""
         if self.policy is not None and self.policy.candidates:
-            self._schedule_kick()
+            self._schedule_kick(full=True)
 
     def _on_computed(self, scheduler: Scheduler, key: Any, startstops: Any) -> None:
         self.computed += 1
@@ -175,11 +188,13 @@ class ResiliencePlugin(SchedulerPlugin):
                 self.recomputed_protected += 1
             if len(self.recomputed_keys) < MAX_KEYS_LISTED:
                 self.recomputed_keys.append(key)
-        if protected:
+        if protected and ts is not None and self._fresh is not None:
+            self._fresh.fresh.add(ts)
             self._schedule_kick()
 
-    def _schedule_kick(self) -> None:
-        """Ask the AMM for a pass soon, so a fresh protected result is copied promptly."""
+    def _schedule_kick(self, full: bool = False) -> None:
+        """Copy fresh protected results soon (or run a full AMM pass, after a worker left)."""
+        self._full_pass = self._full_pass or full
         if self._kick is not None:
             return
         try:
@@ -190,14 +205,21 @@ class ResiliencePlugin(SchedulerPlugin):
 
     def _run_amm(self) -> None:
         self._kick = None
+        full, self._full_pass = self._full_pass, False
         scheduler = self.scheduler
-        if scheduler is None:
+        if scheduler is None or self.policy is None:
             return
         amm = scheduler.extensions.get("amm")
-        if amm is None or self.policy not in amm.policies or hasattr(amm, "pending"):
+        if amm is None or self.policy not in amm.policies:
+            return
+        # With a memory budget only the full pass can decide; otherwise copy just the new ones.
+        if self.policy.memory_budget is not None:
+            full = True
+        manager = amm if full else self._side_amm
+        if manager is None or hasattr(manager, "pending"):
             return
         try:
-            amm.run_once()
+            manager.run_once()
         except Exception:  # the periodic run will try again
             logger.exception("hafen: Active Memory Manager pass failed")
 
