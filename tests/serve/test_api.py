@@ -182,3 +182,40 @@ def test_a_single_dataset_url_is_served(root):
         r = client.get("/forecasts", params={"store_id": 1, "product_id": 1})
         assert r.status_code == 200
         assert client.get("/history", params={"store_id": 1, "product_id": 1}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"store_id": 2, "product_id": 7},
+        {"store_id": 1, "product_id": 3, "from": "2025-07-05", "to": "2025-07-09"},
+        {"store_id": 3, "product_id": 10, "to": "2025-07-02"},
+    ],
+)
+def test_fast_path_answers_exactly_as_the_route(root, params):
+    with (
+        TestClient(create_app(str(root))) as fast,
+        TestClient(create_app(str(root), fast_path=False)) as slow,
+    ):
+        a, b = fast.get("/forecasts", params=params), slow.get("/forecasts", params=params)
+    assert a.status_code == b.status_code == 200
+    assert a.content == b.content
+    assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
+
+
+def test_fast_path_leaves_everything_else_to_the_route(root):
+    with TestClient(create_app(str(root))) as client:
+        # each of these goes on to FastAPI, which answers as the route does
+        assert client.get("/forecasts", params={"store_id": 1}).status_code == 200
+        assert client.get("/forecasts", params={"store_id": 1, "product_id": 99}).status_code == 404
+        r = client.get("/forecasts", params={"store_id": "01x", "product_id": 1})
+        assert r.status_code == 422
+        r = client.get(
+            "/forecasts",
+            params={"store_id": 1, "product_id": 1, "from": "2025-08-01", "to": "2025-07-01"},
+        )
+        assert r.status_code == 400
+        r = client.get(
+            "/forecasts", params={"store_id": 1, "product_id": 1}, headers={"Accept": "text/csv"}
+        )
+        assert r.headers["content-type"].startswith("text/csv")

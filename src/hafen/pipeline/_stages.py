@@ -198,13 +198,21 @@ def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.date32(): _DATE}.get)
 
 
+#: Rows a denormalize task holds at most (when files are smaller than that).
+PARTITION_ROWS = 2_000_000
+
+
 def denormalize(cfg: PipelineConfig, raw: dict[str, Dataset], *, tasks: int) -> Dataset:
     """Stage 2: ``raw/sales`` joined with the dimensions into ``sales``, partitioned by date."""
     from hafen.dask import read_ddf, write_ddf
 
     dims = Dimensions(raw["stores"], raw["products"], raw["holidays"], raw["promotions"])
-    files = len(raw["sales"].files())
-    sales = read_ddf(raw["sales"], files_per_partition=max(1, -(-files // tasks)))
+    # at least `tasks` partitions, and at most PARTITION_ROWS rows in each (one day of a large
+    # chain is a million rows: a day per partition then)
+    files = max(1, len(raw["sales"].files()))
+    rows_per_file = max(1, raw["sales"].num_rows // files)
+    per_partition = min(-(-files // tasks), max(1, PARTITION_ROWS // rows_per_file))
+    sales = read_ddf(raw["sales"], files_per_partition=per_partition)
     schema = _schema_of_sales()
     meta = _to_table(denormalize_part(sales._meta, dims), schema)
     joined = sales.map_partitions(

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from hafen import __version__
 from hafen.errors import DatasetNotFoundError, HafenError
+from hafen.serve._fast import FastLookups
 from hafen.serve._lookup import DEFAULT_CACHE_BYTES, Lookup, between
 from hafen.serve._page import PAGE
 from hafen.serve._registry import DEFAULT_REFRESH, Registry
@@ -33,7 +34,7 @@ __all__ = ["FORECASTS", "HISTORY", "create_app"]
 FORECASTS = "forecasts"
 HISTORY = "sales_by_store"
 MAX_ID = 2**62
-FORECAST_COLUMNS = ["store_id", "product_id", "date", "forecast", "baseline"]
+FORECAST_COLUMNS = FC = ["store_id", "product_id", "date", "forecast", "baseline"]
 HISTORY_COLUMNS = ["product_id", "date", "qty"]
 MAX_HISTORY = 1000
 
@@ -142,10 +143,24 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
+JSON = "application/json"
+
+
 def _json(payload: dict[str, Any]) -> Response:
     # the payload is built from validated parameters and the dataset's typed columns, so the
     # response model's validation is skipped on this hot path (it still documents the schema)
-    return Response(json.dumps(payload, allow_nan=False), media_type="application/json")
+    return Response(json.dumps(payload, allow_nan=False), media_type=JSON)
+
+
+def _forecasts_body(ds: Any, store_id: int, product_id: int | None, table: pa.Table) -> bytes:
+    payload = {
+        "dataset": FORECASTS,
+        "version": ds.version,
+        "store_id": store_id,
+        "product_id": product_id,
+        "rows": _records(table),
+    }
+    return json.dumps(payload, allow_nan=False).encode()
 
 
 def _check_range(start: dt.date | None, end: dt.date | None) -> None:
@@ -166,7 +181,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def create_app(
-    root: str, *, refresh: float = DEFAULT_REFRESH, cache_bytes: int = DEFAULT_CACHE_BYTES
+    root: str,
+    *,
+    refresh: float = DEFAULT_REFRESH,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    fast_path: bool = True,
 ) -> FastAPI:
     """The API over the datasets under ``root`` (a folder of datasets, or one dataset).
 
@@ -179,6 +198,9 @@ def create_app(
         Seconds between checks for a new version of a dataset (0: on every request).
     cache_bytes
         Memory for decoded data files (see :mod:`hafen.serve._lookup`).
+    fast_path
+        Answer plain point lookups before FastAPI's machinery (see :mod:`hafen.serve._fast`);
+        the application is then wrapped, and attributes such as ``.state`` pass through.
 
     Examples
     --------
@@ -231,15 +253,22 @@ def create_app(
         table = table.sort_by([("product_id", "ascending"), ("date", "ascending")])
         if _wants_csv(request):
             return _csv(table)
-        return _json(
-            {
-                "dataset": FORECASTS,
-                "version": ds.version,
-                "store_id": store_id,
-                "product_id": product_id,
-                "rows": _records(table),
-            }
-        )
+        return Response(_forecasts_body(ds, store_id, product_id, table), media_type=JSON)
+
+    def fast_answer(
+        store_id: int, product_id: int, start: dt.date | None, end: dt.date | None
+    ) -> bytes | None:
+        """The JSON body of a plain point lookup, or None to let the route answer (404s)."""
+        try:
+            ds = registry.get(FORECASTS)
+            table = lookup.rows(ds, ("store_id", store_id), ("product_id", product_id), FC)
+        except (HafenError, OSError, pa.ArrowException):
+            return None
+        if table.num_rows == 0:
+            return None
+        table = between(table, "date", start, end)
+        table = table.sort_by([("product_id", "ascending"), ("date", "ascending")])
+        return _forecasts_body(ds, store_id, product_id, table)
 
     @app.get(
         "/history",
@@ -324,4 +353,4 @@ def create_app(
     def page() -> str:
         return PAGE
 
-    return app
+    return FastLookups(app, fast_answer) if fast_path else app  # type: ignore[return-value]
