@@ -29,6 +29,7 @@ CASES = [
     (["region", "store_id"], 3, None, ["qty", "price"], [], ["qty", "price"]),
     ([], 2, None, ["date"], [], ["date"]),
     ([], 3, ["region", "qty"], [], [], ["region", "qty"]),
+    (["store_id"], 2, None, ["store_id", "product_id"], [], ["product_id"]),
     (["date"], 2, None, ["store_id"], ["product_id"], ["product_id"]),
 ]
 

@@ -88,8 +88,9 @@ def _default_bucket_by(
     partition_on: list[str], indices: list[str], sort_by: list[str], columns: list[str]
 ) -> list[str]:
     for candidate in (indices, sort_by):
-        if candidate:
-            return list(candidate)
+        useful = [c for c in candidate if c not in partition_on]  # constant within a partition
+        if useful:
+            return useful
     return [c for c in columns if c not in partition_on]
 
 
@@ -208,8 +209,9 @@ def reshuffle(
     num_buckets
         Files per output partition, at least 1.
     bucket_by
-        Columns hashed to choose a row's bucket. Default: ``indices`` if given, else
-        ``sort_by`` if given, else every output column that is not a partition column.
+        Columns hashed to choose a row's bucket. Default: the ``indices`` (so that an index
+        lookup finds one file per partition), else ``sort_by``, else every output column;
+        partition columns left out in each case.
     sort_by
         Columns each output file is sorted by (ascending, nulls last).
     indices
