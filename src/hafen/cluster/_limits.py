@@ -20,7 +20,9 @@ A held task waits on the scheduler, in its ordinary ``no-worker`` state, never o
    token is due, never run inside a transition) pops waiters per limit, highest user priority first,
    then oldest (first seen by the extension; a rerun keeps its seniority). A task that finds a slot
    and a token in all its limits is granted: its restrictions are restored and the scheduler is
-   asked for ``no-worker -> processing``, the same transition it uses when a worker joins.
+   asked for ``no-worker -> processing``, the same transition it uses when a worker joins. A
+   waiter blocked by another of its limits is skipped, not waited for, so a limit never idles
+   behind it; under steady contention a task needing several limits can be overtaken.
 4. The slot is freed by the hook when the task leaves ``processing`` for any state (memory, erred,
    released -- which is how a retry and a dead worker's task go back to waiting --, forgotten).
 
