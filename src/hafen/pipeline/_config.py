@@ -18,7 +18,7 @@ A ``pipeline.toml`` for real parts (every key optional except ``source.url``)::
     [model]
     horizon = 28
     holdout = 28
-    max_iter = 100
+    max_iter = 50
     refit = false
 
     [synth]                               # generate a synthetic database at source.url first

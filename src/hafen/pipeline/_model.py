@@ -62,9 +62,11 @@ CATEGORICAL = ["dow", "holiday", "group"]
 class ModelParams:
     """Gradient boosting settings (scikit-learn's ``HistGradientBoostingRegressor``)."""
 
-    max_iter: int = 100
-    learning_rate: float = 0.15
-    max_leaf_nodes: int = 31
+    # chosen on the synthetic data: 50 x 15 leaves reaches the WAPE of 100 x 31 leaves (0.52 on
+    # two stores at the default size) in a third of the CPU time (0.9 s per store)
+    max_iter: int = 50
+    learning_rate: float = 0.2
+    max_leaf_nodes: int = 15
     min_samples_leaf: int = 40
     seed: int = 0
     #: Retrain on all history (held-out window included) before forecasting the future. Off by
