@@ -32,9 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from distributed import Client, Semaphore, wait
-
 import dask
+from distributed import Client, Semaphore, wait
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import this module's task functions
 

@@ -13,11 +13,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dask
 import pytest
 from click.testing import CliRunner
 from distributed import Client, wait
 
-import dask
 import hafen
 from hafen.cli import main
 from hafen.errors import LeaseTimeoutError, LimitError

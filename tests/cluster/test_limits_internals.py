@@ -12,13 +12,13 @@ import inspect
 import subprocess
 import sys
 
+import dask
 import distributed
 from distributed import Scheduler, SchedulerPlugin
 from distributed.scheduler import SchedulerState, TaskState
 from distributed.utils_test import gen_cluster
 from packaging.version import Version
 
-import dask
 from hafen.cluster import install_scheduler_extensions
 from hafen.cluster._limits import EXTENSION_NAME, HOLD_RESOURCE
 

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import pytest
 from distributed import Client
 
-import dask
 import hafen
 
 DASK = str(Path(sys.executable).with_name("dask"))

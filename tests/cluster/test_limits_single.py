@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import dask
 import pytest
 from distributed import Client, wait
 from distributed.scheduler import NoValidWorkerError
 
-import dask
 import hafen
 
 NO_WORKERS_TIMEOUT = "1s"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dask
 import pandas as pd
 import pytest
 from _ddf_checks import assert_same_rows
 
-import dask
 import hafen
 from hafen.errors import (
     ConfigError,

@@ -6,11 +6,11 @@ import datetime as dt
 import os
 import time
 
+import dask
 import pandas as pd
 import pytest
 from _ddf_checks import assert_same_rows, check_reshuffled, index_is_exact, no_compute
 
-import dask
 import hafen
 from hafen.dask import _buckets, _reshuffle
 from hafen.dask._common import ClusterShape, cluster_shape, resolve_budget

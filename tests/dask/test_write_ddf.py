@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dask
 import dask.dataframe as dd
 import pandas as pd
 import pytest
 from _ddf_checks import assert_same_rows
 
-import dask
 import hafen
 from hafen.errors import ConfigError, DatasetExistsError, DatasetNotFoundError, SchemaError
 

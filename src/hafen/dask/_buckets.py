@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from hafen.datasets import (
     DataFile,
+    Dataset,
     StagedWrite,
     Storage,
     map_storage_errors,
@@ -49,7 +50,7 @@ class ReshuffleSpec:
     target: Storage
     schema: pa.Schema  # the output schema (source columns selected, conformed to the target)
     columns: list[str]  # source columns to read (the output's columns)
-    filter: Any  # a pyarrow expression over the source, or None
+    predicates: Any  # DNF predicates over the source, or None
     partition_on: list[str]
     num_buckets: int
     bucket_by: list[str]
@@ -103,33 +104,8 @@ def _group_codes(table: pa.Table, partition_on: Sequence[str], buckets: np.ndarr
 
 def _scan(spec: ReshuffleSpec, files: Sequence[DataFile]) -> Any:
     """Yield the source files' rows as record batches, a few at a time (bounded memory)."""
-    import pyarrow.dataset as pds
-
-    schema = spec.source_state.schema
-    partitions = []
-    for f in files:
-        expr = pc.scalar(True)
-        for column, value in spec.source_state.partition_values(f.partition).items():
-            if value is None:
-                expr = expr & pc.field(column).is_null()
-            else:
-                expr = expr & (pc.field(column) == pa.scalar(value, schema.field(column).type))
-        partitions.append(expr)
-    dataset = pds.FileSystemDataset.from_paths(
-        [spec.source.full(f.path) for f in files],
-        schema=schema,
-        format=pds.ParquetFileFormat(),
-        filesystem=spec.source.arrow_filesystem,
-        partitions=partitions,
-    )
-    return dataset.to_batches(
-        columns=spec.columns,
-        filter=spec.filter,
-        batch_size=_BATCH_ROWS,
-        batch_readahead=1,
-        fragment_readahead=1,
-        use_threads=False,
-    )
+    source = Dataset(spec.source, spec.source_state)
+    return source.scan_batches(spec.columns, spec.predicates, files=files, batch_size=_BATCH_ROWS)
 
 
 def _ipc_options(storage: Storage) -> pa.ipc.IpcWriteOptions:

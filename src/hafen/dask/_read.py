@@ -155,9 +155,9 @@ def read_ddf(
     --------
     >>> ddf = hafen.read_ddf("data/sales", columns=["store_id", "qty"])  # doctest: +SKIP
     """
+    import dask
     import dask.dataframe as dd
 
-    import dask
     from hafen.datasets import Dataset, normalize_predicates, open_dataset
 
     if isinstance(url, Dataset):

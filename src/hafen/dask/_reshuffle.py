@@ -247,6 +247,7 @@ def reshuffle(
     ... # doctest: +SKIP
     """
     from dask import delayed
+
     from hafen.datasets import (
         Dataset,
         StagedWrite,
@@ -255,7 +256,6 @@ def reshuffle(
         open_dataset,
         prepare_table,
         storage_for,
-        to_expression,
     )
 
     # -- every check before any work -----------------------------------------------------------
@@ -287,8 +287,7 @@ def reshuffle(
             )
         if num_buckets > 1 and not buckets:
             raise ConfigError("bucket_by is empty but num_buckets > 1")
-    literals = normalize_predicates(predicates, source.schema)
-    expression = to_expression(literals, source.schema) if literals else None
+    normalize_predicates(predicates, source.schema)  # refuse bad predicates before any work
 
     target = storage_for(dst, storage_options)
     if target.url == source.storage.url:
@@ -317,7 +316,7 @@ def reshuffle(
         target=target,
         schema=schema,
         columns=list(selected),
-        filter=expression,
+        predicates=predicates,
         partition_on=layout_p,
         num_buckets=num_buckets,
         bucket_by=buckets if num_buckets > 1 else [],

@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from typing import Literal as TypingLiteral
@@ -62,6 +62,7 @@ SchemaMode = TypingLiteral["strict", "merge"]
 OnConflict = TypingLiteral["raise", "retry"]
 Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
 MODES = ("create", "append", "overwrite")
+SCRATCH_DIR = "_hafen/scratch"  # intermediate files of multi-phase writers (reshuffle)
 
 
 class HafenWarning(UserWarning):
@@ -228,6 +229,33 @@ class Dataset:
                 f"unknown columns {unknown}; the dataset has {', '.join(self.schema.names)}"
             )
         return list(columns)
+
+    def scan_batches(
+        self,
+        columns: Sequence[str] | None = None,
+        predicates: Predicates = None,
+        *,
+        files: Sequence[DataFile] | None = None,
+        batch_size: int = 64 * 1024,
+    ) -> Iterator[pa.RecordBatch]:
+        """Yield the matching rows as record batches, one file at a time (bounded memory).
+
+        Like :meth:`read_arrow`, but streaming: at most one file's batches are in flight.
+        """
+        columns = self._check_columns(columns)
+        literals = normalize_predicates(predicates, self.schema)
+        selected = self._select(literals) if files is None else list(files)
+        if not selected:
+            return iter(())
+        expression = to_expression(literals, self.schema) if literals else None
+        return self._arrow_dataset(selected).to_batches(
+            columns=columns,
+            filter=expression,
+            batch_size=batch_size,
+            batch_readahead=1,
+            fragment_readahead=1,
+            use_threads=False,
+        )
 
     def _arrow_dataset(self, files: Sequence[DataFile]) -> pds.Dataset:
         schema = self.schema
@@ -397,6 +425,7 @@ class Dataset:
         for directory in ("table", "indices", "_hafen/indices"):
             candidates.extend(storage.walk(directory))
         candidates.extend(i for i in storage.list(_log.LOG_DIR) if "/.tmp-" in "/" + i.path)
+        candidates.extend(storage.walk(SCRATCH_DIR))  # left by writers that died mid-job
         for info in candidates:
             if info.path in referenced or info.path.endswith("_common_metadata"):
                 continue
