@@ -94,3 +94,14 @@ def test_vacuum_drops_old_versions_but_keeps_retained_ones_readable(tmp_path):
         hafen.open_dataset(url, version=2)
     assert hafen.write_dataset(one(6), url, mode="append").version == 6
     assert [h["version"] for h in hafen.open_dataset(url).history()] == [6, 5, 4]
+
+
+def test_vacuum_removes_old_scratch_of_dead_jobs(tmp_path):
+    url = str(tmp_path / "ds")
+    ds = hafen.write_dataset(one(0), url)
+    scratch = Path(url, "_hafen", "scratch", "reshuffle-dead", "m0-f0.arrow")
+    scratch.parent.mkdir(parents=True)
+    scratch.write_bytes(b"x" * 10)
+    assert ds.vacuum(grace_period="1h").removed_files == []
+    assert ds.vacuum(grace_period=0).removed_files == ["_hafen/scratch/reshuffle-dead/m0-f0.arrow"]
+    assert not scratch.exists()

@@ -222,3 +222,14 @@ def test_latest_follows_new_commits(url):
     assert not ds.is_latest()
     assert ds.latest().version == newer.version == 1
     assert hafen.datasets.latest_version(ds.storage) == 1
+
+
+def test_scan_batches_streams_the_same_rows(url):
+    df = sales(3000)
+    ds = hafen.write_dataset(df, url, partition_on=["date"])
+    predicates = [[("store_id", "in", [1, 3])]]
+    batches = list(ds.scan_batches(["store_id", "qty"], predicates, batch_size=100))
+    assert batches and max(b.num_rows for b in batches) <= 100
+    streamed = pa.Table.from_batches(batches).to_pandas()
+    same(streamed, ds.read(columns=["store_id", "qty"], predicates=predicates))
+    assert list(ds.scan_batches(predicates=[[("store_id", "==", 99)]])) == []
