@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dask
+
 from hafen.errors import ConfigError, HafenError, LimitError, SQLError
 
 if TYPE_CHECKING:
