@@ -24,10 +24,10 @@ import resource
 import statistics
 import time
 
+import dask
 from rich.console import Console
 from rich.table import Table
 
-import dask
 import hafen
 from hafen.cluster._chaos import (
     Fault,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import uuid
 
+import dask
 import pytest
 from _resilience_fixtures import DEADLINE, ExecLog, gated_sum, logged_task, process_cluster
 from click.testing import CliRunner
 
-import dask
 import hafen
 from hafen.cli import main
 from hafen.cluster._chaos import Fault, costly_graph, run_chaos, same_output

@@ -15,6 +15,7 @@ import time
 import uuid
 from types import SimpleNamespace
 
+import dask
 import pytest
 from _resilience_fixtures import (
     DEADLINE,
@@ -33,7 +34,6 @@ from distributed.active_memory_manager import ActiveMemoryManagerExtension, Redu
 from distributed.scheduler import Scheduler, TaskPrefix, TaskState, WorkerState
 from distributed.utils_test import gen_cluster
 
-import dask
 import hafen.cluster
 from hafen.cluster._replication import (
     Replication,
