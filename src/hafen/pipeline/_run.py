@@ -221,7 +221,7 @@ def _run_stages(cfg: PipelineConfig, client: Any, progress: Any, dashboard: str 
             holdout_rows,
             time.perf_counter() - began,
             _implementation("forecast"),
-            f"{len(store_metrics)} stores; rows = held-out rows evaluated",
+            f"{len(store_metrics)} models; rows: held-out rows scored",
         )
     )
 

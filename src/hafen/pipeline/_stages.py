@@ -38,11 +38,11 @@ __all__ = [
 
 #: The hafen capability behind each stage, for the summary.
 IMPLEMENTATION = {
-    "extract": "hafen.extract (hafen.sql)",
-    "denormalize": "hafen.read_ddf + hafen.write_ddf (hafen.dask)",
-    "reshuffle": "hafen.reshuffle (hafen.dask)",
-    "forecast": "scikit-learn gradient boosting, one Dask task per store",
-    "write forecasts": "hafen.write_ddf (hafen.dask), one commit",
+    "extract": "hafen.extract",
+    "denormalize": "hafen.read_ddf + write_ddf",
+    "reshuffle": "hafen.reshuffle",
+    "forecast": "gradient boosting, a task per store",
+    "write forecasts": "hafen.write_ddf, one commit",
 }
 
 
