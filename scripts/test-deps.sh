@@ -13,8 +13,8 @@ apt_update_once() {
 
 # Azurite (Azure Storage emulator) for the Azure tests, from the npm registry into an ignored
 # folder; the version is pinned in tests/_azurite.py (AZURITE_VERSION).
-AZURITE_VERSION=3.37.0
-if [ ! -f .cache/azurite/node_modules/azurite/dist/src/blob/main.js ]; then
+AZURITE_VERSION=3.35.0
+if ! grep -qs "\"version\": \"${AZURITE_VERSION}\"" .cache/azurite/node_modules/azurite/package.json; then
     command -v npm >/dev/null || { echo "npm is required for Azurite (apt-get install nodejs npm)" >&2; exit 1; }
     mkdir -p .cache/azurite
     npm install --no-audit --no-fund --prefix .cache/azurite "azurite@${AZURITE_VERSION}"

@@ -11,6 +11,7 @@ port and location, for outage tests.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-AZURITE_VERSION = "3.37.0"
+# 3.35.0 is the newest release whose declared engines include the Node.js 20 of this machine
+# kind (3.36 asks for Node >= 21, 3.37 for >= 22); scripts/test-deps.sh pins the same version.
+AZURITE_VERSION = "3.35.0"
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = REPO / ".cache" / "azurite"
 MAIN = PREFIX / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
@@ -37,8 +40,8 @@ _CLOSED = "Azurite Blob service successfully closed"
 
 
 def install() -> Path:
-    """Install Azurite into ``.cache/azurite`` if it is not there; return its entry point."""
-    if MAIN.exists():
+    """Install the pinned Azurite into ``.cache/azurite`` unless it is there; return its entry."""
+    if MAIN.exists() and installed_version() == AZURITE_VERSION:
         return MAIN
     npm = shutil.which("npm")
     if npm is None:
@@ -51,9 +54,18 @@ def install() -> Path:
         text=True,
         timeout=600,
     )  # fmt: skip
-    if done.returncode != 0 or not MAIN.exists():
+    if done.returncode != 0 or installed_version() != AZURITE_VERSION:
         raise RuntimeError(f"npm install azurite@{AZURITE_VERSION} failed:\n{done.stderr[-2000:]}")
     return MAIN
+
+
+def installed_version() -> str | None:
+    try:
+        return json.loads((PREFIX / "node_modules" / "azurite" / "package.json").read_text())[
+            "version"
+        ]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def free_port() -> int:
