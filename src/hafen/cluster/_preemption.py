@@ -112,6 +112,9 @@ class DrainOnSigterm(WorkerPlugin):
             self._installed = False
 
     async def _drain(self, worker: Worker) -> None:
+        if not _connected(worker):  # e.g. a stray process reaped after its scheduler went away
+            await worker.close(nanny=True, reason="hafen-sigterm")
+            return
         logger.warning(
             "hafen: SIGTERM received; draining worker %s (timeout %.0fs)",
             worker.address,
@@ -149,6 +152,13 @@ class DrainOnSigterm(WorkerPlugin):
         # The scheduler closes a drained worker; make sure this process ends either way, and
         # that the nanny does not start a new one on a machine that is going away.
         await worker.close(nanny=True, reason="hafen-sigterm")
+
+
+def _connected(worker: Worker) -> bool:
+    """Whether the worker's stream to the scheduler is open."""
+    stream = getattr(worker, "batched_stream", None)
+    comm = getattr(stream, "comm", None)
+    return comm is not None and not comm.closed()
 
 
 class ForwardSigterm(NannyPlugin):
