@@ -233,3 +233,29 @@ def test_scan_batches_streams_the_same_rows(url):
     streamed = pa.Table.from_batches(batches).to_pandas()
     same(streamed, ds.read(columns=["store_id", "qty"], predicates=predicates))
     assert list(ds.scan_batches(predicates=[[("store_id", "==", 99)]])) == []
+
+
+def test_staging_writer_aborts_on_error(url):
+    from hafen.datasets import StagingWriter, storage_for
+
+    ds = hafen.write_dataset(sales(50), url, partition_on=["date"])
+    table = hafen.datasets.conform(pa.Table.from_pandas(sales(50, seed=3)), ds.schema)
+    storage = storage_for(url)
+    with pytest.raises(RuntimeError), StagingWriter(storage, ds.schema, partition_on=["date"]) as w:
+        w.write(table)
+        raise RuntimeError("the source failed mid-stream")
+    staged_paths = {i.path for i in storage.walk("table") if i.path.endswith(".parquet")}
+    assert staged_paths == {f.path for f in ds.files()}
+
+
+def test_a_deleted_dataset_directory_does_not_block_a_new_one(tmp_path):
+    import shutil
+
+    url = str(tmp_path / "gone")
+    hafen.write_dataset(sales(20), url, partition_on=["date"])
+    shutil.rmtree(url)  # the plateau view beside it stays behind
+    assert (tmp_path / "gone.by-dataset-metadata.json").exists()
+    with pytest.raises(DatasetNotFoundError):
+        hafen.open_dataset(url)
+    ds = hafen.write_dataset(sales(10), url)
+    assert ds.version == 0 and ds.num_rows == 10

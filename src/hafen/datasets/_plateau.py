@@ -86,6 +86,8 @@ def import_plateau(storage: Storage) -> DatasetState | None:
         with map_storage_errors(common):
             schema = pq.read_schema(common, filesystem=fs)
     except FileNotFoundError as exc:
+        if not paths or not storage.exists(paths[0]):
+            return None  # a leftover of a dataset whose directory was deleted: nothing to lose
         raise CorruptMetadataError(
             f"{common}: plateau's schema file is missing, but {meta_path} describes a dataset "
             "here; if the dataset was deleted, remove that leftover metadata file too"

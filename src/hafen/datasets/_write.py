@@ -9,6 +9,7 @@ no second pass over the data.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import uuid
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from hafen.datasets._log import DataFile
 from hafen.datasets._schema import partition_label
 from hafen.datasets._storage import Storage, map_storage_errors
+from hafen.errors import StorageError
 
 __all__ = ["StagedWrite", "StagingWriter", "stage_table"]
 
@@ -261,8 +263,11 @@ class StagingWriter:
     def __enter__(self) -> StagingWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
         table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
@@ -315,6 +320,20 @@ class StagingWriter:
             self._entries.setdefault(column, []).append(
                 pa.table({"value": values, "label": _repeat(flabel, len(values))})
             )
+
+    def abort(self) -> None:
+        """Close and delete every file written so far; nothing of this writer is committed."""
+        paths = [path for path, *_ in self._open.values()]
+        for _, writer, sink, _ in self._open.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+                sink.close()
+        self._open.clear()
+        paths += [f.path for f in self.staged.files]
+        self.staged = StagedWrite(schema=self.schema)
+        self._entries.clear()
+        with contextlib.suppress(StorageError):
+            self.storage.delete(paths)
 
     def close(self) -> StagedWrite:
         for label in list(self._open):
