@@ -27,6 +27,7 @@ venv-dev: $(VENV)/.installed-dev
 lint: venv-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -582,7 +582,7 @@ def reshuffle_command(
             columns=[c.strip() for c in columns.split(",")] if columns else None,
             predicates=predicates,
             version=version,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # click.Choice checked it
         )
     console.print(
         f"{ds.url}: version {ds.version}, {ds.num_rows:,} rows in {len(ds.files())} files, "
