@@ -8,8 +8,8 @@ uvicorn process (one worker):
 - ``naive`` (anchor): the same route, answered by ``pyarrow.dataset.dataset(ROOT/forecasts,
   partitioning="hive")`` opened and filtered on every request.
 
-This process is the load generator (asyncio + httpx, keep-alive connections), separate from both
-servers. For each server it measures:
+This process is the load generator (asyncio, minimal HTTP/1.1 over keep-alive connections),
+separate from both servers. For each server it measures:
 
 1. throughput: ``--concurrency`` clients sending back to back for ``--seconds``: requests/s;
    The server's own CPU time over that window, per request, is also reported: on a machine
@@ -126,55 +126,101 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def throughput(url: str, keys: list[tuple[int, int]], seconds: float, conc: int) -> float:
-    import httpx
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough HTTP for these GETs.
 
+    httpx costs more CPU per request than the server being measured; on 2 shared cores the
+    load generator must be as cheap as it can be, so it writes the request line and reads the
+    status and Content-Length itself.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, store: int, product: int) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(
+            f"GET /forecasts?store_id={store}&product_id={product} HTTP/1.1\r\n"
+            f"Host: {self.host}\r\n\r\n".encode()
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+async def throughput(url: str, keys: list[tuple[int, int]], seconds: float, conc: int) -> float:
+    host, port = _host_port(url)
     done = 0
     deadline = time.perf_counter() + seconds
-    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=conc)) as c:
+    connections = [Connection(host, port) for _ in range(conc)]
 
-        async def worker(offset: int) -> None:
-            nonlocal done
-            i = offset
-            while time.perf_counter() < deadline:
-                s, p = keys[i % len(keys)]
-                r = await c.get("/forecasts", params={"store_id": s, "product_id": p})
-                assert r.status_code == 200, r.text
-                done += 1
-                i += conc
+    async def worker(k: int) -> None:
+        nonlocal done
+        i = k
+        while time.perf_counter() < deadline:
+            status = await connections[k].get(*keys[i % len(keys)])
+            assert status == 200, status
+            done += 1
+            i += conc
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(conc)))
-        return done / (time.perf_counter() - began)
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(conc)))
+    elapsed = time.perf_counter() - began
+    for c in connections:
+        c.close()
+    return done / elapsed
 
 
 async def open_loop(
-    url: str, keys: list[tuple[int, int]], rate: float, seconds: float
+    url: str, keys: list[tuple[int, int]], rate: float, seconds: float, connections: int
 ) -> dict[str, float]:
-    import httpx
-
+    """Requests sent at ``rate`` per second over a pool of ``connections`` keep-alive ones;
+    a request waiting for a free connection counts as waiting (latency from its schedule)."""
+    host, port = _host_port(url)
     n = int(rate * seconds)
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(
-        base_url=url, limits=httpx.Limits(max_connections=256), timeout=30
-    ) as c:
-        began = time.perf_counter()
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(Connection(host, port))
+    began = time.perf_counter()
 
-        async def one(i: int) -> None:
-            nonlocal errors
-            scheduled = began + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            s, p = keys[i % len(keys)]
-            r = await c.get("/forecasts", params={"store_id": s, "product_id": p})
-            if r.status_code != 200:
+    async def one(i: int) -> None:
+        nonlocal errors
+        scheduled = began + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        conn = await pool.get()
+        try:
+            if await conn.get(*keys[i % len(keys)]) != 200:
                 errors += 1
-            latencies.append(time.perf_counter() - scheduled)
+        finally:
+            pool.put_nowait(conn)
+        latencies.append(time.perf_counter() - scheduled)
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-        elapsed = time.perf_counter() - began
+    await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = time.perf_counter() - began
+    while not pool.empty():
+        pool.get_nowait().close()
     ms = np.array(latencies) * 1000
     return {
         "rate": rate,
@@ -202,7 +248,7 @@ def measure(
     requests = rps * (time.perf_counter() - began)
     cpu_ms = (_cpu(pid) - cpu) * 1000 / max(requests, 1)
     rate = min(args.rate, 0.8 * rps)
-    latency = asyncio.run(open_loop(url, keys, rate, args.seconds))
+    latency = asyncio.run(open_loop(url, keys, rate, args.seconds, 2 * args.concurrency))
     result = {
         "server": name,
         "throughput_rps": round(rps, 1),
