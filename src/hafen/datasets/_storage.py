@@ -30,6 +30,7 @@ other credentials; a pickled :class:`Storage` carries only the explicit options.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import os
@@ -91,13 +92,13 @@ def _azure_options(options: dict[str, Any]) -> dict[str, Any]:
             f"DefaultEndpointsProtocol={scheme};AccountName={out.pop('account_name')};"
             f"AccountKey={out.pop('account_key')};BlobEndpoint={endpoint.rstrip('/')};"
         )
-    return out
     elif endpoint and out.get("sas_token"):
         out.pop("account_name", None)
         out["connection_string"] = (
             f"BlobEndpoint={endpoint.rstrip('/')};"
             f"SharedAccessSignature={out.pop('sas_token').lstrip('?')};"
         )
+    return out
 
 
 def _azure_transient(exc: BaseException) -> bool:
@@ -358,7 +359,7 @@ class Storage:
             if e.get("type") != "directory"
         ]
 
-    def walk(self, path: str) -> list[FileInfo]:
+    def walk(self, path: str) -> builtins.list[FileInfo]:
         """List every file below directory ``path``, recursively."""
         full = self.full(path)
         with map_storage_errors(full):
@@ -377,7 +378,7 @@ class Storage:
         with map_storage_errors(full):
             return int(self.fs.size(full))
 
-    def delete(self, paths: list[str]) -> None:
+    def delete(self, paths: builtins.list[str]) -> None:
         if not paths:
             return
         full = [self.full(p) for p in paths]
