@@ -79,3 +79,8 @@ def test_vacuum(tmp_path):
     out = run("dataset", "vacuum", url, "--retain", "1", "--grace", "0")
     assert "removed" in out and "2 old versions" in out
     assert hafen.open_dataset(url).num_rows == 3
+
+
+def test_ls_of_a_missing_root_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["dataset", "ls", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "DatasetNotFoundError: nothing at" in result.output

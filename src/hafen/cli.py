@@ -57,10 +57,15 @@ def dataset_ls(url: str) -> None:
     from rich.table import Table
 
     from hafen.datasets import open_dataset, storage_for
+    from hafen.errors import DatasetNotFoundError
 
     storage = storage_for(url)
     names = set()
-    for entry in storage.fs.ls(storage.root, detail=True):
+    try:
+        entries = storage.fs.ls(storage.root, detail=True)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"nothing at {url}") from None
+    for entry in entries:
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if name.endswith(".by-dataset-metadata.json"):
             names.add(name[: -len(".by-dataset-metadata.json")])
