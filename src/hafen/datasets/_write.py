@@ -115,34 +115,58 @@ def column_stats(table: pa.Table) -> dict[str, tuple[Any, Any, int]]:
     return stats
 
 
+_SPLIT_ROWS = 1 << 16  # rows reordered at a time: small enough for the gather to stay in cache
+
+
+def _partition_codes(keys: pa.Table) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """Return a dense code per row for its combination of key values, and the combinations."""
+    codes = np.zeros(keys.num_rows, dtype=np.int64)
+    values: list[list[Any]] = []
+    radix = 1
+    for column in reversed(keys.columns):
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        encoded = pc.dictionary_encode(column, null_encoding="encode").combine_chunks()
+        codes += encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64) * radix
+        radix *= max(len(encoded.dictionary), 1)
+        values.insert(0, encoded.dictionary.to_pylist())
+    if len(values) == 1:
+        return codes, [(v,) for v in values[0]]
+    present, dense = np.unique(codes, return_inverse=True)
+    combos = []
+    for code in present.tolist():
+        combo = []
+        for options in reversed(values):
+            code, index = divmod(code, len(options))
+            combo.insert(0, options[index])
+        combos.append(tuple(combo))
+    return dense.astype(np.int64), combos
+
+
 def split_by_partition(
     table: pa.Table, partition_on: Sequence[str]
 ) -> list[tuple[tuple[Any, ...], pa.Table]]:
-    """Split ``table`` into ``(partition values, rows without partition columns)`` groups."""
+    """Split ``table`` into ``(partition values, rows without partition columns)`` groups.
+
+    Rows keep their order within a group. The table is reordered a slice at a time, as
+    pyarrow's dataset writer does, which is several times faster than one gather over it all.
+    """
     if not partition_on:
         return [((), table)]
-    keys = table.select(list(partition_on))
-    keys = pa.table(
-        {
-            name: (col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col)
-            for name, col in zip(keys.column_names, keys.columns, strict=True)
-        }
-    )
-    rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    grouped = (
-        keys.append_column("__hafen_row", rows)
-        .group_by(list(partition_on), use_threads=False)
-        .aggregate([("__hafen_row", "list")])
-    )
+    codes, combos = _partition_codes(table.select(list(partition_on)))
     data = table.drop_columns(list(partition_on))
-    groups = []
-    row_lists = grouped.column("__hafen_row_list")
-    key_columns = [grouped.column(c).to_pylist() for c in partition_on]
-    for i in range(grouped.num_rows):
-        values = tuple(col[i] for col in key_columns)
-        indices = row_lists[i].values
-        groups.append((values, data.take(indices)))
-    return groups
+    pieces: dict[int, list[pa.Table]] = {}
+    for start in range(0, table.num_rows, _SPLIT_ROWS):
+        block = codes[start : start + _SPLIT_ROWS]
+        order = np.argsort(block, kind="stable")
+        counts = np.bincount(block, minlength=len(combos))
+        reordered = data.slice(start, _SPLIT_ROWS).take(pa.array(order))
+        offset = 0
+        for code in np.flatnonzero(counts).tolist():
+            n = int(counts[code])
+            pieces.setdefault(code, []).append(reordered.slice(offset, n))
+            offset += n
+    return [(combos[code], pa.concat_tables(pieces[code])) for code in sorted(pieces)]
 
 
 def _write_file(
