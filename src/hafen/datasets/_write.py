@@ -135,7 +135,7 @@ def _partition_codes(keys: pa.Table) -> tuple[np.ndarray, list[tuple[Any, ...]]]
     present, dense = np.unique(codes, return_inverse=True)
     combos = []
     for code in present.tolist():
-        combo = []
+        combo: list[Any] = []
         for options in reversed(values):
             code, index = divmod(code, len(options))
             combo.insert(0, options[index])
