@@ -75,60 +75,66 @@ def _value_type(type_: pa.DataType) -> pa.DataType:
     return type_.value_type if pa.types.is_dictionary(type_) else type_
 
 
-def postgres_type(column: str, type_: pa.DataType) -> str:
-    """The PostgreSQL column type for an Arrow type, or :class:`SchemaError`."""
-    t = _value_type(type_)
+# The declared column type of each kind of Arrow type, per database; decimals are formatted.
+_DECLARED = {
+    "PostgreSQL": {
+        "bool": "boolean", "int16": "smallint", "int32": "integer", "int64": "bigint",
+        "float32": "real", "float64": "double precision", "decimal": "numeric({p}, {s})",
+        "text": "text", "binary": "bytea", "date": "date",
+        "timestamptz": "timestamptz", "timestamp": "timestamp",
+    },
+    "SQLite": {
+        "bool": "BOOLEAN", "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT",
+        "float32": "REAL", "float64": "DOUBLE", "decimal": "NUMERIC({p}, {s})",
+        "text": "TEXT", "binary": "BLOB", "date": "DATE",
+        "timestamptz": "TIMESTAMPTZ", "timestamp": "TIMESTAMP",
+    },
+}  # fmt: skip
+
+
+def _kind(t: pa.DataType) -> str | None:
     if pa.types.is_boolean(t):
-        return "boolean"
+        return "bool"
     if t in (pa.int8(), pa.int16(), pa.uint8()):
-        return "smallint"
+        return "int16"
     if t in (pa.int32(), pa.uint16()):
-        return "integer"
+        return "int32"
     if t in (pa.int64(), pa.uint32()):
-        return "bigint"
+        return "int64"
     if t in (pa.float16(), pa.float32()):
-        return "real"
+        return "float32"
     if t == pa.float64():
-        return "double precision"
+        return "float64"
     if pa.types.is_decimal(t):
-        return f"numeric({t.precision}, {t.scale})"
+        return "decimal"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
         return "text"
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return "bytea"
+        return "binary"
     if pa.types.is_date(t):
         return "date"
     if pa.types.is_timestamp(t):
         return "timestamptz" if t.tz else "timestamp"
-    raise _unsupported(column, type_, "PostgreSQL")
+    return None
+
+
+def _declared_type(column: str, type_: pa.DataType, database: str) -> str:
+    t = _value_type(type_)
+    kind = _kind(t)
+    if kind is None:
+        raise _unsupported(column, type_, database)
+    name = _DECLARED[database][kind]
+    return name.format(p=t.precision, s=t.scale) if kind == "decimal" else name
+
+
+def postgres_type(column: str, type_: pa.DataType) -> str:
+    """The PostgreSQL column type for an Arrow type, or :class:`SchemaError`."""
+    return _declared_type(column, type_, "PostgreSQL")
 
 
 def sqlite_type(column: str, type_: pa.DataType) -> str:
     """The declared SQLite column type for an Arrow type, or :class:`SchemaError`."""
-    t = _value_type(type_)
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if t in (pa.int8(), pa.int16(), pa.uint8()):
-        return "SMALLINT"
-    if t in (pa.int32(), pa.uint16()):
-        return "INTEGER"
-    if t in (pa.int64(), pa.uint32()):
-        return "BIGINT"
-    if t in (pa.float16(), pa.float32()):
-        return "REAL"
-    if t == pa.float64():
-        return "DOUBLE"
-    if pa.types.is_decimal(t):
-        return f"NUMERIC({t.precision}, {t.scale})"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
-        return "TEXT"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return "BLOB"
-    if pa.types.is_date(t):
-        return "DATE"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
-    raise _unsupported(column, type_, "SQLite")
+    return _declared_type(column, type_, "SQLite")
 
 
 def for_postgres_ingest(table: pa.Table) -> pa.Table:
