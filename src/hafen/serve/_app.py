@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from hafen import __version__
 from hafen.errors import DatasetNotFoundError, HafenError
+from hafen.serve._answers import DEFAULT_BODY_CACHE_BYTES, ForecastBodies
 from hafen.serve._fast import FastLookups
 from hafen.serve._lookup import DEFAULT_CACHE_BYTES, Lookup, between
 from hafen.serve._page import PAGE
@@ -34,7 +35,7 @@ __all__ = ["FORECASTS", "HISTORY", "create_app"]
 FORECASTS = "forecasts"
 HISTORY = "sales_by_store"
 MAX_ID = 2**62
-FORECAST_COLUMNS = FC = ["store_id", "product_id", "date", "forecast", "baseline"]
+FORECAST_COLUMNS = ["store_id", "product_id", "date", "forecast", "baseline"]
 HISTORY_COLUMNS = ["product_id", "date", "qty"]
 MAX_HISTORY = 1000
 
@@ -185,6 +186,7 @@ def create_app(
     *,
     refresh: float = DEFAULT_REFRESH,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    body_cache_bytes: int = DEFAULT_BODY_CACHE_BYTES,
     fast_path: bool = True,
 ) -> FastAPI:
     """The API over the datasets under ``root`` (a folder of datasets, or one dataset).
@@ -197,7 +199,10 @@ def create_app(
     refresh
         Seconds between checks for a new version of a dataset (0: on every request).
     cache_bytes
-        Memory for decoded data files (see :mod:`hafen.serve._lookup`).
+        Memory for decoded data files (see :mod:`hafen.serve._lookup`), and as much again for
+        the fast path's prepared files (see :mod:`hafen.serve._answers`).
+    body_cache_bytes
+        Memory for the fast path's ready response bodies, emptied on each new version.
     fast_path
         Answer plain point lookups before FastAPI's machinery (see :mod:`hafen.serve._fast`);
         the application is then wrapped, and attributes such as ``.state`` pass through.
@@ -208,6 +213,13 @@ def create_app(
     """
     registry = Registry(root, refresh=refresh)
     lookup = Lookup(max_bytes=cache_bytes)
+    bodies = ForecastBodies(
+        lookup,
+        name=FORECASTS,
+        columns=FORECAST_COLUMNS,
+        prepared_bytes=cache_bytes,
+        body_bytes=body_cache_bytes,
+    )
     app = FastAPI(
         title="hafen",
         version=__version__,
@@ -215,6 +227,7 @@ def create_app(
     )
     app.state.registry = registry
     app.state.lookup = lookup
+    app.state.bodies = bodies
 
     def dataset(name: str) -> Any:
         try:
@@ -255,20 +268,13 @@ def create_app(
             return _csv(table)
         return Response(_forecasts_body(ds, store_id, product_id, table), media_type=JSON)
 
-    def fast_answer(
-        store_id: int, product_id: int, start: dt.date | None, end: dt.date | None
-    ) -> bytes | None:
-        """The JSON body of a plain point lookup, or None to let the route answer (404s)."""
+    def fast_answer(query: bytes) -> bytes | None:
+        """The JSON body of a plain point lookup, or None to let the route answer."""
         try:
             ds = registry.get(FORECASTS)
-            table = lookup.rows(ds, ("store_id", store_id), ("product_id", product_id), FC)
-        except (HafenError, OSError, pa.ArrowException):
+        except HafenError:
             return None
-        if table.num_rows == 0:
-            return None
-        table = between(table, "date", start, end)
-        table = table.sort_by([("product_id", "ascending"), ("date", "ascending")])
-        return _forecasts_body(ds, store_id, product_id, table)
+        return bodies.get(ds, query)
 
     @app.get(
         "/history",

@@ -5,8 +5,9 @@ several times the lookup itself, which is a fraction of a millisecond once the s
 cached. This ASGI wrapper answers the plain, well-formed form of the point lookup directly and
 hands everything else -- other routes, CSV, missing or malformed parameters, errors -- to the
 FastAPI application unchanged, so validation messages, 4xx answers and the OpenAPI description
-stay FastAPI's. The JSON it writes is byte-for-byte the one the FastAPI route writes (a test
-compares them).
+stay FastAPI's. The body comes from :class:`~hafen.serve._answers.ForecastBodies` (prepared
+files, a cache of bodies by query string); it is byte-for-byte the one the FastAPI route writes
+(tests compare them).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-__all__ = ["FastLookups"]
+__all__ = ["FastLookups", "parse_lookup"]
 
 _ALLOWED = {"store_id", "product_id", "from", "to"}
 _MAX_ID = 2**62
 
 
-def _parse(query: bytes) -> tuple[int, int, dt.date | None, dt.date | None] | None:
+def parse_lookup(query: bytes) -> tuple[int, int, dt.date | None, dt.date | None] | None:
     """The lookup's parameters, or None when the query is not the plain well-formed form."""
     try:
         pairs = parse_qsl(query.decode("ascii"), strict_parsing=True)
@@ -50,9 +51,9 @@ def _parse(query: bytes) -> tuple[int, int, dt.date | None, dt.date | None] | No
 class FastLookups:
     """ASGI wrapper: the plain point lookup here, everything else to ``app``."""
 
-    def __init__(self, app: Any, answer: Callable[..., bytes | None]) -> None:
+    def __init__(self, app: Any, answer: Callable[[bytes], bytes | None]) -> None:
         self.app = app
-        self.answer = answer  # (store, product, start, end) -> JSON body, or None to delegate
+        self.answer = answer  # query string -> JSON body, or None to delegate
 
     def __getattr__(self, name: str) -> Any:  # app.state, app.openapi(), ... for callers
         return getattr(self.app, name)
@@ -69,8 +70,7 @@ class FastLookups:
                 if key == b"accept":
                     accept = value
             if b"csv" not in accept:
-                parsed = _parse(scope["query_string"])
-                body = self.answer(*parsed) if parsed is not None else None
+                body = self.answer(scope["query_string"])
                 if body is not None:
                     await send(
                         {

@@ -60,7 +60,23 @@ class Lookup:
                 self._file_lists.popitem(last=False)
         return files
 
-    def _table(self, ds: Dataset, f: Any, columns: Sequence[str]) -> pa.Table:
+    def partition_files(self, ds: Dataset, partition: tuple[str, Any]) -> list[Any]:
+        """The files of one partition value of ``ds`` (cached per version)."""
+        return self._files(ds, [(partition[0], "==", partition[1])])
+
+    def files(
+        self, ds: Dataset, partition: tuple[str, Any], key: tuple[str, Any] | None
+    ) -> list[Any]:
+        """The files that may hold ``partition`` and ``key``: the partition's files, narrowed by
+        the index on ``key`` when there are several (cached per version and key)."""
+        conjunction = [(partition[0], "==", partition[1])]
+        files = self._files(ds, conjunction)
+        if key is not None and len(files) > 1:
+            files = self._files(ds, [*conjunction, (key[0], "==", key[1])])
+        return files
+
+    def table(self, ds: Dataset, f: Any, columns: Sequence[str]) -> pa.Table:
+        """``columns`` of data file ``f`` of ``ds``, decoded once (least recently used out)."""
         key = (ds.url + "/" + f.path, ",".join(columns))
         with self._lock:
             table = self._tables.get(key)
@@ -89,14 +105,9 @@ class Lookup:
 
         ``columns`` must include the key column; the result has ``columns`` in that order.
         """
-        conjunction = [(partition[0], "==", partition[1])]
-        files = self._files(ds, conjunction)  # the partition's files
-        if key is not None and len(files) > 1:
-            # several files in the partition: the index says which hold the key
-            files = self._files(ds, [*conjunction, (key[0], "==", key[1])])
         parts = []
-        for f in files:
-            table = self._table(ds, f, columns)
+        for f in self.files(ds, partition, key):
+            table = self.table(ds, f, columns)
             if key is not None:
                 values = table.column(key[0])
                 table = table.filter(pc.equal(values, pa.scalar(key[1], type=values.type)))
