@@ -2,29 +2,37 @@
 
 Builds a forecasts dataset shaped like the demo's (``--stores`` x ``--products`` x 28 days,
 partitioned by store, indexed by product, one version), then starts two servers, each a separate
-uvicorn process (one worker):
+uvicorn process (one worker), run the same way (``uvicorn.run(app, host, port,
+log_level="warning")``, so uvloop and httptools, which ``uvicorn[standard]`` installs; the
+benchmark reports which of them each server process has loaded):
 
 - ``hafen``: ``hafen serve ROOT`` (``GET /forecasts?store_id=&product_id=``);
-- ``naive`` (anchor): the same route, answered by ``pyarrow.dataset.dataset(ROOT/forecasts,
-  partitioning="hive")`` opened and filtered on every request.
+- ``naive`` (anchor): the same route in a FastAPI app, answered by
+  ``pyarrow.dataset.dataset(ROOT/forecasts, partitioning="hive")`` opened and filtered on every
+  request.
 
-This process is the load generator (asyncio, minimal HTTP/1.1 over keep-alive connections),
-separate from both servers. For each server it measures:
+This process is the load generator, separate from both servers: an asyncio client on uvloop
+(``--client-loop``) speaking minimal HTTP/1.1 over keep-alive connections, one request in flight
+per connection (no pipelining), with pre-encoded requests. Each server is first warmed up by one
+request per store (which reads each store's file into hafen's cache, and into the page cache for
+both), then measured:
 
-1. throughput: ``--concurrency`` clients sending back to back for ``--seconds``: requests/s;
-   The server's own CPU time over that window, per request, is also reported: on a machine
-   shared with other work it says what a request costs when wall-clock figures also include
-   waiting for a core.
+1. throughput: ``--concurrency`` connections sending back to back for ``--seconds``: requests/s.
+   The server's own CPU time over that window, per request, is also reported (and the load
+   generator's): on a machine shared with other work it says what a request costs when
+   wall-clock figures also include waiting for a core.
 2. latency at a fixed rate (open loop, ``--rate`` requests/s, default 200, or 80% of the server's
    throughput when that is lower): p50 and p99, measured from each request's scheduled time so
    that queueing counts (no coordinated omission).
 
-Lookups pick store and product uniformly at random (same seed for both). Goals (issue 7): p99
-under 20 ms at 200 requests/s on 2 cores, and at least 10x the naive endpoint's throughput.
-Usage::
+Lookups pick store and product uniformly at random (same seed, same sequence for both servers);
+``distinct_keys`` says how many of the throughput window's requests were a first lookup of
+their key for hafen (whose answers are then cached: ``fast_path_in_process`` gives the cost of a
+first and of a repeated lookup without HTTP). Goals (issue 7): p99 under 20 ms at 200
+requests/s on 2 cores, and at least 10x the naive endpoint's throughput. Usage::
 
-    .venv/bin/python benchmarks/serve.py
-    .venv/bin/python benchmarks/serve.py --stores 100 --products 200 --seconds 20
+    .venv/bin/python benchmarks/serve.py --seconds 8
+    .venv/bin/python benchmarks/serve.py --stores 100 --products 200 --seconds 8
 """
 
 from __future__ import annotations
@@ -126,39 +134,76 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection speaking just enough HTTP for these GETs.
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request in flight at a time.
 
-    httpx costs more CPU per request than the server being measured; on 2 shared cores the
-    load generator must be as cheap as it can be, so it writes the request line and reads the
-    status and Content-Length itself.
+    httpx, and even asyncio's streams, cost more CPU per request than the server being
+    measured; on 2 shared cores the load generator must be as cheap as it can be. So requests
+    are pre-encoded bytes, and a response is complete when its head and ``Content-Length``
+    bytes of body have arrived (both servers send a length). No pipelining: the next request
+    on a connection is written only after the previous response has been read whole.
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.expected = -1  # bytes of the whole response, once its head is in
+        self.status = 0
+        self.waiter: asyncio.Future[int] | None = None
 
-    async def get(self, store: int, product: int) -> int:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        self.writer.write(
-            f"GET /forecasts?store_id={store}&product_id={product} HTTP/1.1\r\n"
-            f"Host: {self.host}\r\n\r\n".encode()
-        )
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await self.reader.readexactly(length)
-        return status
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(cls, host, port)
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if self.expected < 0:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).lower()
+            self.status = int(head[9:12])
+            at = head.find(b"\r\ncontent-length:")
+            if at < 0:
+                raise RuntimeError("a response without Content-Length")
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+            self.expected = end + 4 + length
+        if len(buffer) >= self.expected:
+            if len(buffer) > self.expected:
+                raise RuntimeError("bytes after the response: the server answered twice?")
+            buffer.clear()
+            self.expected = -1
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc or ConnectionError("connection closed"))
+
+    async def get(self, request: bytes) -> int:
+        assert self.transport is not None and self.waiter is None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.waiter
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def requests_for(host: str, keys: list[tuple[int, int]]) -> list[bytes]:
+    return [
+        f"GET /forecasts?store_id={s}&product_id={p} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        for s, p in keys
+    ]
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -166,17 +211,18 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def throughput(url: str, keys: list[tuple[int, int]], seconds: float, conc: int) -> float:
+async def throughput(url: str, requests: list[bytes], seconds: float, conc: int) -> float:
     host, port = _host_port(url)
     done = 0
+    connections = [await Connection.open(host, port) for _ in range(conc)]
     deadline = time.perf_counter() + seconds
-    connections = [Connection(host, port) for _ in range(conc)]
 
     async def worker(k: int) -> None:
         nonlocal done
         i = k
+        conn = connections[k]
         while time.perf_counter() < deadline:
-            status = await connections[k].get(*keys[i % len(keys)])
+            status = await conn.get(requests[i % len(requests)])
             assert status == 200, status
             done += 1
             i += conc
@@ -190,7 +236,7 @@ async def throughput(url: str, keys: list[tuple[int, int]], seconds: float, conc
 
 
 async def open_loop(
-    url: str, keys: list[tuple[int, int]], rate: float, seconds: float, connections: int
+    url: str, requests: list[bytes], rate: float, seconds: float, connections: int
 ) -> dict[str, float]:
     """Requests sent at ``rate`` per second over a pool of ``connections`` keep-alive ones;
     a request waiting for a free connection counts as waiting (latency from its schedule)."""
@@ -200,24 +246,29 @@ async def open_loop(
     errors = 0
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
-        pool.put_nowait(Connection(host, port))
+        pool.put_nowait(await Connection.open(host, port))
     began = time.perf_counter()
 
-    async def one(i: int) -> None:
+    async def one(i: int, scheduled: float) -> None:
         nonlocal errors
-        scheduled = began + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
         conn = await pool.get()
         try:
-            if await conn.get(*keys[i % len(keys)]) != 200:
+            if await conn.get(requests[i % len(requests)]) != 200:
                 errors += 1
         finally:
             pool.put_nowait(conn)
         latencies.append(time.perf_counter() - scheduled)
 
-    await asyncio.gather(*(one(i) for i in range(n)))
+    # each request is started at its scheduled time (or at once when running late), and its
+    # latency counts from that time, so a slow server cannot slow the schedule down
+    tasks = []
+    for i in range(n):
+        scheduled = began + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - began
     while not pool.empty():
         pool.get_nowait().close()
@@ -238,27 +289,86 @@ def _cpu(pid: int) -> float:
     return times.user + times.system
 
 
+def stack(pid: int) -> dict[str, bool]:
+    """Which event loop and HTTP parser the server process has loaded."""
+    paths = [m.path for m in psutil.Process(pid).memory_maps()]
+    return {
+        "uvloop": any("/uvloop/" in p for p in paths),
+        "httptools": any("/httptools/" in p for p in paths),
+    }
+
+
+def run(coro: Any, loop: str) -> Any:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def measure(
-    name: str, url: str, pid: int, keys: list[tuple[int, int]], args: argparse.Namespace
+    name: str,
+    url: str,
+    pid: int,
+    keys: list[tuple[int, int]],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    asyncio.run(throughput(url, keys[:50], 1.0, 4))  # warm up
-    cpu = _cpu(pid)
+    host, _ = _host_port(url)
+    requests = requests_for(host, keys)
+    # warm up: every store once (its file for hafen, the page cache for both)
+    warm = requests_for(host, [(s, 1) for s in range(1, args.stores + 1)])
+    run(throughput(url, warm, 0.5, 1), args.client_loop)
+    cpu, client_cpu = _cpu(pid), time.process_time()
     began = time.perf_counter()
-    rps = asyncio.run(throughput(url, keys, args.seconds, args.concurrency))
-    requests = rps * (time.perf_counter() - began)
-    cpu_ms = (_cpu(pid) - cpu) * 1000 / max(requests, 1)
+    rps = run(throughput(url, requests, args.seconds, args.concurrency), args.client_loop)
+    sent = round(rps * (time.perf_counter() - began))
+    cpu_ms = (_cpu(pid) - cpu) * 1000 / max(sent, 1)
+    client_ms = (time.process_time() - client_cpu) * 1000 / max(sent, 1)
     rate = min(args.rate, 0.8 * rps)
-    latency = asyncio.run(open_loop(url, keys, rate, args.seconds, 2 * args.concurrency))
+    latency = run(
+        open_loop(url, requests, rate, args.seconds, 2 * args.concurrency), args.client_loop
+    )
     result = {
         "server": name,
+        "stack": stack(pid),
         "throughput_rps": round(rps, 1),
+        "requests": sent,
+        # distinct (store, product) among them: the share of first lookups of a key
+        "distinct_keys": len(set(keys[: min(sent, len(keys))])),
         # CPU the server spent per request: what it would cost on a core of its own
         "server_cpu_ms_per_request": round(cpu_ms, 3),
         "requests_per_server_cpu_second": round(1000 / cpu_ms, 1) if cpu_ms else None,
+        "client_cpu_ms_per_request": round(client_ms, 3),
         "latency": latency,
     }
     print(json.dumps(result), flush=True)
     return result
+
+
+def in_process(root: Path, keys: list[tuple[int, int]]) -> dict[str, float]:
+    """The fast path's own cost, without HTTP: a first lookup of a key (its file already
+    prepared) and a repeated one (the cached body), in microseconds."""
+    from hafen.serve import create_app
+    from hafen.serve._fast import parse_lookup
+
+    app = create_app(str(root))
+    sample = keys[:2000]
+    queries = [f"store_id={s}&product_id={p}".encode() for s, p in sample]
+    for s in sorted({s for s, _ in sample}):
+        app.answer(f"store_id={s}&product_id=1".encode())  # prepare every file first
+    ds = app.state.registry.get("forecasts")
+    parsed = [parse_lookup(q) for q in queries]
+    began = time.process_time()
+    for p in parsed:
+        app.state.bodies.render(ds, *p)
+    render_us = (time.process_time() - began) / len(parsed) * 1e6
+    for q in queries:
+        app.answer(q)
+    began = time.process_time()
+    for q in queries:
+        app.answer(q)
+    cached_us = (time.process_time() - began) / len(queries) * 1e6
+    return {"first_lookup_us": round(render_us, 1), "cached_lookup_us": round(cached_us, 1)}
 
 
 def main() -> None:
@@ -268,6 +378,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--client-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the load generator's event loop",
+    )
     parser.add_argument("--out", default=None, help="also write the results here (JSON)")
     args = parser.parse_args()
 
@@ -275,6 +391,7 @@ def main() -> None:
     rng = random.Random(0)
     keys = [(rng.randint(1, args.stores), rng.randint(1, args.products)) for _ in range(100_000)]
     procs = []
+    load_before = os.getloadavg()[0]
     try:
         build(root, args.stores, args.products)
         hafen_port, naive_port = free_port(), free_port()
@@ -294,6 +411,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{naive_port}"
         results.append(measure("naive", url, procs[-1].pid, keys, args))
         stop(procs.pop())
+        fast_path = in_process(root, keys)
     finally:
         for proc in procs:
             stop(proc)
@@ -304,8 +422,10 @@ def main() -> None:
     cpu_ratio = naive_r["server_cpu_ms_per_request"] / hafen_r["server_cpu_ms_per_request"]
     summary = {
         "size": {"stores": args.stores, "products": args.products},
-        "load_average": round(os.getloadavg()[0], 1),
+        # 1-minute load average before and after: the machine is shared
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "results": results,
+        "fast_path_in_process": fast_path,
         "throughput_ratio": round(ratio, 1),
         "cpu_per_request_ratio": round(cpu_ratio, 1),
         "goal_p99_under_20ms_at_200rps": hafen_r["latency"]["rate"] >= 200
