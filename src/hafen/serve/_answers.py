@@ -67,10 +67,11 @@ class _Prepared:
     days: np.ndarray[Any, Any]  # int32 days since 1970-01-01, ascending within a group
     day_text: dict[int, str]  # day -> the text Arrow's cast to string gives
     values: tuple[np.ndarray[Any, Any], ...]  # the value columns, float, NaN where null
+    infinite: bool  # whether any value is infinite (then each range is checked)
     nbytes: int
 
 
-_UNSUPPORTED = _Prepared({}, np.empty(0, np.int32), {}, (), 0)  # answered by the route
+_UNSUPPORTED = _Prepared({}, np.empty(0, np.int32), {}, (), False, 0)  # answered by the route
 
 
 class ForecastBodies:
@@ -115,6 +116,13 @@ class ForecastBodies:
         names = [json.dumps(c).replace("%", "%%") for c in self.columns]
         self._head = "{" + names[0] + ": %d, " + names[1] + ": %d, " + names[2] + ': "'
         self._tail = '"' + "".join(f", {n}: %s" for n in names[3:]) + "}"
+        # {"dataset": "forecasts", "version": V, "store_id": S, "product_id": P, "rows": [
+        self._prefix = (
+            "{"
+            + f'"dataset": {json.dumps(self.name).replace("%", "%%")}, "version": %d, '
+            + f"{names[0]}: %d, {names[1]}: %d, "
+            + '"rows": ['
+        )
         self.hits = self.misses = 0  # body cache, for tests and the benchmark
 
     # -- the cached answer ----------------------------------------------------------------------
@@ -192,7 +200,7 @@ class ForecastBodies:
             encoded = []
             for values in prepared.values:
                 chunk = values[a:b]
-                if np.isinf(chunk).any():
+                if prepared.infinite and np.isinf(chunk).any():
                     return None  # json.dumps refuses it: the route answers (an error)
                 encoded.append(["null" if x != x else _float_repr(x) for x in chunk.tolist()])
             text = prepared.day_text
@@ -215,16 +223,8 @@ class ForecastBodies:
             ]
             merged.sort(key=lambda item: item[0])
             rows = [row for _, row in merged]
-        prefix = json.dumps(
-            {
-                "dataset": self.name,
-                "version": ds.version,
-                self.partition: store_id,
-                self.key: product_id,
-                "rows": [],
-            }
-        )
-        return (prefix[:-2] + ", ".join(rows) + "]}").encode()
+        prefix = self._prefix % (ds.version, store_id, product_id)
+        return (prefix + ", ".join(rows) + "]}").encode()
 
     # -- prepared files -------------------------------------------------------------------------
 
@@ -293,5 +293,6 @@ class ForecastBodies:
         unique = np.unique(days)
         texts = pa.array(unique, pa.int32()).cast(pa.date32()).cast(pa.string()).to_pylist()
         day_text = dict(zip(unique.tolist(), texts, strict=True))
+        infinite = any(bool(np.isinf(a).any()) for a in arrays)
         nbytes = days.nbytes + sum(a.nbytes for a in arrays) + GROUP_OVERHEAD * len(groups)
-        return _Prepared(groups, days, day_text, arrays, nbytes + 100 * len(day_text))
+        return _Prepared(groups, days, day_text, arrays, infinite, nbytes + 100 * len(day_text))
