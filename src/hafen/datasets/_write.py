@@ -14,7 +14,6 @@ import datetime as dt
 import math
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.datasets._log import DataFile
@@ -211,6 +211,55 @@ def _index_entries(table: pa.Table, indices: Sequence[str], label: str) -> dict[
     return out
 
 
+_LABEL_COLUMN = "__hafen_partition__"
+_BITMAP_CELLS = 1 << 26  # (value, partition) pairs found with a bitmap up to this many cells
+
+
+def _file_stats(metadata: pq.FileMetaData, schema: pa.Schema) -> dict[str, tuple[Any, Any, int]]:
+    """Return :func:`column_stats` of a written file, from its Parquet row-group statistics."""
+    stats: dict[str, tuple[Any, Any, int]] = {}
+    leaf = 0
+    for field_ in schema:
+        j, leaf = leaf, leaf + _leaf_count(field_.type)
+        if not _stats_supported(field_.type):
+            continue
+        lo = hi = None
+        nulls = 0
+        complete = True
+        for i in range(metadata.num_row_groups):
+            column = metadata.row_group(i).column(j)
+            st = column.statistics
+            if st is None or not st.has_null_count:
+                complete = False
+                break
+            nulls += st.null_count
+            if st.has_min_max:
+                lo = st.min if lo is None else min(lo, st.min)
+                hi = st.max if hi is None else max(hi, st.max)
+            elif st.null_count != metadata.row_group(i).num_rows:
+                complete = False  # values without statistics: this column cannot prune
+                break
+        if not complete or lo is None or hi is None:
+            continue
+        lo, hi = _stat_value(lo, field_.type), _stat_value(hi, field_.type)
+        if lo is not None and hi is not None:
+            stats[field_.name] = (lo, hi, nulls)
+    return stats
+
+
+def _leaf_count(type_: pa.DataType) -> int:
+    """The number of Parquet leaf columns a field of ``type_`` is stored as."""
+    if pa.types.is_struct(type_):
+        return sum(_leaf_count(type_.field(i).type) for i in range(type_.num_fields))
+    if pa.types.is_map(type_):
+        return _leaf_count(type_.key_type) + _leaf_count(type_.item_type)
+    if isinstance(type_, pa.ListType | pa.LargeListType | pa.FixedSizeListType):
+        return _leaf_count(type_.value_type)
+    if isinstance(type_, pa.ListViewType | pa.LargeListViewType):
+        return _leaf_count(type_.value_type)
+    return 1
+
+
 def stage_table(
     storage: Storage,
     table: pa.Table,
@@ -221,39 +270,174 @@ def stage_table(
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     max_workers: int | None = None,
 ) -> StagedWrite:
-    """Write ``table`` (already conformed to the dataset schema) as staged files."""
-    jobs: list[tuple[str, str, pa.Table, tuple[Any, ...]]] = []
-    for values, part in split_by_partition(table, partition_on):
-        label = partition_label(partition_on, values)
-        for start in range(0, max(part.num_rows, 1), max_rows_per_file):
-            chunk = part.slice(start, max_rows_per_file)
-            if chunk.num_rows == 0 and table.num_rows > 0:
-                continue
-            name = uuid.uuid4().hex
-            path = f"table/{label}/{name}.parquet" if label else f"table/{name}.parquet"
-            jobs.append((path, label, chunk, values))
+    """Write ``table`` (already conformed to the dataset schema) as staged files.
 
-    def run(
-        job: tuple[str, str, pa.Table, tuple[Any, ...]],
-    ) -> tuple[DataFile, dict[str, pa.Table]]:
-        path, label, chunk, _ = job
-        size = _write_file(storage, path, chunk, row_group_size)
-        entry = DataFile(path, label, chunk.num_rows, size, -1, column_stats(chunk))
-        return entry, _index_entries(chunk, indices, file_label(path))
-
-    if len(jobs) > 1:
-        with ThreadPoolExecutor(max_workers=max_workers or min(8, len(jobs))) as pool:
-            results = list(pool.map(run, jobs))
+    Arrow's dataset writer splits the rows by partition and encodes the files on its own
+    threads (``max_workers=1`` keeps it to one); rows keep their order within a partition.
+    Each file's row count and column statistics come from the Parquet footer it wrote.
+    """
+    partition_on = list(partition_on)
+    if table.num_rows == 0:
+        return _stage_empty(storage, table, partition_on)
+    if partition_on:
+        codes, combos = _partition_codes(table.select(partition_on))
+        labels = [partition_label(partition_on, values) for values in combos]
+        data = table.drop_columns(partition_on).append_column(
+            _LABEL_COLUMN,
+            pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(labels)),
+        )
     else:
-        results = [run(job) for job in jobs]
+        codes, labels, data = np.zeros(table.num_rows, dtype=np.int64), [""], table
+    written = _write_partitioned(
+        storage, data, bool(partition_on), max_rows_per_file, row_group_size, max_workers
+    )
+    file_schema = table.drop_columns(partition_on).schema
+    code_of = {label: code for code, label in enumerate(labels)}
     staged = StagedWrite(schema=table.schema)
-    entries: dict[str, list[pa.Table]] = {}
-    for entry, idx in results:
-        staged.files.append(entry)
-        for column, t in idx.items():
-            entries.setdefault(column, []).append(t)
-    staged.index_entries = {c: pa.concat_tables(ts) for c, ts in entries.items()}
+    files_of: dict[int, list[str]] = {}
+    for path, num_rows, size, metadata in sorted(written):
+        label = path[len("table/") :].rsplit("/", 1)[0] if partition_on else ""
+        staged.files.append(
+            DataFile(path, label, num_rows, size, -1, _file_stats(metadata, file_schema))
+        )
+        files_of.setdefault(code_of[label], []).append(path)
+    staged.index_entries = {
+        column: _collect_index_entries(
+            storage, table.column(column), column, codes, len(labels), files_of
+        )
+        for column in indices
+    }
     return staged
+
+
+def _stage_empty(storage: Storage, table: pa.Table, partition_on: list[str]) -> StagedWrite:
+    """An empty table stages no file when partitioned, one empty file otherwise."""
+    staged = StagedWrite(schema=table.schema)
+    if not partition_on:
+        path = f"table/{uuid.uuid4().hex}.parquet"
+        size = _write_file(storage, path, table, DEFAULT_ROW_GROUP_SIZE)
+        staged.files.append(DataFile(path, "", 0, size, -1, {}))
+    return staged
+
+
+def _write_partitioned(
+    storage: Storage,
+    data: pa.Table,
+    partitioned: bool,
+    max_rows_per_file: int,
+    row_group_size: int,
+    max_workers: int | None,
+) -> list[tuple[str, int, int, pq.FileMetaData]]:
+    """Write ``data`` with Arrow's dataset writer; return each file's path, rows, size, footer."""
+    base = storage.full("table")
+    written: list[tuple[str, int, int, pq.FileMetaData]] = []
+
+    def visit(f: pds.WrittenFile) -> None:
+        if not f.path.startswith(base + "/"):
+            raise StorageError(f"{f.path}: written outside {base}")
+        relative = f.path[len(base) + 1 :]
+        written.append((f"table/{relative}", f.metadata.num_rows, f.size, f.metadata))
+
+    group = max(1, min(row_group_size, max_rows_per_file))
+    fmt = pds.ParquetFileFormat()
+    with map_storage_errors(base):
+        pds.write_dataset(
+            data,
+            base,
+            format=fmt,
+            file_options=fmt.make_write_options(compression=_COMPRESSION),
+            filesystem=storage.arrow_filesystem,
+            partitioning=(
+                pds.DirectoryPartitioning(
+                    pa.schema([data.schema.field(_LABEL_COLUMN)]), segment_encoding="none"
+                )
+                if partitioned
+                else None
+            ),
+            basename_template=uuid.uuid4().hex + "-{i}.parquet",
+            existing_data_behavior="overwrite_or_ignore",
+            max_rows_per_file=max_rows_per_file,
+            min_rows_per_group=group,
+            max_rows_per_group=group,
+            preserve_order=True,
+            use_threads=max_workers != 1,
+            create_dir=storage.protocol == "file",
+            file_visitor=visit,
+        )
+    return written
+
+
+def _collect_index_entries(
+    storage: Storage,
+    column: pa.ChunkedArray,
+    name: str,
+    codes: np.ndarray,
+    num_codes: int,
+    files_of: dict[int, list[str]],
+) -> pa.Table:
+    """Return the ``(value, label)`` rows of one index column, sorted by value.
+
+    A partition written as one file gets its entries from the distinct (value, partition)
+    pairs of the table; a partition split into several files reads its files' values back.
+    """
+    values, pair_codes = _distinct_pairs(column, codes, num_codes)
+    single = {code: paths[0] for code, paths in files_of.items() if len(paths) == 1}
+    file_labels = [file_label(path) for path in single.values()]
+    position = np.full(num_codes, -1, dtype=np.int32)
+    position[list(single)] = np.arange(len(single), dtype=np.int32)
+    label_index = position[pair_codes]
+    keep = label_index >= 0
+    if not keep.all():
+        values = values.filter(pa.array(keep))
+        label_index = label_index[keep]
+    parts = [
+        pa.table(
+            {
+                "value": values,
+                "label": pa.DictionaryArray.from_arrays(
+                    pa.array(label_index, pa.int32()), pa.array(file_labels, pa.string())
+                ),
+            }
+        )
+    ]
+    for paths in files_of.values():
+        if len(paths) > 1:
+            for path in paths:
+                full = storage.full(path)
+                with map_storage_errors(full):
+                    read = pq.read_table(full, columns=[name], filesystem=storage.arrow_filesystem)
+                parts.extend(_index_entries(read, [name], file_label(path)).values())
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(p.cast(parts[0].schema) for p in parts)
+
+
+def _distinct_pairs(
+    column: pa.ChunkedArray, codes: np.ndarray, num_codes: int
+) -> tuple[pa.Array, np.ndarray]:
+    """Return the distinct (non-null value, partition code) pairs, sorted by value then code."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = pc.dictionary_encode(array)
+    dictionary = encoded.dictionary
+    order = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(dictionary), dtype=np.int64)
+    rank[order] = np.arange(len(dictionary), dtype=np.int64)
+    indices = encoded.indices
+    row_codes = codes
+    if indices.null_count:
+        valid = pc.is_valid(indices).to_numpy(zero_copy_only=False)
+        indices, row_codes = indices.filter(pa.array(valid)), codes[valid]
+    keys = rank[indices.to_numpy()] * num_codes + row_codes
+    if len(dictionary) * num_codes <= _BITMAP_CELLS:
+        seen = np.zeros(len(dictionary) * num_codes, dtype=bool)
+        seen[keys] = True
+        pairs = np.flatnonzero(seen)
+    else:
+        pairs = np.unique(keys)
+    value_rank, pair_codes = np.divmod(pairs, num_codes)
+    return dictionary.take(pa.array(order[value_rank])), pair_codes
 
 
 class StagingWriter:

@@ -1,0 +1,119 @@
+"""Staging through Arrow's dataset writer: layout, statistics, order and index entries."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import hafen
+from hafen.datasets import commit_staged, stage_table, storage_for
+from hafen.datasets._write import column_stats, file_label
+
+
+def odd_table(n: int = 400, seed: int = 0) -> pa.Table:
+    """Partition values that need quoting, nulls, dates; data columns of every stat type."""
+    rng = np.random.default_rng(seed)
+    stamps = pa.array(
+        (1_700_000_000_000_000_000 + rng.integers(0, 10**9, n) * 1000).astype("datetime64[ns]")
+    )
+    return pa.table(
+        {
+            "region": pa.array(rng.choice(["a/b", "c d", "e%f", "é=1"], n)).to_pylist()[:-3]
+            + [None] * 3,
+            "day": [dt.date(2024, 1, 1) + dt.timedelta(days=int(i) % 3) for i in range(n)],
+            "product": rng.integers(0, 60, n),
+            "x": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+            "ts": stamps.cast(pa.timestamp("ns", tz="Europe/Berlin")),
+            "name": pa.array(rng.choice(["fig", "pear", None], n)),
+            "seq": np.arange(n),
+        }
+    )
+
+
+def test_staged_files_match_the_split_exactly(url):
+    table = odd_table()
+    storage = storage_for(url)
+    staged = stage_table(storage, table, partition_on=["region", "day"], indices=["product"])
+    expected = {
+        hafen.datasets.partition_label(["region", "day"], values): part
+        for values, part in hafen.datasets.split_by_partition(table, ["region", "day"])
+    }
+    assert {f.partition for f in staged.files} == set(expected)
+    assert sum(f.num_rows for f in staged.files) == table.num_rows
+    fs = storage.arrow_filesystem
+    for f in staged.files:
+        assert f.path.startswith(f"table/{f.partition}/") and f.path.endswith(".parquet")
+        written = pq.read_table(storage.full(f.path), filesystem=fs)
+        part = expected[f.partition]
+        assert written.column_names == part.column_names  # no partition columns in the file
+        assert written.schema.types == part.schema.types
+        assert written.to_pandas().equals(part.to_pandas())  # same rows, same order (NaN too)
+        assert f.num_rows == part.num_rows
+        assert f.size == storage.size(f.path)
+        assert dict(f.stats) == column_stats(part)
+    # index entries: exactly the distinct (value, file) pairs, sorted by value
+    entries = staged.index_entries["product"]
+    got = sorted(
+        zip(
+            entries.column("value").to_pylist(),
+            entries.column("label").cast(pa.string()).to_pylist(),
+            strict=True,
+        )
+    )
+    want = sorted(
+        (v, file_label(f.path))
+        for f in staged.files
+        for v in pc.unique(expected[f.partition].column("product")).to_pylist()
+    )
+    assert got == want
+    assert entries.column("value").to_pylist() == sorted(entries.column("value").to_pylist())
+
+
+def test_partitions_split_into_several_files_keep_exact_index_entries(url):
+    table = odd_table(300).drop_columns(["day"])
+    storage = storage_for(url)
+    staged = stage_table(
+        storage, table, partition_on=["region"], indices=["product", "name"], max_rows_per_file=40
+    )
+    assert max(f.num_rows for f in staged.files) <= 40
+    assert len(staged.files) > len({f.partition for f in staged.files})
+    ds = commit_staged(
+        url, [staged], mode="create", partition_on=["region"], indices=["product", "name"]
+    )
+    read = ds.read_arrow().sort_by("seq").to_pandas()
+    assert read.equals(table.select(ds.schema.names).to_pandas())
+    for column, value in [("product", 7), ("name", "fig")]:
+        holding = {
+            f.path
+            for f in ds.files()
+            if value in set(ds.read_arrow(files=[f]).column(column).to_pylist())
+        }
+        assert {f.path for f in ds.files([[(column, "==", value)]])} == holding
+
+
+def test_unpartitioned_and_empty_tables(url):
+    storage = storage_for(url)
+    table = odd_table(100)
+    staged = stage_table(storage, table, indices=["name"], max_rows_per_file=30)
+    assert [f.partition for f in staged.files] == [""] * 4
+    assert sorted(f.num_rows for f in staged.files) == [10, 30, 30, 30]
+    assert set(staged.index_entries["name"].column("value").to_pylist()) == {"fig", "pear"}
+    empty = stage_table(storage, table.slice(0, 0))
+    assert [f.num_rows for f in empty.files] == [0]
+    assert stage_table(storage, table.slice(0, 0), partition_on=["region"]).files == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_one_thread_keeps_order_too(url):
+    table = odd_table(500).sort_by("product")
+    storage = storage_for(url)
+    for workers in (1, None):
+        staged = stage_table(storage, table, partition_on=["region"], max_workers=workers)
+        for f in staged.files:
+            product = pq.read_table(storage.full(f.path), columns=["product"]).column(0)
+            assert product.to_pylist() == sorted(product.to_pylist())
