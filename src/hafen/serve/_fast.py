@@ -13,6 +13,7 @@ files, a cache of bodies by query string); it is byte-for-byte the one the FastA
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,12 +22,23 @@ __all__ = ["FastLookups", "parse_lookup"]
 
 _ALLOWED = {"store_id", "product_id", "from", "to"}
 _MAX_ID = 2**62
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
+def _date(text: str | None) -> dt.date | None:
+    """``YYYY-MM-DD`` only: other forms Python accepts (``20250701``, week dates) are left to
+    the route, whose validation may read them otherwise."""
+    if text is None:
+        return None
+    if not _DATE.fullmatch(text):
+        raise ValueError(text)
+    return dt.date.fromisoformat(text)
 
 
 def parse_lookup(query: bytes) -> tuple[int, int, dt.date | None, dt.date | None] | None:
     """The lookup's parameters, or None when the query is not the plain well-formed form."""
     try:
-        pairs = parse_qsl(query.decode("ascii"), strict_parsing=True)
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=True)
     except (UnicodeDecodeError, ValueError):
         return None
     params = dict(pairs)
@@ -34,11 +46,10 @@ def parse_lookup(query: bytes) -> tuple[int, int, dt.date | None, dt.date | None
         return None
     try:
         store, product = params["store_id"], params["product_id"]
-        if not (store.isdigit() and product.isdigit()):
-            return None
+        if not (store.isascii() and store.isdigit() and product.isascii() and product.isdigit()):
+            return None  # ASCII digits only: int() also reads other scripts' digits
         store_id, product_id = int(store), int(product)
-        start = dt.date.fromisoformat(params["from"]) if "from" in params else None
-        end = dt.date.fromisoformat(params["to"]) if "to" in params else None
+        start, end = _date(params.get("from")), _date(params.get("to"))
     except (KeyError, ValueError):
         return None
     if store_id > _MAX_ID or product_id > _MAX_ID:
