@@ -4,8 +4,15 @@
     python benchmarks/commit_log.py --versions 2000 --anchor-versions 500
 
 Each version appends 10 rows to a new partition. Reported: the mean time of a commit among the
-first and the last 100, and the time to open the latest version, for hafen (checkpoints every 50
-versions), hafen without checkpoints, and plateau's ``update_dataset_from_dataframes``.
+first and the last 100, and the time to open the latest version (in a process that has not seen
+the dataset), for
+
+- hafen: checkpoints every 50 versions, the writer process remembers the state it committed;
+- hafen, cold: the same with ``HAFEN_STATE_CACHE=false``, as if every commit came from a new
+  process (it reads the newest checkpoint, which holds every file, and the entries after it);
+- hafen, no checkpoints (and no cache): opening replays the whole log;
+- hafen + plateau view: the default, which also rewrites plateau's metadata file per commit;
+- plateau's ``update_dataset_from_dataframes`` (the anchor).
 """
 
 from __future__ import annotations
@@ -64,19 +71,22 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hafen-log-"))
     rows = []
 
-    def hafen_run(name: str, interval: int, view: bool, n: int) -> None:
+    def hafen_run(name: str, interval: int, view: bool, cache: bool, n: int) -> None:
         os.environ["HAFEN_CHECKPOINT_INTERVAL"] = str(interval)
         os.environ["HAFEN_PLATEAU_VIEW"] = "true" if view else "false"
+        os.environ["HAFEN_STATE_CACHE"] = "true" if cache else "false"
         url = str(root / name)
         hafen.write_dataset(frame(0), url, partition_on=["batch"])
         times = grow(name, n - 1, lambda i: hafen.write_dataset(frame(i + 1), url, mode="append"))
+        os.environ["HAFEN_STATE_CACHE"] = "false"  # open as a process that never saw it
         opened = timed(lambda: hafen.open_dataset(url))
         assert hafen.open_dataset(url).version == n - 1
         rows.append((name, n, times[:100], times[-100:], opened))
 
-    hafen_run("hafen", 50, False, args.versions)
-    hafen_run("hafen, no checkpoints", 10**9, False, args.anchor_versions)
-    hafen_run("hafen + plateau view", 50, True, args.anchor_versions)
+    hafen_run("hafen", 50, False, True, args.versions)
+    hafen_run("hafen, cold", 50, False, False, args.versions)
+    hafen_run("hafen, no checkpoints", 10**9, False, False, args.anchor_versions)
+    hafen_run("hafen + plateau view", 50, True, True, args.anchor_versions)
 
     from minimalkv import get_store_from_url
     from plateau.core.factory import DatasetFactory

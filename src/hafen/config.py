@@ -42,6 +42,8 @@ class Settings:
     memory_budget: str | None = None
     # rewrite plateau's metadata file after each commit (its cost grows with the dataset's files)
     plateau_view: bool = True
+    # remember each dataset's last state in this process and read only the log entries since
+    state_cache: bool = True
     workdir: str = "hafen-demo"
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +12,7 @@ import pytest
 
 import hafen
 from hafen.datasets import _log
+from hafen.datasets._storage import Storage
 from hafen.errors import CorruptMetadataError, VersionNotFoundError
 
 
@@ -56,6 +60,12 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, monkeypatch):
         hafen.write_dataset(one(i), url, mode="append")
     checkpoint = Path(url, _log.checkpoint_path(2))
     checkpoint.write_text(checkpoint.read_text()[:40])
+    _log.clear_state_cache()  # as a new process: this one remembers version 2 without it
+    # the file list is read from the checkpoint when first needed, not when opening
+    with pytest.raises(CorruptMetadataError, match=str(checkpoint)):
+        hafen.open_dataset(url).read()
+    Path(url, _log.LAST_CHECKPOINT).unlink()  # without the hint, opening reads it at once
+    _log.clear_state_cache()
     with pytest.raises(CorruptMetadataError, match=str(checkpoint)):
         hafen.open_dataset(url)
 
@@ -105,3 +115,137 @@ def test_vacuum_removes_old_scratch_of_dead_jobs(tmp_path):
     assert ds.vacuum(grace_period="1h").removed_files == []
     assert ds.vacuum(grace_period=0).removed_files == ["_hafen/scratch/reshuffle-dead/m0-f0.arrow"]
     assert not scratch.exists()
+
+
+class StorageCalls:
+    """Counts the storage calls of a block, by method and by the log's directories."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: Counter[str] = Counter()
+        for name in ("read_bytes", "list", "walk", "exists", "put_if_absent", "write_bytes"):
+            original = getattr(Storage, name)
+
+            def counted(storage, path, *args, _name=name, _original=original, **kwargs):
+                area = (
+                    "log"
+                    if path.startswith(_log.LOG_DIR)
+                    else "checkpoints"
+                    if path.startswith(_log.CHECKPOINT_DIR)
+                    else path.split("/")[0]
+                )
+                self.calls[f"{_name} {area}"] += 1
+                return _original(storage, path, *args, **kwargs)
+
+            monkeypatch.setattr(Storage, name, counted)
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+def grow(url: str, versions: int) -> None:
+    hafen.write_dataset(one(0), url, partition_on=["i"])
+    for i in range(1, versions):
+        hafen.write_dataset(one(i), url, mode="append")
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_append_cost_does_not_grow_with_versions(tmp_path, monkeypatch, cached):
+    """An append's storage calls are the same at 31 and at 231 versions, and none lists the log.
+
+    (Every tenth version also writes a checkpoint, which reads the previous one: that cost is
+    the state's size, once per interval.)
+    """
+    monkeypatch.setenv("HAFEN_CHECKPOINT_INTERVAL", "10")
+    monkeypatch.setenv("HAFEN_PLATEAU_VIEW", "false")
+    costs = []
+    for versions in (31, 231):
+        url = str(tmp_path / f"ds{versions}")
+        grow(url, versions)
+        if not cached:
+            _log.clear_state_cache()
+        with monkeypatch.context() as m:
+            calls = StorageCalls(m)
+            ds = hafen.write_dataset(one(versions), url, mode="append")
+        assert ds.version == versions and ds.num_rows == versions + 1
+        assert not any(key.startswith(("list log", "walk log")) for key in calls.calls)
+        # an append needs the schema and layout, not the file list the checkpoint holds
+        assert "read_bytes checkpoints" not in calls.calls
+        costs.append(calls.calls)
+    assert costs[0] == costs[1]
+
+
+def test_open_latest_needs_no_listing_of_the_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAFEN_CHECKPOINT_INTERVAL", "10")
+    url = str(tmp_path / "ds")
+    grow(url, 25)
+    _log.clear_state_cache()
+    with monkeypatch.context() as m:
+        m.setattr(_log, "list_versions", lambda storage: pytest.fail("listed the log"))
+        ds = hafen.open_dataset(url)
+        assert ds.version == 24 and sorted(ds.read()["i"]) == list(range(25))
+        assert hafen.open_dataset(url, version=22).num_rows == 23
+
+
+def ds_storage(url: str) -> Storage:
+    return hafen.open_dataset(url).storage
+
+
+@pytest.mark.parametrize("hint", ["missing", "garbage", "stale", "ahead", "no-state"])
+def test_the_checkpoint_hint_is_only_a_hint(tmp_path, monkeypatch, hint):
+    monkeypatch.setenv("HAFEN_CHECKPOINT_INTERVAL", "10")
+    url = str(tmp_path / "ds")
+    grow(url, 25)
+    path = Path(url, _log.LAST_CHECKPOINT)
+    assert json.loads(path.read_text())["version"] == 20
+    if hint == "missing":
+        path.unlink()
+    elif hint == "garbage":
+        path.write_text("{not json")
+    elif hint == "stale":  # another writer's older hint landed last
+        hint10 = json.loads(path.read_text())
+        hint10["version"] = hint10["state"]["version"] = 10
+        hint10["state"]["commit_id"] = _log.read_commit(ds_storage(url), 10).commit_id
+        path.write_text(json.dumps(hint10))
+    elif hint == "ahead":  # names a version whose entry does not exist
+        path.write_text(path.read_text().replace('"version":20', '"version":30'))
+    else:  # an older format without the state
+        path.write_text('{"version": 20}')
+    _log.clear_state_cache()
+    ds = hafen.open_dataset(url)
+    assert ds.version == 24 and sorted(ds.read()["i"]) == list(range(25))
+
+
+def test_a_remembered_state_is_checked_against_the_log(tmp_path, monkeypatch):
+    """A dataset deleted and recreated at the same URL is never answered from memory."""
+    url = str(tmp_path / "ds")
+    grow(url, 5)
+    assert hafen.open_dataset(url).version == 4
+    for versions in (2, 8):  # fewer versions than remembered, then more
+        shutil.rmtree(url)
+        hafen.write_dataset(pd.DataFrame({"i": [7], "v": [7.0]}), url)
+        for _ in range(1, versions):
+            hafen.write_dataset(pd.DataFrame({"i": [7], "v": [7.0]}), url, mode="append")
+        ds = hafen.open_dataset(url)
+        assert ds.version == versions - 1 and set(ds.read()["i"]) == {7}
+
+
+def test_another_writers_commits_are_seen(tmp_path):
+    url = str(tmp_path / "ds")
+    grow(url, 3)
+    mine = hafen.open_dataset(url)
+    # another process appends: simulated by forgetting, appending, and forgetting again
+    _log.clear_state_cache()
+    hafen.write_dataset(one(3), url, mode="append")
+    _log.clear_state_cache()
+    assert hafen.open_dataset(url).version == 3
+    assert not mine.is_latest() and mine.latest().version == 3
+
+
+def test_the_state_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAFEN_STATE_CACHE", "false")
+    url = str(tmp_path / "ds")
+    grow(url, 3)
+    with monkeypatch.context() as m:
+        calls = StorageCalls(m)
+        hafen.open_dataset(url)
+    assert calls.calls["read_bytes log"] >= 3  # every entry, since nothing is remembered

@@ -5,12 +5,18 @@ Layout under a dataset root::
     _hafen/log/00000000000000000000.json          version 0 (created exclusively)
     _hafen/log/00000000000000000001.json          version 1 ...
     _hafen/checkpoints/00000000000000000100.json  the whole state at version 100
+    _hafen/_last_checkpoint                       {"version": 100}: a hint, never required
 
 A commit is the exclusive creation of the next log entry (:meth:`Storage.put_if_absent`). A
 writer that loses the race reads what landed, asks :func:`conflicts` whether it touched what this
-commit read, and either rebases onto it or raises :class:`ConflictError`. Opening a version reads
-the newest checkpoint at or below it and replays the entries after it, so the cost of opening is
-bounded by the checkpoint interval, not by the number of versions.
+commit read, and either rebases onto it or raises :class:`ConflictError`.
+
+Opening the latest version never lists the log: it reads the checkpoint the hint names and then
+the entries after it until the first one that does not exist (entries are created in order, so
+there are no holes). A process also remembers the last state it saw of each dataset and, after
+checking that the entry it was built from is still there, only reads the entries added since.
+Opening or committing therefore costs the entries since the last checkpoint (or since the last
+time this process looked), not the number of versions; reading a checkpoint costs its files.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import dataclasses
 import datetime as dt
 import json
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +54,7 @@ __all__ = [
     "DataFile",
     "DatasetState",
     "IndexPart",
+    "clear_state_cache",
     "commit",
     "conflicts",
     "latest_version",
@@ -55,6 +64,7 @@ __all__ = [
 
 LOG_DIR = "_hafen/log"
 CHECKPOINT_DIR = "_hafen/checkpoints"
+LAST_CHECKPOINT = "_hafen/_last_checkpoint"
 FORMAT_VERSION = 1
 _WIDTH = 20
 
@@ -113,6 +123,89 @@ class IndexPart:
     files: int = 0  # how many data files it covers (0: unknown)
 
 
+class LazyFiles(MutableMapping[str, DataFile]):
+    """The files of a state, read from its checkpoint only when first needed.
+
+    Opening the latest version to append needs the schema and the layout, not the file list,
+    which can be large: the state after a checkpoint keeps the commits applied since then as
+    pending adds and removes, and applies them once the checkpoint's files are read.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], dict[str, DataFile]],
+        pending: list[tuple[str, DataFile | None]] | None = None,
+    ) -> None:
+        self._load_base = load  # shared between copies; reads the checkpoint at most once
+        self._pending: list[tuple[str, DataFile | None]] = list(pending or [])
+        self._data: dict[str, DataFile] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._data is not None
+
+    def _files(self) -> dict[str, DataFile]:
+        if self._data is None:
+            data = dict(self._load_base())
+            for path, f in self._pending:
+                if f is None:
+                    data.pop(path, None)
+                else:
+                    data[path] = f
+            self._data, self._pending = data, []
+        return self._data
+
+    def remove(self, path: str) -> None:
+        """Remove ``path`` if present, without reading the checkpoint."""
+        if self._data is None:
+            self._pending.append((path, None))
+        else:
+            self._data.pop(path, None)
+
+    def add(self, f: DataFile) -> None:
+        """Add or replace ``f``, without reading the checkpoint."""
+        if self._data is None:
+            self._pending.append((f.path, f))
+        else:
+            self._data[f.path] = f
+
+    def copy(self) -> LazyFiles | dict[str, DataFile]:
+        if self._data is not None:
+            return dict(self._data)
+        return LazyFiles(self._load_base, self._pending)
+
+    def __getitem__(self, path: str) -> DataFile:
+        return self._files()[path]
+
+    def __setitem__(self, path: str, f: DataFile) -> None:
+        self._files()[path] = f
+
+    def __delitem__(self, path: str) -> None:
+        del self._files()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files())
+
+    def __len__(self) -> int:
+        return len(self._files())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (self._files(),)  # a state sent to a worker carries its files
+
+
+def _once(load: Callable[[], dict[str, DataFile]]) -> Callable[[], dict[str, DataFile]]:
+    lock = threading.Lock()
+    box: list[dict[str, DataFile]] = []
+
+    def once() -> dict[str, DataFile]:
+        with lock:
+            if not box:
+                box.append(load())
+            return box[0]
+
+    return once
+
+
 @dataclass
 class DatasetState:
     """Everything known about one version of a dataset."""
@@ -122,10 +215,11 @@ class DatasetState:
     schema: pa.Schema
     partition_on: list[str]
     indices: list[str]
-    files: dict[str, DataFile]
+    files: MutableMapping[str, DataFile]  # a dict, or LazyFiles until the file list is needed
     index_parts: list[IndexPart]
     dataset_id: str
     origin: str = "hafen"  # "plateau" for a plateau dataset hafen has not committed to yet
+    commit_id: str = ""  # the id of the log entry of ``version`` ("" when unknown)
 
     @property
     def num_rows(self) -> int:
@@ -144,9 +238,15 @@ class DatasetState:
         }
 
     def copy(self) -> DatasetState:
-        return dataclasses.replace(self, files=dict(self.files), index_parts=list(self.index_parts))
+        files = self.files.copy() if isinstance(self.files, LazyFiles) else dict(self.files)
+        return dataclasses.replace(self, files=files, index_parts=list(self.index_parts))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, with_files: bool = True) -> dict[str, Any]:
+        files = (
+            [dict(f.to_json(), version=f.version) for f in self.files.values()]
+            if with_files
+            else None
+        )
         return {
             "format": FORMAT_VERSION,
             "version": self.version,
@@ -155,16 +255,21 @@ class DatasetState:
             "partition_on": self.partition_on,
             "indices": self.indices,
             "dataset_id": self.dataset_id,
-            "files": [dict(f.to_json(), version=f.version) for f in self.files.values()],
+            "files": files,
             "index_parts": [dataclasses.asdict(p) for p in self.index_parts],
+            "commit_id": self.commit_id,
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DatasetState:
-        files = {}
-        for item in data["files"]:
-            f = DataFile.from_json(item, item["version"])
-            files[f.path] = f
+    def from_json(
+        cls, data: Mapping[str, Any], files: MutableMapping[str, DataFile] | None = None
+    ) -> DatasetState:
+        """Read a checkpoint, or a header (``files`` given: the state's files, not in ``data``)."""
+        if files is None:
+            files = {}
+            for item in data["files"]:
+                f = DataFile.from_json(item, item["version"])
+                files[f.path] = f
         return cls(
             version=data["version"],
             timestamp=data["timestamp"],
@@ -174,6 +279,7 @@ class DatasetState:
             files=files,
             index_parts=[IndexPart(**p) for p in data["index_parts"]],
             dataset_id=data["dataset_id"],
+            commit_id=data.get("commit_id", ""),
         )
 
 
@@ -279,18 +385,25 @@ def replay(state: DatasetState | None, commits: Iterable[Commit]) -> DatasetStat
             current.schema = c.schema
         if c.metadata is not None and current.version != c.version:
             current.indices = list(c.metadata.get("indices", current.indices))
+        files = current.files
         for path, _ in c.removes:
-            current.files.pop(path, None)
+            if isinstance(files, LazyFiles):
+                files.remove(path)
+            else:
+                files.pop(path, None)
         for f in c.adds:
-            current.files[f.path] = (
-                f if f.version == c.version else dataclasses.replace(f, version=c.version)
-            )
+            f = f if f.version == c.version else dataclasses.replace(f, version=c.version)
+            if isinstance(files, LazyFiles):
+                files.add(f)
+            else:
+                files[f.path] = f
         current.index_parts.extend(
             p if p.version == c.version else dataclasses.replace(p, version=c.version)
             for p in c.index_parts
         )
         current.version = c.version
         current.timestamp = c.timestamp
+        current.commit_id = c.commit_id
     if current is None:
         raise DatasetNotFoundError("no log entries")
     return current
@@ -375,8 +488,139 @@ def read_checkpoint(storage: Storage, version: int) -> DatasetState:
 def load_state(
     storage: Storage, version: int | None = None, *, versions: list[int] | None = None
 ) -> DatasetState:
-    """Return the state at ``version`` (latest when None) from the newest checkpoint below it."""
-    versions = list_versions(storage) if versions is None else versions
+    """Return the state at ``version`` (latest when None) from the newest checkpoint below it.
+
+    ``versions`` (the log's listing, when the caller already has it) selects the listing-based
+    path; without it the log is not listed unless something is missing or inconsistent, in
+    which case the listing gives the precise error.
+    """
+    if versions is None:
+        try:
+            state = _load_latest(storage) if version is None else _load_version(storage, version)
+        except FileNotFoundError:
+            state = None
+        if state is not None:
+            return state
+        versions = list_versions(storage)
+    return _load_listed(storage, version, versions)
+
+
+def _load_latest(storage: Storage) -> DatasetState | None:
+    """The latest state without listing the log (None: cannot tell; list it instead)."""
+    cached = _CACHE.get(storage.url)
+    if cached is not None:
+        newer = read_entries_from(storage, cached.version)
+        if newer and newer[0].commit_id == cached.commit_id:
+            state = replay(cached, newer[1:]) if len(newer) > 1 else cached
+            _CACHE.put(storage.url, state)
+            return state
+        _CACHE.drop(storage.url)  # the dataset was deleted (and maybe recreated) meanwhile
+    base = _state_from_hint(storage)
+    if base is not None:
+        entries = read_entries_from(storage, base.version)
+        if entries and entries[0].commit_id == base.commit_id:
+            state = replay(base, entries[1:])
+            _CACHE.put(storage.url, state)
+            return state
+    base = _newest_checkpoint(storage)  # no usable hint: the checkpoints' listing is short
+    start = 0 if base is None else base.version + 1
+    entries = read_entries_from(storage, start)
+    if base is None and not entries:
+        return None
+    state = replay(base, entries)
+    _CACHE.put(storage.url, state)
+    return state
+
+
+def _state_from_hint(storage: Storage) -> DatasetState | None:
+    """The state the hint describes, its files to be read from its checkpoint when needed."""
+    hint = _read_hint(storage)
+    if hint is None or not isinstance(hint.get("state"), dict):
+        return None
+    version = hint["version"]
+    try:
+        files = LazyFiles(_once(lambda: _checkpoint_files(storage, version)))
+        state = DatasetState.from_json(hint["state"], files=files)
+    except (KeyError, ValueError, TypeError, pa.ArrowInvalid):
+        return None
+    if state.version != version or not state.commit_id:
+        return None
+    return state
+
+
+def _load_version(storage: Storage, version: int) -> DatasetState | None:
+    """The state at ``version`` without listing the log (None: cannot tell; list it instead)."""
+    if version < 0:
+        return None
+    cached = _CACHE.get(storage.url)
+    start, base = 0, None
+    if cached is not None and cached.version <= version:
+        start, base = cached.version + 1, cached
+        if read_commit(storage, cached.version).commit_id != cached.commit_id:
+            return None
+    else:
+        checkpoints = [c for c in list_checkpoints(storage) if c <= version]
+        if checkpoints:
+            base = read_checkpoint(storage, checkpoints[-1])
+            start = checkpoints[-1] + 1
+    # a missing entry raises FileNotFoundError: the listing then names what is missing
+    return replay(base, read_commits(storage, range(start, version + 1)))
+
+
+def _checkpoint_files(storage: Storage, version: int) -> dict[str, DataFile]:
+    try:
+        return dict(read_checkpoint(storage, version).files)
+    except FileNotFoundError:
+        raise CorruptMetadataError(
+            f"{storage.full(checkpoint_path(version))}: the checkpoint this state was opened "
+            "from has been removed (a concurrent vacuum?); open the dataset again"
+        ) from None
+
+
+def _newest_checkpoint(storage: Storage) -> DatasetState | None:
+    checkpoints = list_checkpoints(storage)
+    return read_checkpoint(storage, checkpoints[-1]) if checkpoints else None
+
+
+def _read_hint(storage: Storage) -> dict[str, Any] | None:
+    """``{"version": N, "state": <the state at N without files>}`` or None when unusable."""
+    try:
+        hint = json.loads(storage.read_bytes(LAST_CHECKPOINT))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None  # only a hint: a missing or damaged one costs a listing of the checkpoints
+    if not isinstance(hint, dict):
+        return None
+    version = hint.get("version")
+    return hint if isinstance(version, int) and version >= 0 else None
+
+
+def read_entries_from(storage: Storage, start: int) -> list[Commit]:
+    """The consecutive log entries from ``start`` up to the first that does not exist."""
+    found: list[Commit] = []
+    batch = 1
+    while True:
+        versions = range(start + len(found), start + len(found) + batch)
+        for entry in _read_present(storage, versions):
+            if entry is None:
+                return found
+            found.append(entry)
+        batch = min(2 * batch, 16)
+
+
+def _read_present(storage: Storage, versions: range) -> list[Commit | None]:
+    def one(v: int) -> Commit | None:
+        try:
+            return read_commit(storage, v)
+        except FileNotFoundError:
+            return None
+
+    if len(versions) == 1 or storage.protocol in _LOCAL:
+        return [one(v) for v in versions]
+    with ThreadPoolExecutor(max_workers=len(versions)) as pool:
+        return list(pool.map(one, versions))
+
+
+def _load_listed(storage: Storage, version: int | None, versions: list[int]) -> DatasetState:
     if not versions:
         from hafen.datasets._plateau import import_plateau
 
@@ -414,9 +658,64 @@ def load_state(
     return replay(base, read_commits(storage, range(start, target + 1)))
 
 
+class _StateCache:
+    """The last state this process saw of each dataset, by URL (bounded, thread-safe).
+
+    States are never mutated (:func:`replay` copies), so sharing them is safe; a cached state
+    is only used after checking that the log entry it was built from still exists unchanged.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._states: OrderedDict[str, DatasetState] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> DatasetState | None:
+        if not _cache_enabled():
+            return None
+        with self._lock:
+            state = self._states.get(url)
+            if state is not None:
+                self._states.move_to_end(url)
+            return state
+
+    def put(self, url: str, state: DatasetState) -> None:
+        if not state.commit_id or state.origin != "hafen" or not _cache_enabled():
+            return
+        with self._lock:
+            known = self._states.get(url)
+            if known is not None and known.version > state.version:
+                return  # keep the newer one another thread put
+            self._states[url] = state
+            self._states.move_to_end(url)
+            while len(self._states) > self._size:
+                self._states.popitem(last=False)
+
+    def drop(self, url: str) -> None:
+        with self._lock:
+            self._states.pop(url, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
+
+
+def _cache_enabled() -> bool:
+    from hafen.config import get_settings
+
+    return get_settings().state_cache
+
+
+_CACHE = _StateCache()
+clear_state_cache = _CACHE.clear
+
+
+_LOCAL = {"file", "memory"}
+
+
 def read_commits(storage: Storage, versions: range | list[int]) -> list[Commit]:
     """Read log entries, in parallel when there are several (remote stores answer slowly)."""
-    if len(versions) <= 2:
+    if len(versions) <= 2 or storage.protocol in _LOCAL:
         return [read_commit(storage, v) for v in versions]
     with ThreadPoolExecutor(max_workers=min(16, len(versions))) as pool:
         return list(pool.map(lambda v: read_commit(storage, v), versions))
@@ -466,6 +765,7 @@ def commit(
             new_state = replay(state, [entry])
             if entry.version > 0 and entry.version % checkpoint_interval == 0:
                 write_checkpoint(storage, new_state)
+            _CACHE.put(storage.url, new_state)
             return new_state
         if state is None:
             if exclusive_create:
@@ -474,8 +774,7 @@ def commit(
             state = load_state(storage)
             entry = plan(state)
             continue
-        landed_versions = [v for v in list_versions(storage) if v > state.version]
-        landed = read_commits(storage, landed_versions)
+        landed = read_entries_from(storage, state.version + 1)
         reasons = conflicts(entry, landed)
         fresh = replay(state, landed)
         if reasons:
@@ -516,5 +815,10 @@ def _adopt_plateau(storage: Storage, state: DatasetState) -> DatasetState:
 
 
 def write_checkpoint(storage: Storage, state: DatasetState) -> None:
+    """Write the whole state at its version, then point the hint at it unless one is newer."""
     payload = json.dumps(state.to_json(), separators=(",", ":")).encode()
     storage.write_bytes(checkpoint_path(state.version), payload)
+    hint = _read_hint(storage)
+    if hint is None or hint["version"] < state.version:
+        header = {"version": state.version, "state": state.to_json(with_files=False)}
+        storage.write_bytes(LAST_CHECKPOINT, json.dumps(header, separators=(",", ":")).encode())

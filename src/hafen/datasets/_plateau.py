@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hafen.datasets._log import DataFile, DatasetState, IndexPart, list_versions, load_state
+from hafen.datasets._log import DataFile, DatasetState, IndexPart, load_state, log_path
 from hafen.datasets._schema import normalize_schema
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.datasets._write import file_label
@@ -140,14 +140,17 @@ def write_index_part(
 
 
 def index_table(column: str, entries: pa.Table, type_: pa.DataType) -> pa.Table:
-    """Group ``(value, label)`` rows into plateau's index layout ``(value, [labels])``."""
+    """Group ``(value, label)`` rows into plateau's index layout ``(value, [labels])``.
+
+    Entries already sorted by value (as :func:`hafen.datasets.stage_table` collects them) are
+    not sorted again; dictionary-encoded labels stay encoded (plateau reads them as strings).
+    """
     entries = entries.combine_chunks()
-    values = entries.column("value").cast(type_)
-    order = pc.sort_indices(values)
-    values = values.take(order).combine_chunks()
-    labels = entries.column("label").combine_chunks().take(order)
-    if pa.types.is_dictionary(labels.type):
-        labels = labels.dictionary_decode()
+    values = entries.column("value").cast(type_).combine_chunks()
+    labels = entries.column("label").combine_chunks()
+    if not _is_sorted(values):
+        order = pc.sort_indices(values)
+        values, labels = values.take(order), labels.take(order)
     n = len(values)
     if n == 0:
         starts = np.zeros(0, dtype=np.int32)
@@ -164,6 +167,17 @@ def index_table(column: str, entries: pa.Table, type_: pa.DataType) -> pa.Table:
             "partition": pa.ListArray.from_arrays(offsets, labels),
         }
     )
+
+
+def _is_sorted(values: pa.Array) -> bool:
+    """True when ``values`` (without nulls) never decrease; NaN counts as unsorted."""
+    n = len(values)
+    if n < 2:
+        return True
+    if values.null_count:
+        return False
+    ordered = pc.less_equal(values.slice(0, n - 1), values.slice(1))
+    return bool(pc.all(ordered).as_py())
 
 
 def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None) -> pa.Table:
@@ -200,10 +214,9 @@ def write_plateau_view(storage: Storage, state: DatasetState) -> None:
     """
     for _ in range(5):
         _write_view_once(storage, state)
-        versions = list_versions(storage)
-        if not versions or versions[-1] == state.version:
+        if not storage.exists(log_path(state.version + 1)):
             return
-        state = load_state(storage, versions=versions)
+        state = load_state(storage)
 
 
 def _write_view_once(storage: Storage, state: DatasetState) -> None:
