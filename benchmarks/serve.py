@@ -15,18 +15,21 @@ This process is the load generator, separate from both servers: an asyncio clien
 (``--client-loop``) speaking minimal HTTP/1.1 over keep-alive connections, one request in flight
 per connection (no pipelining), with pre-encoded requests. Each server is first warmed up by one
 request per store (which reads each store's file into hafen's cache, and into the page cache for
-both), then measured:
+both), then measured; each window goes on in the same sequence of keys where the server's
+previous one stopped:
 
-1. throughput: ``--concurrency`` connections sending back to back for ``--seconds``: requests/s.
-   The server's own CPU time over that window, per request, is also reported (and the load
-   generator's): on a machine shared with other work it says what a request costs when
-   wall-clock figures also include waiting for a core.
+1. throughput: ``--concurrency`` connections sending back to back for ``--seconds``, in
+   ``--rounds`` windows that alternate between the two servers (both stay up; the idle one
+   costs nothing), so that a change in the load of the shared machine weighs on both: the
+   median requests/s, and the ratio of each round. The server's own CPU time per request over
+   its windows is also reported (and the load generator's): on a machine shared with other
+   work it says what a request costs when wall-clock figures also include waiting for a core.
 2. latency at a fixed rate (open loop, ``--rate`` requests/s, default 200, or 80% of the server's
    throughput when that is lower): p50 and p99, measured from each request's scheduled time so
    that queueing counts (no coordinated omission).
 
 Lookups pick store and product uniformly at random (same seed, same sequence for both servers);
-``distinct_keys`` says how many of the throughput window's requests were a first lookup of
+``distinct_keys`` says how many of the throughput windows' requests were a first lookup of
 their key for hafen (whose answers are then cached: ``fast_path_in_process`` gives the cost of a
 first and of a repeated lookup without HTTP). Goals (issue 7): p99 under 20 ms at 200
 requests/s on 2 cores, and at least 10x the naive endpoint's throughput. Usage::
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -211,7 +215,11 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def throughput(url: str, requests: list[bytes], seconds: float, conc: int) -> float:
+async def throughput(
+    url: str, requests: list[bytes], seconds: float, conc: int, offset: int = 0
+) -> float:
+    """Requests/s of ``conc`` connections sending ``requests`` (from ``offset`` on) back to
+    back for ``seconds``."""
     host, port = _host_port(url)
     done = 0
     connections = [await Connection.open(host, port) for _ in range(conc)]
@@ -219,7 +227,7 @@ async def throughput(url: str, requests: list[bytes], seconds: float, conc: int)
 
     async def worker(k: int) -> None:
         nonlocal done
-        i = k
+        i = offset + k
         conn = connections[k]
         while time.perf_counter() < deadline:
             status = await conn.get(requests[i % len(requests)])
@@ -236,7 +244,12 @@ async def throughput(url: str, requests: list[bytes], seconds: float, conc: int)
 
 
 async def open_loop(
-    url: str, requests: list[bytes], rate: float, seconds: float, connections: int
+    url: str,
+    requests: list[bytes],
+    rate: float,
+    seconds: float,
+    connections: int,
+    offset: int = 0,
 ) -> dict[str, float]:
     """Requests sent at ``rate`` per second over a pool of ``connections`` keep-alive ones;
     a request waiting for a free connection counts as waiting (latency from its schedule)."""
@@ -253,7 +266,7 @@ async def open_loop(
         nonlocal errors
         conn = await pool.get()
         try:
-            if await conn.get(requests[i % len(requests)]) != 200:
+            if await conn.get(requests[(offset + i) % len(requests)]) != 200:
                 errors += 1
         finally:
             pool.put_nowait(conn)
@@ -306,43 +319,64 @@ def run(coro: Any, loop: str) -> Any:
     return asyncio.run(coro)
 
 
-def measure(
-    name: str,
-    url: str,
-    pid: int,
-    keys: list[tuple[int, int]],
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    host, _ = _host_port(url)
-    requests = requests_for(host, keys)
-    # warm up: every store once (its file for hafen, the page cache for both)
-    warm = requests_for(host, [(s, 1) for s in range(1, args.stores + 1)])
-    run(throughput(url, warm, 0.5, 1), args.client_loop)
-    cpu, client_cpu = _cpu(pid), time.process_time()
+@dataclasses.dataclass
+class Server:
+    name: str
+    url: str
+    pid: int
+    requests: list[bytes]
+    sent: int = 0  # requests sent so far: the next window goes on from there in the sequence
+    windows: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+def window(server: Server, args: argparse.Namespace) -> None:
+    """One throughput window: requests/s, and server and load generator CPU per request."""
+    cpu, client_cpu = _cpu(server.pid), time.process_time()
     began = time.perf_counter()
-    rps = run(throughput(url, requests, args.seconds, args.concurrency), args.client_loop)
+    coro = throughput(server.url, server.requests, args.seconds, args.concurrency, server.sent)
+    rps = run(coro, args.client_loop)
     sent = round(rps * (time.perf_counter() - began))
-    cpu_ms = (_cpu(pid) - cpu) * 1000 / max(sent, 1)
-    client_ms = (time.process_time() - client_cpu) * 1000 / max(sent, 1)
+    server.sent += sent
+    server.windows.append(
+        {
+            "rps": round(rps, 1),
+            "requests": sent,
+            "server_cpu_ms": round((_cpu(server.pid) - cpu) * 1000, 1),
+            "client_cpu_ms": round((time.process_time() - client_cpu) * 1000, 1),
+        }
+    )
+    print(json.dumps({"server": server.name, **server.windows[-1]}), flush=True)
+
+
+def summarize(
+    server: Server, keys: list[tuple[int, int]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Median throughput over the windows, CPU per request over all of them, then latency."""
+    total = sum(w["requests"] for w in server.windows)
+    cpu_ms = sum(w["server_cpu_ms"] for w in server.windows) / max(total, 1)
+    client_ms = sum(w["client_cpu_ms"] for w in server.windows) / max(total, 1)
+    rps = float(np.median([w["rps"] for w in server.windows]))
     rate = min(args.rate, 0.8 * rps)
     latency = run(
-        open_loop(url, requests, rate, args.seconds, 2 * args.concurrency), args.client_loop
+        open_loop(
+            server.url, server.requests, rate, args.seconds, 2 * args.concurrency, server.sent
+        ),
+        args.client_loop,
     )
-    result = {
-        "server": name,
-        "stack": stack(pid),
+    return {
+        "server": server.name,
+        "stack": stack(server.pid),
         "throughput_rps": round(rps, 1),
-        "requests": sent,
-        # distinct (store, product) among them: the share of first lookups of a key
-        "distinct_keys": len(set(keys[: min(sent, len(keys))])),
+        "throughput_rps_per_window": [w["rps"] for w in server.windows],
+        "requests": total,
+        # distinct (store, product) among them: how many were a first lookup of their key
+        "distinct_keys": len(set(keys[: min(total, len(keys))])),
         # CPU the server spent per request: what it would cost on a core of its own
         "server_cpu_ms_per_request": round(cpu_ms, 3),
         "requests_per_server_cpu_second": round(1000 / cpu_ms, 1) if cpu_ms else None,
         "client_cpu_ms_per_request": round(client_ms, 3),
         "latency": latency,
     }
-    print(json.dumps(result), flush=True)
-    return result
 
 
 def in_process(root: Path, keys: list[tuple[int, int]]) -> dict[str, float]:
@@ -379,6 +413,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
+        "--rounds", type=int, default=3, help="throughput windows per server, alternating"
+    )
+    parser.add_argument(
         "--client-loop",
         choices=["uvloop", "asyncio"],
         default="uvloop",
@@ -390,7 +427,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hafen-bench-serve-"))
     rng = random.Random(0)
     keys = [(rng.randint(1, args.stores), rng.randint(1, args.products)) for _ in range(100_000)]
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
     load_before = os.getloadavg()[0]
     try:
         build(root, args.stores, args.products)
@@ -402,15 +439,26 @@ def main() -> None:
             "--port",
             str(hafen_port),
         ]
-        procs.append(start(hafen_cmd, hafen_port))
-        url = f"http://127.0.0.1:{hafen_port}"
-        results = [measure("hafen", url, procs[-1].pid, keys, args)]
-        stop(procs.pop())
         naive_cmd = [sys.executable, "-c", NAIVE_APP, str(root), str(naive_port)]
-        procs.append(start(naive_cmd, naive_port))
-        url = f"http://127.0.0.1:{naive_port}"
-        results.append(measure("naive", url, procs[-1].pid, keys, args))
-        stop(procs.pop())
+        servers = []
+        for name, cmd, port in [("hafen", hafen_cmd, hafen_port), ("naive", naive_cmd, naive_port)]:
+            procs.append(start(cmd, port))
+            url = f"http://127.0.0.1:{port}"
+            server = Server(name, url, procs[-1].pid, requests_for("127.0.0.1", keys))
+            # warm up: every store once (its file for hafen, the page cache for both)
+            warm = requests_for("127.0.0.1", [(s, 1) for s in range(1, args.stores + 1)])
+            run(throughput(url, warm, 0.5, 1), args.client_loop)
+            servers.append(server)
+        # windows alternate between the servers, so that a change in the machine's load
+        # (it is shared) weighs on both
+        for _ in range(args.rounds):
+            for server in servers:
+                window(server, args)
+        results = [summarize(server, keys, args) for server in servers]
+        for result in results:
+            print(json.dumps(result), flush=True)
+        while procs:
+            stop(procs.pop())
         fast_path = in_process(root, keys)
     finally:
         for proc in procs:
@@ -420,13 +468,20 @@ def main() -> None:
     hafen_r, naive_r = results
     ratio = hafen_r["throughput_rps"] / naive_r["throughput_rps"]
     cpu_ratio = naive_r["server_cpu_ms_per_request"] / hafen_r["server_cpu_ms_per_request"]
+    per_window = [
+        round(h / n, 1)
+        for h, n in zip(
+            hafen_r["throughput_rps_per_window"], naive_r["throughput_rps_per_window"], strict=True
+        )
+    ]
     summary = {
         "size": {"stores": args.stores, "products": args.products},
         # 1-minute load average before and after: the machine is shared
         "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "results": results,
         "fast_path_in_process": fast_path,
-        "throughput_ratio": round(ratio, 1),
+        "throughput_ratio": round(ratio, 1),  # of the medians
+        "throughput_ratio_per_round": per_window,
         "cpu_per_request_ratio": round(cpu_ratio, 1),
         "goal_p99_under_20ms_at_200rps": hafen_r["latency"]["rate"] >= 200
         and hafen_r["latency"]["p99_ms"] < 20,
