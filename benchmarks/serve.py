@@ -426,7 +426,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="hafen-bench-serve-"))
     rng = random.Random(0)
-    keys = [(rng.randint(1, args.stores), rng.randint(1, args.products)) for _ in range(100_000)]
+    keys = [(rng.randint(1, args.stores), rng.randint(1, args.products)) for _ in range(200_000)]
     procs: list[subprocess.Popen[bytes]] = []
     load_before = os.getloadavg()[0]
     try:
