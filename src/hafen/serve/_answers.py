@@ -243,7 +243,8 @@ class ForecastBodies:
             if prepared is not None:
                 self._prepared.move_to_end(key)
                 return prepared
-        prepared = self._build(self.lookup.table(ds, f, self.columns))
+        # the prepared arrays are this file's cached form: the Arrow table is not kept twice
+        prepared = self._build(self.lookup.table(ds, f, self.columns, keep=False))
         with self._lock:
             if key not in self._prepared:
                 self._prepared[key] = prepared

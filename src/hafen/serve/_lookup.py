@@ -75,8 +75,12 @@ class Lookup:
             files = self._files(ds, [*conjunction, (key[0], "==", key[1])])
         return files
 
-    def table(self, ds: Dataset, f: Any, columns: Sequence[str]) -> pa.Table:
-        """``columns`` of data file ``f`` of ``ds``, decoded once (least recently used out)."""
+    def table(self, ds: Dataset, f: Any, columns: Sequence[str], *, keep: bool = True) -> pa.Table:
+        """``columns`` of data file ``f`` of ``ds``, decoded once (least recently used out).
+
+        With ``keep=False`` a table read from storage is not cached (for a caller that keeps
+        its own form of it); one already cached is still used.
+        """
         key = (ds.url + "/" + f.path, ",".join(columns))
         with self._lock:
             table = self._tables.get(key)
@@ -85,6 +89,8 @@ class Lookup:
                 return table
         table = ds.read_arrow(columns=list(columns), files=[f])
         self.reads += 1
+        if not keep:
+            return table
         with self._lock:
             if key not in self._tables:
                 self._tables[key] = table
