@@ -18,12 +18,14 @@ day is missing, the week before, up to four weeks back, else 0).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 __all__ = [
     "HOLDOUT",
@@ -78,12 +80,22 @@ class ModelParams:
 class StoreForecast:
     """What one store's task returns: forecasts of the horizon and held-out error sums."""
 
-    forecasts: pd.DataFrame  # store_id, product_id, date, forecast, baseline
+    forecasts: pd.DataFrame  # store_id, product_id, date (Arrow date32), forecast, baseline
     metrics: dict[str, Any]
 
 
 def as_days(values: Any) -> np.ndarray:
-    """Dates given as strings, ``date`` objects or timestamps, as ``datetime64[D]``."""
+    """Dates given as strings, ``date`` objects or timestamps, as ``datetime64[D]``.
+
+    Arrow dates, ``date`` objects, ISO day strings and timestamps are converted by Arrow (no
+    Python object per value); anything else (strings with a time part) by pandas.
+    """
+    with contextlib.suppress(pa.ArrowException):
+        array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
+        if not pa.types.is_null(array.type) and array.null_count == 0:
+            if not pa.types.is_date32(array.type):
+                array = array.cast(pa.date32())
+            return np.asarray(array.to_numpy(zero_copy_only=False), dtype="datetime64[D]")
     series = pd.Series(values)
     if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
         series = pd.to_datetime(series.astype(str), format="ISO8601")
@@ -228,7 +240,41 @@ def forecast_store(
         ``horizon`` rows per product, and the absolute errors of model and baseline on the
         ``holdout`` window, with the sum of actual sales there.
     """
-    params = params or ModelParams()
+    import sklearn.ensemble  # noqa: F401 - loads OpenMP first: the limit applies to loaded libraries
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    # one OpenMP thread: the parallelism is one task per Dask thread. Nannies already set
+    # OMP_NUM_THREADS=1 in worker processes, but threads of an in-process cluster or of workers
+    # started otherwise would each start one OpenMP thread per core, and on a busy machine
+    # OpenMP's waiting threads made a fit about 4 times slower
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return _forecast_store(
+            history,
+            store_id=store_id,
+            products=products,
+            promotions=promotions,
+            holidays=holidays,
+            first_day=first_day,
+            last_day=last_day,
+            horizon=horizon,
+            holdout=holdout,
+            params=params or ModelParams(),
+        )
+
+
+def _forecast_store(
+    history: pd.DataFrame,
+    *,
+    store_id: int,
+    products: pd.DataFrame,
+    promotions: pd.DataFrame,
+    holidays: pd.DataFrame,
+    first_day: dt.date,
+    last_day: dt.date,
+    horizon: int,
+    holdout: int,
+    params: ModelParams,
+) -> StoreForecast:
     products = products.sort_values("product_id").reset_index(drop=True)
     product_ids = products["product_id"].to_numpy(dtype=np.int64)
     n_hist = (last_day - first_day).days + 1
@@ -277,9 +323,16 @@ def forecast_store(
     baseline[:, cut:n_hist] = seasonal_naive(y, cut - 1, holdout)
     naive = seasonal_naive(y, n_hist - 1, horizon)
     model = _fit(_matrix(grid, train), y[train], params) if train.sum() >= MIN_TRAIN_ROWS else None
+    future = t >= n_hist
     predicted = np.full(y.shape, np.nan)
-    # too little history to learn from: the model is the baseline (said in the metrics)
-    predicted[held] = model.predict(_matrix(grid, held)) if model else baseline[held]
+    if model is None:
+        # too little history to learn from: the model is the baseline (said in the metrics)
+        predicted[held] = baseline[held]
+    else:
+        # the held-out window and the future in one call (one pass of sklearn's preprocessing);
+        # with refit, the future is predicted again below by the refitted model
+        scored = held | future
+        predicted[scored] = model.predict(_matrix(grid, scored))
     actual = y[held]
     metrics = {
         "store_id": int(store_id),
@@ -293,22 +346,21 @@ def forecast_store(
 
     # 2. the future: its features only use history (lags >= 28), so the evaluated model can
     # forecast it as is; with refit, retrain on all history first
-    future = t >= n_hist
     if params.refit and model is not None:
         train = observed & (t >= first_train)
         model = _fit(_matrix(grid, train), y[train], params)
-    if model is None:
-        forecast = naive
-    else:
-        forecast = model.predict(_matrix(grid, future)).reshape(len(product_ids), horizon)
+        predicted[future] = model.predict(_matrix(grid, future))
+    forecast = naive if model is None else predicted[:, n_hist:]
     frame = pd.DataFrame(
         {
             "store_id": np.full(forecast.size, store_id, dtype=np.int64),
             "product_id": np.repeat(product_ids, horizon),
-            "date": np.tile(days[n_hist:], len(product_ids)),
+            # Arrow dates: no Python object per row
+            "date": pd.arrays.ArrowExtensionArray(
+                pa.array(np.tile(days[n_hist:], len(product_ids)), type=pa.date32())
+            ),
             "forecast": np.round(np.clip(forecast, 0, None), 4).ravel(),
             "baseline": naive.ravel(),
         }
     )
-    frame["date"] = frame["date"].astype("datetime64[s]").dt.date
     return StoreForecast(frame, metrics)
