@@ -11,7 +11,9 @@ version never changes and a data file is never rewritten:
 - the decoded columns of each file (bounded by :data:`DEFAULT_CACHE_BYTES`, least recently used
   out first), so a popular store's file is read from storage once.
 
-A new version has new file lists; files it shares with the previous version stay cached.
+A new version has new file lists; files it shares with the previous version stay cached. (The
+fast path of the point lookup keeps its own, prepared form of a file instead: see
+:mod:`hafen.serve._answers`.)
 """
 
 from __future__ import annotations
