@@ -117,3 +117,24 @@ def test_one_thread_keeps_order_too(url):
         for f in staged.files:
             product = pq.read_table(storage.full(f.path), columns=["product"]).column(0)
             assert product.to_pylist() == sorted(product.to_pylist())
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([3, -2, None, 3, 7, -2, None, 0], pa.int64()),
+        pa.array([2**64 - 1, 2**64 - 3, 5, None, 2**64 - 1, 0, 1, 1], pa.uint64()),
+        pa.array([1, 2, 3, 4, 5, 6, 7, 2**40], pa.int64()),  # too wide for the bitmap
+        pa.array([250, 0, 7, 7, 250, None, 1, 2], pa.uint8()),
+    ],
+)
+def test_distinct_pairs_of_integers(values, url):
+    from hafen.datasets._write import _distinct_pairs
+
+    codes = np.array([0, 1, 1, 1, 0, 2, 2, 0], dtype=np.int64)
+    got_values, got_codes = _distinct_pairs(pa.chunked_array([values]), codes, 3)
+    pairs = {(v, int(c)) for v, c in zip(values.to_pylist(), codes, strict=True) if v is not None}
+    want = sorted(pairs)
+    assert list(zip(got_values.to_pylist(), got_codes.tolist(), strict=True)) == want
+    assert got_values.type == values.type

@@ -14,6 +14,7 @@ import datetime as dt
 import math
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,9 +289,16 @@ def stage_table(
         )
     else:
         codes, labels, data = np.zeros(table.num_rows, dtype=np.int64), [""], table
-    written = _write_partitioned(
-        storage, data, bool(partition_on), max_rows_per_file, row_group_size, max_workers
-    )
+    # the index's distinct (value, partition) pairs are found while Arrow writes the files
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pairs = {
+            column: pool.submit(_distinct_pairs, table.column(column), codes, len(labels))
+            for column in indices
+        }
+        written = _write_partitioned(
+            storage, data, bool(partition_on), max_rows_per_file, row_group_size, max_workers
+        )
+        found = {column: future.result() for column, future in pairs.items()}
     file_schema = table.drop_columns(partition_on).schema
     code_of = {label: code for code, label in enumerate(labels)}
     staged = StagedWrite(schema=table.schema)
@@ -302,9 +310,7 @@ def stage_table(
         )
         files_of.setdefault(code_of[label], []).append(path)
     staged.index_entries = {
-        column: _collect_index_entries(
-            storage, table.column(column), column, codes, len(labels), files_of
-        )
+        column: _index_entries_of(storage, column, *found[column], len(labels), files_of)
         for column in indices
     }
     return staged
@@ -367,11 +373,11 @@ def _write_partitioned(
     return written
 
 
-def _collect_index_entries(
+def _index_entries_of(
     storage: Storage,
-    column: pa.ChunkedArray,
     name: str,
-    codes: np.ndarray,
+    values: pa.Array,
+    pair_codes: np.ndarray,
     num_codes: int,
     files_of: dict[int, list[str]],
 ) -> pa.Table:
@@ -380,7 +386,6 @@ def _collect_index_entries(
     A partition written as one file gets its entries from the distinct (value, partition)
     pairs of the table; a partition split into several files reads its files' values back.
     """
-    values, pair_codes = _distinct_pairs(column, codes, num_codes)
     single = {code: paths[0] for code, paths in files_of.items() if len(paths) == 1}
     file_labels = [file_label(path) for path in single.values()]
     position = np.full(num_codes, -1, dtype=np.int32)
@@ -419,6 +424,10 @@ def _distinct_pairs(
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_integer(array.type):
+        found = _distinct_int_pairs(array, codes, num_codes)
+        if found is not None:
+            return found
     encoded = pc.dictionary_encode(array)
     dictionary = encoded.dictionary
     order = pc.sort_indices(dictionary).to_numpy()
@@ -563,3 +572,24 @@ def _summary(part: pa.Table, indices: Sequence[str]) -> dict[str, Any]:
             values = values.cast(values.type.value_type)
         index[column] = values
     return {"stats": column_stats(part), "index": index}
+
+
+def _distinct_int_pairs(
+    array: pa.Array, codes: np.ndarray, num_codes: int
+) -> tuple[pa.Array, np.ndarray] | None:
+    """:func:`_distinct_pairs` of integers spanning a small range: offsets from the minimum are
+    the ranks, so nothing is hashed or sorted. None when the range is too wide for a bitmap."""
+    bounds = pc.min_max(array)
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    if lo is None or (hi - lo + 1) * num_codes > _BITMAP_CELLS:
+        return None
+    if array.null_count:
+        valid = pc.is_valid(array).to_numpy(zero_copy_only=False)
+        array, codes = array.filter(pa.array(valid)), codes[valid]
+    ints = array.to_numpy()
+    offsets = (ints - np.array(lo, dtype=ints.dtype)).astype(np.int64)
+    seen = np.zeros((hi - lo + 1) * num_codes, dtype=bool)
+    seen[offsets * num_codes + codes] = True
+    offset, pair_codes = np.divmod(np.flatnonzero(seen), num_codes)
+    values = (offset.astype(ints.dtype) + np.array(lo, dtype=ints.dtype)).astype(ints.dtype)
+    return pa.array(values, type=array.type), pair_codes
