@@ -110,3 +110,38 @@ def test_any_sqlalchemy_url(tmp_path):
         qa = a.execute("SELECT SUM(qty), COUNT(*) FROM sales").fetchone()
         qb = b.execute("SELECT SUM(qty), COUNT(*) FROM sales").fetchone()
     assert qa == qb and qa[1] == info.rows["sales"]
+
+
+def _typed_dump(path) -> dict[str, list[tuple[object, ...]]]:
+    """Every table's rows with the SQLite storage class of each value (text dates stay text)."""
+    out = {}
+    with sqlite3.connect(path) as conn:
+        for table in ("stores", "products", "holidays", "promotions", "sales", "synth_meta"):
+            cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            types = ", ".join(f"typeof({c})" for c in cols)
+            out[table] = conn.execute(
+                f"SELECT {', '.join(cols)}, {types} FROM {table} ORDER BY 1"
+            ).fetchall()
+    return out
+
+
+def test_bulk_ingest_writes_the_same_database_as_row_inserts(small, tmp_path, monkeypatch):
+    """SQLite files are written through ADBC (Arrow batches); the values and their storage
+    classes are those the row-by-row inserts write (the fallback without the driver)."""
+    path, _, _ = small
+    calls: list[str] = []
+    real = synth.Database.ingest
+
+    def ingest(self, table, data):
+        calls.append(table)
+        return real(self, table, data)
+
+    monkeypatch.setattr(synth.Database, "ingest", ingest)
+    bulk = tmp_path / "bulk.sqlite"
+    synth.generate(bulk, stores=3, products=30, days=400, seed=1)
+    assert "sales" in calls
+    monkeypatch.setattr(synth.Database, "ingest", lambda self, table, data: False)
+    rows = tmp_path / "rows.sqlite"
+    synth.generate(rows, stores=3, products=30, days=400, seed=1)
+    assert _typed_dump(bulk) == _typed_dump(rows)
+    assert _typed_dump(bulk) == _typed_dump(path)

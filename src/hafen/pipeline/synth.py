@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from hafen.errors import ConfigError, SQLError
 
@@ -142,7 +143,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         path = _sqlite_path(url)
+        self._path = path
         self._sqlite = sqlite3.connect(path) if path is not None else None
+        self._adbc: Any = None  # SQLite's ADBC connection for bulk inserts, once one is made
         self._sa: Any = None
         if self._sqlite is None:
             import sqlalchemy
@@ -174,10 +177,36 @@ class Database:
         stmt = sqlalchemy.text(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})")
         self._sa.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
 
+    def ingest(self, table: str, data: pa.Table) -> bool:
+        """Append ``data`` to ``table`` through SQLite's ADBC driver (Arrow, no Python rows).
+
+        Returns False, having done nothing, when that is not possible (another database, or no
+        ``adbc-driver-sqlite``): the caller then inserts rows. Once used, every insert must come
+        this way until :meth:`commit`: the two connections cannot both hold a write.
+        """
+        if self._path is None:
+            return False
+        if self._adbc is None:
+            try:
+                import adbc_driver_sqlite.dbapi as adbc_sqlite
+            except ImportError:
+                return False
+            self._adbc = adbc_sqlite.connect(self._path)
+        cursor = self._adbc.cursor()
+        try:
+            cursor.adbc_ingest(table, data, mode="append")
+        finally:
+            cursor.close()
+        return True
+
     def commit(self) -> None:
+        if self._adbc is not None:
+            self._adbc.commit()
         (self._sqlite or self._sa).commit()
 
     def close(self) -> None:
+        if self._adbc is not None:
+            self._adbc.close()
         (self._sqlite or self._sa).close()
 
 
@@ -504,6 +533,8 @@ def _create_tables(db: Database, *, replace: bool) -> None:
 def _insert(db: Database, table: str, frame: pd.DataFrame) -> None:
     if frame.empty:
         return
+    if db.ingest(table, _as_arrow(frame)):
+        return
     columns = []
     for name in frame.columns:
         col = frame[name]
@@ -515,6 +546,23 @@ def _insert(db: Database, table: str, frame: pd.DataFrame) -> None:
         else:
             columns.append(col.tolist())
     db.insert(table, list(frame.columns), list(zip(*columns, strict=True)))
+
+
+def _as_arrow(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` with the values :func:`_insert` gives the database: dates as ISO text."""
+    arrays = []
+    for name in frame.columns:
+        col = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(col.dtype):
+            array = pa.array(col.to_numpy(dtype="datetime64[D]")).cast(pa.string())
+        elif col.dtype == object and len(col) and isinstance(col.iloc[0], dt.date):
+            array = pa.array(col, type=pa.date32()).cast(pa.string())
+        else:
+            array = pa.array(col)
+            if pa.types.is_large_string(array.type):
+                array = array.cast(pa.string())
+        arrays.append(array)
+    return pa.table(arrays, names=[str(c) for c in frame.columns])
 
 
 def read_meta(url: str | os.PathLike[str]) -> dict[str, Any] | None:
