@@ -14,6 +14,9 @@ figure at 10x (``--scale``, stores multiplied) over the anchor's. Usage::
 
     .venv/bin/python benchmarks/pipeline.py                # default size, then 10x
     .venv/bin/python benchmarks/pipeline.py --scale 10 --stores 10 --products 100 --days 730
+    # issue 7's size, 500 stores x 2000 products, against 5 stores of the same shape:
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --stores 5 --products 2000 --days 120 \
+        --scale 100 --out /tmp/bench_pipeline_500.json
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,28 +39,69 @@ def _hafen() -> str:
     return str(Path(sys.executable).with_name("hafen"))
 
 
+class LoadSampler:
+    """The 1-minute load average every ``interval`` seconds while a run lasts (other work on a
+    shared machine shows there, and a before/after pair misses what happened in between)."""
+
+    def __init__(self, interval: float = 15.0) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        values = self.samples or [os.getloadavg()[0]]
+        return {
+            "min": round(min(values), 1),
+            "mean": round(sum(values) / len(values), 1),
+            "max": round(max(values), 1),
+        }
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
 def run_demo(workdir: Path, stores: int, products: int, days: int) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
+    started = _utc()
+    sampler = LoadSampler()
     began = time.perf_counter()
-    done = subprocess.run(
-        [
-            _hafen(),
-            "demo",
-            "--workdir",
-            str(workdir),
-            "--stores",
-            str(stores),
-            "--products",
-            str(products),
-            "--days",
-            str(days),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    with sampler:
+        done = subprocess.run(
+            [
+                _hafen(),
+                "demo",
+                "--workdir",
+                str(workdir),
+                "--stores",
+                str(stores),
+                "--products",
+                str(products),
+                "--days",
+                str(days),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -68,8 +113,11 @@ def run_demo(workdir: Path, stores: int, products: int, days: int) -> dict[str, 
         "cpu_seconds": round(
             (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1
         ),
+        "utc": [started, _utc()],
         "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "load_average_during": sampler.summary(),
         "synth_seconds": summary["synth_seconds"],
+        "total_stage_seconds": summary["total_seconds"],
         "stages": {
             s["name"]: {"rows": s["rows"], "seconds": s["seconds"]} for s in summary["stages"]
         },
@@ -87,9 +135,14 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--scale", type=int, default=10, help="stores multiplier; 1 to skip")
     parser.add_argument("--out", default=None, help="also write the results here (JSON)")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="make the work folders here (default: a temporary folder); removed after each run",
+    )
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="hafen-bench-pipeline-"))
+    base = Path(tempfile.mkdtemp(prefix="hafen-bench-pipeline-", dir=args.workdir))
     results = []
     try:
         sizes = [1] if args.scale == 1 else [1, args.scale]
