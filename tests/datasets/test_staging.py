@@ -109,14 +109,16 @@ def test_unpartitioned_and_empty_tables(url):
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-def test_one_thread_keeps_order_too(url):
-    table = odd_table(500).sort_by("product")
+def test_rows_keep_their_order_within_a_partition(url):
+    n = 200_000
+    table = pa.table({"k": np.arange(n) % 3, "seq": np.arange(n)})
+    table = pa.concat_tables(table.slice(i, 2000) for i in range(0, n, 2000))  # 100 batches
     storage = storage_for(url)
     for workers in (1, None):
-        staged = stage_table(storage, table, partition_on=["region"], max_workers=workers)
+        staged = stage_table(storage, table, partition_on=["k"], max_workers=workers)
         for f in staged.files:
-            product = pq.read_table(storage.full(f.path), columns=["product"]).column(0)
-            assert product.to_pylist() == sorted(product.to_pylist())
+            seq = pq.read_table(storage.full(f.path), columns=["seq"]).column(0).to_numpy()
+            assert (np.diff(seq) > 0).all()
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -138,3 +140,21 @@ def test_distinct_pairs_of_integers(values, url):
     want = sorted(pairs)
     assert list(zip(got_values.to_pylist(), got_codes.tolist(), strict=True)) == want
     assert got_values.type == values.type
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_more_partitions_than_arrow_keeps_open(url):
+    n = 1100  # above Arrow's default max_partitions and max_open_files (1024)
+    table = pa.table(
+        {"k": np.arange(2 * n) % n, "v": np.arange(2 * n) % 7, "seq": np.arange(2 * n)}
+    )
+    table = pa.concat_tables([table.slice(0, n), table.slice(n)])  # two batches
+    storage = storage_for(url)
+    staged = stage_table(storage, table, partition_on=["k"], indices=["v"])
+    assert len({f.partition for f in staged.files}) == n
+    assert len(staged.files) > n  # Arrow closed files to stay under 1024 open: read back
+    assert sum(f.num_rows for f in staged.files) == 2 * n
+    ds = commit_staged(url, [staged], mode="create", partition_on=["k"], indices=["v"])
+    assert ds.read_arrow().sort_by("seq").column("v").to_pylist() == table.column("v").to_pylist()
+    holding = {f.path for f in ds.files() if 3 in ds.read_arrow(files=[f]).column("v").to_pylist()}
+    assert {f.path for f in ds.files([[("v", "==", 3)]])} == holding

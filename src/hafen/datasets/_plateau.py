@@ -136,7 +136,8 @@ def write_index_part(
     with map_storage_errors(full):
         if storage.protocol == "file":
             storage.arrow_filesystem.create_dir(full.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, full, filesystem=storage.arrow_filesystem)
+        # statistics of the value column only: those of millions of labels cost time, prune nothing
+        pq.write_table(table, full, filesystem=storage.arrow_filesystem, write_statistics=[column])
 
 
 def index_table(column: str, entries: pa.Table, type_: pa.DataType) -> pa.Table:

@@ -296,7 +296,12 @@ def stage_table(
             for column in indices
         }
         written = _write_partitioned(
-            storage, data, bool(partition_on), max_rows_per_file, row_group_size, max_workers
+            storage,
+            data,
+            len(labels) if partition_on else 0,
+            max_rows_per_file,
+            row_group_size,
+            max_workers,
         )
         found = {column: future.result() for column, future in pairs.items()}
     file_schema = table.drop_columns(partition_on).schema
@@ -329,7 +334,7 @@ def _stage_empty(storage: Storage, table: pa.Table, partition_on: list[str]) -> 
 def _write_partitioned(
     storage: Storage,
     data: pa.Table,
-    partitioned: bool,
+    num_partitions: int,
     max_rows_per_file: int,
     row_group_size: int,
     max_workers: int | None,
@@ -348,7 +353,11 @@ def _write_partitioned(
     fmt = pds.ParquetFileFormat()
     with map_storage_errors(base):
         pds.write_dataset(
-            data,
+            # whole chunks, not Arrow's default 128Ki-row slices: rows reach each file in order
+            # without serializing the work (preserve_order below covers multi-chunk tables)
+            pds.dataset(data).scanner(
+                batch_size=max(data.num_rows, 1), use_threads=max_workers != 1
+            ),
             base,
             format=fmt,
             file_options=fmt.make_write_options(compression=_COMPRESSION),
@@ -357,7 +366,7 @@ def _write_partitioned(
                 pds.DirectoryPartitioning(
                     pa.schema([data.schema.field(_LABEL_COLUMN)]), segment_encoding="none"
                 )
-                if partitioned
+                if num_partitions
                 else None
             ),
             basename_template=uuid.uuid4().hex + "-{i}.parquet",
@@ -366,7 +375,7 @@ def _write_partitioned(
             min_rows_per_group=group,
             max_rows_per_group=group,
             preserve_order=True,
-            use_threads=max_workers != 1,
+            max_partitions=max(1024, num_partitions),
             create_dir=storage.protocol == "file",
             file_visitor=visit,
         )
