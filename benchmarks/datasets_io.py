@@ -60,6 +60,17 @@ def best(fn: Callable[[], object], repeat: int, setup: Callable[[], None] | None
     return min(times)
 
 
+def interleaved(
+    contenders: dict[str, tuple[Callable[[], object], Callable[[], None] | None]], repeat: int
+) -> dict[str, float]:
+    """Best time of each contender, run in turns (a, b, c, a, b, c, ...) ``repeat`` times."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, (fn, setup) in contenders.items():
+            times[name].append(best(fn, 1, setup))
+    return {name: min(t) for name, t in times.items()}
+
+
 def remote_io(
     table: pa.Table,
     url: str,
@@ -197,48 +208,49 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
 
     # -- write --------------------------------------------------------------------------------
-    results["write"] = {
-        "hafen": best(
-            lambda: hafen.write_dataset(
-                table, str(root / "hafen"), partition_on=["part"], indices=["product_id"]
+    # in turns, so that the load of a shared machine falls on every contender alike
+    writes = interleaved(
+        {
+            "hafen": (
+                lambda: hafen.write_dataset(
+                    table, str(root / "hafen"), partition_on=["part"], indices=["product_id"]
+                ),
+                clear("hafen"),
             ),
-            args.repeat,
-            clear("hafen"),
-        ),
-        "pyarrow (tuned)": best(
-            lambda: pds.write_dataset(
-                table,
-                root / "pa_tuned",
-                format="parquet",
-                partitioning=pds.partitioning(part_schema, flavor="hive"),
-                existing_data_behavior="overwrite_or_ignore",
-                **tuned,
+            # the same work as pyarrow's: no secondary index
+            "hafen, no index": (
+                lambda: hafen.write_dataset(
+                    table, str(root / "hafen_noidx"), partition_on=["part"]
+                ),
+                clear("hafen_noidx"),
             ),
-            args.repeat,
-            clear("pa_tuned"),
-        ),
-        "pyarrow (default)": best(
-            lambda: pds.write_dataset(
-                table,
-                root / "pa_default",
-                format="parquet",
-                partitioning=pds.partitioning(part_schema, flavor="hive"),
-                existing_data_behavior="overwrite_or_ignore",
+            "pyarrow (tuned)": (
+                lambda: pds.write_dataset(
+                    table,
+                    root / "pa_tuned",
+                    format="parquet",
+                    partitioning=pds.partitioning(part_schema, flavor="hive"),
+                    existing_data_behavior="overwrite_or_ignore",
+                    **tuned,
+                ),
+                clear("pa_tuned"),
             ),
-            args.repeat,
-            clear("pa_default"),
-        ),
-    }
-    # the same work as pyarrow's: no secondary index (pyarrow's figures are the ones above)
-    results["write, no index"] = {
-        "hafen": best(
-            lambda: hafen.write_dataset(table, str(root / "hafen_noidx"), partition_on=["part"]),
-            args.repeat,
-            clear("hafen_noidx"),
-        ),
-        "pyarrow (tuned)": results["write"]["pyarrow (tuned)"],
-        "pyarrow (default)": results["write"]["pyarrow (default)"],
-    }
+            "pyarrow (default)": (
+                lambda: pds.write_dataset(
+                    table,
+                    root / "pa_default",
+                    format="parquet",
+                    partitioning=pds.partitioning(part_schema, flavor="hive"),
+                    existing_data_behavior="overwrite_or_ignore",
+                ),
+                clear("pa_default"),
+            ),
+        },
+        args.repeat,
+    )
+    anchors = {n: writes[n] for n in ("pyarrow (tuned)", "pyarrow (default)")}
+    results["write"] = {"hafen": writes["hafen"], **anchors}
+    results["write, no index"] = {"hafen": writes["hafen, no index"], **anchors}
     plateau_store = None
     if not args.no_plateau:
         from minimalkv import get_store_from_url
