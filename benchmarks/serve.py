@@ -15,8 +15,8 @@ This process is the load generator, separate from both servers: an asyncio clien
 (``--client-loop``) speaking minimal HTTP/1.1 over keep-alive connections, one request in flight
 per connection (no pipelining), with pre-encoded requests. Each server is first warmed up by one
 request per store (which reads each store's file into hafen's cache, and into the page cache for
-both), then measured; each window goes on in the same sequence of keys where the server's
-previous one stopped:
+both) and checked to answer a lookup with its 28 days, then measured; each window goes on in the
+same sequence of keys where the server's previous one stopped:
 
 1. throughput: ``--concurrency`` connections sending back to back for ``--seconds``, in
    ``--rounds`` windows that alternate between the two servers (both stay up; the idle one
@@ -208,6 +208,18 @@ def requests_for(host: str, keys: list[tuple[int, int]]) -> list[bytes]:
         f"GET /forecasts?store_id={s}&product_id={p} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
         for s, p in keys
     ]
+
+
+def check(url: str, store: int, product: int) -> None:
+    """Both servers answer a lookup with its 28 days (the load generator reads only status and
+    length)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/forecasts?store_id={store}&product_id={product}") as r:
+        rows = json.load(r)["rows"]
+    days = sorted(row["date"] for row in rows)
+    if len(rows) != 28 or days[0] != "2026-01-01" or days[-1] != "2026-01-28":
+        raise SystemExit(f"{url} answered {len(rows)} rows for ({store}, {product})")
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -448,6 +460,7 @@ def main() -> None:
             # warm up: every store once (its file for hafen, the page cache for both)
             warm = requests_for("127.0.0.1", [(s, 1) for s in range(1, args.stores + 1)])
             run(throughput(url, warm, 0.5, 1), args.client_loop)
+            check(url, *keys[0])
             servers.append(server)
         # windows alternate between the servers, so that a change in the machine's load
         # (it is shared) weighs on both
