@@ -35,13 +35,24 @@ def odd_table(n: int = 400, seed: int = 0) -> pa.Table:
     )
 
 
-def test_staged_files_match_the_split_exactly(url):
-    table = odd_table()
+def int_keys(n: int = 400) -> pa.Table:
+    """Integer partition keys (Arrow names their directories itself): negative, null, uint8."""
+    table = odd_table(n).drop_columns(["region", "day"])
+    small = pa.array(np.arange(n) % 3, pa.uint8())
+    signed = pa.array([None if i % 11 == 0 else i % 5 - 2 for i in range(n)], pa.int64())
+    return table.append_column("small", small).append_column("signed", signed)
+
+
+@pytest.mark.parametrize(
+    ("make", "keys"), [(odd_table, ["region", "day"]), (int_keys, ["small", "signed"])]
+)
+def test_staged_files_match_the_split_exactly(url, make, keys):
+    table = make()
     storage = storage_for(url)
-    staged = stage_table(storage, table, partition_on=["region", "day"], indices=["product"])
+    staged = stage_table(storage, table, partition_on=keys, indices=["product"])
     expected = {
-        hafen.datasets.partition_label(["region", "day"], values): part
-        for values, part in hafen.datasets.split_by_partition(table, ["region", "day"])
+        hafen.datasets.partition_label(keys, values): part
+        for values, part in hafen.datasets.split_by_partition(table, keys)
     }
     assert {f.partition for f in staged.files} == set(expected)
     assert sum(f.num_rows for f in staged.files) == table.num_rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.datasets._log import DataFile
-from hafen.datasets._schema import partition_label
+from hafen.datasets._schema import NULL_PARTITION, partition_label
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.errors import StorageError
 
@@ -280,30 +281,38 @@ def stage_table(
     partition_on = list(partition_on)
     if table.num_rows == 0:
         return _stage_empty(storage, table, partition_on)
-    if partition_on:
-        codes, combos = _partition_codes(table.select(partition_on))
-        labels = [partition_label(partition_on, values) for values in combos]
+    keys = table.select(partition_on)
+    coded: tuple[np.ndarray, list[str]] | None = None
+    partitioning: pds.Partitioning | None = None
+    data = table
+    if not partition_on:
+        coded = np.zeros(table.num_rows, dtype=np.int64), [""]
+    elif all(_hive_names_like_hafen(field_) for field_ in keys.schema):
+        # Arrow names these directories exactly as partition_label does: no codes to compute
+        partitioning = pds.HivePartitioning(
+            keys.schema, null_fallback=NULL_PARTITION, segment_encoding="none"
+        )
+    else:  # a dictionary column of hafen's labels becomes the directory path
+        coded = codes, labels = _codes_and_labels(keys, partition_on)
         data = table.drop_columns(partition_on).append_column(
             _LABEL_COLUMN,
             pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(labels)),
         )
-    else:
-        codes, labels, data = np.zeros(table.num_rows, dtype=np.int64), [""], table
+        partitioning = pds.DirectoryPartitioning(
+            pa.schema([data.schema.field(_LABEL_COLUMN)]), segment_encoding="none"
+        )
+
+    def index_pairs() -> tuple[list[str], dict[str, tuple[pa.Array, np.ndarray]]]:
+        codes, labels = coded or _codes_and_labels(keys, partition_on)
+        return labels, {c: _distinct_pairs(table.column(c), codes, len(labels)) for c in indices}
+
     # the index's distinct (value, partition) pairs are found while Arrow writes the files
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pairs = {
-            column: pool.submit(_distinct_pairs, table.column(column), codes, len(labels))
-            for column in indices
-        }
+        future = pool.submit(index_pairs) if indices else None
         written = _write_partitioned(
-            storage,
-            data,
-            len(labels) if partition_on else 0,
-            max_rows_per_file,
-            row_group_size,
-            max_workers,
+            storage, data, partitioning, max_rows_per_file, row_group_size, max_workers
         )
-        found = {column: future.result() for column, future in pairs.items()}
+        labels, found = future.result() if future else ([], {})
     file_schema = table.drop_columns(partition_on).schema
     code_of = {label: code for code, label in enumerate(labels)}
     staged = StagedWrite(schema=table.schema)
@@ -313,12 +322,25 @@ def stage_table(
         staged.files.append(
             DataFile(path, label, num_rows, size, -1, _file_stats(metadata, file_schema))
         )
-        files_of.setdefault(code_of[label], []).append(path)
+        if indices:
+            files_of.setdefault(code_of[label], []).append(path)
     staged.index_entries = {
         column: _index_entries_of(storage, column, *found[column], len(labels), files_of)
         for column in indices
     }
     return staged
+
+
+def _hive_names_like_hafen(field_: pa.Field) -> bool:
+    """True when Arrow's Hive directory names for this key are hafen's partition labels."""
+    return pa.types.is_integer(field_.type) and urllib.parse.quote(field_.name, safe="") == (
+        field_.name
+    )
+
+
+def _codes_and_labels(keys: pa.Table, partition_on: list[str]) -> tuple[np.ndarray, list[str]]:
+    codes, combos = _partition_codes(keys)
+    return codes, [partition_label(partition_on, values) for values in combos]
 
 
 def _stage_empty(storage: Storage, table: pa.Table, partition_on: list[str]) -> StagedWrite:
@@ -334,7 +356,7 @@ def _stage_empty(storage: Storage, table: pa.Table, partition_on: list[str]) -> 
 def _write_partitioned(
     storage: Storage,
     data: pa.Table,
-    num_partitions: int,
+    partitioning: pds.Partitioning | None,
     max_rows_per_file: int,
     row_group_size: int,
     max_workers: int | None,
@@ -362,20 +384,14 @@ def _write_partitioned(
             format=fmt,
             file_options=fmt.make_write_options(compression=_COMPRESSION),
             filesystem=storage.arrow_filesystem,
-            partitioning=(
-                pds.DirectoryPartitioning(
-                    pa.schema([data.schema.field(_LABEL_COLUMN)]), segment_encoding="none"
-                )
-                if num_partitions
-                else None
-            ),
+            partitioning=partitioning,
             basename_template=uuid.uuid4().hex + "-{i}.parquet",
             existing_data_behavior="overwrite_or_ignore",
             max_rows_per_file=max_rows_per_file,
             min_rows_per_group=group,
             max_rows_per_group=group,
             preserve_order=True,
-            max_partitions=max(1024, num_partitions),
+            max_partitions=max(1024, data.num_rows),  # Arrow's default is 1024
             create_dir=storage.protocol == "file",
             file_visitor=visit,
         )
