@@ -63,10 +63,14 @@ def best(fn: Callable[[], object], repeat: int, setup: Callable[[], None] | None
 def interleaved(
     contenders: dict[str, tuple[Callable[[], object], Callable[[], None] | None]], repeat: int
 ) -> dict[str, float]:
-    """Best time of each contender, run in turns (a, b, c, a, b, c, ...) ``repeat`` times."""
+    """Best time of each contender, run in turns ``repeat`` times, the order rotating by one
+    each round (a b c, b c a, c a b, ...), so that neither a change in the machine's load nor
+    the disk's writeback of the previous run's files falls on one contender more than another."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeat):
-        for name, (fn, setup) in contenders.items():
+    names = list(contenders)
+    for round_ in range(repeat):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            fn, setup = contenders[name]
             times[name].append(best(fn, 1, setup))
     return {name: min(t) for name, t in times.items()}
 
