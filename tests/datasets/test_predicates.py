@@ -140,3 +140,25 @@ def test_naive_timestamp_against_aware_column_is_an_error(dataset):
     _, ds = dataset
     with pytest.raises(hafen.errors.PredicateError, match="'ts'"):
         ds.read(predicates=[[("ts", ">", pd.Timestamp("2024-03-31"))]])
+
+
+@pytest.mark.parametrize("tz", [None, "Europe/Berlin"])
+@pytest.mark.parametrize("op", ["==", "!=", "<", "<=", ">", ">="])
+def test_nanosecond_timestamps_are_not_truncated(tmp_path, tz, op):
+    """A literal between two rows a few nanoseconds apart, and files pruned by statistics."""
+    base = pd.Timestamp("2024-01-01", tz=tz)
+    df = pd.DataFrame(
+        {
+            "k": [1, 1, 2, 2],
+            "ts": [base, base + pd.Timedelta(500, "ns"), base + pd.Timedelta(1, "s"), base],
+        }
+    )
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(df.iloc[:2], url, partition_on=["k"])
+    hafen.write_dataset(df.iloc[2:], url, mode="append")  # two versions: stats prune files
+    value = base + pd.Timedelta(200, "ns")
+    got = hafen.open_dataset(url).read(predicates=[[("ts", op, value)]])
+    compare = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le}
+    compare |= {">": operator.gt, ">=": operator.ge}
+    expected = df[compare[op](df["ts"], value)]
+    assert sorted(got["ts"]) == sorted(expected["ts"])

@@ -93,7 +93,8 @@ def _coerce(column: str, value: Any, type_: pa.DataType) -> Any:
                     f"{'naive' if stamp.tzinfo is None else 'time zone aware'}, the column is "
                     f"{'naive' if t.tz is None else f'in time zone {t.tz}'}"
                 )
-            return stamp.to_pydatetime() if t.tz is None else stamp.tz_convert(t.tz).to_pydatetime()
+            # a pandas Timestamp, not a datetime: it keeps nanoseconds
+            return stamp if t.tz is None else stamp.tz_convert(t.tz)
         if pa.types.is_date(t):
             if isinstance(value, dt.datetime | pd.Timestamp):
                 return pd.Timestamp(value).date()

@@ -195,7 +195,7 @@ def decode_partition_value(text: str, type_: pa.DataType) -> Any:
             stamp = pd.Timestamp(text)
             if t.tz is not None:
                 stamp = stamp.tz_localize(t.tz) if stamp.tzinfo is None else stamp.tz_convert(t.tz)
-            return stamp.to_pydatetime()
+            return stamp if stamp.nanosecond else stamp.to_pydatetime()  # keep nanoseconds
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             return text
     except ValueError as exc:
