@@ -259,3 +259,18 @@ def test_a_deleted_dataset_directory_does_not_block_a_new_one(tmp_path):
         hafen.open_dataset(url)
     ds = hafen.write_dataset(sales(10), url)
     assert ds.version == 0 and ds.num_rows == 10
+
+
+def test_a_dataset_is_not_kept_alive_by_its_caches(tmp_path):
+    import gc
+    import weakref
+
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(pd.DataFrame({"k": [1, 2], "v": [1.0, 2.0]}), url, partition_on=["k"])
+    ds = hafen.open_dataset(url)
+    assert ds.partitions() == [{"k": 1}, {"k": 2}]
+    assert len(ds.read(predicates=[[("k", "==", 1)]])) == 1
+    ref = weakref.ref(ds)
+    del ds
+    gc.collect()
+    assert ref() is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -110,6 +109,7 @@ class Dataset:
     def __init__(self, storage: Storage, state: DatasetState) -> None:
         self._storage = storage
         self._state = state
+        self._partition_cache: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -175,9 +175,12 @@ class Dataset:
         labels = sorted({f.partition for f in self._state.files.values()})
         return [self._partition_values(label) for label in labels]
 
-    @functools.cache  # noqa: B019 - a Dataset is immutable and its labels are few
     def _partition_values(self, label: str) -> dict[str, Any]:
-        return self._state.partition_values(label)
+        # per instance: a functools.cache on the method would keep every Dataset alive
+        values = self._partition_cache.get(label)
+        if values is None:
+            values = self._partition_cache[label] = self._state.partition_values(label)
+        return values
 
     # -- planning ------------------------------------------------------------------------------
 
