@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import adbc_driver_postgresql.dbapi as adbc_pg
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import hafen
@@ -70,6 +71,10 @@ def test_sqlite_million_rows_equal_select(tmp_path, client):
     assert got.column("v").equals(pa.chunked_array([pa.array(vs, pa.float64())]))
     assert got.column("s").equals(pa.chunked_array([pa.array(ss, pa.string())]))
     assert got.column("d").equals(pa.chunked_array([pa.array(ds_).cast(pa.date32())]))
+    # the driver's batches are not the files' row groups (its default is 1,024 rows)
+    for f in ds.files():
+        meta = pq.read_metadata(str(tmp_path / "ds" / f.path))
+        assert meta.num_rows == 125_000 and meta.row_group(0).num_rows >= 65_536
 
 
 @pytest.mark.slow

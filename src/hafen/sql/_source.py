@@ -182,6 +182,10 @@ def read_batches(db: DatabaseURL, conn: Any, query: str, schema: pa.Schema) -> I
             return
         cur = conn.cursor()
         try:
+            if db.dialect == "sqlite":  # the driver's default, 1,024 rows, makes tiny row groups
+                cur.adbc_statement.set_options(
+                    **{"adbc.sqlite.query.batch_rows": str(SQLITE_BATCH_ROWS)}
+                )
             cur.execute(query)
             reader = cur.fetch_record_batch()
             while True:
