@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -167,8 +168,10 @@ def write_ddf(
     from dask import delayed
 
     stage = delayed(_stage_partition, pure=False)
+    # tasks need the schema and layout, not the file list (which grows with the dataset)
+    header = None if state is None else dataclasses.replace(state, files={}, index_parts=[])
     tasks = [
-        stage(part, storage, state, layout_p, layout_i, schema_mode, schema)
+        stage(part, storage, header, layout_p, layout_i, schema_mode, schema)
         for part in ddf.to_delayed()
     ]
     staged = compute(tasks)
