@@ -163,3 +163,24 @@ def test_on_an_in_process_distributed_cluster(tmp_path, src, sales):
         ds = hafen.write_ddf(ddf, url, partition_on=["region"], indices=["store_id"])
     assert ds.version == 0 and len(ds.history()) == 1
     assert_same_rows(ds.read(), sales)
+
+
+def test_tasks_do_not_carry_the_datasets_files(tmp_path, sales, monkeypatch):
+    """A task's arguments hold the schema and layout, not a file list that grows with the data."""
+    from hafen.dask import _write
+
+    url = str(tmp_path / "ds")
+    hafen.write_ddf(_ddf(sales), url, partition_on=["store_id"])
+    assert hafen.open_dataset(url).files()
+    seen: list[int] = []
+    original = _write._stage_partition
+
+    def recording(part, storage, state, *args):
+        seen.append(len(state.files))
+        return original(part, storage, state, *args)
+
+    monkeypatch.setattr(_write, "_stage_partition", recording)
+    with dask.config.set(scheduler="sync"):
+        ds = hafen.write_ddf(_ddf(sales), url, mode="append")
+    assert ds.version == 1 and ds.num_rows == 2 * len(sales)
+    assert seen == [0, 0, 0, 0]
