@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -209,6 +210,16 @@ def main() -> None:
 
         return run
 
+    def pa_write(name: str, **options: Any) -> None:
+        pds.write_dataset(
+            table,
+            root / name,
+            format="parquet",
+            partitioning=pds.partitioning(part_schema, flavor="hive"),
+            existing_data_behavior="overwrite_or_ignore",
+            **options,
+        )
+
     results: dict[str, dict[str, float]] = {}
 
     # -- write --------------------------------------------------------------------------------
@@ -228,27 +239,8 @@ def main() -> None:
                 ),
                 clear("hafen_noidx"),
             ),
-            "pyarrow (tuned)": (
-                lambda: pds.write_dataset(
-                    table,
-                    root / "pa_tuned",
-                    format="parquet",
-                    partitioning=pds.partitioning(part_schema, flavor="hive"),
-                    existing_data_behavior="overwrite_or_ignore",
-                    **tuned,
-                ),
-                clear("pa_tuned"),
-            ),
-            "pyarrow (default)": (
-                lambda: pds.write_dataset(
-                    table,
-                    root / "pa_default",
-                    format="parquet",
-                    partitioning=pds.partitioning(part_schema, flavor="hive"),
-                    existing_data_behavior="overwrite_or_ignore",
-                ),
-                clear("pa_default"),
-            ),
+            "pyarrow (tuned)": (lambda: pa_write("pa_tuned", **tuned), clear("pa_tuned")),
+            "pyarrow (default)": (lambda: pa_write("pa_default"), clear("pa_default")),
         },
         args.repeat,
     )
