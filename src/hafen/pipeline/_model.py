@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -205,6 +207,30 @@ def _fit(x: np.ndarray, y: np.ndarray, params: ModelParams) -> _Model:
     return _Model(regressor.fit(x[:, keep], y), keep)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _one_openmp_thread(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` with OpenMP held to one thread: the parallelism is one task per Dask thread.
+
+    Nannies already set OMP_NUM_THREADS=1 in worker processes, but threads of an in-process
+    cluster or of workers started otherwise would each start one OpenMP thread per core, and on
+    a busy machine OpenMP's waiting threads made a fit about 4 times slower.
+    """
+
+    @functools.wraps(fn)
+    def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+        import sklearn.ensemble  # noqa: F401 - loads OpenMP first: limits apply to loaded libraries
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+        with threadpool_limits(limits=1, user_api="openmp"):
+            return fn(*args, **kwargs)
+
+    return limited
+
+
+@_one_openmp_thread
 def forecast_store(
     history: pd.DataFrame,
     *,
@@ -240,41 +266,7 @@ def forecast_store(
         ``horizon`` rows per product, and the absolute errors of model and baseline on the
         ``holdout`` window, with the sum of actual sales there.
     """
-    import sklearn.ensemble  # noqa: F401 - loads OpenMP first: the limit applies to loaded libraries
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
-    # one OpenMP thread: the parallelism is one task per Dask thread. Nannies already set
-    # OMP_NUM_THREADS=1 in worker processes, but threads of an in-process cluster or of workers
-    # started otherwise would each start one OpenMP thread per core, and on a busy machine
-    # OpenMP's waiting threads made a fit about 4 times slower
-    with threadpool_limits(limits=1, user_api="openmp"):
-        return _forecast_store(
-            history,
-            store_id=store_id,
-            products=products,
-            promotions=promotions,
-            holidays=holidays,
-            first_day=first_day,
-            last_day=last_day,
-            horizon=horizon,
-            holdout=holdout,
-            params=params or ModelParams(),
-        )
-
-
-def _forecast_store(
-    history: pd.DataFrame,
-    *,
-    store_id: int,
-    products: pd.DataFrame,
-    promotions: pd.DataFrame,
-    holidays: pd.DataFrame,
-    first_day: dt.date,
-    last_day: dt.date,
-    horizon: int,
-    holdout: int,
-    params: ModelParams,
-) -> StoreForecast:
+    params = params or ModelParams()
     products = products.sort_values("product_id").reset_index(drop=True)
     product_ids = products["product_id"].to_numpy(dtype=np.int64)
     n_hist = (last_day - first_day).days + 1
