@@ -140,10 +140,6 @@ class LazyFiles(MutableMapping[str, DataFile]):
         self._pending: list[tuple[str, DataFile | None]] = list(pending or [])
         self._data: dict[str, DataFile] | None = None
 
-    @property
-    def loaded(self) -> bool:
-        return self._data is not None
-
     def _files(self) -> dict[str, DataFile]:
         if self._data is None:
             data = dict(self._load_base())
