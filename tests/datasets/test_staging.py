@@ -12,6 +12,7 @@ import pytest
 
 import hafen
 from hafen.datasets import commit_staged, stage_table, storage_for
+from hafen.datasets._plateau import encode_index_part
 from hafen.datasets._write import column_stats, file_label
 
 
@@ -43,8 +44,22 @@ def int_keys(n: int = 400) -> pa.Table:
     return table.append_column("small", small).append_column("signed", signed)
 
 
+def wide_int_keys(n: int = 400) -> pa.Table:
+    """Integer keys over int8's whole range, and a pair spanning too many codes to count."""
+    table = odd_table(n).drop_columns(["region", "day"])
+    tiny = pa.array([-128 if i % 2 else 127 for i in range(n)], pa.int8())
+    far = pa.array([(i % 3) * 2**40 - 2**41 for i in range(n)], pa.int64())
+    return table.append_column("tiny", tiny).append_column("far", far)
+
+
 @pytest.mark.parametrize(
-    ("make", "keys"), [(odd_table, ["region", "day"]), (int_keys, ["small", "signed"])]
+    ("make", "keys"),
+    [
+        (odd_table, ["region", "day"]),
+        (int_keys, ["small", "signed"]),
+        (wide_int_keys, ["tiny"]),
+        (wide_int_keys, ["tiny", "far"]),
+    ],
 )
 def test_staged_files_match_the_split_exactly(url, make, keys):
     table = make()
@@ -83,6 +98,31 @@ def test_staged_files_match_the_split_exactly(url, make, keys):
     )
     assert got == want
     assert entries.column("value").to_pylist() == sorted(entries.column("value").to_pylist())
+    assert staged.encoded_indices == {}  # encoded only on request
+
+
+def test_encoded_index_is_the_file_its_entries_make(url):
+    storage = storage_for(url)
+    table = int_keys()
+    staged = stage_table(
+        storage, table, partition_on=["small"], indices=["product", "name"], encode_index=True
+    )
+    assert set(staged.encoded_indices) == {"product", "name"}
+    for column, encoded in staged.encoded_indices.items():
+        type_ = table.schema.field(column).type
+        assert encoded == encode_index_part(column, staged.index_entries[column], type_)
+    # split into several files per partition: the entries name the real files, nothing encoded
+    split = stage_table(
+        storage,
+        table,
+        partition_on=["small"],
+        indices=["product"],
+        encode_index=True,
+        max_rows_per_file=50,
+    )
+    assert split.encoded_indices == {}
+    labels = set(split.index_entries["product"].column("label").cast(pa.string()).to_pylist())
+    assert labels == {file_label(f.path) for f in split.files}
 
 
 def test_partitions_split_into_several_files_keep_exact_index_entries(url):
@@ -140,6 +180,7 @@ def test_rows_keep_their_order_within_a_partition(url):
         pa.array([2**64 - 1, 2**64 - 3, 5, None, 2**64 - 1, 0, 1, 1], pa.uint64()),
         pa.array([1, 2, 3, 4, 5, 6, 7, 2**40], pa.int64()),  # too wide for the bitmap
         pa.array([250, 0, 7, 7, 250, None, 1, 2], pa.uint8()),
+        pa.array([127, -128, 0, 127, -128, 5, None, -1], pa.int8()),  # wider than int8
     ],
 )
 def test_distinct_pairs_of_integers(values, url):

@@ -608,7 +608,9 @@ def write_dataset(
     conformed, _, layout_p, layout_i = prepare_table(
         table, state, partition_on=partition_on, indices=indices, schema_mode=schema_mode
     )
-    staged = stage_table(storage, conformed, partition_on=layout_p, indices=layout_i)
+    staged = stage_table(
+        storage, conformed, partition_on=layout_p, indices=layout_i, encode_index=True
+    )
     return commit_staged(
         storage,
         [staged],
@@ -726,7 +728,11 @@ def _write_index_parts(
         if entries is None or entries.num_rows == 0:
             continue
         path = f"_hafen/indices/{column}/{commit_id}.by-dataset-index.parquet"
-        write_index_part(storage, column, entries, schema.field(column).type, path)
+        encoded = staged.encoded_indices.get(column)
+        if encoded is not None:
+            storage.write_bytes(path, encoded)
+        else:
+            write_index_part(storage, column, entries, schema.field(column).type, path)
         parts.append(IndexPart(column, path, -1, len(staged.files)))
     return parts
 

@@ -27,7 +27,13 @@ from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.datasets._write import file_label
 from hafen.errors import CorruptMetadataError, DatasetError
 
-__all__ = ["import_plateau", "read_index_part", "write_index_part", "write_plateau_view"]
+__all__ = [
+    "encode_index_part",
+    "import_plateau",
+    "read_index_part",
+    "write_index_part",
+    "write_plateau_view",
+]
 
 METADATA_SUFFIX = ".by-dataset-metadata.json"
 TABLE = "table"
@@ -129,15 +135,17 @@ def write_index_part(
     storage: Storage, column: str, entries: pa.Table, type_: pa.DataType, path: str
 ) -> None:
     """Write index entries ``(value, label)`` as a plateau index file at ``path``."""
+    storage.write_bytes(path, encode_index_part(column, entries, type_))
+
+
+def encode_index_part(column: str, entries: pa.Table, type_: pa.DataType) -> bytes:
+    """Return the plateau index file of entries ``(value, label)``."""
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
-    table = index_table(column, entries, type_)
-    full = storage.full(path)
-    with map_storage_errors(full):
-        if storage.protocol == "file":
-            storage.arrow_filesystem.create_dir(full.rsplit("/", 1)[0], recursive=True)
-        # statistics of the value column only: those of millions of labels cost time, prune nothing
-        pq.write_table(table, full, filesystem=storage.arrow_filesystem, write_statistics=[column])
+    sink = pa.BufferOutputStream()
+    # statistics of the value column only: those of millions of labels cost time, prune nothing
+    pq.write_table(index_table(column, entries, type_), sink, write_statistics=[column])
+    return sink.getvalue().to_pybytes()
 
 
 def index_table(column: str, entries: pa.Table, type_: pa.DataType) -> pa.Table:

@@ -49,6 +49,8 @@ class StagedWrite:
     files: list[DataFile] = field(default_factory=list)
     schema: pa.Schema | None = None
     index_entries: dict[str, pa.Table] = field(default_factory=dict)  # column -> (value, label)
+    # column -> the index file of these entries, encoded, when this write is committed alone
+    encoded_indices: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -56,6 +58,12 @@ class StagedWrite:
 
     @staticmethod
     def combine(parts: Iterable[StagedWrite]) -> StagedWrite:
+        parts = list(parts)
+        if len(parts) == 1:  # committed alone: its encoded index files stay valid
+            (one,) = parts
+            return StagedWrite(
+                list(one.files), one.schema, dict(one.index_entries), dict(one.encoded_indices)
+            )
         out = StagedWrite()
         entries: dict[str, list[pa.Table]] = {}
         for part in parts:
@@ -271,22 +279,25 @@ def stage_table(
     max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE,
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     max_workers: int | None = None,
+    encode_index: bool = False,
 ) -> StagedWrite:
     """Write ``table`` (already conformed to the dataset schema) as staged files.
 
     Arrow's dataset writer splits the rows by partition and encodes the files on its own
     threads (``max_workers=1`` keeps it to one); rows keep their order within a partition.
     Each file's row count and column statistics come from the Parquet footer it wrote.
+    With ``encode_index`` the index files are also encoded, ready for a commit of this write
+    alone (:func:`hafen.datasets.write_dataset`); writes combined before their commit skip it.
     """
     partition_on = list(partition_on)
     if table.num_rows == 0:
         return _stage_empty(storage, table, partition_on)
     keys = table.select(partition_on)
-    coded: tuple[np.ndarray, list[str]] | None = None
+    coded: tuple[np.ndarray, list[str | None]] | None = None
     partitioning: pds.Partitioning | None = None
     data = table
     if not partition_on:
-        coded = np.zeros(table.num_rows, dtype=np.int64), [""]
+        coded = np.zeros(table.num_rows, dtype=np.int32), [""]
     elif all(_hive_names_like_hafen(field_) for field_ in keys.schema):
         # Arrow names these directories exactly as partition_label does: no codes to compute
         partitioning = pds.HivePartitioning(
@@ -301,34 +312,140 @@ def stage_table(
         partitioning = pds.DirectoryPartitioning(
             pa.schema([data.schema.field(_LABEL_COLUMN)]), segment_encoding="none"
         )
+    basename = uuid.uuid4().hex
 
-    def index_pairs() -> tuple[list[str], dict[str, tuple[pa.Array, np.ndarray]]]:
-        codes, labels = coded or _codes_and_labels(keys, partition_on)
-        return labels, {c: _distinct_pairs(table.column(c), codes, len(labels)) for c in indices}
+    def build_index() -> _StagedIndex:
+        codes, labels = coded or _key_codes(keys, partition_on)
+        return _StagedIndex.build(table, indices, codes, labels, basename, encode_index)
 
-    # the index's distinct (value, partition) pairs are found while Arrow writes the files
+    # the index is built (and encoded) while Arrow writes the files
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(index_pairs) if indices else None
+        future = pool.submit(build_index) if indices else None
         written = _write_partitioned(
-            storage, data, partitioning, max_rows_per_file, row_group_size, max_workers
+            storage, data, partitioning, basename, max_rows_per_file, row_group_size, max_workers
         )
-        labels, found = future.result() if future else ([], {})
+        index = future.result() if future else None
     file_schema = table.drop_columns(partition_on).schema
-    code_of = {label: code for code, label in enumerate(labels)}
     staged = StagedWrite(schema=table.schema)
-    files_of: dict[int, list[str]] = {}
     for path, num_rows, size, metadata in sorted(written):
         label = path[len("table/") :].rsplit("/", 1)[0] if partition_on else ""
         staged.files.append(
             DataFile(path, label, num_rows, size, -1, _file_stats(metadata, file_schema))
         )
-        if indices:
-            files_of.setdefault(code_of[label], []).append(path)
-    staged.index_entries = {
-        column: _index_entries_of(storage, column, *found[column], len(labels), files_of)
-        for column in indices
-    }
+    if index is not None:
+        index.complete(storage, staged)
     return staged
+
+
+@dataclass
+class _StagedIndex:
+    """The secondary-index entries of a table being staged.
+
+    They are built before the files exist, on the guess that Arrow writes each partition as the
+    single file ``<partition>/<basename>-0.parquet``; :meth:`complete` checks the guess against
+    the files written and falls back to the files' real names (reading back the values of
+    partitions split into several files) when it was wrong.
+    """
+
+    pairs: dict[str, tuple[pa.Array, np.ndarray]]  # column -> distinct (value, code) pairs
+    labels: dict[int, str]  # partition label of every code in a pair
+    num_codes: int
+    basename: str
+    entries: dict[str, pa.Table]
+    encoded: dict[str, bytes]
+
+    @classmethod
+    def build(
+        cls,
+        table: pa.Table,
+        indices: Sequence[str],
+        codes: np.ndarray,
+        labels: list[str | None],
+        basename: str,
+        encode: bool,
+    ) -> _StagedIndex:
+        from hafen.datasets._plateau import encode_index_part
+
+        pairs = {c: _distinct_pairs(table.column(c), codes, len(labels)) for c in indices}
+        present = np.zeros(len(labels), dtype=bool)
+        for _, pair_codes in pairs.values():
+            present[pair_codes] = True
+        used: dict[int, str] = {}
+        for code in np.flatnonzero(present).tolist():
+            label = labels[code]
+            assert label is not None, "a partition code without a label"
+            used[code] = label
+        guessed = {code: _file_in(label, f"{basename}-0") for code, label in used.items()}
+        entries = {
+            column: _entries(values, pair_codes, guessed, len(labels))
+            for column, (values, pair_codes) in pairs.items()
+        }
+        encoded = {}
+        if encode:
+            for column, rows in entries.items():
+                encoded[column] = encode_index_part(column, rows, table.schema.field(column).type)
+        return cls(pairs, used, len(labels), basename, entries, encoded)
+
+    def complete(self, storage: Storage, staged: StagedWrite) -> None:
+        """Set ``staged``'s index entries for the files it really holds."""
+        files_of: dict[str, list[str]] = {}
+        for f in staged.files:
+            files_of.setdefault(f.partition, []).append(f.path)
+        if all(
+            paths == [f"table/{_file_in(label, self.basename + '-0')}.parquet"]
+            for label, paths in files_of.items()
+        ):
+            staged.index_entries = self.entries
+            staged.encoded_indices = self.encoded
+            return
+        code_of = {label: code for code, label in self.labels.items()}
+        single = {
+            code_of[label]: file_label(paths[0])
+            for label, paths in files_of.items()
+            if len(paths) == 1 and label in code_of
+        }
+        staged.index_entries = {}
+        for column, (values, pair_codes) in self.pairs.items():
+            parts = [_entries(values, pair_codes, single, self.num_codes)]
+            for label, paths in files_of.items():
+                if len(paths) > 1 and label in code_of:
+                    parts.extend(_read_back_entries(storage, column, p) for p in paths)
+            schema = parts[0].schema
+            staged.index_entries[column] = pa.concat_tables(p.cast(schema) for p in parts)
+
+
+def _file_in(partition: str, name: str) -> str:
+    """The file label of file ``name`` in ``partition``."""
+    return f"{partition}/{name}" if partition else name
+
+
+def _entries(
+    values: pa.Array, pair_codes: np.ndarray, file_of: dict[int, str], num_codes: int
+) -> pa.Table:
+    """``(value, label)`` rows of the pairs whose partition code has a file in ``file_of``."""
+    position = np.full(max(num_codes, 1), -1, dtype=np.int32)
+    position[list(file_of)] = np.arange(len(file_of), dtype=np.int32)
+    label_index = position[pair_codes]
+    keep = label_index >= 0
+    if not keep.all():
+        values = values.filter(pa.array(keep))
+        label_index = label_index[keep]
+    return pa.table(
+        {
+            "value": values,
+            "label": pa.DictionaryArray.from_arrays(
+                pa.array(label_index, pa.int32()), pa.array(list(file_of.values()), pa.string())
+            ),
+        }
+    )
+
+
+def _read_back_entries(storage: Storage, column: str, path: str) -> pa.Table:
+    """``(value, label)`` rows of a written file, from its values."""
+    full = storage.full(path)
+    with map_storage_errors(full):
+        read = pq.read_table(full, columns=[column], filesystem=storage.arrow_filesystem)
+    return _index_entries(read, [column], file_label(path))[column]
 
 
 def _hive_names_like_hafen(field_: pa.Field) -> bool:
@@ -338,9 +455,60 @@ def _hive_names_like_hafen(field_: pa.Field) -> bool:
     )
 
 
-def _codes_and_labels(keys: pa.Table, partition_on: list[str]) -> tuple[np.ndarray, list[str]]:
+def _codes_and_labels(
+    keys: pa.Table, partition_on: list[str]
+) -> tuple[np.ndarray, list[str | None]]:
     codes, combos = _partition_codes(keys)
     return codes, [partition_label(partition_on, values) for values in combos]
+
+
+_MAX_KEY_CODES = 1 << 20
+
+
+def _key_codes(keys: pa.Table, partition_on: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    """Return a code per row for its partition, and the label of each code (None if unused).
+
+    Integer keys get their codes from arithmetic on the values (each key's offset from its
+    minimum, null after the maximum, in mixed radix), which is several times faster than
+    hashing them; other keys, or integers spanning too many combinations, are hashed.
+    """
+    if not all(pa.types.is_integer(t) for t in keys.schema.types):
+        return _codes_and_labels(keys, partition_on)
+    n = keys.num_rows
+    codes = np.zeros(n, dtype=np.int32)
+    digit = np.empty(n, dtype=np.int32)
+    digits: list[tuple[int, int, int]] = []  # (minimum, values, span) per key, last key first
+    radix = 1
+    for column in reversed(keys.columns):
+        bounds = pc.min_max(column)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        width = 0 if lo is None else hi - lo + 1
+        span = width + (column.null_count > 0)
+        if radix * span > _MAX_KEY_CODES:
+            return _codes_and_labels(keys, partition_on)
+        if lo is None:
+            digit.fill(0)
+        else:
+            array = column.combine_chunks()
+            filled = pc.fill_null(array, lo) if array.null_count else array
+            _offsets(filled.to_numpy(), lo, digit)
+            if array.null_count:
+                digit[pc.is_null(array).to_numpy(zero_copy_only=False)] = width
+        digit *= radix
+        codes += digit
+        digits.append((lo or 0, width, span))
+        radix *= span
+    used = np.zeros(radix, dtype=bool)
+    used[codes] = True
+    labels: list[str | None] = [None] * radix
+    for code in np.flatnonzero(used).tolist():
+        values: list[Any] = []
+        rest = code
+        for lo, width, span in digits:
+            rest, d = divmod(rest, span)
+            values.insert(0, None if d == width else lo + d)
+        labels[code] = partition_label(partition_on, tuple(values))
+    return codes, labels
 
 
 def _stage_empty(storage: Storage, table: pa.Table, partition_on: list[str]) -> StagedWrite:
@@ -357,6 +525,7 @@ def _write_partitioned(
     storage: Storage,
     data: pa.Table,
     partitioning: pds.Partitioning | None,
+    basename: str,
     max_rows_per_file: int,
     row_group_size: int,
     max_workers: int | None,
@@ -375,8 +544,9 @@ def _write_partitioned(
     fmt = pds.ParquetFileFormat()
     with map_storage_errors(base):
         pds.write_dataset(
-            # whole chunks, not Arrow's default 128Ki-row slices: rows reach each file in order
-            # without serializing the work (preserve_order below covers multi-chunk tables)
+            # whole chunks, not Arrow's default 128Ki-row slices: a single chunk reaches its
+            # files in order by itself, and preserve_order (which costs a sixth of the write)
+            # is needed only to keep several chunks in order
             pds.dataset(data).scanner(
                 batch_size=max(data.num_rows, 1), use_threads=max_workers != 1
             ),
@@ -385,61 +555,17 @@ def _write_partitioned(
             file_options=fmt.make_write_options(compression=_COMPRESSION),
             filesystem=storage.arrow_filesystem,
             partitioning=partitioning,
-            basename_template=uuid.uuid4().hex + "-{i}.parquet",
+            basename_template=basename + "-{i}.parquet",  # {i} counts files per directory
             existing_data_behavior="overwrite_or_ignore",
             max_rows_per_file=max_rows_per_file,
             min_rows_per_group=group,
             max_rows_per_group=group,
-            preserve_order=True,
+            preserve_order=len(data.to_batches()) > 1,
             max_partitions=max(1024, data.num_rows),  # Arrow's default is 1024
             create_dir=storage.protocol == "file",
             file_visitor=visit,
         )
     return written
-
-
-def _index_entries_of(
-    storage: Storage,
-    name: str,
-    values: pa.Array,
-    pair_codes: np.ndarray,
-    num_codes: int,
-    files_of: dict[int, list[str]],
-) -> pa.Table:
-    """Return the ``(value, label)`` rows of one index column, sorted by value.
-
-    A partition written as one file gets its entries from the distinct (value, partition)
-    pairs of the table; a partition split into several files reads its files' values back.
-    """
-    single = {code: paths[0] for code, paths in files_of.items() if len(paths) == 1}
-    file_labels = [file_label(path) for path in single.values()]
-    position = np.full(num_codes, -1, dtype=np.int32)
-    position[list(single)] = np.arange(len(single), dtype=np.int32)
-    label_index = position[pair_codes]
-    keep = label_index >= 0
-    if not keep.all():
-        values = values.filter(pa.array(keep))
-        label_index = label_index[keep]
-    parts = [
-        pa.table(
-            {
-                "value": values,
-                "label": pa.DictionaryArray.from_arrays(
-                    pa.array(label_index, pa.int32()), pa.array(file_labels, pa.string())
-                ),
-            }
-        )
-    ]
-    for paths in files_of.values():
-        if len(paths) > 1:
-            for path in paths:
-                full = storage.full(path)
-                with map_storage_errors(full):
-                    read = pq.read_table(full, columns=[name], filesystem=storage.arrow_filesystem)
-                parts.extend(_index_entries(read, [name], file_label(path)).values())
-    if len(parts) == 1:
-        return parts[0]
-    return pa.concat_tables(p.cast(parts[0].schema) for p in parts)
 
 
 def _distinct_pairs(
@@ -612,9 +738,24 @@ def _distinct_int_pairs(
         valid = pc.is_valid(array).to_numpy(zero_copy_only=False)
         array, codes = array.filter(pa.array(valid)), codes[valid]
     ints = array.to_numpy()
-    offsets = (ints - np.array(lo, dtype=ints.dtype)).astype(np.int64)
+    keys = np.empty(len(ints), dtype=np.int32)  # fits: the bitmap has at most 2**26 cells
+    _offsets(ints, lo, keys)
+    keys *= num_codes
+    keys += codes
     seen = np.zeros((hi - lo + 1) * num_codes, dtype=bool)
-    seen[offsets * num_codes + codes] = True
-    offset, pair_codes = np.divmod(np.flatnonzero(seen), num_codes)
-    values = (offset.astype(ints.dtype) + np.array(lo, dtype=ints.dtype)).astype(ints.dtype)
+    seen[keys] = True
+    offset, pair_codes = np.divmod(np.flatnonzero(seen).astype(np.int32), num_codes)
+    work = _work_type(ints)
+    values = (offset.astype(work) + np.array(lo, dtype=work)).astype(ints.dtype)
     return pa.array(values, type=array.type), pair_codes
+
+
+def _work_type(ints: np.ndarray) -> type[np.integer[Any]]:
+    """An integer type wide enough for ``ints`` minus its minimum."""
+    return np.uint64 if ints.dtype == np.uint64 else np.int64
+
+
+def _offsets(ints: np.ndarray, lo: int, out: np.ndarray) -> None:
+    """``ints - lo`` into ``out`` (known to be small), without overflow in ``ints``' type."""
+    work = _work_type(ints)
+    np.subtract(ints, np.array(lo, dtype=work), out=out, dtype=work, casting="unsafe")
