@@ -27,6 +27,7 @@ def test_precedence(tmp_path):
         ({}, "bogus = 1\n", "unknown settings bogus"),
         ({}, "checkpoint_interval = \n", "hafen.toml"),
         ({"HAFEN_GRACE_PERIOD": "soon"}, "", "duration"),
+        ({"HAFEN_PARQUET_DICTIONARY": "never"}, "", "parquet_dictionary must be 'auto'"),
     ],
 )
 def test_errors_name_the_setting(tmp_path, env, toml, match):

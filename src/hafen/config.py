@@ -44,6 +44,9 @@ class Settings:
     plateau_view: bool = True
     # remember each dataset's last state in this process and read only the log entries since
     state_cache: bool = True
+    # "auto": dictionary-encode a Parquet column only when a sample shows it repeats values;
+    # "always": every column, as Arrow does by default
+    parquet_dictionary: str = "auto"
     workdir: str = "hafen-demo"
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -53,6 +56,10 @@ class Settings:
         if self.commit_retries < 0:
             raise ConfigError(f"commit_retries must be >= 0, got {self.commit_retries}")
         parse_duration(self.grace_period)
+        if self.parquet_dictionary not in ("auto", "always"):
+            raise ConfigError(
+                f"parquet_dictionary must be 'auto' or 'always', got {self.parquet_dictionary!r}"
+            )
         if self.memory_budget is not None:
             parse_bytes(self.memory_budget)
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import hafen
-from hafen.datasets import commit_staged, stage_table, storage_for
+from hafen.datasets import StagingWriter, commit_staged, stage_table, storage_for
 from hafen.datasets._plateau import encode_index_part
 from hafen.datasets._write import column_stats, file_label
 
@@ -210,3 +210,65 @@ def test_more_partitions_than_arrow_keeps_open(url):
     assert ds.read_arrow().sort_by("seq").column("v").to_pylist() == table.column("v").to_pylist()
     holding = {f.path for f in ds.files() if 3 in ds.read_arrow(files=[f]).column("v").to_pylist()}
     assert {f.path for f in ds.files([[("v", "==", 3)]])} == holding
+
+
+def _dictionary_encoded(storage, path: str) -> dict[str, bool]:
+    meta = pq.ParquetFile(storage.full(path), filesystem=storage.arrow_filesystem).metadata
+    group = meta.row_group(0)
+    return {
+        group.column(i).path_in_schema: group.column(i).has_dictionary_page
+        for i in range(group.num_columns)
+    }
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_dictionary_encoding_only_where_values_repeat(url, monkeypatch):
+    n = 200_000
+    rng = np.random.default_rng(0)
+    chunks = [slice(0, 70_000), slice(70_000, n)]  # several chunks: sampled a chunk at a time
+    table = pa.table(
+        {
+            "k": np.arange(n) % 4,
+            "distinct": rng.random(n),  # a dictionary as large as the data: plain
+            "ids": rng.permutation(n),  # unique integers: plain
+            "few": rng.integers(0, 300, n),
+            "words": pa.chunked_array(
+                [pa.array(rng.choice(["fig", "pear", "plum"], n)[c]) for c in chunks]
+            ),
+            "names": pa.chunked_array(
+                [pa.array(np.char.add("n", rng.permutation(n).astype(str))[c]) for c in chunks]
+            ),
+            "cat": pa.array(np.char.add("c", (np.arange(n) % n).astype(str))).dictionary_encode(),
+        }
+    )
+    storage = storage_for(url)
+    want = {"distinct": False, "ids": False, "few": True, "words": True, "names": False}
+    want["cat"] = True  # categorical columns keep their dictionary
+    staged = stage_table(storage, table, partition_on=["k"], indices=["few"])
+    for f in staged.files:
+        assert _dictionary_encoded(storage, f.path) == want
+    # the streaming writer chooses alike, and the setting restores Arrow's default
+    with StagingWriter(storage, table.schema, partition_on=["k"]) as writer:
+        writer.write(table)
+    assert _dictionary_encoded(storage, writer.staged.files[0].path) == want
+    monkeypatch.setenv("HAFEN_PARQUET_DICTIONARY", "always")
+    staged = stage_table(storage, table, partition_on=["k"])
+    assert set(_dictionary_encoded(storage, staged.files[0].path).values()) == {True}
+    # and what is read back is the same either way
+    ds = hafen.write_dataset(table, url, partition_on=["k"], mode="overwrite")
+    assert ds.read_arrow().sort_by("ids").equals(table.select(ds.schema.names).sort_by("ids"))
+
+
+@pytest.mark.parametrize(
+    ("distinct", "sample", "total", "rows", "low", "high"),
+    [
+        (4096, 4096, 10**7, 10**5, 10**5, 10**5),  # no repeat seen: assume none
+        (100, 4096, 10**7, 10**5, 99.9, 100.1),  # every value seen
+        (3361, 4096, 10**7, 2**18, 9_500, 10_500),  # about 10,000 values
+        (40, 40, 40, 10**5, 40, 40),  # the whole column was the sample
+    ],
+)
+def test_distinct_per_group_estimate(distinct, sample, total, rows, low, high):
+    from hafen.datasets._write import _distinct_per_group
+
+    assert low <= _distinct_per_group(distinct, sample, total, rows) <= high

@@ -14,7 +14,7 @@ import datetime as dt
 import math
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
+from hafen.config import get_settings
 from hafen.datasets._log import DataFile
 from hafen.datasets._schema import NULL_PARTITION, partition_label
 from hafen.datasets._storage import Storage, map_storage_errors
@@ -125,6 +126,70 @@ def column_stats(table: pa.Table) -> dict[str, tuple[Any, Any, int]]:
     return stats
 
 
+_DICTIONARY_SAMPLE = 4096
+
+
+def dictionary_columns(table: pa.Table, rows_per_group: int) -> list[str] | bool:
+    """Return the columns of ``table`` worth dictionary-encoding in Parquet (True: all).
+
+    Arrow dictionary-encodes every column until a dictionary outgrows its page (1 MiB), so a
+    column of distinct floats gets a dictionary as large as its data, which costs time to build
+    and bytes to store. A strided sample of each column estimates how many distinct values a
+    row group of ``rows_per_group`` rows holds; the column is dictionary-encoded when that is
+    at most half of its rows. Categorical columns always are. The ``parquet_dictionary``
+    setting ``always`` (or a nested schema) keeps Arrow's default.
+    """
+    if get_settings().parquet_dictionary == "always" or any(
+        pa.types.is_nested(t) for t in table.schema.types
+    ):
+        return True
+    n = table.num_rows
+    rows = max(1, min(rows_per_group, n))
+    positions = np.linspace(0, n - 1, min(n, _DICTIONARY_SAMPLE), dtype=np.int64)
+    chosen = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_dictionary(column.type) or n == 0:
+            chosen.append(name)
+            continue
+        sample = _take_sorted(column, positions) if n > _DICTIONARY_SAMPLE else column
+        size = len(sample) - sample.null_count
+        distinct = pc.count_distinct(sample).as_py()
+        if _distinct_per_group(distinct, size, n, rows) <= rows / 2:
+            chosen.append(name)
+    return chosen
+
+
+def _take_sorted(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
+    """``column.take(positions)`` for sorted positions, a chunk at a time (a take from a
+    chunked array first concatenates its chunks)."""
+    pieces = []
+    start = 0
+    for chunk in column.chunks:
+        lo, hi = np.searchsorted(positions, [start, start + len(chunk)])
+        if hi > lo:
+            pieces.append(chunk.take(pa.array(positions[lo:hi] - start)))
+        start += len(chunk)
+    return pa.concat_arrays(pieces) if pieces else pa.array([], column.type)
+
+
+def _distinct_per_group(distinct: int, sample: int, total: int, rows: int) -> float:
+    """Expected distinct values among ``rows`` rows of a column with ``distinct`` values in a
+    sample of ``sample`` of its ``total`` rows, its values assumed spread evenly."""
+    if sample == total or sample == 0:
+        return min(distinct, rows)
+    if distinct >= sample:
+        return rows  # nothing repeated: as many as there are rows, as far as can be told
+
+    def seen(values: float, draws: float) -> float:  # distinct values among draws
+        return values * -math.expm1(-draws / values)
+
+    lo, hi = float(distinct), float(total)  # values in the column: seen(v, sample) == distinct
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if seen(mid, sample) < distinct else (lo, mid)
+    return seen(hi, rows)
+
+
 _SPLIT_ROWS = 1 << 16  # rows reordered at a time: small enough for the gather to stay in cache
 
 
@@ -199,6 +264,7 @@ def _write_file(
                 sink,
                 row_group_size=row_group_size,
                 compression=_COMPRESSION,
+                use_dictionary=dictionary_columns(table, row_group_size),
                 write_statistics=True,
             )
             return sink.tell()
@@ -293,18 +359,19 @@ def stage_table(
     if table.num_rows == 0:
         return _stage_empty(storage, table, partition_on)
     keys = table.select(partition_on)
-    coded: tuple[np.ndarray, list[str | None]] | None = None
+    coded: _Codes | None = None
     partitioning: pds.Partitioning | None = None
     data = table
     if not partition_on:
-        coded = np.zeros(table.num_rows, dtype=np.int32), [""]
+        coded = np.zeros(table.num_rows, dtype=np.int32), 1, lambda code: ""
     elif all(_hive_names_like_hafen(field_) for field_ in keys.schema):
         # Arrow names these directories exactly as partition_label does: no codes to compute
         partitioning = pds.HivePartitioning(
             keys.schema, null_fallback=NULL_PARTITION, segment_encoding="none"
         )
     else:  # a dictionary column of hafen's labels becomes the directory path
-        coded = codes, labels = _codes_and_labels(keys, partition_on)
+        coded = codes, _, label_of = _hashed_codes(keys, partition_on)
+        labels = [label_of(code) for code in range(coded[1])]
         data = table.drop_columns(partition_on).append_column(
             _LABEL_COLUMN,
             pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(labels)),
@@ -315,14 +382,22 @@ def stage_table(
     basename = uuid.uuid4().hex
 
     def build_index() -> _StagedIndex:
-        codes, labels = coded or _key_codes(keys, partition_on)
-        return _StagedIndex.build(table, indices, codes, labels, basename, encode_index)
+        return _StagedIndex.build(
+            table, indices, coded or _key_codes(keys, partition_on), basename, encode_index
+        )
 
     # the index is built (and encoded) while Arrow writes the files
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(build_index) if indices else None
         written = _write_partitioned(
-            storage, data, partitioning, basename, max_rows_per_file, row_group_size, max_workers
+            storage,
+            data,
+            partitioning,
+            basename,
+            dictionary_columns(table.drop_columns(partition_on), row_group_size),
+            max_rows_per_file,
+            row_group_size,
+            max_workers,
         )
         index = future.result() if future else None
     file_schema = table.drop_columns(partition_on).schema
@@ -359,32 +434,28 @@ class _StagedIndex:
         cls,
         table: pa.Table,
         indices: Sequence[str],
-        codes: np.ndarray,
-        labels: list[str | None],
+        coded: _Codes,
         basename: str,
         encode: bool,
     ) -> _StagedIndex:
         from hafen.datasets._plateau import encode_index_part
 
-        pairs = {c: _distinct_pairs(table.column(c), codes, len(labels)) for c in indices}
-        present = np.zeros(len(labels), dtype=bool)
+        codes, num_codes, label_of = coded
+        pairs = {c: _distinct_pairs(table.column(c), codes, num_codes) for c in indices}
+        present = np.zeros(num_codes, dtype=bool)
         for _, pair_codes in pairs.values():
             present[pair_codes] = True
-        used: dict[int, str] = {}
-        for code in np.flatnonzero(present).tolist():
-            label = labels[code]
-            assert label is not None, "a partition code without a label"
-            used[code] = label
+        used = {code: label_of(code) for code in np.flatnonzero(present).tolist()}
         guessed = {code: _file_in(label, f"{basename}-0") for code, label in used.items()}
         entries = {
-            column: _entries(values, pair_codes, guessed, len(labels))
+            column: _entries(values, pair_codes, guessed, num_codes)
             for column, (values, pair_codes) in pairs.items()
         }
         encoded = {}
         if encode:
             for column, rows in entries.items():
                 encoded[column] = encode_index_part(column, rows, table.schema.field(column).type)
-        return cls(pairs, used, len(labels), basename, entries, encoded)
+        return cls(pairs, used, num_codes, basename, entries, encoded)
 
     def complete(self, storage: Storage, staged: StagedWrite) -> None:
         """Set ``staged``'s index entries for the files it really holds."""
@@ -455,28 +526,28 @@ def _hive_names_like_hafen(field_: pa.Field) -> bool:
     )
 
 
-def _codes_and_labels(
-    keys: pa.Table, partition_on: list[str]
-) -> tuple[np.ndarray, list[str | None]]:
+# a code per row for its partition, the number of codes, and the partition label of a code
+_Codes = tuple[np.ndarray, int, Callable[[int], str]]
+
+
+def _hashed_codes(keys: pa.Table, partition_on: list[str]) -> _Codes:
     codes, combos = _partition_codes(keys)
-    return codes, [partition_label(partition_on, values) for values in combos]
+    return codes, len(combos), lambda code: partition_label(partition_on, combos[code])
 
 
 _MAX_KEY_CODES = 1 << 20
 
 
-def _key_codes(keys: pa.Table, partition_on: list[str]) -> tuple[np.ndarray, list[str | None]]:
-    """Return a code per row for its partition, and the label of each code (None if unused).
-
-    Integer keys get their codes from arithmetic on the values (each key's offset from its
-    minimum, null after the maximum, in mixed radix), which is several times faster than
-    hashing them; other keys, or integers spanning too many combinations, are hashed.
-    """
+def _key_codes(keys: pa.Table, partition_on: list[str]) -> _Codes:
+    """Return the partition codes of ``keys``: integer keys get theirs by arithmetic on the
+    values (each key's offset from its minimum, null after the maximum, in mixed radix), which
+    is several times faster than hashing them; other keys, or integers spanning too many
+    combinations, are hashed."""
     if not all(pa.types.is_integer(t) for t in keys.schema.types):
-        return _codes_and_labels(keys, partition_on)
+        return _hashed_codes(keys, partition_on)
     n = keys.num_rows
     codes = np.zeros(n, dtype=np.int32)
-    digit = np.empty(n, dtype=np.int32)
+    digit = codes if keys.num_columns == 1 else np.empty(n, dtype=np.int32)
     digits: list[tuple[int, int, int]] = []  # (minimum, values, span) per key, last key first
     radix = 1
     for column in reversed(keys.columns):
@@ -485,30 +556,29 @@ def _key_codes(keys: pa.Table, partition_on: list[str]) -> tuple[np.ndarray, lis
         width = 0 if lo is None else hi - lo + 1
         span = width + (column.null_count > 0)
         if radix * span > _MAX_KEY_CODES:
-            return _codes_and_labels(keys, partition_on)
+            return _hashed_codes(keys, partition_on)
         if lo is None:
             digit.fill(0)
         else:
-            array = column.combine_chunks()
+            array = _one_chunk(column)
             filled = pc.fill_null(array, lo) if array.null_count else array
             _offsets(filled.to_numpy(), lo, digit)
             if array.null_count:
                 digit[pc.is_null(array).to_numpy(zero_copy_only=False)] = width
-        digit *= radix
-        codes += digit
+        if digit is not codes:
+            digit *= radix
+            codes += digit
         digits.append((lo or 0, width, span))
         radix *= span
-    used = np.zeros(radix, dtype=bool)
-    used[codes] = True
-    labels: list[str | None] = [None] * radix
-    for code in np.flatnonzero(used).tolist():
+
+    def label_of(code: int) -> str:
         values: list[Any] = []
-        rest = code
         for lo, width, span in digits:
-            rest, d = divmod(rest, span)
+            code, d = divmod(code, span)
             values.insert(0, None if d == width else lo + d)
-        labels[code] = partition_label(partition_on, tuple(values))
-    return codes, labels
+        return partition_label(partition_on, tuple(values))
+
+    return codes, radix, label_of
 
 
 def _stage_empty(storage: Storage, table: pa.Table, partition_on: list[str]) -> StagedWrite:
@@ -526,6 +596,7 @@ def _write_partitioned(
     data: pa.Table,
     partitioning: pds.Partitioning | None,
     basename: str,
+    dictionary: list[str] | bool,
     max_rows_per_file: int,
     row_group_size: int,
     max_workers: int | None,
@@ -552,7 +623,9 @@ def _write_partitioned(
             ),
             base,
             format=fmt,
-            file_options=fmt.make_write_options(compression=_COMPRESSION),
+            file_options=fmt.make_write_options(
+                compression=_COMPRESSION, use_dictionary=dictionary
+            ),
             filesystem=storage.arrow_filesystem,
             partitioning=partitioning,
             basename_template=basename + "-{i}.parquet",  # {i} counts files per directory
@@ -574,7 +647,7 @@ def _distinct_pairs(
     """Return the distinct (non-null value, partition code) pairs, sorted by value then code."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = _one_chunk(column) if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_integer(array.type):
         found = _distinct_int_pairs(array, codes, num_codes)
         if found is not None:
@@ -630,6 +703,7 @@ class StagingWriter:
         self._open: dict[str, tuple[str, pq.ParquetWriter, Any, list[pa.Table]]] = {}
         self._rows: dict[str, int] = {}
         self._entries: dict[str, list[pa.Table]] = {}
+        self._dictionary: list[str] | bool | None = None  # chosen from the first rows
 
     def __enter__(self) -> StagingWriter:
         return self
@@ -656,7 +730,14 @@ class StagingWriter:
                 if self.storage.protocol == "file":
                     fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
                 sink = fs.open_output_stream(full)
-                writer = pq.ParquetWriter(sink, self._file_schema, compression=_COMPRESSION)
+                if self._dictionary is None:
+                    self._dictionary = dictionary_columns(part, self.row_group_size)
+                writer = pq.ParquetWriter(
+                    sink,
+                    self._file_schema,
+                    compression=_COMPRESSION,
+                    use_dictionary=self._dictionary,
+                )
             self._open[label] = (path, writer, sink, [])
             self._rows[label] = 0
         path, writer, sink, chunks = self._open[label]
@@ -748,6 +829,11 @@ def _distinct_int_pairs(
     work = _work_type(ints)
     values = (offset.astype(work) + np.array(lo, dtype=work)).astype(ints.dtype)
     return pa.array(values, type=array.type), pair_codes
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """``column`` as one array, without a copy when it has one chunk."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _work_type(ints: np.ndarray) -> type[np.integer[Any]]:
