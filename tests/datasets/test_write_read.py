@@ -125,6 +125,31 @@ def test_index_prunes_files(url):
     same(result, full[full["product_id"].isin([13, 14])])
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_index_lookups_across_row_groups_of_the_index_file(url, monkeypatch):
+    import pyarrow.parquet as pq
+
+    # 3,000 values, each in two of three partitions: index row groups of 1,024 values
+    monkeypatch.setattr("hafen.datasets._plateau._INDEX_GROUP_LABELS", 2048)
+    n = 6000
+    table = pa.table({"k": np.arange(n) % 3, "v": (np.arange(n) // 2) * 7, "seq": np.arange(n)})
+    ds = hafen.write_dataset(table, url, partition_on=["k"], indices=["v"])
+    (part,) = ds._state.live_index_parts("v")
+    groups = pq.ParquetFile(ds._storage.full(part.path)).metadata.num_row_groups
+    assert groups == 3
+    for values in ([0], [7 * 1023, 7 * 1024], [7 * 2999], [3, 7 * 3000], [7 * 5, 7 * 2500]):
+        got = ds.read_arrow(predicates=[[("v", "in", values)]]).sort_by("seq")
+        assert got.column("seq").to_pylist() == [
+            i for i in range(n) if table.column("v")[i].as_py() in values
+        ]
+        holding = {
+            f.path
+            for f in ds.files()
+            if set(values) & set(ds.read_arrow(files=[f]).column("v").to_pylist())
+        }
+        assert {f.path for f in ds.files([[("v", "in", values)]])} == holding
+
+
 def test_stats_prune_files(url):
     df = pd.DataFrame({"k": np.arange(1000), "v": np.arange(1000) * 2.0})
     hafen.write_dataset(df.iloc[:500], url)

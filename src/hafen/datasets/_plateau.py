@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.datasets._log import DataFile, DatasetState, IndexPart, load_state, log_path
@@ -142,9 +143,13 @@ def encode_index_part(column: str, entries: pa.Table, type_: pa.DataType) -> byt
     """Return the plateau index file of entries ``(value, label)``."""
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
+    table = index_table(column, entries, type_)
     sink = pa.BufferOutputStream()
-    # statistics of the value column only: those of millions of labels cost time, prune nothing
-    pq.write_table(index_table(column, entries, type_), sink, write_statistics=[column])
+    # statistics of the value column only: those of millions of labels cost time, prune nothing;
+    # row groups of about _INDEX_GROUP_LABELS labels, so that a lookup decodes one of them
+    labels = max(1, len(entries))
+    rows = min(max(1024, _INDEX_GROUP_LABELS * table.num_rows // labels), 1 << 20)
+    pq.write_table(table, sink, row_group_size=rows, write_statistics=[column])
     return sink.getvalue().to_pybytes()
 
 
@@ -189,12 +194,21 @@ def _is_sorted(values: pa.Array) -> bool:
     return bool(pc.all(ordered).as_py())
 
 
+_INDEX_GROUP_LABELS = 1 << 16
+
+
 def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None) -> pa.Table:
-    """Return ``(value, label)`` rows of an index file, only for ``values`` when given."""
+    """Return ``(value, label)`` rows of an index file, only for ``values`` when given.
+
+    With ``values``, only the row groups whose value statistics admit one of them are read.
+    """
     full = storage.full(part.path)
     with map_storage_errors(full):
         try:
-            table = pq.read_table(full, filesystem=storage.arrow_filesystem)
+            if values is None:
+                table = pq.read_table(full, filesystem=storage.arrow_filesystem)
+            else:
+                table = _read_index_values(storage, full, values)
         except pa.ArrowInvalid as exc:
             raise CorruptMetadataError(f"{full}: index file cannot be read ({exc})") from exc
     column = table.column(0)
@@ -213,6 +227,13 @@ def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None)
             "label": pc.list_flatten(lists).cast(pa.string()),
         }
     )
+
+
+def _read_index_values(storage: Storage, full: str, values: list[Any]) -> pa.Table:
+    dataset = pds.dataset(full, format="parquet", filesystem=storage.arrow_filesystem)
+    field_ = dataset.schema.field(0)
+    type_ = field_.type.value_type if pa.types.is_dictionary(field_.type) else field_.type
+    return dataset.to_table(filter=pc.field(field_.name).isin(pa.array(values, type=type_)))
 
 
 def write_plateau_view(storage: Storage, state: DatasetState) -> None:
