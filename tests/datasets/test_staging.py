@@ -259,6 +259,31 @@ def test_dictionary_encoding_only_where_values_repeat(url, monkeypatch):
     assert ds.read_arrow().sort_by("ids").equals(table.select(ds.schema.names).sort_by("ids"))
 
 
+def test_dictionary_choice_takes_every_type():
+    import decimal
+
+    from hafen.datasets._write import dictionary_columns
+
+    n = 10_000
+    table = pa.table(
+        {
+            "decimal": pa.array([decimal.Decimal(i) for i in range(n)], pa.decimal128(10, 2)),
+            "binary": pa.array([b"x%d" % (i % 5) for i in range(n)]),
+            "null": pa.nulls(n),
+            "bool": pa.array([i % 2 == 0 for i in range(n)]),
+            "time": pa.array([dt.time(0, i % 60) for i in range(n)]),
+            "duration": pa.array(np.arange(n).astype("timedelta64[s]")),
+            "large": pa.array(["a"] * n, pa.large_string()),
+            "half": pa.array(np.ones(n, np.float16)),
+            "fixed": pa.array([b"ab"] * n, pa.binary(2)),
+        }
+    )
+    chosen = dictionary_columns(table, 1 << 18)
+    assert isinstance(chosen, list)
+    assert set(table.column_names) - set(chosen) == {"decimal", "duration"}  # all distinct
+    assert dictionary_columns(table.append_column("list", pa.array([[1]] * n)), 1 << 18) is True
+
+
 @pytest.mark.parametrize(
     ("distinct", "sample", "total", "rows", "low", "high"),
     [

@@ -153,7 +153,10 @@ def dictionary_columns(table: pa.Table, rows_per_group: int) -> list[str] | bool
             continue
         sample = _take_sorted(column, positions) if n > _DICTIONARY_SAMPLE else column
         size = len(sample) - sample.null_count
-        distinct = pc.count_distinct(sample).as_py()
+        try:
+            distinct = pc.count_distinct(sample).as_py()
+        except pa.ArrowNotImplementedError:  # a type Arrow cannot count (null): its default
+            distinct = 0
         if _distinct_per_group(distinct, size, n, rows) <= rows / 2:
             chosen.append(name)
     return chosen
