@@ -6,8 +6,9 @@ import csv
 import datetime as dt
 import io
 
+import pandas as pd
 import pytest
-from _serve_data import LAST, PRODUCTS, STORES, forecasts_frame
+from _serve_data import LAST, PRODUCTS, STORES, forecasts_frame, history_frame
 from fastapi.testclient import TestClient
 
 import hafen
@@ -219,3 +220,32 @@ def test_fast_path_leaves_everything_else_to_the_route(root):
             "/forecasts", params={"store_id": 1, "product_id": 1}, headers={"Accept": "text/csv"}
         )
         assert r.headers["content-type"].startswith("text/csv")
+
+
+@pytest.mark.parametrize("tz", [None, "Europe/Berlin"])
+def test_dates_stored_as_timestamps_are_served_as_days(tmp_path, tz):
+    frame = forecasts_frame(PRODUCTS[:2])
+    frame["date"] = pd.to_datetime(frame["date"])
+    if tz:
+        frame["date"] = frame["date"].dt.tz_localize(tz)
+    history = history_frame()
+    history["date"] = pd.to_datetime(history["date"]) + pd.Timedelta(hours=13)  # not midnight
+    hafen.write_dataset(frame, str(tmp_path / "forecasts"), partition_on=["store_id"])
+    hafen.write_dataset(history, str(tmp_path / "sales_by_store"), partition_on=["store_id"])
+    day = LAST + dt.timedelta(days=2)
+    with TestClient(create_app(str(tmp_path))) as client:
+        for params in (
+            {"store_id": 1, "product_id": 2},
+            {"store_id": 1, "product_id": 2, "from": day.isoformat(), "to": day.isoformat()},
+        ):
+            r = client.get("/forecasts", params=params)
+            assert r.status_code == 200, r.text
+            dates = [row["date"] for row in r.json()["rows"]]
+            assert (
+                dates[0] == (day if "from" in params else LAST + dt.timedelta(days=1)).isoformat()
+            )
+            r = client.get("/forecasts", params=params, headers={"Accept": "text/csv"})
+            assert r.status_code == 200 and dates[0] in r.text.splitlines()[1]
+        r = client.get("/history", params={"store_id": 1, "product_id": 2, "to": LAST.isoformat()})
+        assert r.status_code == 200, r.text
+        assert r.json()["rows"][-1]["date"] == LAST.isoformat()

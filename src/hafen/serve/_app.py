@@ -130,6 +130,15 @@ def _csv(table: pa.Table) -> Response:
     return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8")
 
 
+def _as_days(table: pa.Table) -> pa.Table:
+    """``table`` with a timestamp ``date`` column cut to its days (in the column's time zone):
+    the API serves days, whatever type the dataset keeps them in."""
+    index = table.schema.get_field_index("date")
+    if index < 0 or not pa.types.is_timestamp(table.schema.field(index).type):
+        return table
+    return table.set_column(index, "date", pc.cast(table.column(index), pa.date32(), safe=False))
+
+
 def _records(table: pa.Table) -> list[dict[str, Any]]:
     """Rows as dicts, dates as ISO strings (Arrow casts date32 to ``YYYY-MM-DD``)."""
     columns = {}
@@ -262,7 +271,7 @@ def create_app(
         if table.num_rows == 0:
             what = f"store {store_id}" + ("" if product_id is None else f", product {product_id}")
             raise HTTPException(404, f"no forecasts for {what} in version {ds.version}")
-        table = between(table, "date", start, end)
+        table = between(_as_days(table), "date", start, end)
         table = table.sort_by([("product_id", "ascending"), ("date", "ascending")])
         if _wants_csv(request):
             return _csv(table)
@@ -301,7 +310,8 @@ def create_app(
             raise HTTPException(
                 404, f"no sales for store {store_id}, product {product_id} in version {ds.version}"
             )
-        table = between(table, "date", start, end).select(["date", "qty"]).sort_by("date")
+        table = between(_as_days(table), "date", start, end).select(["date", "qty"])
+        table = table.sort_by("date")
         table = table.slice(max(0, table.num_rows - last))
         if _wants_csv(request):
             return _csv(table)
