@@ -24,6 +24,9 @@ class inherits it too, so ``except FileNotFoundError`` keeps working::
 Commit errors keep the distinction that matters to a caller: after :class:`ConflictError` nothing
 was committed and files the writer staged may be removed; after
 :class:`CommitOutcomeUnknownError` nothing may be removed, since the commit may have landed.
+
+:class:`HafenWarning` (a ``UserWarning``) reports what went wrong without stopping an operation
+that succeeded, such as a commit that landed but whose checkpoint or plateau view was not written.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "DatasetExistsError",
     "DatasetNotFoundError",
     "HafenError",
+    "HafenWarning",
     "LeaseTimeoutError",
     "LimitError",
     "PredicateError",
@@ -118,3 +122,7 @@ class ReplicationError(HafenError):
 
 class SQLError(HafenError):
     """The relational database refused or failed; the message names the URL (without secrets)."""
+
+
+class HafenWarning(UserWarning):
+    """Something went wrong that did not stop the operation (e.g. the plateau view)."""

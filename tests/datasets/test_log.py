@@ -13,7 +13,7 @@ import pytest
 import hafen
 from hafen.datasets import _log
 from hafen.datasets._storage import Storage
-from hafen.errors import CorruptMetadataError, VersionNotFoundError
+from hafen.errors import CorruptMetadataError, HafenWarning, StorageError, VersionNotFoundError
 
 
 def one(i: int) -> pd.DataFrame:
@@ -34,6 +34,29 @@ def test_open_reads_from_the_newest_checkpoint(tmp_path, monkeypatch):
     # ... but an old version that needs them names the corrupt file
     with pytest.raises(CorruptMetadataError, match=r"00000000000000000005\.json"):
         hafen.open_dataset(url, version=7)
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_commit(tmp_path, monkeypatch):
+    monkeypatch.setenv("HAFEN_CHECKPOINT_INTERVAL", "3")
+    url = str(tmp_path / "ds")
+    for i in range(3):
+        hafen.write_dataset(one(i), url, mode="append")
+    real = _log.write_checkpoint
+
+    def fail(storage, state):
+        raise StorageError(f"{storage.url}: the disk is full")
+
+    monkeypatch.setattr(_log, "write_checkpoint", fail)
+    with pytest.warns(HafenWarning, match="version 3 landed, but its checkpoint"):
+        ds = hafen.write_dataset(one(3), url, mode="append")  # landed: a retry would duplicate
+    assert ds.version == 3 and _log.list_checkpoints(ds.storage) == []
+    monkeypatch.setattr(_log, "write_checkpoint", real)
+    for i in range(4, 7):
+        hafen.write_dataset(one(i), url, mode="append")
+    monkeypatch.setenv("HAFEN_STATE_CACHE", "false")
+    ds = hafen.open_dataset(url)
+    assert _log.list_checkpoints(ds.storage) == [6]
+    assert sorted(ds.read()["i"]) == list(range(7))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong-version"])

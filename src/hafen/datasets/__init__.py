@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from hafen.datasets._dataset import (
     Dataset,
-    HafenWarning,
     VacuumReport,
     commit_staged,
     open_dataset,
@@ -22,6 +21,7 @@ from hafen.datasets._predicates import normalize_predicates, parse_predicates, t
 from hafen.datasets._schema import conform, normalize_schema, partition_label, to_arrow
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.datasets._write import StagedWrite, StagingWriter, split_by_partition, stage_table
+from hafen.errors import HafenWarning
 
 __all__ = [
     "DataFile",

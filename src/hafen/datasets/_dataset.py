@@ -42,6 +42,7 @@ from hafen.errors import (
     DatasetExistsError,
     DatasetNotFoundError,
     HafenError,
+    HafenWarning,
     PredicateError,
     SchemaError,
     StorageError,
@@ -62,10 +63,6 @@ OnConflict = TypingLiteral["raise", "retry"]
 Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
 MODES = ("create", "append", "overwrite")
 SCRATCH_DIR = "_hafen/scratch"  # intermediate files of multi-phase writers (reshuffle)
-
-
-class HafenWarning(UserWarning):
-    """Something went wrong that did not stop the operation (e.g. the plateau view)."""
 
 
 def storage_for(url: str | Storage, storage_options: dict[str, Any] | None = None) -> Storage:

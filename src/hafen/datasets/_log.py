@@ -28,6 +28,7 @@ import random
 import threading
 import time
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from hafen.errors import (
     CorruptMetadataError,
     DatasetExistsError,
     DatasetNotFoundError,
+    HafenWarning,
     StorageError,
     VersionNotFoundError,
 )
@@ -760,7 +762,15 @@ def commit(
         if created:
             new_state = replay(state, [entry])
             if entry.version > 0 and entry.version % checkpoint_interval == 0:
-                write_checkpoint(storage, new_state)
+                try:
+                    write_checkpoint(storage, new_state)
+                except StorageError as exc:  # opening reads a few more entries until the next
+                    warnings.warn(
+                        f"{storage.url}: version {entry.version} landed, but its checkpoint "
+                        f"could not be written: {exc}",
+                        HafenWarning,
+                        stacklevel=4,
+                    )
             _CACHE.put(storage.url, new_state)
             return new_state
         if state is None:
