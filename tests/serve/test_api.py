@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -249,3 +251,35 @@ def test_dates_stored_as_timestamps_are_served_as_days(tmp_path, tz):
         r = client.get("/history", params={"store_id": 1, "product_id": 2, "to": LAST.isoformat()})
         assert r.status_code == 200, r.text
         assert r.json()["rows"][-1]["date"] == LAST.isoformat()
+
+
+def test_new_versions_are_looked_for_off_the_request_path(root, monkeypatch):
+    from hafen.datasets import Dataset
+    from hafen.serve import Registry
+
+    checked_in: list[str] = []
+    latest = Dataset.latest
+
+    def recording(self):
+        checked_in.append(threading.current_thread().name)
+        return latest(self)
+
+    monkeypatch.setattr(Dataset, "latest", recording)
+    registry = Registry(str(root), refresh=0.1)
+    registry.start()
+    try:
+        before = registry.get("forecasts").version
+        hafen.write_dataset(forecasts_frame([1]), str(root / "forecasts"), mode="append")
+        deadline = time.monotonic() + 10
+        while registry.get("forecasts").version == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert registry.get("forecasts").version == before + 1
+        assert checked_in and set(checked_in) == {"hafen-serve-refresh"}
+    finally:
+        registry.stop()
+    assert not any(t.name == "hafen-serve-refresh" for t in threading.enumerate())
+    # without the thread, a request checks for itself
+    checked_in.clear()
+    time.sleep(0.15)
+    registry.get("forecasts")
+    assert checked_in == [threading.current_thread().name]

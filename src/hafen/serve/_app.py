@@ -9,10 +9,12 @@ is a small page that charts history and forecast.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import pyarrow as pa
@@ -229,10 +231,20 @@ def create_app(
         prepared_bytes=cache_bytes,
         body_bytes=body_cache_bytes,
     )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        registry.start()  # new versions are looked for off the event loop
+        try:
+            yield
+        finally:
+            registry.stop()
+
     app = FastAPI(
         title="hafen",
         version=__version__,
         summary="Forecasts and dataset metadata, always at the latest committed version.",
+        lifespan=lifespan,
     )
     app.state.registry = registry
     app.state.lookup = lookup

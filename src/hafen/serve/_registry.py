@@ -1,10 +1,12 @@
 """The datasets an API serves, kept at their latest version without a restart.
 
-A :class:`Registry` holds one open :class:`~hafen.datasets.Dataset` per name. Reads never wait
-for storage beyond the lookup itself: at most once per ``refresh`` seconds per dataset, a request
-checks whether the next log entry exists (one ``exists`` call) and, if so, opens the new version;
-every other request uses the cached one. A dataset that appears after start-up (a first run of
-the pipeline) is found by a rescan, also at most once per ``refresh`` seconds.
+A :class:`Registry` holds one open :class:`~hafen.datasets.Dataset` per name. Once
+:meth:`Registry.start` has run (the API does so at start-up), a background thread checks every
+``refresh`` seconds whether each dataset's next log entry exists (one ``exists`` call) and, if
+so, opens the new version; it also rescans the root for datasets that appeared after start-up (a
+first run of the pipeline). Requests then never wait for storage beyond their own lookup. Without
+the thread (not started, or ``refresh=0``), a request makes those checks itself, at most once per
+``refresh`` seconds.
 """
 
 from __future__ import annotations
@@ -45,7 +47,35 @@ class Registry:
         self._entries: dict[str, _Entry] = {}
         self._scanned = 0.0
         self._single = self._is_dataset(self.root)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self.scan()
+
+    # -- the background check -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check for new versions and datasets in a background thread (none if refresh is 0)."""
+        if self.refresh <= 0 or self._watcher is not None:
+            return
+        self._stop.clear()
+        self._watcher = threading.Thread(
+            target=self._watch, name="hafen-serve-refresh", daemon=True
+        )
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop the background thread; requests check for themselves again."""
+        watcher, self._watcher = self._watcher, None
+        self._stop.set()
+        if watcher is not None:
+            watcher.join(timeout=max(5.0, 2 * self.refresh))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.refresh):
+            with contextlib.suppress(HafenError, OSError):  # the next round tries again
+                self.scan()
+            for entry in list(self._entries.values()):
+                self._refresh(entry, time.monotonic())
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -103,7 +133,7 @@ class Registry:
     # -- access ---------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        if time.monotonic() - self._scanned > self.refresh:
+        if self._watcher is None and time.monotonic() - self._scanned > self.refresh:
             self.scan()
         return sorted(self._entries)
 
@@ -117,7 +147,7 @@ class Registry:
                 entry = self._entries.get(name)
             if entry is None:
                 raise DatasetNotFoundError(f"no dataset named {name!r} under {self.root}")
-        if now - entry.checked > self.refresh:
+        if self._watcher is None and now - entry.checked > self.refresh:
             self._refresh(entry, now)
         return entry.dataset
 
