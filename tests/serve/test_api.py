@@ -260,8 +260,13 @@ def test_new_versions_are_looked_for_off_the_request_path(root, monkeypatch):
     checked_in: list[str] = []
     latest = Dataset.latest
 
+    failed: list[bool] = []
+
     def recording(self):
         checked_in.append(threading.current_thread().name)
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a storage hiccup")  # the thread goes on to the next round
         return latest(self)
 
     monkeypatch.setattr(Dataset, "latest", recording)

@@ -132,6 +132,9 @@ def import_plateau(storage: Storage) -> DatasetState | None:
     )
 
 
+_INDEX_GROUP_LABELS = 1 << 16  # labels per row group of an index file
+
+
 def write_index_part(
     storage: Storage, column: str, entries: pa.Table, type_: pa.DataType, path: str
 ) -> None:
@@ -192,9 +195,6 @@ def _is_sorted(values: pa.Array) -> bool:
         return False
     ordered = pc.less_equal(values.slice(0, n - 1), values.slice(1))
     return bool(pc.all(ordered).as_py())
-
-
-_INDEX_GROUP_LABELS = 1 << 16
 
 
 def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None) -> pa.Table:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from typing import Any
@@ -21,6 +22,8 @@ from hafen.datasets import Dataset, open_dataset, storage_for
 from hafen.errors import DatasetNotFoundError, HafenError
 
 __all__ = ["DEFAULT_REFRESH", "Registry"]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH = 1.0
 #: How deep under the root datasets are looked for (``raw/sales`` is depth 2).
@@ -72,10 +75,17 @@ class Registry:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.refresh):
-            with contextlib.suppress(HafenError, OSError):  # the next round tries again
+            # the thread must outlive a failed round, or the served versions would never move
+            # again; the next round tries again
+            try:
                 self.scan()
+            except Exception:
+                _log.warning("rescanning %s failed", self.root, exc_info=True)
             for entry in list(self._entries.values()):
-                self._refresh(entry, time.monotonic())
+                try:
+                    self._refresh(entry, time.monotonic())
+                except Exception:
+                    _log.warning("checking %s for a new version failed", entry.url, exc_info=True)
 
     # -- discovery -------------------------------------------------------------------------------
 
