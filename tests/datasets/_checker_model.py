@@ -1,0 +1,748 @@
+"""The concurrency checker: a journal and the dataset afterwards, checked against a model.
+
+:func:`check` takes the :class:`~_checker_journal.Journal` of a run and a :class:`Snapshot` of
+the dataset taken after the writers stopped (every log entry still present, and every retained
+version read back), and returns a :class:`Report` of figures and anomalies. It is pure: no
+storage, no clock, so its logic is tested on hand-made journals (``test_checker.py``).
+
+The history is rebuilt version by version. The operation behind version ``v`` is named by its
+log entry (the final one for retained versions, else the first one the archiver saw): the ``op``
+ids of the rows it adds, or the tag in a delete's predicate, or the commit id an acknowledged
+operation was given. A version nobody saw (vacuumed before the archiver read it) is taken from the
+acknowledgements; if none claims it, it was committed by an operation whose outcome is unknown
+(killed, or ``CommitOutcomeUnknownError``), and the checker searches which of those operations,
+placed there, explains everything read (like Jepsen's linearizability search, on a few holes).
+The model then replays the operations in version order (append adds rows; overwrite replaces
+the partitions of its rows; delete drops matching rows), and every version read, by the readers
+or after the run, must equal it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from _checker_journal import Entry, Journal, Op, digest, matches
+
+__all__ = ["KINDS", "Anomaly", "Report", "Snapshot", "check"]
+
+KINDS = {
+    "lost-commit": "(1) an acknowledged commit is not in the history of the latest version",
+    "duplicate-version": "(2) one version number was given to two commits",
+    "stray-entry": "(2) a log entry below the oldest retained version (re-created after vacuum)",
+    "wrong-content": "(3) a version read back differs from the model",
+    "unexplained-version": "(3) no operation of the journal explains a version",
+    "retained-unreadable": "(3) a retained version cannot be read",
+    "delete-left-rows": "(4) a delete's version holds rows matching its predicate",
+    "reader-went-back": "(5) a reader saw an older version after a newer one",
+    "stale-read": "(5) a read started after a commit was acknowledged did not see it",
+    "stale-server": "(6) the server did not reflect the latest version within its bound",
+    "server-error": "(6) the server answered its dataset endpoint with an error",
+    "conflict-landed": "(7) an operation that raised ConflictError landed",
+    "error-but-landed": "(7) an operation that raised another error landed anyway",
+    "landed-twice": "(7) one operation landed as two versions",
+    "harness": "a workload process failed by itself (a bug of the checker's workload)",
+}
+MAX_SEARCH = 2000
+EXAMPLES = 5
+
+Row = tuple[str, int, int, int, str]  # op, seq, part, value, writer
+State = dict[int, dict[tuple[str, int], tuple[int, str]]]  # part -> (op, seq) -> (value, writer)
+
+
+@dataclass
+class Anomaly:
+    kind: str
+    message: str
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    """The dataset after the run: the latest version, and every log entry still present."""
+
+    latest: int
+    dataset_id: str
+    t: float
+    versions: dict[int, dict[str, Any]]  # v -> {"entry": identify_entry(...), "rows", "error"}
+
+
+@dataclass
+class Report:
+    figures: dict[str, Any] = field(default_factory=dict)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.anomalies
+
+    def kinds(self) -> Counter[str]:
+        return Counter(a.kind for a in self.anomalies)
+
+    def summary(self) -> str:
+        lines = ["concurrency checker: " + ("no anomalies" if self.ok else "ANOMALIES FOUND")]
+        for key, value in self.figures.items():
+            lines.append(f"  {key}: {value}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        by_kind: dict[str, list[Anomaly]] = defaultdict(list)
+        for a in self.anomalies:
+            by_kind[a.kind].append(a)
+        for kind, found in by_kind.items():
+            lines.append(f"{len(found)} x {kind}: {KINDS.get(kind, kind)}")
+            for a in found[:EXAMPLES]:
+                lines.append(f"  - {a.message}")
+                lines.extend(f"      {e}" for e in a.evidence[:8])
+            if len(found) > EXAMPLES:
+                lines.append(f"  ... and {len(found) - EXAMPLES} more")
+        return "\n".join(lines)
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def apply(state: State, op: Op) -> None:
+    """Apply one landed operation to the model (in place)."""
+    if op.kind in ("create", "append", "overwrite"):
+        if op.kind == "overwrite":
+            for part in {p for p, _, _ in op.rows}:
+                state[part] = {}
+        for part, seq, value in op.rows:
+            state.setdefault(part, {})[(op.id, seq)] = (value, op.writer)
+    elif op.kind == "delete":
+        assert op.predicate is not None
+        for part, rows in state.items():
+            gone = [
+                k for k, (v, _) in rows.items() if matches(op.predicate, {"part": part, "value": v})
+            ]
+            for k in gone:
+                del rows[k]
+    else:
+        raise ValueError(op.kind)
+
+
+def rows_of(state: State) -> Counter[Row]:
+    return Counter(
+        (op, seq, part, value, writer)
+        for part, rows in state.items()
+        for (op, seq), (value, writer) in rows.items()
+    )
+
+
+def copy_state(state: State) -> State:
+    return {part: dict(rows) for part, rows in state.items()}
+
+
+@dataclass
+class _Observations:
+    """What was read of each version: full rows (retained) and fingerprints (readers)."""
+
+    rows: dict[int, Counter[Row]]
+    reads: dict[int, list[dict[str, Any]]]
+
+    def versions(self) -> set[int]:
+        return set(self.rows) | set(self.reads)
+
+
+def _replay(
+    chain: dict[int, Op | None], start: int, end: int, state: State, obs: _Observations
+) -> tuple[State, dict[int, Counter[Row]], dict[int, tuple[int, str]]]:
+    """Replay versions start..end onto ``state``; return it and the model at observed versions."""
+    wanted = obs.versions()
+    full: dict[int, Counter[Row]] = {}
+    prints: dict[int, tuple[int, str]] = {}
+    for v in range(start, end + 1):
+        op = chain.get(v)
+        if op is not None:
+            apply(state, op)
+        if v in wanted:
+            keys = [k for rows in state.values() for k in rows]
+            prints[v] = (len(keys), digest(keys))
+            if v in obs.rows:
+                full[v] = rows_of(state)
+    return state, full, prints
+
+
+def _mismatches(
+    obs: _Observations, full: dict[int, Counter[Row]], prints: dict[int, tuple[int, str]]
+) -> int:
+    bad = sum(1 for v, rows in obs.rows.items() if v in full and full[v] != rows)
+    for v, reads in obs.reads.items():
+        if v in prints:
+            bad += sum(1 for r in reads if (r["rows"], r["digest"]) != prints[v])
+    return bad
+
+
+# -- the check ------------------------------------------------------------------------------------
+
+
+def check(journal: Journal, snapshot: Snapshot) -> Report:
+    """Check the run recorded in ``journal`` against the dataset left in ``snapshot``."""
+    return _Checker(journal, snapshot).run()
+
+
+class _Checker:
+    def __init__(self, journal: Journal, snapshot: Snapshot) -> None:
+        self.j = journal
+        self.s = snapshot
+        self.report = Report()
+        self.ops = journal.ops
+        self.tag_to_op = {op.tag: op.id for op in self.ops.values() if op.tag is not None}
+        self.by_commit: dict[str, list[Op]] = defaultdict(list)
+        for op in self.ops.values():
+            if op.outcome == "ok" and op.commit_id:
+                self.by_commit[op.commit_id].append(op)
+
+    def anomaly(self, kind: str, message: str, evidence: Iterable[str] = ()) -> None:
+        self.report.anomalies.append(Anomaly(kind, message, list(evidence)))
+
+    def run(self) -> Report:
+        self._harness()
+        self._history()
+        self._model()
+        self._outcomes()
+        self._deletes()
+        self._readers()
+        self._server()
+        self._figures()
+        return self.report
+
+    # -- the history --------------------------------------------------------------------------
+
+    def identity(self, e: Entry) -> str | None:
+        if e.operation == "delete":
+            named = {self.tag_to_op[t] for t in e.tags if t in self.tag_to_op}
+            if len(named) == 1:
+                return named.pop()
+        elif e.ops is not None and len(e.ops) == 1 and e.ops[0] in self.ops:
+            return e.ops[0]
+        kinds = {"delete"} if e.operation == "delete" else {e.operation}
+        claims = [
+            o
+            for o in self.by_commit.get(e.commit_id, [])
+            if o.kind in kinds and o.committed is not False
+        ]
+        return claims[0].id if len(claims) == 1 else None
+
+    def _history(self) -> None:
+        s = self.s
+        latest = s.latest
+        oldest = latest
+        while oldest - 1 in s.versions:
+            oldest -= 1
+        self.oldest = oldest
+        final: dict[int, Entry] = {}
+        for v, info in s.versions.items():
+            e = info["entry"]
+            final[v] = Entry(v, e["commit_id"], e["operation"], e["ops"], e["tags"], s.t, "final")
+        seen: dict[int, list[Entry]] = defaultdict(list)
+        for e in sorted(self.j.entries, key=lambda e: e.t):
+            if all(x.commit_id != e.commit_id for x in seen[e.version]):
+                seen[e.version].append(e)
+        for v in sorted(set(seen) | set(final)):
+            commits = list(seen.get(v, []))
+            if v in final and all(x.commit_id != final[v].commit_id for x in commits):
+                commits.append(final[v])
+            if len(commits) > 1:
+                self.anomaly(
+                    "duplicate-version",
+                    f"log entry {v} was created {len(commits)} times",
+                    [self._entry_text(x) for x in commits],
+                )
+        for v in sorted(final):
+            if v < oldest:
+                self.anomaly(
+                    "stray-entry",
+                    f"log entry {v} exists below the oldest retained version {oldest}",
+                    [self._entry_text(final[v])],
+                )
+        self.first_seen: dict[int, float] = {v: es[0].t for v, es in seen.items() if es}
+        self.entry_at: dict[int, Entry | None] = {}
+        self.chain: dict[int, Op | None] = {}
+        self.source: dict[int, str] = {}
+        for v in range(0, latest + 1):
+            e = final.get(v) if v >= oldest else None
+            if e is None and seen.get(v):
+                e = seen[v][0]
+            self.entry_at[v] = e
+            op_id = self.identity(e) if e is not None else None
+            self.source[v] = "log" if e is not None else "journal"
+            if op_id is None and e is None:
+                op_id = self._claim(v)
+            self.chain[v] = self.ops.get(op_id) if op_id else None
+        self.placed: dict[str, list[int]] = defaultdict(list)
+        for v, op in self.chain.items():
+            if op is not None:
+                self.placed[op.id].append(v)
+        for e in itertools.chain(*seen.values(), final.values()):
+            op_id = self.identity(e)
+            if op_id and e.version not in self.placed[op_id]:
+                self.placed[op_id].append(e.version)  # a stray or replaced entry: it landed too
+
+    def _claim(self, v: int) -> str | None:
+        """The operation an acknowledgement says committed ``v`` (which nobody saw)."""
+        claims = [
+            o
+            for o in self.ops.values()
+            if o.outcome == "ok" and o.version == v and o.committed is not False
+        ]
+        if len({o.commit_id for o in claims}) != 1:
+            return None
+        writes = [o for o in claims if o.kind != "delete"]
+        if len(writes) == 1:
+            return writes[0].id
+        return claims[0].id if len(claims) == 1 else None
+
+    def _entry_text(self, e: Entry) -> str:
+        op_id = self.identity(e)
+        op = self.ops.get(op_id) if op_id else None
+        who = op.brief() if op else f"unidentified (ops {e.ops}, tags {e.tags})"
+        return f"v{e.version} {e.operation} commit {e.commit_id[:12]} ({e.source}): {who}"
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _outcomes(self) -> None:
+        for op_id, versions in self.placed.items():
+            op = self.ops[op_id]
+            if len(versions) > 1:
+                self.anomaly(
+                    "landed-twice",
+                    f"{op_id} landed as versions {sorted(versions)}",
+                    [op.brief()],
+                )
+            if op.outcome == "conflict":
+                self.anomaly(
+                    "conflict-landed",
+                    f"{op_id} raised ConflictError but landed as version {versions[0]}",
+                    [op.brief(), f"{op.message}"],
+                )
+            elif op.outcome == "error":
+                self.anomaly(
+                    "error-but-landed",
+                    f"{op_id} raised {op.error} but landed as version {versions[0]}: "
+                    "a caller that retries it duplicates its rows",
+                    [op.brief(), f"{op.message}"],
+                )
+        acked: dict[int, list[Op]] = defaultdict(list)
+        for op in self.ops.values():
+            if op.outcome != "ok" or op.version is None:
+                continue
+            v = op.version
+            if op.kind == "delete" and op.committed is False:
+                continue
+            at = self.chain.get(v)
+            if v > self.s.latest:
+                self.anomaly(
+                    "lost-commit",
+                    f"{op.id} was acknowledged as version {v}, beyond the latest {self.s.latest}",
+                    [op.brief()],
+                )
+                continue
+            if at is not None and at.id != op.id:
+                if op.kind == "delete" and op.committed is None:
+                    continue  # a delete that matched nothing returns an existing version
+                entry = self.entry_at.get(v)
+                self.anomaly(
+                    "lost-commit",
+                    f"{op.id} was acknowledged as version {v} (commit {str(op.commit_id)[:12]}), "
+                    f"but version {v} in the history is {at.id}",
+                    [
+                        op.brief(),
+                        f"history: {self._entry_text(entry) if entry else at.brief()}",
+                        *self._rows_now(op),
+                    ],
+                )
+            acked[v].append(op)
+        for v, claims in sorted(acked.items()):
+            commits = {o.commit_id for o in claims}
+            if len(commits) > 1:
+                self.anomaly(
+                    "duplicate-version",
+                    f"version {v} was acknowledged to {len(claims)} commits: "
+                    + ", ".join(o.id for o in claims),
+                    [o.brief() + f" commit {str(o.commit_id)[:12]}" for o in claims],
+                )
+
+    def _rows_now(self, op: Op) -> list[str]:
+        latest = self.s.versions.get(self.s.latest, {}).get("rows")
+        if latest is None or op.kind not in ("append", "overwrite"):
+            return []
+        present = sum(1 for r in latest if r[0] == op.id)
+        return [f"{present} of its {len(op.rows)} rows are in the latest version {self.s.latest}"]
+
+    # -- the model ----------------------------------------------------------------------------
+
+    def _observations(self) -> _Observations:
+        rows: dict[int, Counter[Row]] = {}
+        for v, info in self.s.versions.items():
+            if v >= self.oldest and info.get("rows") is not None:
+                rows[v] = Counter(tuple(r) for r in info["rows"])  # type: ignore[misc]
+            elif v >= self.oldest:
+                self.anomaly(
+                    "retained-unreadable",
+                    f"retained version {v} could not be read after the run",
+                    [str(info.get("error"))],
+                )
+        reads: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for r in self.j.reads:
+            if (
+                r.get("digest")
+                and r.get("dataset_id") == self.s.dataset_id
+                and 0 <= r["version"] <= self.s.latest
+            ):
+                reads[r["version"]].append(r)
+        return _Observations(rows, dict(reads))
+
+    def _model(self) -> None:
+        obs = self._observations()
+        self.obs = obs
+        latest = self.s.latest
+        holes = [v for v in range(latest + 1) if self.chain[v] is None]
+        self.holes = holes
+        self.searched = 0
+        if holes:
+            self._fill(holes, obs)
+        _, full, prints = _replay(self.chain, 0, latest, {}, obs)
+        for v in sorted(obs.rows):
+            if v in full and full[v] != obs.rows[v]:
+                self.anomaly("wrong-content", *self._diff(v, full[v], obs.rows[v]))
+        bad_reads = [
+            (v, r)
+            for v, reads in sorted(obs.reads.items())
+            for r in reads
+            if v in prints and (r["rows"], r["digest"]) != prints[v]
+        ]
+        by_proc: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        for v, r in bad_reads:
+            by_proc[r["proc"]].append((v, r))
+        for proc, found in by_proc.items():
+            self.anomaly(
+                "wrong-content",
+                f"{proc} read {len(found)} versions whose content differs from the model",
+                [
+                    f"v{v} ({r['api']}, t={r['t']:.3f}): {r['rows']} rows, digest {r['digest']}; "
+                    f"model: {prints[v][0]} rows, digest {prints[v][1]}"
+                    for v, r in found[:EXAMPLES]
+                ],
+            )
+
+    def _fill(self, holes: list[int], obs: _Observations) -> None:
+        """Place unknown-outcome operations into the versions nobody saw, as the reads demand."""
+        candidates = [
+            op
+            for op in self.ops.values()
+            if op.outcome in ("none", "unknown", "error") and op.id not in self.placed
+        ]
+
+        candidates.sort(key=lambda op: op.outcome == "error")  # killed ones first
+
+        def fits(op: Op, v: int) -> bool:
+            e = self.entry_at.get(v)
+            return e is None or e.operation == op.kind
+
+        if len(candidates) < len(holes):
+            self.anomaly(
+                "unexplained-version",
+                f"versions {holes} were committed, but only {len(candidates)} operations of "
+                "unknown outcome could have done it",
+                [op.brief() for op in candidates[:EXAMPLES]],
+            )
+        first = holes[0]
+        base, _, _ = _replay(self.chain, 0, first - 1, {}, obs)
+        best: tuple[int, tuple[Op, ...]] | None = None
+        for assignment in itertools.permutations(candidates, len(holes)):
+            if not all(fits(op, v) for op, v in zip(assignment, holes, strict=True)):
+                continue
+            self.searched += 1
+            trial = dict(self.chain)
+            trial.update(zip(holes, assignment, strict=True))
+            _, full, prints = _replay(trial, first, self.s.latest, copy_state(base), obs)
+            bad = _mismatches(obs, full, prints)
+            if best is None or bad < best[0]:
+                best = (bad, assignment)
+            if bad == 0 or self.searched >= MAX_SEARCH:
+                break
+        if best is None:
+            return
+        for op, v in zip(best[1], holes, strict=True):
+            self.chain[v] = op
+            self.placed[op.id].append(v)
+            self.source[v] = "search"
+        self.report.notes.append(
+            f"versions {holes} were vacuumed before anyone saw them; placed "
+            + ", ".join(f"{op.id} at v{v}" for op, v in zip(best[1], holes, strict=True))
+            + f" ({self.searched} placements tried, {best[0]} reads left unexplained)"
+        )
+        if best[0]:
+            self.anomaly(
+                "unexplained-version",
+                f"no placement of the {len(candidates)} operations of unknown outcome into the "
+                f"unseen versions {holes} explains what was read",
+                [op.brief() for op in candidates[:EXAMPLES]],
+            )
+
+    def _diff(self, v: int, model: Counter[Row], actual: Counter[Row]) -> tuple[str, list[str]]:
+        missing = Counter(r[0] for r in (model - actual).elements())
+        extra = Counter(r[0] for r in (actual - model).elements())
+        dupes = sum(n - 1 for n in actual.values() if n > 1)
+        op = self.chain.get(v)
+        message = (
+            f"version {v} ({op.kind if op else '?'} by {op.id if op else '?'}): "
+            f"{sum(actual.values())} rows, the model has {sum(model.values())}"
+        )
+        evidence = []
+        for label, found in (("missing", missing), ("unexpected", extra)):
+            for op_id, n in found.most_common(EXAMPLES):
+                who = self.ops.get(op_id)
+                evidence.append(f"{label} {n} rows of {who.brief() if who else op_id}")
+        if dupes:
+            evidence.append(f"{dupes} rows appear more than once")
+        return message, evidence
+
+    # -- deletes ------------------------------------------------------------------------------
+
+    def _deletes(self) -> None:
+        flagged = set()
+        for op in self.ops.values():
+            if op.kind == "delete" and op.outcome == "ok" and op.matching:
+                flagged.add(op.id)
+                self.anomaly(
+                    "delete-left-rows",
+                    f"{op.id} returned version {op.version}, which holds {op.matching} rows "
+                    f"matching its predicate",
+                    [op.brief()],
+                )
+        for v, rows in self.obs.rows.items():
+            op = self.chain.get(v)
+            if op is None or op.kind != "delete" or op.id in flagged:
+                continue
+            assert op.predicate is not None
+            left = [r for r in rows if matches(op.predicate, {"part": r[2], "value": r[3]})]
+            if left:
+                by_op = Counter(r[0] for r in left)
+                self.anomaly(
+                    "delete-left-rows",
+                    f"version {v}, {op.id}'s delete, holds {len(left)} rows matching its predicate",
+                    [op.brief()]
+                    + [
+                        f"{n} rows of {self.ops[o].brief() if o in self.ops else o}"
+                        for o, n in by_op.most_common(EXAMPLES)
+                    ],
+                )
+
+    # -- readers ------------------------------------------------------------------------------
+
+    def _generation(self, dataset_id: str | None) -> int | None:
+        if dataset_id == self.s.dataset_id:
+            return 0
+        recreated = self.j.phases.get("recreated")
+        if recreated and dataset_id == recreated.get("dataset_id"):
+            return 1
+        return None
+
+    def _acked_timeline(self) -> tuple[list[float], list[int], list[str]]:
+        """Times at which versions were acknowledged (confirmed in the history), running max."""
+        acked = sorted(
+            (op.t_end, v, op.id)
+            for v, op in self.chain.items()
+            if op is not None and op.outcome == "ok" and op.version == v and op.t_end
+        )
+        times, best, who = [], [], []
+        top, top_id = -1, ""
+        for t, v, op_id in acked:
+            if v > top:
+                top, top_id = v, op_id
+            times.append(t)
+            best.append(top)
+            who.append(top_id)
+        return times, best, who
+
+    def _readers(self) -> None:
+        times, best, who = self._acked_timeline()
+        recreated = self.j.phases.get("recreated")
+        went_back: dict[str, list[str]] = defaultdict(list)
+        stale: dict[tuple[str, str], list[str]] = defaultdict(list)
+        last: dict[str, tuple[int, int, dict[str, Any]]] = {}
+        for r in sorted(self.j.reads, key=lambda r: r["t"]):
+            if r.get("error") or r["api"] == "version":
+                continue
+            gen = self._generation(r.get("dataset_id"))
+            if gen is None:
+                continue
+            where = f"{r['api']} v{r['version']} at t={r['t']:.3f}"
+            prev = last.get(r["proc"])
+            if prev is not None and (gen, r["version"]) < prev[:2]:
+                p = prev[2]
+                went_back[r["proc"]].append(
+                    f"{p['api']} v{p['version']} (dataset {p['dataset_id'][:8]}) at "
+                    f"t={p['t']:.3f}, then {where} (dataset {r['dataset_id'][:8]})"
+                )
+            if prev is None or (gen, r["version"]) >= prev[:2]:
+                last[r["proc"]] = (gen, r["version"], r)
+            if recreated and r["t"] > recreated["t"]:
+                if gen != 1 or r["version"] < recreated["version"]:
+                    stale[(r["proc"], r["api"])].append(
+                        f"{where} (dataset {r['dataset_id'][:8]}) started "
+                        f"{r['t'] - recreated['t']:.2f}s after the dataset was recreated "
+                        f"(now dataset {recreated['dataset_id'][:8]} v{recreated['version']})"
+                    )
+                continue
+            i = bisect.bisect_left(times, r["t"]) - 1
+            if gen == 0 and i >= 0 and best[i] > r["version"]:
+                stale[(r["proc"], r["api"])].append(
+                    f"{where}, but v{best[i]} ({who[i]}) had been acknowledged "
+                    f"{r['t'] - times[i]:.2f}s before"
+                )
+        for proc, found in went_back.items():
+            self.anomaly("reader-went-back", f"{proc} went back {len(found)} times", found)
+        for (proc, api), found in stale.items():
+            self.anomaly(
+                "stale-read", f"{proc}'s {api}() returned a stale version {len(found)} times", found
+            )
+
+    # -- the server ---------------------------------------------------------------------------
+
+    def _known_since(self) -> dict[int, float]:
+        """For each version, the earliest time it is known to have landed."""
+        known: dict[int, float] = {}
+        for v, op in self.chain.items():
+            ts = [self.s.t]
+            if v in self.first_seen:
+                ts.append(self.first_seen[v])
+            if op is not None and op.outcome == "ok" and op.version == v and op.t_end:
+                ts.append(op.t_end)
+            known[v] = min(ts)
+        return known
+
+    def _server(self) -> None:
+        cfg = self.j.config
+        if not self.j.polls:
+            return
+        bound = float(cfg.get("refresh", 1.0)) + float(cfg.get("margin", 1.0))
+        recreate = self.j.phases.get("recreate")
+        recreated = self.j.phases.get("recreated")
+        cut = recreate["t"] if recreate else float("inf")
+        known = self._known_since()
+        order = sorted((t, v) for v, t in known.items())
+        k_times = [t for t, _ in order]
+        k_best = list(itertools.accumulate((v for _, v in order), max))
+        lags: list[float] = []
+        errors = [p for p in self.j.polls if p.get("status") and p["status"] >= 500]
+        if errors:
+            self.anomaly(
+                "server-error",
+                f"the server answered {len(errors)} polls with an error",
+                [f"t={p['t']:.3f}: {p['status']} {p.get('body', '')[:200]}" for p in errors],
+            )
+        stale: list[str] = []
+        worst = 0.0
+        newer_since: dict[int, float] = {}  # v -> when the first version after v was known
+        running = float("inf")
+        for v in sorted(known, reverse=True):
+            newer_since[v] = running
+            running = min(running, known[v])
+        for p in self.j.polls:
+            if p.get("status") != 200:
+                continue
+            if p["t"] < cut:
+                i = bisect.bisect_right(k_times, p["t"] - bound) - 1
+                if i >= 0 and k_best[i] > p["version"]:
+                    # how long the newest version it lacks has been known
+                    since = newer_since.get(p["version"], k_times[i])
+                    worst = max(worst, p["t"] - since)
+                    stale.append(
+                        f"t={p['t']:.3f}: served v{p['version']}, v{k_best[i]} was known "
+                        f"since {p['t'] - k_times[i]:.2f}s (bound {bound:.1f}s)"
+                    )
+            elif recreated and p["t"] > recreated["t"] + bound:
+                now = (recreated["version"], recreated["timestamp"])
+                if (p["version"], p.get("timestamp")) != now:
+                    stale.append(
+                        f"t={p['t']:.3f}: served v{p['version']} ({p.get('timestamp')}) "
+                        f"{p['t'] - recreated['t']:.2f}s after the dataset was deleted and "
+                        f"recreated as v{recreated['version']} ({recreated['timestamp']})"
+                    )
+        if stale:
+            self.anomaly(
+                "stale-server",
+                f"{len(stale)} polls found the server behind by more than {bound:.1f}s "
+                f"(worst {worst:.1f}s before the recreation)",
+                stale[:3] + (["...", *stale[-3:]] if len(stale) > 6 else stale[3:6]),
+            )
+        served = sorted((p["t"], p["version"]) for p in self.j.polls if p.get("status") == 200)
+        served = [(t, v) for t, v in served if t < cut]
+        s_times = [t for t, _ in served]
+        s_best = list(itertools.accumulate((v for _, v in served), max))
+        never = 0
+        for v, t in known.items():
+            i = bisect.bisect_left(s_best, v)  # the first poll that served v or newer
+            if i == len(s_best):
+                never += 1
+            else:
+                lags.append(max(0.0, s_times[i] - t))
+        if lags:
+            lags.sort()
+            self.report.figures["server lag"] = (
+                f"p50 {lags[len(lags) // 2]:.2f}s, max {lags[-1]:.2f}s (bound {bound:.1f}s)"
+                + (f"; {never} versions never served" if never else "")
+            )
+
+    # -- the rest -----------------------------------------------------------------------------
+
+    def _harness(self) -> None:
+        for c in self.j.crashes:
+            self.anomaly(
+                "harness",
+                f"{c.get('name', c['proc'])} failed (exit code {c.get('code')})",
+                c.get("tail", "").splitlines()[-8:],
+            )
+
+    def _figures(self) -> None:
+        f = self.report.figures
+        ops = [op for op in self.ops.values() if op.proc != "harness"]
+        outcome = Counter(op.outcome for op in ops)
+        kinds = Counter(op.kind for op in ops)
+        f["operations"] = f"{len(ops)} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})"
+        f["outcomes"] = ", ".join(f"{k} {n}" for k, n in sorted(outcome.items()))
+        errors = Counter(op.error for op in ops if op.outcome == "error")
+        if errors:
+            f["errors"] = ", ".join(f"{k} {n}" for k, n in errors.most_common())
+        noop = sum(1 for op in ops if op.kind == "delete" and op.committed is False)
+        f["commits"] = (
+            f"{self.s.latest + 1} versions; {noop} deletes matched nothing; latest "
+            f"v{self.s.latest}, retained v{self.oldest}..v{self.s.latest}"
+        )
+        seen = len(self.first_seen)
+        f["history"] = (
+            f"{seen} of {self.s.latest + 1} log entries seen by the archiver, "
+            f"{len(self.holes)} unseen and unacknowledged"
+            + (f" ({self.searched} placements searched)" if self.holes else "")
+        )
+        f["kills"] = len(self.j.kills)
+        landed_unknown = sum(
+            1 for op in ops if op.outcome in ("none", "unknown") and op.id in self.placed
+        )
+        f["unknown outcome"] = (
+            f"{outcome['none'] + outcome['unknown']} (killed or unknown), {landed_unknown} landed"
+        )
+        ok_vac = [x for x in self.j.vacuums if "error" not in x]
+        f["vacuums"] = (
+            f"{len(self.j.vacuums)} ({len(self.j.vacuums) - len(ok_vac)} failed), "
+            f"{sum(len(x.get('removed_versions', [])) for x in ok_vac)} log entries and "
+            f"{sum(x.get('removed_files', 0) for x in ok_vac)} files removed"
+        )
+        reads = Counter(r["api"] for r in self.j.reads)
+        failed = Counter(r.get("error") for r in self.j.reads if r.get("error"))
+        f["reads"] = (
+            f"{len(self.j.reads)} ({', '.join(f'{k} {n}' for k, n in sorted(reads.items()))}); "
+            f"{sum(failed.values())} failed"
+            + (f": {', '.join(f'{k} {n}' for k, n in failed.most_common())}" if failed else "")
+        )
+        statuses = Counter(str(p.get("status")) for p in self.j.polls)
+        f["server polls"] = ", ".join(f"{k}: {n}" for k, n in sorted(statuses.items()))
+        f["anomalies"] = len(self.report.anomalies)
