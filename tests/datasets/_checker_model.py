@@ -178,6 +178,14 @@ def _mismatches(
     return bad
 
 
+def _seconds(text: Any) -> float | None:
+    """``"1.5s"`` -> 1.5 (the workload's grace periods are in seconds)."""
+    try:
+        return float(str(text).removesuffix("s"))
+    except ValueError:
+        return None
+
+
 # -- the check ------------------------------------------------------------------------------------
 
 
@@ -240,6 +248,7 @@ class _Checker:
         for v, info in s.versions.items():
             e = info["entry"]
             final[v] = Entry(v, e["commit_id"], e["operation"], e["ops"], e["tags"], s.t, "final")
+        self.created_twice: set[int] = set()
         seen: dict[int, list[Entry]] = defaultdict(list)
         for e in sorted(self.j.entries, key=lambda e: e.t):
             if all(x.commit_id != e.commit_id for x in seen[e.version]):
@@ -249,6 +258,7 @@ class _Checker:
             if v in final and all(x.commit_id != final[v].commit_id for x in commits):
                 commits.append(final[v])
             if len(commits) > 1:
+                self.created_twice.add(v)
                 self.anomaly(
                     "duplicate-version",
                     f"log entry {v} was created {len(commits)} times",
@@ -360,7 +370,8 @@ class _Checker:
             acked[v].append(op)
         for v, claims in sorted(acked.items()):
             commits = {o.commit_id for o in claims}
-            if len(commits) > 1:
+            if len(commits) > 1 and v not in self.created_twice:  # else reported already
+                self.created_twice.add(v)
                 self.anomaly(
                     "duplicate-version",
                     f"version {v} was acknowledged to {len(claims)} commits: "
@@ -379,15 +390,31 @@ class _Checker:
 
     def _observations(self) -> _Observations:
         rows: dict[int, Counter[Row]] = {}
-        for v, info in self.s.versions.items():
+        unreadable = []
+        for v, info in sorted(self.s.versions.items()):
             if v >= self.oldest and info.get("rows") is not None:
                 rows[v] = Counter(tuple(r) for r in info["rows"])  # type: ignore[misc]
             elif v >= self.oldest:
-                self.anomaly(
-                    "retained-unreadable",
-                    f"retained version {v} could not be read after the run",
-                    [str(info.get("error"))],
-                )
+                unreadable.append((v, str(info.get("error"))))
+        broken = {v for v, _ in unreadable}
+        for v, error in unreadable:
+            evidence = [error]
+            op = self.chain.get(v)
+            if op is not None and v - 1 not in broken:  # the version that broke it
+                evidence.append(f"committed by {op.brief()}")
+                took = (op.t_end or self.s.t) - op.t_invoke
+                grace = _seconds(self.j.config.get("grace"))
+                if grace is not None and took > grace:
+                    evidence.append(
+                        f"it took {took:.1f}s, longer than the vacuum's grace period "
+                        f"({grace:g}s): vacuum may have removed the files it staged before it "
+                        "committed them"
+                    )
+            self.anomaly(
+                "retained-unreadable",
+                f"retained version {v} could not be read after the run",
+                evidence,
+            )
         reads: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for r in self.j.reads:
             if (
@@ -680,6 +707,8 @@ class _Checker:
         s_best = list(itertools.accumulate((v for _, v in served), max))
         never = 0
         for v, t in known.items():
+            if not served or t < served[0][0]:
+                continue  # before the server's first answer
             i = bisect.bisect_left(s_best, v)  # the first poll that served v or newer
             if i == len(s_best):
                 never += 1

@@ -204,9 +204,17 @@ def run_checker(
     margin: float | None = None,
     seed: int | None = None,
     kill_every: tuple[float, float] = (1.0, 3.0),
+    retain: tuple[int, ...] = (2, 3),
+    grace: str = "1.5s",
+    row_deletes: bool = True,
     say: Callable[[str], None] = print,
 ) -> Report:
-    """Run the workload against the dataset at ``url`` (which must not exist) and check it."""
+    """Run the workload against the dataset at ``url`` (which must not exist) and check it.
+
+    ``retain`` (the vacuum's ``retain_versions``, one drawn each time), ``grace`` and
+    ``row_deletes`` (False: deletes of whole partitions only) shape the workload; the defaults
+    are the adversarial ones. The report is also written to ``workdir/report.txt``.
+    """
     margin = float(os.environ.get("HAFEN_CHECKER_SERVER_MARGIN", 1.0)) if margin is None else margin
     seed = random.randrange(2**31) if seed is None else seed
     rng = random.Random(seed)
@@ -221,7 +229,17 @@ def run_checker(
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["_checker_workload"])
     harness = JournalWriter(journal_dir, "harness", time.time)
-    harness.write("config", url=url, seconds=seconds, refresh=refresh, margin=margin, seed=seed)
+    harness.write(
+        "config",
+        url=url,
+        seconds=seconds,
+        refresh=refresh,
+        margin=margin,
+        seed=seed,
+        retain=list(retain),
+        grace=grace,
+        row_deletes=row_deletes,
+    )
     say(f"checker: {url}, {seconds:.0f}s, seed {seed}, journal {journal_dir}")
 
     init = [(p, i, 50 + i) for p in range(PARTITIONS) for i in range(3)]
@@ -247,7 +265,12 @@ def run_checker(
             raise RuntimeError(f"hafen serve exited:\n{server.tail()}")
         poller.start()
         children["vacuum"] = spawn(
-            "vacuum", "vacuum", stop=str(stops["vacuum"]), seed=rng.randrange(2**31)
+            "vacuum",
+            "vacuum",
+            stop=str(stops["vacuum"]),
+            seed=rng.randrange(2**31),
+            retain=list(retain),
+            grace=grace,
         )
         for r in range(readers):
             children[f"r{r}"] = spawn(
@@ -263,6 +286,7 @@ def run_checker(
                 incarnation=incarnation[w],
                 stop=str(stops["writers"]),
                 seed=rng.randrange(2**31),
+                row_deletes=row_deletes,
             )
 
         for w in range(writers):
@@ -408,6 +432,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--readers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--retain", default="2,3", help="Vacuum's retain_versions, drawn from this list."
+    )
+    parser.add_argument("--grace", default="1.5s", help="Vacuum's grace period.")
+    parser.add_argument(
+        "--partition-deletes-only",
+        action="store_true",
+        help="Delete whole partitions only (a control run: no row-level delete races).",
+    )
     parser.add_argument("--workdir", default=None, help="Keep journals here (default: a temp dir).")
     args = parser.parse_args(argv)
     for key in [k for k in os.environ if k.startswith(("HAFEN_", "AZURE_STORAGE_"))]:
@@ -429,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                 writers=args.writers,
                 readers=args.readers,
                 seed=args.seed,
+                retain=tuple(int(x) for x in args.retain.split(",")),
+                grace=args.grace,
+                row_deletes=not args.partition_deletes_only,
             )
         print(f"\n== {backend} ==\n{report.summary()}\n(journal and report in {work / 'run'})")
         failed |= not report.ok

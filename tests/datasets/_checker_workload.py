@@ -81,9 +81,11 @@ def random_rows(rng: random.Random, parts: list[int]) -> list[tuple[int, int, in
     return rows
 
 
-def random_predicate(rng: random.Random) -> list[list[list[Any]]]:
-    """A delete's predicate: a whole partition, rows by value, or both."""
+def random_predicate(rng: random.Random, rows: bool = True) -> list[list[list[Any]]]:
+    """A delete's predicate: a whole partition, or (``rows``) rows by value in some or all."""
     p = rng.randrange(PARTITIONS)
+    if not rows:
+        return [[["part", "==", p]]]
     return rng.choice(
         [
             [[["part", "==", p]]],
@@ -109,7 +111,7 @@ def writer(args: dict[str, Any]) -> None:
         on_conflict = rng.choice(["raise", "retry"])
         try:
             if kind == "delete":
-                predicate = random_predicate(rng)
+                predicate = random_predicate(rng, args.get("row_deletes", True))
                 stale = handle is not None and rng.random() < 0.3
                 journal.write(
                     "invoke",
