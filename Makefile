@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint venv-dev clean
+.PHONY: demo test lint venv-dev soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ lint: venv-dev
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The datasets' concurrency checker (tests/datasets/test_checker.py) for as long as asked:
+# `make soak SECONDS=600 BACKEND=local|azure|both`; prints its figures and any anomaly.
+SECONDS ?= 600
+BACKEND ?= local
+soak: venv-dev
+	$(BIN)/python tests/datasets/_checker_run.py --seconds $(SECONDS) --backend $(BACKEND)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache hafen-demo
