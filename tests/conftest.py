@@ -8,6 +8,8 @@ from _azurite import azurite  # noqa: F401 - the Azurite session fixture (datase
 
 # Tests must not pick up a developer's hafen.toml or HAFEN_* settings, nor reach a real Azure
 # account through AZURE_STORAGE_* (Azure tests set their own, per test, with monkeypatch).
+# HAFEN_CHECKER_* are knobs of the concurrency checker's tests, not settings: they stay.
 for _key in [k for k in os.environ if k.startswith(("HAFEN_", "AZURE_STORAGE_"))]:
-    del os.environ[_key]
+    if not _key.startswith("HAFEN_CHECKER_"):
+        del os.environ[_key]
 os.environ["HAFEN_CONFIG"] = os.devnull

@@ -257,7 +257,8 @@ def run_checker(
     name = url.rstrip("/").rsplit("/", 1)[-1]
     server = _Server(url, port, refresh, env, logs / "server.log")
     children: dict[str, _Child] = {}
-    poller = _Poller(port, name, JournalWriter(journal_dir, "poller", time.time), every=0.1)
+    poll_journal = JournalWriter(journal_dir, "poller", time.time)
+    poller = _Poller(port, name, poll_journal, every=0.1)
     try:
         if not poll_until(lambda: _healthy(port) or server.process.poll() is not None, 120):
             raise RuntimeError(f"hafen serve did not answer within 120s:\n{server.tail()}")
@@ -365,6 +366,7 @@ def run_checker(
             c.kill()
         server.stop()
         poller.join(15)
+        poll_journal.close()
         harness.close()
     report = check(load_journal(journal_dir), snapshot)
     (work / "report.txt").write_text(report.summary() + "\n")
