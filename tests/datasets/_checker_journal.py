@@ -16,7 +16,8 @@ so a process killed at any moment leaves every event it recorded before. Each ev
 ``fail``            it raised: ``error`` (class name) and ``message``
 (no outcome)        the process was killed during the operation
 ``entry``           the archiver saw log entry ``version`` (``commit_id``, ``operation``, ``ops``:
-                    the operation ids of the rows it adds, ``tags``: delete tags in its parameters)
+                    the operation ids of the rows it adds, ``tags``: delete tags in its parameters,
+                    ``files``: the data files it adds)
 ``vacuum``          a vacuum ran: ``retain``, ``grace``, and ``removed_versions``/``removed_files``
                     or ``error``
 ``read``            a reader read: ``api`` (open, latest, version), ``version``, ``dataset_id``,
@@ -151,7 +152,7 @@ def identify_entry(
         "read_version": data.get("read_version"),
         "ops": sorted(ops) if ops is not None else None,
         "tags": tags,
-        "adds": len(adds),
+        "files": [a["path"] for a in adds],
     }
 
 
@@ -220,6 +221,7 @@ class Entry:
     tags: list[int]
     t: float
     source: str  # archive | final
+    files: list[str] = field(default_factory=list)  # the data files it adds
 
 
 @dataclass
@@ -271,6 +273,7 @@ class Journal:
                     list(ev.get("tags", [])),
                     ev["t"],
                     "archive",
+                    list(ev.get("files", [])),
                 )
             )
         elif kind == "read":

@@ -247,7 +247,16 @@ class _Checker:
         final: dict[int, Entry] = {}
         for v, info in s.versions.items():
             e = info["entry"]
-            final[v] = Entry(v, e["commit_id"], e["operation"], e["ops"], e["tags"], s.t, "final")
+            final[v] = Entry(
+                v,
+                e["commit_id"],
+                e["operation"],
+                e["ops"],
+                e["tags"],
+                s.t,
+                "final",
+                e.get("files", []),
+            )
         self.created_twice: set[int] = set()
         seen: dict[int, list[Entry]] = defaultdict(list)
         for e in sorted(self.j.entries, key=lambda e: e.t):
@@ -285,6 +294,12 @@ class _Checker:
             if op_id is None and e is None:
                 op_id = self._claim(v)
             self.chain[v] = self.ops.get(op_id) if op_id else None
+        self.added_by: dict[str, str] = {}
+        for e in itertools.chain(*seen.values(), final.values()):
+            op_id = self.identity(e)
+            if op_id:
+                self.added_by.update(dict.fromkeys(e.files, op_id))
+        self.grace = _seconds(self.j.config.get("grace"))
         self.placed: dict[str, list[int]] = defaultdict(list)
         for v, op in self.chain.items():
             if op is not None:
@@ -307,6 +322,11 @@ class _Checker:
         if len(writes) == 1:
             return writes[0].id
         return claims[0].id if len(claims) == 1 else None
+
+    def _adder(self, path: str) -> Op | None:
+        """The operation whose commit added data file ``path``."""
+        op_id = self.added_by.get(path)
+        return self.ops.get(op_id) if op_id else None
 
     def _entry_text(self, e: Entry) -> str:
         op_id = self.identity(e)
@@ -390,30 +410,38 @@ class _Checker:
 
     def _observations(self) -> _Observations:
         rows: dict[int, Counter[Row]] = {}
-        unreadable = []
+        outlived: dict[str, set[int]] = defaultdict(set)
         for v, info in sorted(self.s.versions.items()):
-            if v >= self.oldest and info.get("rows") is not None:
+            if v < self.oldest:
+                continue
+            if info.get("rows") is not None:
                 rows[v] = Counter(tuple(r) for r in info["rows"])  # type: ignore[misc]
-            elif v >= self.oldest:
-                unreadable.append((v, str(info.get("error"))))
-        broken = {v for v, _ in unreadable}
-        for v, error in unreadable:
-            evidence = [error]
-            op = self.chain.get(v)
-            if op is not None and v - 1 not in broken:  # the version that broke it
-                evidence.append(f"committed by {op.brief()}")
-                took = (op.t_end or self.s.t) - op.t_invoke
-                grace = _seconds(self.j.config.get("grace"))
-                if grace is not None and took > grace:
-                    evidence.append(
-                        f"it took {took:.1f}s, longer than the vacuum's grace period "
-                        f"({grace:g}s): vacuum may have removed the files it staged before it "
-                        "committed them"
-                    )
-            self.anomaly(
-                "retained-unreadable",
-                f"retained version {v} could not be read after the run",
-                evidence,
+                continue
+            evidence, excused = [str(info.get("error"))], bool(info.get("missing"))
+            for path in info.get("missing", []):
+                op = self._adder(path)
+                took = None if op is None else (op.t_end or self.s.t) - op.t_invoke
+                if op is None or took is None or self.grace is None or took <= self.grace:
+                    excused = False
+                    who = "an unknown commit" if op is None else op.brief()
+                    evidence.append(f"{path}, added by {who}, is gone")
+                else:
+                    outlived[op.id].add(v)
+            if not excused:
+                self.anomaly(
+                    "retained-unreadable",
+                    f"retained version {v} could not be read after the run",
+                    evidence,
+                )
+        if outlived:
+            self.report.notes.append(
+                f"{sum(map(len, outlived.values()))} retained versions refer to files that vacuum "
+                f"removed while the writer that staged them outlived the grace period "
+                f"({self.grace:g}s): "
+                + "; ".join(
+                    f"{self.ops[o].brief()} (v{min(vs)}..v{max(vs)})"
+                    for o, vs in list(outlived.items())[:EXAMPLES]
+                )
             )
         reads: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for r in self.j.reads:
@@ -741,6 +769,12 @@ class _Checker:
         errors = Counter(op.error for op in ops if op.outcome == "error")
         if errors:
             f["errors"] = ", ".join(f"{k} {n}" for k, n in errors.most_common())
+        took = sorted(op.t_end - op.t_invoke for op in ops if op.outcome == "ok" and op.t_end)
+        if took:
+            f["commit latency"] = (
+                f"p50 {took[len(took) // 2]:.2f}s, p99 {took[int(len(took) * 0.99)]:.2f}s, "
+                f"max {took[-1]:.2f}s"
+            )
         noop = sum(1 for op in ops if op.kind == "delete" and op.committed is False)
         f["commits"] = (
             f"{self.s.latest + 1} versions; {noop} deletes matched nothing; latest "

@@ -30,6 +30,7 @@ class Story:
         self.t = T0
         self.events: list[dict[str, Any]] = []
         self.retained: dict[int, list[list[Any]]] = {}
+        self.missing: dict[int, list[str]] = {}  # retained versions unreadable: files gone
         self.entries: dict[int, dict[str, Any]] = {}
         self.latest = -1
         self.event("harness", "config", refresh=0.5, margin=1.0, grace="1.5s")
@@ -47,7 +48,7 @@ class Story:
             "read_version": version - 1,
             "ops": [op] if operation != "delete" else None,
             "tags": [tag] if tag is not None else [],
-            "adds": 1,
+            "files": [f"table/{op}.parquet"],
         }
         self.entries[version] = e
         self.latest = max(self.latest, version)
@@ -109,9 +110,11 @@ class Story:
         )
 
     def snapshot(self) -> Snapshot:
-        versions = {
+        versions: dict[int, dict[str, Any]] = {
             v: {"entry": self.entries[v], "rows": rows} for v, rows in self.retained.items()
         }
+        for v, paths in self.missing.items():
+            versions[v].update(rows=None, error="StorageError: missing file", missing=paths)
         return Snapshot(self.latest, "d1", self.t + 1, versions)
 
     def check(self) -> Report:
@@ -221,13 +224,28 @@ def test_a_reader_seeing_other_content_is_wrong_content():
     assert "r1 read 1 versions" in report.anomalies[0].message
 
 
-def test_an_unreadable_retained_version_is_reported_with_its_commit():
+def test_an_unreadable_retained_version_is_reported_with_the_commit_of_its_missing_file():
     s = clean()
-    s.retained[4] = None  # type: ignore[assignment]
+    s.missing[4] = ["table/w1.0.1.parquet"]
     s.events.insert(0, {"t": T0 - 1, "proc": "w1.0", "event": "x"})  # ignored: unknown event
     report = s.check()
     assert kinds(report) == {"retained-unreadable"}
-    assert any("committed by w1.0.1" in e for e in report.anomalies[0].evidence)
+    assert (
+        report.anomalies[0]
+        .evidence[1]
+        .startswith("table/w1.0.1.parquet, added by w1.0.1 append 1 rows into part [3]")
+    )
+
+
+def test_a_file_lost_by_a_writer_slower_than_the_grace_period_is_a_note():
+    s = clean()
+    s.write("w2.0.0", "append", [(1, 0, 7)], 5)
+    s.events[-1]["t"] += 2.0  # it took 2s to commit: vacuum (grace 1.5s) removed its file
+    s.retained[5] = []
+    s.missing[5] = ["table/w2.0.0.parquet"]
+    report = s.check()
+    assert report.ok, report.summary()
+    assert "1 retained versions refer to files that vacuum removed" in report.notes[0]
 
 
 def test_a_delete_that_left_matching_rows():
