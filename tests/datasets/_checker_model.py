@@ -487,18 +487,44 @@ class _Checker:
             )
 
     def _fill(self, holes: list[int], obs: _Observations) -> None:
-        """Place unknown-outcome operations into the versions nobody saw, as the reads demand."""
+        """Place unknown-outcome operations into the versions nobody saw, as the reads demand.
+
+        Holes are searched in groups: an observed version between two holes pins the state
+        there, so the groups on either side are independent.
+        """
+        observed = sorted(obs.versions())
+        groups: list[list[int]] = []
+        for v in holes:
+            if groups:
+                i = bisect.bisect_left(observed, groups[-1][-1])
+                if i == len(observed) or observed[i] >= v:
+                    groups[-1].append(v)
+                    continue
+            groups.append([v])
+        known = self._known_since()
+        later = float("inf")
+        self.next_known: dict[int, float] = {}
+        for v in range(self.s.latest, -1, -1):
+            self.next_known[v] = later  # no operation invoked after this committed v
+            later = min(later, known[v])
+        for group in groups:
+            self._fill_group(group, obs, observed)
+
+    def _fill_group(self, holes: list[int], obs: _Observations, observed: list[int]) -> None:
+        deadline = self.next_known[holes[0]]
         candidates = [
             op
             for op in self.ops.values()
-            if op.outcome in ("none", "unknown", "error") and op.id not in self.placed
+            if op.outcome in ("none", "unknown", "error")
+            and op.id not in self.placed
+            and op.t_invoke < self.next_known[holes[-1]]
         ]
-
-        candidates.sort(key=lambda op: op.outcome == "error")  # killed ones first
+        # killed ones first, the likeliest (invoked just before the version) first
+        candidates.sort(key=lambda op: (op.outcome == "error", abs(deadline - op.t_invoke)))
 
         def fits(op: Op, v: int) -> bool:
             e = self.entry_at.get(v)
-            return e is None or e.operation == op.kind
+            return op.t_invoke < self.next_known[v] and (e is None or e.operation == op.kind)
 
         if len(candidates) < len(holes):
             self.anomaly(
@@ -508,20 +534,24 @@ class _Checker:
                 [op.brief() for op in candidates[:EXAMPLES]],
             )
         first = holes[0]
-        base, _, _ = _replay(self.chain, 0, first - 1, {}, obs)
+        i = bisect.bisect_left(observed, holes[-1])
+        until = observed[i] if i < len(observed) else self.s.latest  # pinned from there on
+        base, _, _ = _replay(self.chain, 0, first - 1, {}, _Observations({}, {}))
         best: tuple[int, tuple[Op, ...]] | None = None
+        tried = 0
         for assignment in itertools.permutations(candidates, len(holes)):
             if not all(fits(op, v) for op, v in zip(assignment, holes, strict=True)):
                 continue
-            self.searched += 1
+            tried += 1
             trial = dict(self.chain)
             trial.update(zip(holes, assignment, strict=True))
-            _, full, prints = _replay(trial, first, self.s.latest, copy_state(base), obs)
+            _, full, prints = _replay(trial, first, until, copy_state(base), obs)
             bad = _mismatches(obs, full, prints)
             if best is None or bad < best[0]:
                 best = (bad, assignment)
-            if bad == 0 or self.searched >= MAX_SEARCH:
+            if bad == 0 or tried >= MAX_SEARCH:
                 break
+        self.searched += tried
         if best is None:
             return
         for op, v in zip(best[1], holes, strict=True):
@@ -531,7 +561,7 @@ class _Checker:
         self.report.notes.append(
             f"versions {holes} were vacuumed before anyone saw them; placed "
             + ", ".join(f"{op.id} at v{v}" for op, v in zip(best[1], holes, strict=True))
-            + f" ({self.searched} placements tried, {best[0]} reads left unexplained)"
+            + f" ({tried} placements tried, {best[0]} reads left unexplained)"
         )
         if best[0]:
             self.anomaly(
