@@ -323,6 +323,21 @@ class _Checker:
             return writes[0].id
         return claims[0].id if len(claims) == 1 else None
 
+    def _remover(self, path: str, op: Op | None) -> list[str]:
+        """Which vacuum removed ``path``, and when, relative to the commit that added it."""
+        for vac in self.j.vacuums:
+            if path in vac.get("removed", []):
+                text = (
+                    f"removed by the vacuum that ran from t={vac['started']:.3f} to {vac['t']:.3f}"
+                )
+                if op is not None:
+                    text += (
+                        f"; the commit was invoked at t={op.t_invoke:.3f} and acknowledged at "
+                        f"t={op.t_end or float('nan'):.3f}"
+                    )
+                return [text]
+        return []
+
     def _adder(self, path: str) -> Op | None:
         """The operation whose commit added data file ``path``."""
         op_id = self.added_by.get(path)
@@ -425,6 +440,7 @@ class _Checker:
                     excused = False
                     who = "an unknown commit" if op is None else op.brief()
                     evidence.append(f"{path}, added by {who}, is gone")
+                    evidence.extend(self._remover(path, op))
                 else:
                     outlived[op.id].add(v)
             if not excused:

@@ -337,8 +337,14 @@ def run_checker(
             raise RuntimeError("the workload processes did not start within 180s")
         deadline = time.monotonic() + seconds
         next_kill = time.monotonic() + rng.uniform(*kill_every)
+        next_news = time.monotonic() + 60
+        kills = 0
         while time.monotonic() < deadline:
             time.sleep(0.05)
+            if time.monotonic() > next_news:  # a soak says it is alive once a minute
+                next_news += 60
+                left = deadline - time.monotonic()
+                say(f"checker: {kills} writers killed so far, {left:.0f}s to go")
             for key, child in list(children.items()):
                 code = child.exitcode
                 if code is not None:  # nothing exits by itself before its stop file
@@ -353,6 +359,7 @@ def run_checker(
                 w = rng.randrange(writers)
                 victim = children[f"w{w}"]
                 victim.kill()
+                kills += 1
                 harness.write("kill", name=victim.name, pid=victim.process.pid)
                 incarnation[w] += 1
                 start_writer(w)

@@ -272,19 +272,23 @@ def vacuum(args: dict[str, Any]) -> None:
         while not _stopping(args):
             time.sleep(rng.uniform(*args.get("every", (0.3, 1.0))))  # workload pacing
             retain = rng.choice(args.get("retain", [2, 3]))
+            started = time.time()
             grace = args.get("grace", "1.5s")
             try:
                 archiver.round()  # so that what this vacuum removes has been seen
+                started = time.time()
                 report = hafen.open_dataset(url).vacuum(retain_versions=retain, grace_period=grace)
                 journal.write(
                     "vacuum",
                     retain=retain,
                     grace=grace,
+                    started=started,
                     removed_versions=report.removed_versions,
                     removed_files=len(report.removed_files),
+                    removed=[p for p in report.removed_files if p.startswith("table/")][:200],
                 )
             except Exception as exc:
-                journal.write("vacuum", retain=retain, grace=grace, **_error(exc))
+                journal.write("vacuum", retain=retain, grace=grace, started=started, **_error(exc))
     finally:
         stop.set()
         thread.join(10)
