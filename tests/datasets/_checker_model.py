@@ -14,7 +14,8 @@ acknowledgements; if none claims it, it was committed by an operation whose outc
 placed there, explains everything read (like Jepsen's linearizability search, on a few holes).
 The model then replays the operations in version order (append adds rows; overwrite replaces
 the partitions of its rows; delete drops matching rows), and every version read, by the readers
-or after the run, must equal it.
+or after the run, must equal it. The checks on times (readers, server) are in
+:mod:`_checker_freshness`; the kinds of anomaly and the report in :mod:`_checker_report`.
 """
 
 from __future__ import annotations
@@ -23,85 +24,18 @@ import bisect
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from _checker_freshness import check_readers, check_server
 from _checker_journal import Entry, Journal, Op, digest, matches
+from _checker_report import EXAMPLES, Anomaly, Report, Snapshot
 
-__all__ = ["KINDS", "Anomaly", "Report", "Snapshot", "check"]
+__all__ = ["check"]
 
-KINDS = {
-    "lost-commit": "(1) an acknowledged commit is not in the history of the latest version",
-    "duplicate-version": "(2) one version number was given to two commits",
-    "stray-entry": "(2) a log entry below the oldest retained version (re-created after vacuum)",
-    "wrong-content": "(3) a version read back differs from the model",
-    "unexplained-version": "(3) no operation of the journal explains a version",
-    "retained-unreadable": "(3) a retained version cannot be read",
-    "delete-left-rows": "(4) a delete's version holds rows matching its predicate",
-    "reader-went-back": "(5) a reader saw an older version after a newer one",
-    "stale-read": "(5) a read started after a commit was acknowledged did not see it",
-    "stale-server": "(6) the server did not reflect the latest version within its bound",
-    "server-error": "(6) the server answered its dataset endpoint with an error",
-    "conflict-landed": "(7) an operation that raised ConflictError landed",
-    "error-but-landed": "(7) an operation that raised another error landed anyway",
-    "landed-twice": "(7) one operation landed as two versions",
-    "harness": "a workload process failed by itself (a bug of the checker's workload)",
-}
 MAX_SEARCH = 2000
-EXAMPLES = 5
-
 Row = tuple[str, int, int, int, str]  # op, seq, part, value, writer
 State = dict[int, dict[tuple[str, int], tuple[int, str]]]  # part -> (op, seq) -> (value, writer)
-
-
-@dataclass
-class Anomaly:
-    kind: str
-    message: str
-    evidence: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Snapshot:
-    """The dataset after the run: the latest version, and every log entry still present."""
-
-    latest: int
-    dataset_id: str
-    t: float
-    versions: dict[int, dict[str, Any]]  # v -> {"entry": identify_entry(...), "rows", "error"}
-
-
-@dataclass
-class Report:
-    figures: dict[str, Any] = field(default_factory=dict)
-    anomalies: list[Anomaly] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.anomalies
-
-    def kinds(self) -> Counter[str]:
-        return Counter(a.kind for a in self.anomalies)
-
-    def summary(self) -> str:
-        lines = ["concurrency checker: " + ("no anomalies" if self.ok else "ANOMALIES FOUND")]
-        for key, value in self.figures.items():
-            lines.append(f"  {key}: {value}")
-        for note in self.notes:
-            lines.append(f"  note: {note}")
-        by_kind: dict[str, list[Anomaly]] = defaultdict(list)
-        for a in self.anomalies:
-            by_kind[a.kind].append(a)
-        for kind, found in by_kind.items():
-            lines.append(f"{len(found)} x {kind}: {KINDS.get(kind, kind)}")
-            for a in found[:EXAMPLES]:
-                lines.append(f"  - {a.message}")
-                lines.extend(f"      {e}" for e in a.evidence[:8])
-            if len(found) > EXAMPLES:
-                lines.append(f"  ... and {len(found) - EXAMPLES} more")
-        return "\n".join(lines)
-
 
 # -- the model ------------------------------------------------------------------------------------
 
@@ -215,8 +149,8 @@ class _Checker:
         self._model()
         self._outcomes()
         self._deletes()
-        self._readers()
-        self._server()
+        check_readers(self)
+        check_server(self)
         self._figures()
         return self.report
 
@@ -636,78 +570,6 @@ class _Checker:
                     ],
                 )
 
-    # -- readers ------------------------------------------------------------------------------
-
-    def _generation(self, dataset_id: str | None) -> int | None:
-        if dataset_id == self.s.dataset_id:
-            return 0
-        recreated = self.j.phases.get("recreated")
-        if recreated and dataset_id == recreated.get("dataset_id"):
-            return 1
-        return None
-
-    def _acked_timeline(self) -> tuple[list[float], list[int], list[str]]:
-        """Times at which versions were acknowledged (confirmed in the history), running max."""
-        acked = sorted(
-            (op.t_end, v, op.id)
-            for v, op in self.chain.items()
-            if op is not None and op.outcome == "ok" and op.version == v and op.t_end
-        )
-        times, best, who = [], [], []
-        top, top_id = -1, ""
-        for t, v, op_id in acked:
-            if v > top:
-                top, top_id = v, op_id
-            times.append(t)
-            best.append(top)
-            who.append(top_id)
-        return times, best, who
-
-    def _readers(self) -> None:
-        times, best, who = self._acked_timeline()
-        recreated = self.j.phases.get("recreated")
-        went_back: dict[str, list[str]] = defaultdict(list)
-        stale: dict[tuple[str, str], list[str]] = defaultdict(list)
-        last: dict[str, tuple[int, int, dict[str, Any]]] = {}
-        for r in sorted(self.j.reads, key=lambda r: r["t"]):
-            if r.get("error") or r["api"] == "version":
-                continue
-            gen = self._generation(r.get("dataset_id"))
-            if gen is None:
-                continue
-            where = f"{r['api']} v{r['version']} at t={r['t']:.3f}"
-            prev = last.get(r["proc"])
-            if prev is not None and (gen, r["version"]) < prev[:2]:
-                p = prev[2]
-                went_back[r["proc"]].append(
-                    f"{p['api']} v{p['version']} (dataset {p['dataset_id'][:8]}) at "
-                    f"t={p['t']:.3f}, then {where} (dataset {r['dataset_id'][:8]})"
-                )
-            if prev is None or (gen, r["version"]) >= prev[:2]:
-                last[r["proc"]] = (gen, r["version"], r)
-            if recreated and r["t"] > recreated["t"]:
-                if gen != 1 or r["version"] < recreated["version"]:
-                    stale[(r["proc"], r["api"])].append(
-                        f"{where} (dataset {r['dataset_id'][:8]}) started "
-                        f"{r['t'] - recreated['t']:.2f}s after the dataset was recreated "
-                        f"(now dataset {recreated['dataset_id'][:8]} v{recreated['version']})"
-                    )
-                continue
-            i = bisect.bisect_left(times, r["t"]) - 1
-            if gen == 0 and i >= 0 and best[i] > r["version"]:
-                stale[(r["proc"], r["api"])].append(
-                    f"{where}, but v{best[i]} ({who[i]}) had been acknowledged "
-                    f"{r['t'] - times[i]:.2f}s before"
-                )
-        for proc, found in went_back.items():
-            self.anomaly("reader-went-back", f"{proc} went back {len(found)} times", found)
-        for (proc, api), found in stale.items():
-            self.anomaly(
-                "stale-read", f"{proc}'s {api}() returned a stale version {len(found)} times", found
-            )
-
-    # -- the server ---------------------------------------------------------------------------
-
     def _known_since(self) -> dict[int, float]:
         """For each version, the earliest time it is known to have landed."""
         known: dict[int, float] = {}
@@ -719,81 +581,6 @@ class _Checker:
                 ts.append(op.t_end)
             known[v] = min(ts)
         return known
-
-    def _server(self) -> None:
-        cfg = self.j.config
-        if not self.j.polls:
-            return
-        bound = float(cfg.get("refresh", 1.0)) + float(cfg.get("margin", 1.0))
-        recreate = self.j.phases.get("recreate")
-        recreated = self.j.phases.get("recreated")
-        cut = recreate["t"] if recreate else float("inf")
-        known = self._known_since()
-        order = sorted((t, v) for v, t in known.items())
-        k_times = [t for t, _ in order]
-        k_best = list(itertools.accumulate((v for _, v in order), max))
-        lags: list[float] = []
-        errors = [p for p in self.j.polls if p.get("status") and p["status"] >= 500]
-        if errors:
-            self.anomaly(
-                "server-error",
-                f"the server answered {len(errors)} polls with an error",
-                [f"t={p['t']:.3f}: {p['status']} {p.get('body', '')[:200]}" for p in errors],
-            )
-        stale: list[str] = []
-        worst = 0.0
-        newer_since: dict[int, float] = {}  # v -> when the first version after v was known
-        running = float("inf")
-        for v in sorted(known, reverse=True):
-            newer_since[v] = running
-            running = min(running, known[v])
-        for p in self.j.polls:
-            if p.get("status") != 200:
-                continue
-            if p["t"] < cut:
-                i = bisect.bisect_right(k_times, p["t"] - bound) - 1
-                if i >= 0 and k_best[i] > p["version"]:
-                    # how long the newest version it lacks has been known
-                    since = newer_since.get(p["version"], k_times[i])
-                    worst = max(worst, p["t"] - since)
-                    stale.append(
-                        f"t={p['t']:.3f}: served v{p['version']}, v{k_best[i]} was known "
-                        f"since {p['t'] - k_times[i]:.2f}s (bound {bound:.1f}s)"
-                    )
-            elif recreated and p["t"] > recreated["t"] + bound:
-                now = (recreated["version"], recreated["timestamp"])
-                if (p["version"], p.get("timestamp")) != now:
-                    stale.append(
-                        f"t={p['t']:.3f}: served v{p['version']} ({p.get('timestamp')}) "
-                        f"{p['t'] - recreated['t']:.2f}s after the dataset was deleted and "
-                        f"recreated as v{recreated['version']} ({recreated['timestamp']})"
-                    )
-        if stale:
-            self.anomaly(
-                "stale-server",
-                f"{len(stale)} polls found the server behind by more than {bound:.1f}s "
-                f"(worst {worst:.1f}s before the recreation)",
-                stale[:3] + (["...", *stale[-3:]] if len(stale) > 6 else stale[3:6]),
-            )
-        served = sorted((p["t"], p["version"]) for p in self.j.polls if p.get("status") == 200)
-        served = [(t, v) for t, v in served if t < cut]
-        s_times = [t for t, _ in served]
-        s_best = list(itertools.accumulate((v for _, v in served), max))
-        never = 0
-        for v, t in known.items():
-            if not served or t < served[0][0]:
-                continue  # before the server's first answer
-            i = bisect.bisect_left(s_best, v)  # the first poll that served v or newer
-            if i == len(s_best):
-                never += 1
-            else:
-                lags.append(max(0.0, s_times[i] - t))
-        if lags:
-            lags.sort()
-            self.report.figures["server lag"] = (
-                f"p50 {lags[len(lags) // 2]:.2f}s, max {lags[-1]:.2f}s (bound {bound:.1f}s)"
-                + (f"; {never} versions never served" if never else "")
-            )
 
     # -- the rest -----------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ from typing import Any
 import _checker_workload
 import pyarrow.parquet as pq
 from _checker_journal import PARTITIONS, JournalWriter, identify_entry, load_journal
-from _checker_model import Report, Snapshot, check
+from _checker_model import check
+from _checker_report import Report, Snapshot
 from _checker_workload import ENV_PREFIXES, LOG_DIR, table_of
 
 import hafen

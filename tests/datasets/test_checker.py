@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 from _checker_journal import digest, journal_of
-from _checker_model import Report, Snapshot, check
+from _checker_model import check
+from _checker_report import Report, Snapshot
 from _checker_run import checker_seconds, run_checker
 
 # -- a hand-made history --------------------------------------------------------------------------
