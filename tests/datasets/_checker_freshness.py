@@ -116,7 +116,8 @@ def check_server(c: _Checker) -> None:
             f"the server answered {len(errors)} polls with an error",
             [f"t={p['t']:.3f}: {p['status']} {p.get('body', '')[:200]}" for p in errors],
         )
-    stale: list[str] = []
+    behind: list[str] = []  # before the dataset was deleted and recreated
+    gone: list[str] = []  # after
     worst = 0.0
     newer_since: dict[int, float] = {}  # v -> when the first version after v was known
     running = float("inf")
@@ -132,24 +133,31 @@ def check_server(c: _Checker) -> None:
                 # how long the newest version it lacks has been known
                 since = newer_since.get(p["version"], k_times[i])
                 worst = max(worst, p["t"] - since)
-                stale.append(
+                behind.append(
                     f"t={p['t']:.3f}: served v{p['version']}, v{k_best[i]} was known "
                     f"since {p['t'] - k_times[i]:.2f}s (bound {bound:.1f}s)"
                 )
         elif recreated and p["t"] > recreated["t"] + bound:
             now = (recreated["version"], recreated["timestamp"])
             if (p["version"], p.get("timestamp")) != now:
-                stale.append(
+                gone.append(
                     f"t={p['t']:.3f}: served v{p['version']} ({p.get('timestamp')}) "
                     f"{p['t'] - recreated['t']:.2f}s after the dataset was deleted and "
                     f"recreated as v{recreated['version']} ({recreated['timestamp']})"
                 )
-    if stale:
+    if behind:
         c.anomaly(
             "stale-server",
-            f"{len(stale)} polls found the server behind by more than {bound:.1f}s "
-            f"(worst {worst:.1f}s before the recreation)",
-            stale[:3] + (["...", *stale[-3:]] if len(stale) > 6 else stale[3:6]),
+            f"{len(behind)} polls found the server behind by more than {bound:.1f}s "
+            f"(at worst {worst:.1f}s behind)",
+            _ends(behind),
+        )
+    if gone:
+        c.anomaly(
+            "stale-server",
+            f"{len(gone)} polls found the server serving the deleted dataset more than "
+            f"{bound:.1f}s after it was recreated",
+            _ends(gone),
         )
     served = sorted((p["t"], p["version"]) for p in c.j.polls if p.get("status") == 200)
     served = [(t, v) for t, v in served if t < cut]
@@ -170,3 +178,8 @@ def check_server(c: _Checker) -> None:
             f"p50 {lags[len(lags) // 2]:.2f}s, max {lags[-1]:.2f}s (bound {bound:.1f}s)"
             + (f"; {never} versions never served" if never else "")
         )
+
+
+def _ends(lines: list[str]) -> list[str]:
+    """The first and last three of ``lines``."""
+    return lines if len(lines) <= 6 else [*lines[:3], "...", *lines[-3:]]
