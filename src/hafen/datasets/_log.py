@@ -953,8 +953,9 @@ def commit(
             state = load_state(storage)
             entry = plan(state)
             continue
-        state, entry = _catch_up(storage, state, entry, plan, retry_conflicts)
+        # back off before reading what landed, so the next create follows the read at once
         time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+        state, entry = _catch_up(storage, state, entry, plan, retry_conflicts)
     raise ConflictError(
         f"{storage.url}: gave up after {max_attempts} attempts to commit under contention"
     )
