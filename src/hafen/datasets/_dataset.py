@@ -40,7 +40,6 @@ from hafen.datasets._write import StagedWrite, file_label, stage_table
 from hafen.errors import (
     ConfigError,
     ConflictError,
-    CorruptMetadataError,
     DatasetExistsError,
     DatasetNotFoundError,
     HafenError,
@@ -432,10 +431,7 @@ class Dataset:
                 f"got {settings.log_retention!r}"
             )
         storage = self._storage
-        latest = _log.load_state(storage)
-        if latest.origin != "hafen":
-            raise DatasetNotFoundError(f"{self.url}: nothing to vacuum (no hafen log)")
-        floor, base, newer = _retained(storage, latest, retain)
+        floor, base, newer = _retained(storage, retain)
         referenced = set(base.files) | {p.path for p in base.index_parts}
         for c in newer:
             referenced.update(f.path for f in c.adds)
@@ -472,16 +468,17 @@ class Dataset:
         return report
 
 
-def _retained(
-    storage: Storage, latest: DatasetState, retain: int
-) -> tuple[int, DatasetState, list[Commit]]:
-    """The oldest retained version, its state, and the entries after it up to ``latest``.
+def _retained(storage: Storage, retain: int) -> tuple[int, DatasetState, list[Commit]]:
+    """The oldest retained version, its state, and the entries after it up to the latest.
 
     A concurrent or earlier vacuum may have retired more than ``retain`` asks to drop; the
     retained versions then start above the newest retired entry.
     """
-    wanted = max(0, latest.version - retain + 1)
-    for _ in range(3):
+    for _ in range(5):
+        latest = _log.load_state(storage)
+        if latest.origin != "hafen":
+            raise DatasetNotFoundError(f"{storage.url}: nothing to vacuum (no hafen log)")
+        wanted = max(0, latest.version - retain + 1)
         newer = _log.read_entries_down(storage, latest.version, stop=wanted + 1)
         if len(newer) == latest.version - wanted:
             floor = wanted
@@ -493,8 +490,9 @@ def _retained(
         except VersionVacuumedError:
             continue  # a concurrent vacuum retired more meanwhile: look again
         return floor, base, [c for c in newer if c.version > floor]
-    raise CorruptMetadataError(
-        f"{storage.url}: cannot establish which versions vacuum retains; nothing was removed"
+    raise ConflictError(
+        f"{storage.url}: another vacuum kept retiring versions while this one looked for the "
+        "oldest retained version; nothing was removed (it has done the work: run again later)"
     )
 
 
