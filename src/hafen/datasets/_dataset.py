@@ -47,7 +47,6 @@ from hafen.errors import (
     PredicateError,
     SchemaError,
     StorageError,
-    VersionNotFoundError,
     VersionVacuumedError,
 )
 
@@ -165,14 +164,11 @@ class Dataset:
         """
         if self._state.origin == "plateau":
             return not _log.list_versions(self._storage)
-        if self._state.commit_id:
-            try:
-                entry = _log.read_commit(self._storage, self.version)
-            except (FileNotFoundError, VersionNotFoundError):
-                return False
-            if entry.commit_id != self._state.commit_id:
-                return False
-        return not self._storage.exists(_log.log_path(self.version + 1))
+        if self._storage.exists(_log.log_path(self.version + 1)):
+            return False
+        return not self._state.commit_id or _log.holds_commit(
+            self._storage, self.version, self._state.commit_id
+        )
 
     def latest(self) -> Dataset:
         """This dataset at its newest version (``self`` when it is the newest)."""

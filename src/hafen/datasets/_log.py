@@ -486,6 +486,15 @@ def read_commit(storage: Storage, version: int) -> Commit:
     return commit_
 
 
+def holds_commit(storage: Storage, version: int, commit_id: str) -> bool:
+    """Whether the log entry of ``version`` is still the commit ``commit_id``, not retired."""
+    try:
+        data = _parse(storage, log_path(version))
+    except FileNotFoundError:
+        return False
+    return not data.get("vacuumed") and data.get("commit_id") == commit_id
+
+
 def list_versions(storage: Storage) -> list[int]:
     found = (_version_of(info.path) for info in storage.list(LOG_DIR))
     return sorted(v for v in found if v is not None)
