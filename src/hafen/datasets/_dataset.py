@@ -206,7 +206,7 @@ class Dataset:
             values = list(lit.value) if lit.op == "in" else [lit.value]
             if any(v is None for v in values):
                 continue  # indices do not record nulls
-            labels = self.index_lookup(lit.column, values)
+            labels = self.index_lookup(lit.column, values) if values else set()
             allowed = labels if allowed is None else allowed & labels
         return allowed
 
