@@ -297,6 +297,10 @@ class Commit:
     version: int = -1
     read_version: int = -1
     timestamp: str = ""
+    # rows this commit depends on the absence of (a delete's predicate): whether a file added
+    # since it read may hold some; judged from the log entry alone (partition values, stats)
+    # and not recorded in the log
+    may_match: Callable[[DataFile], bool] | None = field(default=None, repr=False, compare=False)
 
     def touched(self) -> set[str]:
         """The partition labels this commit changed."""
@@ -411,11 +415,12 @@ def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
     """Return why ``mine`` conflicts with the commits that landed since it read; [] if it doesn't.
 
     Appends never conflict. A commit that replaces or deletes (it has a read set) conflicts with
-    any landed commit that changed one of the partitions it read.
+    any landed commit that changed one of the partitions it read, and a delete also with any
+    that added a file which may hold rows it deletes (``mine.may_match``), wherever it added it.
     """
-    if mine.partitions_read is None:
+    if mine.partitions_read is None and mine.may_match is None:
         return []
-    read = set(mine.partitions_read)
+    read = set(mine.partitions_read or ())
     reasons = []
     for other in landed:
         if other.operation == "import":
@@ -424,6 +429,14 @@ def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
         if hit:
             shown = ", ".join(sorted(repr(label or "<all>") for label in hit)[:5])
             reasons.append(f"version {other.version} ({other.operation}) changed {shown}")
+            continue
+        added = [f for f in other.adds if mine.may_match is not None and mine.may_match(f)]
+        if added:
+            shown = ", ".join(sorted({repr(f.partition or "<all>") for f in added})[:5])
+            reasons.append(
+                f"version {other.version} ({other.operation}) added {len(added)} files that "
+                f"may hold rows it {mine.operation}s, in {shown}"
+            )
     return reasons
 
 
@@ -746,10 +759,12 @@ def commit(
     state = base
     if state is not None and state.origin == "plateau":
         state = _adopt_plateau(storage, state)
-    entry = plan(state)
+    entry, planned_on = plan(state), state
     for attempt in range(max_attempts):
         entry.version = 0 if state is None else state.version + 1
-        entry.read_version = -1 if state is None else state.version
+        # the version it was planned on: landing on top of commits it does not conflict with
+        # does not make it have read them
+        entry.read_version = -1 if planned_on is None else planned_on.version
         entry.timestamp = _now()
         payload = json.dumps(entry.to_json(), separators=(",", ":")).encode()
         try:
@@ -778,7 +793,7 @@ def commit(
                 raise DatasetExistsError(f"a dataset was created at {storage.url} concurrently")
             # another writer created it first: become an ordinary commit on top of theirs
             state = load_state(storage)
-            entry = plan(state)
+            entry, planned_on = plan(state), state
             continue
         landed = read_entries_from(storage, state.version + 1)
         reasons = conflicts(entry, landed)
@@ -789,9 +804,9 @@ def commit(
                     f"{storage.url}: {entry.operation} based on version {state.version} "
                     f"conflicts with concurrent commits: {'; '.join(reasons)}"
                 )
-            entry = plan(fresh)
+            entry, planned_on = plan(fresh), fresh
         elif entry.schema is not None and fresh.schema != state.schema:
-            entry = plan(fresh)
+            entry, planned_on = plan(fresh), fresh
         state = fresh
         time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
     raise ConflictError(
