@@ -12,7 +12,6 @@ integer, ``("id", "<", 1.5)`` the ids up to 1, and a literal of another kind is 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -237,54 +236,23 @@ def could_match(
     return True
 
 
-_TERM = re.compile(
-    r"^\s*(?P<col>[A-Za-z_][\w.]*)\s*(?P<op>==|!=|<=|>=|<|>|=|not\s+in|in)\s*(?P<value>.+?)\s*$",
-    re.IGNORECASE,
-)
-
-
-def _parse_value(text: str) -> Any:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    if text.lower() in ("null", "none"):
-        return None
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_predicates(text: str) -> list[list[tuple[str, str, Any]]]:
-    """Parse ``"a >= 3 and b in (1, 2) or c == 'x'"`` into DNF predicates (``or`` binds last).
+    """Parse a condition in SQL syntax into DNF predicates (the ``--where`` of the CLI).
 
-    Values are numbers, ``null``, ``true``/``false``, quoted or bare text (dates and timestamps
-    as ISO text); lists are written in parentheses or brackets.
+    ``"store_id in (1, 2) and date >= 2024-01-01 or name = 'it''s'"`` gives
+    ``[[("store_id", "in", [1, 2]), ("date", ">=", "2024-01-01")], [("name", "==", "it's")]]``.
+    Comparisons are ``= == != <> < <= > >=``, ``[NOT] IN (...)`` (or ``[...]``), ``IS [NOT]
+    NULL`` (``== None`` / ``!= None``) and ``BETWEEN``, joined by ``AND``, ``OR`` and
+    parentheses (AND is distributed over OR, up to a bound). Values are numbers, ``'text'``
+    (``''`` is a quote inside it; ``"text"`` on the value side is text too), ``true``, ``false``,
+    ``null``, and dates as ``2024-01-01`` or ``'2024-01-01'``; times must be quoted. Column
+    names may be quoted as ``"my column"``, which a column named like an SQL word
+    (``"select"``) needs. A number with a fraction or an exponent is a :class:`Numeral`: the
+    nearest value of a float column, exact against integer and decimal columns.
+
+    Raises :class:`PredicateError` naming the part it cannot map (functions, arithmetic,
+    comparisons of two columns, ``LIKE``, ``NOT`` of a condition, incomplete text).
     """
-    disjunction = []
-    for alternative in re.split(r"\s+or\s+", text.strip(), flags=re.IGNORECASE):
-        conjunction = []
-        for term in re.split(r"\s+and\s+", alternative, flags=re.IGNORECASE):
-            match = _TERM.match(term)
-            if not match:
-                raise PredicateError(
-                    f'cannot parse {term.strip()!r}; write e.g. "store_id in (1, 2) and '
-                    f'date >= 2024-01-01" with ops {", ".join(OPS)}'
-                )
-            op = re.sub(r"\s+", " ", match["op"].lower())
-            op = "==" if op == "=" else op
-            value: Any = match["value"]
-            if op in _SET_OPS:
-                inner = value.strip()
-                if inner[:1] in "([" and inner[-1:] in ")]":
-                    inner = inner[1:-1]
-                value = [_parse_value(v) for v in inner.split(",") if v.strip()]
-            else:
-                value = _parse_value(value)
-            conjunction.append((match["col"], op, value))
-        disjunction.append(conjunction)
-    return disjunction
+    from hafen.datasets._where import parse_predicates as parse  # sqlglot: only when used
+
+    return parse(text)
