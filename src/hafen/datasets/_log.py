@@ -434,7 +434,7 @@ def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
         if added:
             shown = ", ".join(sorted({repr(f.partition or "<all>") for f in added})[:5])
             reasons.append(
-                f"version {other.version} ({other.operation}) added {len(added)} files that "
+                f"version {other.version} ({other.operation}) added {len(added)} file(s) that "
                 f"may hold rows it {mine.operation}s, in {shown}"
             )
     return reasons
