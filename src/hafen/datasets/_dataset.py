@@ -203,11 +203,15 @@ class Dataset:
             for f in files:
                 if f.path in keep or (allowed is not None and file_label(f.path) not in allowed):
                     continue
-                partition = self._partition_values(f.partition)
-                stats = _decoded_stats(self._state, f) if f.stats else {}
-                if could_match(conjunction, partition, stats):
+                if self._may_hold(conjunction, f):
                     keep.add(f.path)
         return [f for f in files if f.path in keep]
+
+    def _may_hold(self, conjunction: list[Literal], f: DataFile) -> bool:
+        """Whether ``f`` may hold rows matching ``conjunction``, by its log entry alone."""
+        partition = self._partition_values(f.partition)
+        stats = _decoded_stats(self._state, f) if f.stats else {}
+        return could_match(conjunction, partition, stats)
 
     def _index_allowed(self, conjunction: list[Literal]) -> set[str] | None:
         """Labels of files that may match ``conjunction`` according to the indices, or None."""
@@ -218,7 +222,7 @@ class Dataset:
             values = list(lit.value) if lit.op == "in" else [lit.value]
             if any(v is None for v in values):
                 continue  # indices do not record nulls
-            labels = self.index_lookup(lit.column, values)
+            labels = self.index_lookup(lit.column, values) if values else set()
             allowed = labels if allowed is None else allowed & labels
         return allowed
 
@@ -343,6 +347,12 @@ class Dataset:
         Whole files are dropped when their partition values match; other files holding matching
         rows are rewritten without them. A predicate naming an unknown column raises
         :class:`PredicateError` before anything changes.
+
+        The version it lands as holds no row matching ``predicates``: a concurrent commit that
+        changed a partition it rewrites or removes, or that added a file which may hold matching
+        rows (judged by the file's partition values and statistics, anywhere in the dataset),
+        makes it raise :class:`ConflictError` (nothing landed), or with ``on_conflict="retry"``
+        plan again on the new version.
         """
         if predicates is None:
             raise PredicateError("delete needs predicates; to remove everything, overwrite")
@@ -391,6 +401,8 @@ class Dataset:
                 index_parts=list(index_parts),
                 removes=list(removes),
                 partitions_read=labels,
+                # a file added concurrently, anywhere, may hold rows this delete must remove
+                may_match=lambda f: any(self._may_hold(c, f) for c in literals),
                 parameters={
                     "predicates": repr([[tuple(vars(x).values()) for x in c] for c in literals])
                 },

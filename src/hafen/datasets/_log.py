@@ -315,6 +315,10 @@ class Commit:
     version: int = -1
     read_version: int = -1
     timestamp: str = ""
+    # rows this commit depends on the absence of (a delete's predicate): whether a file added
+    # since it read may hold some; judged from the log entry alone (partition values, stats)
+    # and not recorded in the log
+    may_match: Callable[[DataFile], bool] | None = field(default=None, repr=False, compare=False)
 
     def touched(self) -> set[str]:
         """The partition labels this commit changed."""
@@ -432,11 +436,12 @@ def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
     """Return why ``mine`` conflicts with the commits that landed since it read; [] if it doesn't.
 
     Appends never conflict. A commit that replaces or deletes (it has a read set) conflicts with
-    any landed commit that changed one of the partitions it read.
+    any landed commit that changed one of the partitions it read, and a delete also with any
+    that added a file which may hold rows it deletes (``mine.may_match``), wherever it added it.
     """
-    if mine.partitions_read is None:
+    if mine.partitions_read is None and mine.may_match is None:
         return []
-    read = set(mine.partitions_read)
+    read = set(mine.partitions_read or ())
     reasons = []
     for other in landed:
         if other.operation == "import":
@@ -445,6 +450,14 @@ def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
         if hit:
             shown = ", ".join(sorted(repr(label or "<all>") for label in hit)[:5])
             reasons.append(f"version {other.version} ({other.operation}) changed {shown}")
+            continue
+        added = [f for f in other.adds if mine.may_match is not None and mine.may_match(f)]
+        if added:
+            shown = ", ".join(sorted({repr(f.partition or "<all>") for f in added})[:5])
+            reasons.append(
+                f"version {other.version} ({other.operation}) added {len(added)} file(s) that "
+                f"may hold rows it {mine.operation}s, in {shown}"
+            )
     return reasons
 
 
@@ -935,14 +948,21 @@ def commit(
     state = base
     if state is not None and state.origin == "plateau":
         state = _adopt_plateau(storage, state)
-    entry = plan(state)
+
+    def planned(on: DatasetState | None) -> Commit:
+        # the version it was planned on: landing on top of commits it does not conflict with
+        # does not make it have read them
+        entry = plan(on)
+        entry.read_version = -1 if on is None else on.version
+        return entry
+
+    entry = planned(state)
     for attempt in range(max_attempts):
         if before_attempt is not None:
             before_attempt()
         if state is not None and time.time() - state.observed > MIN_LOG_RETENTION / 2:
-            state, entry = _catch_up(storage, state, entry, plan, retry_conflicts)
+            state, entry = _catch_up(storage, state, entry, planned, retry_conflicts)
         entry.version = 0 if state is None else state.version + 1
-        entry.read_version = -1 if state is None else state.version
         entry.timestamp = _now()
         payload = json.dumps(entry.to_json(), separators=(",", ":")).encode()
         attempted = time.time()
@@ -960,11 +980,11 @@ def commit(
                 raise DatasetExistsError(f"a dataset was created at {storage.url} concurrently")
             # another writer created it first: become an ordinary commit on top of theirs
             state = load_state(storage)
-            entry = plan(state)
+            entry = planned(state)
             continue
         # back off before reading what landed, so the next create follows the read at once
         time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
-        state, entry = _catch_up(storage, state, entry, plan, retry_conflicts)
+        state, entry = _catch_up(storage, state, entry, planned, retry_conflicts)
     raise ConflictError(
         f"{storage.url}: gave up after {max_attempts} attempts to commit under contention"
     )
@@ -991,7 +1011,7 @@ def _catch_up(
         fresh = load_state(storage)
         reasons = (
             []
-            if entry.partitions_read is None
+            if entry.partitions_read is None and entry.may_match is None
             else [f"the commits after version {state.version} were vacuumed before this one"]
         )
     else:
