@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 import hafen
@@ -84,3 +86,45 @@ def test_vacuum(tmp_path):
 def test_ls_of_a_missing_root_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["dataset", "ls", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "DatasetNotFoundError: nothing at" in result.output
+
+
+@pytest.fixture
+def people(tmp_path) -> str:
+    df = pd.DataFrame(
+        {
+            "name": ["a or name == b", "a", "b", "x, y", "x", "y", "it's", "", None],
+            "day": [dt.date(2024, 1, 1 + i % 3) for i in range(9)],
+            "price": [Decimal("9.99"), Decimal("10.00")] * 4 + [None],
+        }
+    )
+    url = str(tmp_path / "people")
+    hafen.write_dataset(df, url, partition_on=["day"])
+    return url
+
+
+@pytest.mark.parametrize(
+    ("where", "names"),
+    [
+        ("name == 'a or name == b'", ["a or name == b"]),
+        ("name in ('x, y')", ["x, y"]),
+        ("name = 'it''s' or name = ''", ["", "it's"]),
+        ("name is null", [None]),
+        ("day = 2024-01-02 and name <> 'a'", ["x", ""]),
+        ("price >= 9.99 and price < 10", ["a or name == b", "b", "x", "it's"]),
+        ("price = 9.995", []),
+    ],
+)
+def test_where_reads_quotes_nulls_dates_and_decimals(people, where, names):
+    result = CliRunner().invoke(
+        main, ["dataset", "read", people, "--where", where, "--format", "json", "--limit", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    found = [row["name"] for row in json.loads(result.output)]
+    assert sorted(found, key=repr) == sorted(names, key=repr)
+
+
+def test_where_reports_an_incomplete_condition(people):
+    result = CliRunner().invoke(main, ["dataset", "read", people, "--where", "name =="])
+    assert result.exit_code == 1
+    assert "PredicateError" in result.output and "'=='" in result.output
+    assert "Traceback" not in result.output

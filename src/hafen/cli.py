@@ -144,7 +144,11 @@ def dataset_history(url: str, limit: int | None) -> None:
 @dataset.command("read")
 @click.argument("url")
 @click.option("--columns", default=None, help="Comma-separated columns (default: all).")
-@click.option("--where", default=None, help='e.g. "store_id in (1, 2) and date >= 2024-01-01".')
+@click.option(
+    "--where",
+    default=None,
+    help="A SQL condition, e.g. \"store_id in (1, 2) and date >= 2024-01-01 and name = 'x'\".",
+)
 @click.option("--version", "version", type=int, default=None, help="Time travel to VERSION.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows to print (0: all).")
 @click.option(

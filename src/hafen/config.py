@@ -14,6 +14,7 @@ No other module keeps global settings; they call :func:`get_settings`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -28,6 +29,7 @@ DEFAULT_CHECKPOINT_INTERVAL = 50
 DEFAULT_COMMIT_RETRIES = 50
 DEFAULT_GRACE_PERIOD = "1h"
 DEFAULT_RETAIN_VERSIONS = 10
+DEFAULT_LOG_RETENTION = "30d"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Settings:
     commit_retries: int = DEFAULT_COMMIT_RETRIES
     grace_period: str = DEFAULT_GRACE_PERIOD
     retain_versions: int = DEFAULT_RETAIN_VERSIONS
+    # how long vacuum keeps the stubs of retired log entries before deleting them
+    log_retention: str = DEFAULT_LOG_RETENTION
     memory_budget: str | None = None
     # rewrite plateau's metadata file after each commit (its cost grows with the dataset's files)
     plateau_view: bool = True
@@ -56,6 +60,9 @@ class Settings:
         if self.commit_retries < 0:
             raise ConfigError(f"commit_retries must be >= 0, got {self.commit_retries}")
         parse_duration(self.grace_period)
+        parse_duration(self.log_retention)
+        if self.retain_versions < 1:
+            raise ConfigError(f"retain_versions must be >= 1, got {self.retain_versions}")
         if self.parquet_dictionary not in ("auto", "always"):
             raise ConfigError(
                 f"parquet_dictionary must be 'auto' or 'always', got {self.parquet_dictionary!r}"
@@ -109,9 +116,11 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, 
 
 def parse_duration(value: str | float | int) -> float:
     """Return a duration in seconds from ``90``, ``"90s"``, ``"5m"``, ``"1h"`` or ``"2d"``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"not a duration: {value!r} (expected seconds or e.g. '30s', '1h')")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ConfigError(f"a duration cannot be negative: {value}")
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"a duration must be a finite number of seconds >= 0, got {value}")
         return float(value)
     match = _DURATION.match(value)
     if not match:

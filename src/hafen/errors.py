@@ -10,6 +10,7 @@ class inherits it too, so ``except FileNotFoundError`` keeps working::
     │   ├── DatasetNotFoundError (FileNotFoundError)
     │   ├── DatasetExistsError (FileExistsError)
     │   ├── VersionNotFoundError (LookupError)
+    │   │   └── VersionVacuumedError         the version's log entry was retired by vacuum
     │   ├── CorruptMetadataError             a metadata or log file cannot be read; names the file
     │   ├── SchemaError (ValueError)         data does not match the dataset schema; names columns
     │   ├── PredicateError (ValueError)      a predicate is malformed or names an unknown column
@@ -50,6 +51,7 @@ __all__ = [
     "SchemaError",
     "StorageError",
     "VersionNotFoundError",
+    "VersionVacuumedError",
 ]
 
 
@@ -79,6 +81,15 @@ class DatasetExistsError(DatasetError, FileExistsError):
 
 class VersionNotFoundError(DatasetError, LookupError):
     """The requested version does not exist or has been vacuumed."""
+
+
+class VersionVacuumedError(VersionNotFoundError):
+    """The version existed but vacuum has retired its log entry; open a newer version."""
+
+    def __init__(self, message: str, *, version: int = -1, commit_id: str = "") -> None:
+        super().__init__(message)
+        self.version = version
+        self.commit_id = commit_id
 
 
 class CorruptMetadataError(DatasetError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -19,6 +20,23 @@ def append_many(url: str, writer: int, commits: int, barrier) -> None:
             {"part": [writer % 3] * 4, "writer": [writer] * 4, "i": [i] * 4, "j": range(4)}
         )
         hafen.write_dataset(df, url, mode="append")
+
+
+def append_acknowledged(url: str, writer: int, commits: int, barrier, results) -> None:
+    """Append ``commits`` one-row commits and report each version the writer was given."""
+    barrier.wait()
+    for i in range(commits):
+        df = pd.DataFrame({"part": [i % 3], "writer": [writer], "i": [i], "j": [0]})
+        results.put((writer, i, hafen.write_dataset(df, url, mode="append").version))
+
+
+def vacuum_until(url: str, retain: int, grace: str, stop, barrier) -> None:
+    """Vacuum in a loop, as fast as it goes, until ``stop`` is set."""
+    barrier.wait()
+    while not stop.is_set():
+        # ConflictError: the other vacuum kept retiring versions under this one
+        with contextlib.suppress(ConflictError):
+            open_dataset(url).vacuum(retain_versions=retain, grace_period=grace)
 
 
 def overwrite_partition(url: str, writer: int, part: int, barrier, results, retry: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,7 @@ from hafen.errors import (
     PredicateError,
     SchemaError,
     StorageError,
+    VersionVacuumedError,
 )
 
 __all__ = [
@@ -62,6 +64,8 @@ SchemaMode = TypingLiteral["strict", "merge"]
 OnConflict = TypingLiteral["raise", "retry"]
 Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
 MODES = ("create", "append", "overwrite")
+# a write commits only while its staged files are younger than this share of the grace period
+_STAGED_GRACE_SHARE = 0.8
 SCRATCH_DIR = "_hafen/scratch"  # intermediate files of multi-phase writers (reshuffle)
 
 
@@ -153,10 +157,18 @@ class Dataset:
         return self._state
 
     def is_latest(self) -> bool:
-        """Whether no newer version has been committed (one existence check)."""
+        """Whether this is still the newest version of the dataset at its URL.
+
+        False when a newer version was committed, and also when this version's log entry is
+        gone or no longer its own (the dataset was vacuumed past it, or deleted and recreated).
+        """
         if self._state.origin == "plateau":
             return not _log.list_versions(self._storage)
-        return not self._storage.exists(_log.log_path(self.version + 1))
+        if self._storage.exists(_log.log_path(self.version + 1)):
+            return False
+        return not self._state.commit_id or _log.holds_commit(
+            self._storage, self.version, self._state.commit_id
+        )
 
     def latest(self) -> Dataset:
         """This dataset at its newest version (``self`` when it is the newest)."""
@@ -191,11 +203,15 @@ class Dataset:
             for f in files:
                 if f.path in keep or (allowed is not None and file_label(f.path) not in allowed):
                     continue
-                partition = self._partition_values(f.partition)
-                stats = _decoded_stats(self._state, f) if f.stats else {}
-                if could_match(conjunction, partition, stats):
+                if self._may_hold(conjunction, f):
                     keep.add(f.path)
         return [f for f in files if f.path in keep]
+
+    def _may_hold(self, conjunction: list[Literal], f: DataFile) -> bool:
+        """Whether ``f`` may hold rows matching ``conjunction``, by its log entry alone."""
+        partition = self._partition_values(f.partition)
+        stats = _decoded_stats(self._state, f) if f.stats else {}
+        return could_match(conjunction, partition, stats)
 
     def _index_allowed(self, conjunction: list[Literal]) -> set[str] | None:
         """Labels of files that may match ``conjunction`` according to the indices, or None."""
@@ -206,7 +222,7 @@ class Dataset:
             values = list(lit.value) if lit.op == "in" else [lit.value]
             if any(v is None for v in values):
                 continue  # indices do not record nulls
-            labels = self.index_lookup(lit.column, values)
+            labels = self.index_lookup(lit.column, values) if values else set()
             allowed = labels if allowed is None else allowed & labels
         return allowed
 
@@ -319,11 +335,9 @@ class Dataset:
         """The commits up to this version, newest first: time, operation, files and rows."""
         if self._state.origin == "plateau":
             return [_history_row(_plateau_commit(self._state))]
-        versions = [v for v in _log.list_versions(self._storage) if v <= self.version]
-        versions.reverse()
-        if limit is not None:
-            versions = versions[:limit]
-        return [_history_row(_log.read_commit(self._storage, v)) for v in versions]
+        stop = 0 if limit is None else max(0, self.version - limit + 1)
+        entries = _log.read_entries_down(self._storage, self.version, stop=stop)
+        return [_history_row(c) for c in entries]
 
     # -- changing ------------------------------------------------------------------------------
 
@@ -333,6 +347,12 @@ class Dataset:
         Whole files are dropped when their partition values match; other files holding matching
         rows are rewritten without them. A predicate naming an unknown column raises
         :class:`PredicateError` before anything changes.
+
+        The version it lands as holds no row matching ``predicates``: a concurrent commit that
+        changed a partition it rewrites or removes, or that added a file which may hold matching
+        rows (judged by the file's partition values and statistics, anywhere in the dataset),
+        makes it raise :class:`ConflictError` (nothing landed), or with ``on_conflict="retry"``
+        plan again on the new version.
         """
         if predicates is None:
             raise PredicateError("delete needs predicates; to remove everything, overwrite")
@@ -381,6 +401,8 @@ class Dataset:
                 index_parts=list(index_parts),
                 removes=list(removes),
                 partitions_read=labels,
+                # a file added concurrently, anywhere, may hold rows this delete must remove
+                may_match=lambda f: any(self._may_hold(c, f) for c in literals),
                 parameters={
                     "predicates": repr([[tuple(vars(x).values()) for x in c] for c in literals])
                 },
@@ -398,24 +420,28 @@ class Dataset:
         """Remove files no retained version references and older than ``grace_period``.
 
         The newest ``retain_versions`` versions stay readable (time travel); older log entries
-        are dropped. Files younger than the grace period are never removed, since an in-flight
-        writer may be about to commit them.
+        are retired (replaced by stubs that keep their version numbers taken, deleted once older
+        than the ``log_retention`` setting). Files younger than the grace period are never
+        removed, since an in-flight writer may be about to commit them.
+
+        Raises :class:`ConfigError` for a retention or grace period that is not a positive whole
+        number of versions or a finite duration.
         """
         settings = get_settings()
         retain = settings.retain_versions if retain_versions is None else retain_versions
+        if isinstance(retain, bool) or not isinstance(retain, int) or retain < 1:
+            raise ConfigError(f"retain_versions must be a whole number >= 1, got {retain!r}")
         grace = parse_duration(settings.grace_period if grace_period is None else grace_period)
-        if retain < 1:
-            raise ConfigError(f"retain_versions must be at least 1, got {retain}")
+        log_retention = parse_duration(settings.log_retention)
+        if log_retention < _log.MIN_LOG_RETENTION:
+            raise ConfigError(
+                f"log_retention must be at least {_log.MIN_LOG_RETENTION:.0f} s, "
+                f"got {settings.log_retention!r}"
+            )
         storage = self._storage
-        versions = _log.list_versions(storage)
-        if not versions:
-            raise DatasetNotFoundError(f"{self.url}: nothing to vacuum (no hafen log)")
-        latest = versions[-1]
-        oldest = max(versions[0], latest - retain + 1)
-        base = _log.load_state(storage, oldest, versions=versions)
+        floor, base, newer = _retained(storage, retain)
         referenced = set(base.files) | {p.path for p in base.index_parts}
-        for v in range(oldest + 1, latest + 1):
-            c = _log.read_commit(storage, v)
+        for c in newer:
             referenced.update(f.path for f in c.adds)
             referenced.update(p.path for p in c.index_parts)
         referenced |= view_references(storage)
@@ -434,19 +460,48 @@ class Dataset:
                 continue
             report.removed_files.append(info.path)
             report.bytes_freed += info.size
-        report.removed_versions = [v for v in versions if v < oldest]
+        report.removed_versions = _log.retire(storage, floor, dry_run=True)
         if dry_run:
             return report
         storage.delete(report.removed_files)
-        if report.removed_versions:
-            if oldest not in _log.list_checkpoints(storage):
+        if floor > 0:
+            # the checkpoint at the oldest retained version comes first: readers start there
+            # once the entries below it are retired
+            if not storage.exists(_log.checkpoint_path(floor)):
                 _log.write_checkpoint(storage, base)
-            old_checkpoints = [c for c in _log.list_checkpoints(storage) if c < oldest]
-            storage.delete(
-                [_log.log_path(v) for v in report.removed_versions]
-                + [_log.checkpoint_path(c) for c in old_checkpoints]
-            )
+            report.removed_versions = _log.retire(storage, floor)
+            old_checkpoints = [c for c in _log.list_checkpoints(storage) if c < floor]
+            storage.delete([_log.checkpoint_path(c) for c in old_checkpoints])
+            _log.delete_retired(storage, floor, older_than=log_retention)
         return report
+
+
+def _retained(storage: Storage, retain: int) -> tuple[int, DatasetState, list[Commit]]:
+    """The oldest retained version, its state, and the entries after it up to the latest.
+
+    A concurrent or earlier vacuum may have retired more than ``retain`` asks to drop; the
+    retained versions then start above the newest retired entry.
+    """
+    for _ in range(5):
+        latest = _log.load_state(storage)
+        if latest.origin != "hafen":
+            raise DatasetNotFoundError(f"{storage.url}: nothing to vacuum (no hafen log)")
+        wanted = max(0, latest.version - retain + 1)
+        newer = _log.read_entries_down(storage, latest.version, stop=wanted + 1)
+        if len(newer) == latest.version - wanted:
+            floor = wanted
+        else:  # the walk down met a retired entry: everything below it is retired too
+            floor = newer[-1].version if newer else latest.version
+        try:
+            base = latest if floor == latest.version else _log.load_state(storage, floor)
+            len(base.files)  # the files of the oldest retained version, read now
+        except VersionVacuumedError:
+            continue  # a concurrent vacuum retired more meanwhile: look again
+        return floor, base, [c for c in newer if c.version > floor]
+    raise ConflictError(
+        f"{storage.url}: another vacuum kept retiring versions while this one looked for the "
+        "oldest retained version; nothing was removed (it has done the work: run again later)"
+    )
 
 
 def _plateau_commit(state: DatasetState) -> Commit:
@@ -749,6 +804,19 @@ def _commit(
     exclusive: bool = True,
 ) -> Dataset:
     settings = get_settings()
+    grace = parse_duration(settings.grace_period)
+
+    def staged_files_protected() -> None:
+        # vacuum keeps unreferenced files only for its grace period: files older than that
+        # may be gone, and a commit of them would name missing files
+        age = time.time() - staged.started
+        if staged.files and age > _STAGED_GRACE_SHARE * grace:
+            raise ConflictError(
+                f"{storage.url}: the files of this write were staged {age:.0f} s ago, too close "
+                f"to vacuum's grace period ({settings.grace_period}) to commit safely; nothing "
+                "was committed. Write again, or raise HAFEN_GRACE_PERIOD above the longest write"
+            )
+
     try:
         new_state = _log.commit(
             storage,
@@ -758,6 +826,7 @@ def _commit(
             max_attempts=settings.commit_retries,
             checkpoint_interval=settings.checkpoint_interval,
             exclusive_create=exclusive,
+            before_attempt=staged_files_protected,
         )
     except (ConflictError, DatasetExistsError, SchemaError):
         _discard(storage, staged)
@@ -766,7 +835,7 @@ def _commit(
         return Dataset(storage, new_state)
     try:
         write_plateau_view(storage, new_state)
-    except (StorageError, pa.ArrowException) as exc:
+    except Exception as exc:  # the version landed: a retry would commit it twice
         warnings.warn(
             f"{storage.url}: version {new_state.version} landed, but plateau's metadata view "
             f"could not be written: {exc}",

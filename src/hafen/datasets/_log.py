@@ -49,6 +49,7 @@ from hafen.errors import (
     HafenWarning,
     StorageError,
     VersionNotFoundError,
+    VersionVacuumedError,
 )
 
 __all__ = [
@@ -137,14 +138,27 @@ class LazyFiles(MutableMapping[str, DataFile]):
         self,
         load: Callable[[], dict[str, DataFile]],
         pending: list[tuple[str, DataFile | None]] | None = None,
+        *,
+        rebuild: Callable[[int], dict[str, DataFile]] | None = None,
+        version: int = -1,
     ) -> None:
         self._load_base = load  # shared between copies; reads the checkpoint at most once
         self._pending: list[tuple[str, DataFile | None]] = list(pending or [])
         self._data: dict[str, DataFile] | None = None
+        # when a vacuum removed the checkpoint ``load`` reads, the files at ``version`` are
+        # rebuilt from a newer checkpoint instead (replay keeps ``version`` current)
+        self._rebuild = rebuild
+        self.version = version
 
     def _files(self) -> dict[str, DataFile]:
         if self._data is None:
-            data = dict(self._load_base())
+            try:
+                data = dict(self._load_base())
+            except FileNotFoundError:
+                if self._rebuild is None:
+                    raise
+                self._data, self._pending = dict(self._rebuild(self.version)), []
+                return self._data
             for path, f in self._pending:
                 if f is None:
                     data.pop(path, None)
@@ -170,7 +184,9 @@ class LazyFiles(MutableMapping[str, DataFile]):
     def copy(self) -> LazyFiles | dict[str, DataFile]:
         if self._data is not None:
             return dict(self._data)
-        return LazyFiles(self._load_base, self._pending)
+        return LazyFiles(
+            self._load_base, self._pending, rebuild=self._rebuild, version=self.version
+        )
 
     def __getitem__(self, path: str) -> DataFile:
         return self._files()[path]
@@ -218,6 +234,8 @@ class DatasetState:
     dataset_id: str
     origin: str = "hafen"  # "plateau" for a plateau dataset hafen has not committed to yet
     commit_id: str = ""  # the id of the log entry of ``version`` ("" when unknown)
+    # when (time.time()) the entry after ``version`` was last seen absent: 0.0 = never
+    observed: float = field(default=0.0, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -297,6 +315,10 @@ class Commit:
     version: int = -1
     read_version: int = -1
     timestamp: str = ""
+    # rows this commit depends on the absence of (a delete's predicate): whether a file added
+    # since it read may hold some; judged from the log entry alone (partition values, stats)
+    # and not recorded in the log
+    may_match: Callable[[DataFile], bool] | None = field(default=None, repr=False, compare=False)
 
     def touched(self) -> set[str]:
         """The partition labels this commit changed."""
@@ -395,6 +417,8 @@ def replay(state: DatasetState | None, commits: Iterable[Commit]) -> DatasetStat
                 files.add(f)
             else:
                 files[f.path] = f
+        if isinstance(files, LazyFiles):
+            files.version = c.version
         current.index_parts.extend(
             p if p.version == c.version else dataclasses.replace(p, version=c.version)
             for p in c.index_parts
@@ -402,6 +426,7 @@ def replay(state: DatasetState | None, commits: Iterable[Commit]) -> DatasetStat
         current.version = c.version
         current.timestamp = c.timestamp
         current.commit_id = c.commit_id
+        current.observed = 0.0
     if current is None:
         raise DatasetNotFoundError("no log entries")
     return current
@@ -411,11 +436,12 @@ def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
     """Return why ``mine`` conflicts with the commits that landed since it read; [] if it doesn't.
 
     Appends never conflict. A commit that replaces or deletes (it has a read set) conflicts with
-    any landed commit that changed one of the partitions it read.
+    any landed commit that changed one of the partitions it read, and a delete also with any
+    that added a file which may hold rows it deletes (``mine.may_match``), wherever it added it.
     """
-    if mine.partitions_read is None:
+    if mine.partitions_read is None and mine.may_match is None:
         return []
-    read = set(mine.partitions_read)
+    read = set(mine.partitions_read or ())
     reasons = []
     for other in landed:
         if other.operation == "import":
@@ -424,6 +450,14 @@ def conflicts(mine: Commit, landed: Iterable[Commit]) -> list[str]:
         if hit:
             shown = ", ".join(sorted(repr(label or "<all>") for label in hit)[:5])
             reasons.append(f"version {other.version} ({other.operation}) changed {shown}")
+            continue
+        added = [f for f in other.adds if mine.may_match is not None and mine.may_match(f)]
+        if added:
+            shown = ", ".join(sorted({repr(f.partition or "<all>") for f in added})[:5])
+            reasons.append(
+                f"version {other.version} ({other.operation}) added {len(added)} file(s) that "
+                f"may hold rows it {mine.operation}s, in {shown}"
+            )
     return reasons
 
 
@@ -445,8 +479,15 @@ def _parse(storage: Storage, path: str) -> dict[str, Any]:
 
 
 def read_commit(storage: Storage, version: int) -> Commit:
+    """The log entry of ``version``; :class:`VersionVacuumedError` when vacuum retired it."""
     path = log_path(version)
     data = _parse(storage, path)
+    if data.get("vacuumed"):
+        raise VersionVacuumedError(
+            f"{storage.url}: version {version} was vacuumed",
+            version=version,
+            commit_id=str(data.get("commit_id", "")),
+        )
     try:
         commit_ = Commit.from_json(data)
     except (KeyError, ValueError, TypeError) as exc:
@@ -456,6 +497,15 @@ def read_commit(storage: Storage, version: int) -> Commit:
             f"{storage.full(path)}: holds version {commit_.version}, expected {version}"
         )
     return commit_
+
+
+def holds_commit(storage: Storage, version: int, commit_id: str) -> bool:
+    """Whether the log entry of ``version`` is still the commit ``commit_id``, not retired."""
+    try:
+        data = _parse(storage, log_path(version))
+    except FileNotFoundError:
+        return False
+    return not data.get("vacuumed") and data.get("commit_id") == commit_id
 
 
 def list_versions(storage: Storage) -> list[int]:
@@ -490,42 +540,77 @@ def load_state(
 
     ``versions`` (the log's listing, when the caller already has it) selects the listing-based
     path; without it the log is not listed unless something is missing or inconsistent, in
-    which case the listing gives the precise error.
+    which case the listing gives the precise error. A version whose log entry vacuum retired
+    raises :class:`VersionVacuumedError`.
     """
-    if versions is None:
-        try:
-            state = _load_latest(storage) if version is None else _load_version(storage, version)
-        except FileNotFoundError:
-            state = None
-        if state is not None:
-            return state
-        versions = list_versions(storage)
-    return _load_listed(storage, version, versions)
+    try:
+        if versions is None:
+            try:
+                state = (
+                    _load_latest(storage) if version is None else _load_version(storage, version)
+                )
+            except FileNotFoundError:
+                state = None
+            if state is not None:
+                return state
+            versions = list_versions(storage)
+        return _load_listed(storage, version, versions)
+    except VersionVacuumedError as exc:
+        if version is None or exc.version == version:
+            raise
+        raise VersionVacuumedError(
+            f"{storage.url}: version {version} was vacuumed", version=version
+        ) from None
+
+
+_LOAD_ATTEMPTS = 5  # a vacuum that retires entries while they are read makes a load start over
 
 
 def _load_latest(storage: Storage) -> DatasetState | None:
     """The latest state without listing the log (None: cannot tell; list it instead)."""
+    for _ in range(_LOAD_ATTEMPTS):
+        try:
+            return _load_latest_once(storage)
+        except VersionVacuumedError:
+            continue  # the checkpoint we started from was overtaken by a vacuum: start over
+    return None
+
+
+def _load_latest_once(storage: Storage) -> DatasetState | None:
+    started = time.time()  # the entry after the result is absent at some moment after this
     cached = _CACHE.get(storage.url)
     if cached is not None:
-        newer = read_entries_from(storage, cached.version)
-        if newer and newer[0].commit_id == cached.commit_id:
-            state = replay(cached, newer[1:]) if len(newer) > 1 else cached
-            _CACHE.put(storage.url, state)
-            return state
-        _CACHE.drop(storage.url)  # the dataset was deleted (and maybe recreated) meanwhile
+        newer = _entries_from_if_current(storage, cached)
+        if newer is not None:
+            return _remember(storage, replay(cached, newer) if newer else cached, started)
+        _CACHE.drop(storage.url)  # deleted, recreated or vacuumed past it meanwhile
     base = _state_from_hint(storage)
     if base is not None:
-        entries = read_entries_from(storage, base.version)
-        if entries and entries[0].commit_id == base.commit_id:
-            state = replay(base, entries[1:])
-            _CACHE.put(storage.url, state)
-            return state
+        newer = _entries_from_if_current(storage, base)
+        if newer is not None:
+            return _remember(storage, replay(base, newer), started)
     base = _newest_checkpoint(storage)  # no usable hint: the checkpoints' listing is short
     start = 0 if base is None else base.version + 1
     entries = read_entries_from(storage, start)
     if base is None and not entries:
         return None
-    state = replay(base, entries)
+    return _remember(storage, replay(base, entries), started)
+
+
+def _entries_from_if_current(storage: Storage, state: DatasetState) -> list[Commit] | None:
+    """The entries after ``state``, or None when its own entry is gone, retired or replaced."""
+    try:
+        entries = read_entries_from(storage, state.version)
+    except VersionVacuumedError:
+        return None
+    if not entries or entries[0].commit_id != state.commit_id:
+        return None
+    return entries[1:]
+
+
+def _remember(storage: Storage, state: DatasetState, observed: float) -> DatasetState:
+    """``state`` marked as seen to be the latest at ``observed``, and cached."""
+    state = dataclasses.replace(state, observed=observed)
     _CACHE.put(storage.url, state)
     return state
 
@@ -537,7 +622,11 @@ def _state_from_hint(storage: Storage) -> DatasetState | None:
         return None
     version = hint["version"]
     try:
-        files = LazyFiles(_once(lambda: _checkpoint_files(storage, version)))
+        files = LazyFiles(
+            _once(lambda: _checkpoint_files(storage, version)),
+            rebuild=lambda at: files_at(storage, at),
+            version=version,
+        )
         state = DatasetState.from_json(hint["state"], files=files)
     except (KeyError, ValueError, TypeError, pa.ArrowInvalid):
         return None
@@ -551,33 +640,56 @@ def _load_version(storage: Storage, version: int) -> DatasetState | None:
     if version < 0:
         return None
     cached = _CACHE.get(storage.url)
-    start, base = 0, None
     if cached is not None and cached.version <= version:
-        start, base = cached.version + 1, cached
-        if read_commit(storage, cached.version).commit_id != cached.commit_id:
-            return None
-    else:
-        checkpoints = [c for c in list_checkpoints(storage) if c <= version]
-        if checkpoints:
-            base = read_checkpoint(storage, checkpoints[-1])
-            start = checkpoints[-1] + 1
+        try:
+            current = read_commit(storage, cached.version).commit_id == cached.commit_id
+        except (FileNotFoundError, VersionVacuumedError):
+            current = False
+        if current:
+            return replay(cached, read_commits(storage, range(cached.version + 1, version + 1)))
+    checkpoints = [c for c in list_checkpoints(storage) if c <= version]
+    start, base = 0, None
+    if checkpoints:
+        base = read_checkpoint(storage, checkpoints[-1])
+        start = checkpoints[-1] + 1
     # a missing entry raises FileNotFoundError: the listing then names what is missing
     return replay(base, read_commits(storage, range(start, version + 1)))
 
 
+def files_at(storage: Storage, version: int) -> dict[str, DataFile]:
+    """The files of ``version``, from the newest checkpoint at or below it and the entries after.
+
+    Raises :class:`VersionVacuumedError` when vacuum has retired what that takes.
+    """
+    for _ in range(_LOAD_ATTEMPTS):
+        checkpoints = [c for c in list_checkpoints(storage) if c <= version]
+        try:
+            base = read_checkpoint(storage, checkpoints[-1]) if checkpoints else None
+            start = checkpoints[-1] + 1 if checkpoints else 0
+            return dict(replay(base, read_commits(storage, range(start, version + 1))).files)
+        except FileNotFoundError:
+            continue  # a checkpoint or an entry went while we read: look again
+        except VersionVacuumedError:
+            break
+    raise VersionVacuumedError(
+        f"{storage.url}: version {version} was vacuumed; open the dataset again", version=version
+    )
+
+
 def _checkpoint_files(storage: Storage, version: int) -> dict[str, DataFile]:
-    try:
-        return dict(read_checkpoint(storage, version).files)
-    except FileNotFoundError:
-        raise CorruptMetadataError(
-            f"{storage.full(checkpoint_path(version))}: the checkpoint this state was opened "
-            "from has been removed (a concurrent vacuum?); open the dataset again"
-        ) from None
+    return dict(read_checkpoint(storage, version).files)  # FileNotFoundError: rebuild instead
 
 
 def _newest_checkpoint(storage: Storage) -> DatasetState | None:
-    checkpoints = list_checkpoints(storage)
-    return read_checkpoint(storage, checkpoints[-1]) if checkpoints else None
+    for _ in range(_LOAD_ATTEMPTS):
+        checkpoints = list_checkpoints(storage)
+        if not checkpoints:
+            return None
+        try:
+            return read_checkpoint(storage, checkpoints[-1])
+        except FileNotFoundError:
+            continue  # removed by a vacuum that wrote a newer one: list again
+    raise StorageError(f"{storage.full(CHECKPOINT_DIR)}: checkpoints keep vanishing while read")
 
 
 def _read_hint(storage: Storage) -> dict[str, Any] | None:
@@ -638,15 +750,12 @@ def _load_listed(storage: Storage, version: int | None, versions: list[int]) -> 
     if checkpoints:
         base = read_checkpoint(storage, checkpoints[-1])
         start = checkpoints[-1] + 1
-    if target > latest or target < 0 or (base is None and target < versions[0]):
+    if target > latest or target < 0:
         raise VersionNotFoundError(
-            f"{storage.url}: version {target} does not exist; "
-            f"versions {versions[0]} to {latest} are available"
+            f"{storage.url}: version {target} does not exist; the latest version is {latest}"
         )
-    if base is None and start != 0:
-        raise VersionNotFoundError(
-            f"{storage.url}: version {target} was vacuumed; the oldest version is {versions[0]}"
-        )
+    if base is None and (start != 0 or target < versions[0]):
+        raise VersionVacuumedError(f"{storage.url}: version {target} was vacuumed", version=target)
     present = set(versions)
     missing = [v for v in range(start, target + 1) if v not in present]
     if missing:
@@ -719,11 +828,100 @@ def read_commits(storage: Storage, versions: range | list[int]) -> list[Commit]:
         return list(pool.map(lambda v: read_commit(storage, v), versions))
 
 
+def read_entries_down(storage: Storage, top: int, *, stop: int = 0) -> list[Commit]:
+    """The consecutive entries from ``top`` down to ``stop``, ending early at a retired one.
+
+    Newest first; the list ends at the first entry that is missing or vacuumed.
+    """
+    found: list[Commit] = []
+    batch = 1 if storage.protocol in _LOCAL else 8
+    v = top
+    while v >= stop:
+        versions = range(v, max(stop, v - batch + 1) - 1, -1)
+        for entry in _read_retained(storage, versions):
+            if entry is None:
+                return found
+            found.append(entry)
+        v = versions[-1] - 1
+        batch = min(2 * batch, 16)
+    return found
+
+
+def _read_retained(storage: Storage, versions: range) -> list[Commit | None]:
+    def one(v: int) -> Commit | None:
+        try:
+            return read_commit(storage, v)
+        except (FileNotFoundError, VersionVacuumedError):
+            return None
+
+    if len(versions) == 1 or storage.protocol in _LOCAL:
+        return [one(v) for v in versions]
+    with ThreadPoolExecutor(max_workers=len(versions)) as pool:
+        return list(pool.map(one, versions))
+
+
+def retire(storage: Storage, below: int, *, dry_run: bool = False) -> list[int]:
+    """Replace the log entries below ``below`` with stubs, oldest first; return their versions.
+
+    A stub keeps the entry's name taken (so no writer can create that version again) and its
+    commit id, and drops the rest. Entries already retired, or missing, end the walk down: the
+    retired ones always form a prefix of the log.
+    """
+    todo: list[tuple[int, dict[str, Any]]] = []
+    for v in range(below - 1, -1, -1):
+        try:
+            data = _parse(storage, log_path(v))
+        except FileNotFoundError:
+            break
+        except CorruptMetadataError:
+            data = {"version": v}  # a damaged old entry is retired like any other
+        if data.get("vacuumed"):
+            break
+        todo.append((v, data))
+    todo.reverse()
+    if not dry_run:
+        retired_at = _now()
+        for v, data in todo:
+            stub = {
+                "format": FORMAT_VERSION,
+                "version": v,
+                "commit_id": data.get("commit_id", ""),
+                "timestamp": data.get("timestamp", ""),
+                "operation": data.get("operation", ""),
+                "vacuumed": retired_at,
+            }
+            storage.write_bytes(log_path(v), json.dumps(stub, separators=(",", ":")).encode())
+    return [v for v, _ in todo]
+
+
+def delete_retired(storage: Storage, below: int, *, older_than: float) -> list[int]:
+    """Delete the stubs below ``below`` last written more than ``older_than`` seconds ago."""
+    if older_than < MIN_LOG_RETENTION:
+        raise ValueError(f"stubs younger than {MIN_LOG_RETENTION} s must be kept")
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+    old = []
+    for info in storage.list(LOG_DIR):
+        v = _version_of(info.path)
+        if v is not None and v < below and info.modified is not None and info.modified < cutoff:
+            old.append(v)
+    old.sort()
+    storage.delete([log_path(v) for v in old])
+    return old
+
+
 # -- committing ----------------------------------------------------------------------------------
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+# Vacuum retires old log entries by replacing them with stubs, so their names stay taken and no
+# writer can create them again; it deletes a stub only once it is MIN_LOG_RETENTION old. A
+# writer whose base was last seen to be the latest more than half that long ago reads the log
+# again before its exclusive create, so the entry it creates cannot be one that was used,
+# retired and deleted since: a commit can never land below versions vacuum has retired.
+MIN_LOG_RETENTION = 3600.0
 
 
 def commit(
@@ -735,6 +933,7 @@ def commit(
     max_attempts: int = 50,
     checkpoint_interval: int = 50,
     exclusive_create: bool = True,
+    before_attempt: Callable[[], None] | None = None,
 ) -> DatasetState:
     """Land the commit ``plan(state)`` as the next version; return the new state.
 
@@ -742,16 +941,31 @@ def commit(
     state after a conflict when ``retry_conflicts`` is set. Raises :class:`ConflictError`
     (nothing landed) or :class:`DatasetExistsError` when a create loses to another and
     ``exclusive_create`` is set; without it, the losing create is re-planned on top.
+    ``before_attempt`` runs before every attempt and may raise to give up (nothing landed).
+    Once the entry is created, nothing raises: a checkpoint that cannot be written is a
+    :class:`HafenWarning`.
     """
     state = base
     if state is not None and state.origin == "plateau":
         state = _adopt_plateau(storage, state)
-    entry = plan(state)
+
+    def planned(on: DatasetState | None) -> Commit:
+        # the version it was planned on: landing on top of commits it does not conflict with
+        # does not make it have read them
+        entry = plan(on)
+        entry.read_version = -1 if on is None else on.version
+        return entry
+
+    entry = planned(state)
     for attempt in range(max_attempts):
+        if before_attempt is not None:
+            before_attempt()
+        if state is not None and time.time() - state.observed > MIN_LOG_RETENTION / 2:
+            state, entry = _catch_up(storage, state, entry, planned, retry_conflicts)
         entry.version = 0 if state is None else state.version + 1
-        entry.read_version = -1 if state is None else state.version
         entry.timestamp = _now()
         payload = json.dumps(entry.to_json(), separators=(",", ":")).encode()
+        attempted = time.time()
         try:
             created = storage.put_if_absent(log_path(entry.version), payload)
         except StorageError as exc:
@@ -760,43 +974,84 @@ def commit(
                 f"landed: {exc}"
             ) from exc
         if created:
-            new_state = replay(state, [entry])
-            if entry.version > 0 and entry.version % checkpoint_interval == 0:
-                try:
-                    write_checkpoint(storage, new_state)
-                except StorageError as exc:  # opening reads a few more entries until the next
-                    warnings.warn(
-                        f"{storage.url}: version {entry.version} landed, but its checkpoint "
-                        f"could not be written: {exc}",
-                        HafenWarning,
-                        stacklevel=4,
-                    )
-            _CACHE.put(storage.url, new_state)
-            return new_state
+            return _landed(storage, state, entry, attempted, checkpoint_interval)
         if state is None:
             if exclusive_create:
                 raise DatasetExistsError(f"a dataset was created at {storage.url} concurrently")
             # another writer created it first: become an ordinary commit on top of theirs
             state = load_state(storage)
-            entry = plan(state)
+            entry = planned(state)
             continue
-        landed = read_entries_from(storage, state.version + 1)
-        reasons = conflicts(entry, landed)
-        fresh = replay(state, landed)
-        if reasons:
-            if not retry_conflicts:
-                raise ConflictError(
-                    f"{storage.url}: {entry.operation} based on version {state.version} "
-                    f"conflicts with concurrent commits: {'; '.join(reasons)}"
-                )
-            entry = plan(fresh)
-        elif entry.schema is not None and fresh.schema != state.schema:
-            entry = plan(fresh)
-        state = fresh
+        # back off before reading what landed, so the next create follows the read at once
         time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+        state, entry = _catch_up(storage, state, entry, planned, retry_conflicts)
     raise ConflictError(
         f"{storage.url}: gave up after {max_attempts} attempts to commit under contention"
     )
+
+
+def _catch_up(
+    storage: Storage,
+    state: DatasetState,
+    entry: Commit,
+    plan: Callable[[DatasetState | None], Commit],
+    retry_conflicts: bool,
+) -> tuple[DatasetState, Commit]:
+    """The latest state after ``state`` and the commit to land on it (re-planned if needed).
+
+    Raises :class:`ConflictError` when what landed meanwhile conflicts with ``entry`` and
+    ``retry_conflicts`` is not set.
+    """
+    started = time.time()
+    # the base's own entry is read again: only while it is still there can the absence of the
+    # next one mean that it was never created (rather than created, retired and deleted)
+    landed = _entries_from_if_current(storage, state)
+    if landed is None:
+        # the base is older than every retained version: what landed since cannot be checked
+        fresh = load_state(storage)
+        reasons = (
+            []
+            if entry.partitions_read is None and entry.may_match is None
+            else [f"the commits after version {state.version} were vacuumed before this one"]
+        )
+    else:
+        fresh = replay(state, landed) if landed else state
+        reasons = conflicts(entry, landed)
+    fresh = dataclasses.replace(fresh, observed=started)
+    if reasons:
+        if not retry_conflicts:
+            raise ConflictError(
+                f"{storage.url}: {entry.operation} based on version {state.version} "
+                f"conflicts with concurrent commits: {'; '.join(reasons)}"
+            )
+        entry = plan(fresh)
+    elif entry.schema is not None and fresh.schema != state.schema:
+        entry = plan(fresh)
+    return fresh, entry
+
+
+def _landed(
+    storage: Storage,
+    state: DatasetState | None,
+    entry: Commit,
+    attempted: float,
+    checkpoint_interval: int,
+) -> DatasetState:
+    """The state after ``entry``, which has just landed; never raises for what follows."""
+    new_state = replay(state, [entry])
+    new_state.observed = attempted  # no entry after ours could exist before ours did
+    if entry.version > 0 and entry.version % checkpoint_interval == 0:
+        try:
+            write_checkpoint(storage, new_state)
+        except Exception as exc:  # the version stands; opening reads a few more entries
+            warnings.warn(
+                f"{storage.url}: version {entry.version} landed, but its checkpoint "
+                f"could not be written: {exc}",
+                HafenWarning,
+                stacklevel=4,
+            )
+    _CACHE.put(storage.url, new_state)
+    return new_state
 
 
 def _adopt_plateau(storage: Storage, state: DatasetState) -> DatasetState:

@@ -4,23 +4,23 @@ A predicate is a list of AND-lists of ``(column, op, value)`` literals; a row ma
 AND-list matches. The semantics are those of a pandas filter: ``==``, ``<``, ``<=``, ``>``,
 ``>=`` and ``in`` never match a null, while ``!=`` and ``not in`` do (pandas' ``NaN != x`` is
 True). ``("c", "==", None)`` matches nulls, ``("c", "!=", None)`` non-nulls.
+
+Literals compare exactly (see :mod:`hafen.datasets._coerce`): ``("id", "==", 1.5)`` matches no
+integer, ``("id", "<", 1.5)`` the ids up to 1, and a literal of another kind is refused.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import decimal
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hafen.datasets._coerce import Inexact, coerce
 from hafen.errors import PredicateError
 
 __all__ = ["OPS", "Literal", "normalize_predicates", "parse_predicates", "to_expression"]
@@ -71,48 +71,36 @@ def _value_type(type_: pa.DataType) -> pa.DataType:
     return type_.value_type if pa.types.is_dictionary(type_) else type_
 
 
-def _is_null(value: Any) -> bool:
-    if value is None or value is pd.NaT or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
+def _literal(column: str, op: str, value: Any, type_: pa.DataType) -> Literal:
+    """The literal ``(column, op, value)`` on exact values of the column's type.
 
-
-def _coerce(column: str, value: Any, type_: pa.DataType) -> Any:
-    """Return ``value`` as a Python scalar of ``type_``, or raise naming the column."""
-    if _is_null(value):
-        return None
-    t = _value_type(type_)
-    if isinstance(value, np.generic):
-        value = value.item()
-    try:
-        if pa.types.is_timestamp(t):
-            stamp = pd.Timestamp(value)
-            if (stamp.tzinfo is None) != (t.tz is None):
-                raise PredicateError(
-                    f"predicate on column {column!r}: {value!r} is "
-                    f"{'naive' if stamp.tzinfo is None else 'time zone aware'}, the column is "
-                    f"{'naive' if t.tz is None else f'in time zone {t.tz}'}"
-                )
-            # a pandas Timestamp, not a datetime: it keeps nanoseconds
-            return stamp if t.tz is None else stamp.tz_convert(t.tz)
-        if pa.types.is_date(t):
-            if isinstance(value, dt.datetime | pd.Timestamp):
-                return pd.Timestamp(value).date()
-            if isinstance(value, str):
-                return dt.date.fromisoformat(value)
-        if isinstance(value, bool) and not pa.types.is_boolean(t):
-            raise TypeError("a bool")
-        scalar = pa.scalar(value, type=t)
-    except PredicateError:
-        raise
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
-        raise PredicateError(
-            f"predicate on column {column!r}: {value!r} is not a valid {t} ({exc})"
-        ) from exc
-    result = scalar.as_py()
-    if isinstance(result, decimal.Decimal):
-        return result
-    return result
+    A value no value of the type equals (1.5 on an integer column, 300 on int8) is rewritten on
+    its neighbours: ``==`` becomes ``in ()`` (nothing), ``!=`` ``not in ()`` (everything, nulls
+    too), ``< 1.5`` and ``<= 1.5`` become ``<= 1``, ``> 1.5`` and ``>= 1.5`` become ``>= 2``;
+    set members that no value equals are dropped. Every path (Arrow, partition values,
+    statistics, indices) then sees exact values only, and they all agree.
+    """
+    if op in _SET_OPS:
+        if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+            raise PredicateError(
+                f"predicate on column {column!r}: {op!r} needs a list of values, got {value!r}"
+            )
+        members = (coerce(column, v, type_) for v in value)
+        return Literal(column, op, tuple(v for v in members if not isinstance(v, Inexact)))
+    coerced = coerce(column, value, type_)
+    if coerced is None and op not in ("==", "!="):
+        raise PredicateError(f"predicate on column {column!r}: {op!r} cannot compare with null")
+    if not isinstance(coerced, Inexact):
+        return Literal(column, op, coerced)
+    if op == "==":
+        return Literal(column, "in", ())
+    if op == "!=":
+        return Literal(column, "not in", ())
+    if op in ("<", "<="):
+        bound = coerced.below
+        return Literal(column, "<=", bound) if bound is not None else Literal(column, "in", ())
+    bound = coerced.above
+    return Literal(column, ">=", bound) if bound is not None else Literal(column, "in", ())
 
 
 def normalize_predicates(
@@ -154,21 +142,7 @@ def normalize_predicates(
                     f"predicate on unknown column {column!r}; the dataset has "
                     + ", ".join(schema.names)
                 )
-            type_ = schema.field(index).type
-            if op in _SET_OPS:
-                if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-                    raise PredicateError(
-                        f"predicate on column {column!r}: {op!r} needs a list of values, "
-                        f"got {value!r}"
-                    )
-                coerced: Any = tuple(_coerce(column, v, type_) for v in value)
-            else:
-                coerced = _coerce(column, value, type_)
-                if coerced is None and op not in ("==", "!="):
-                    raise PredicateError(
-                        f"predicate on column {column!r}: {op!r} cannot compare with null"
-                    )
-            literals.append(Literal(column, op, coerced))
+            literals.append(_literal(column, op, value, schema.field(index).type))
         result.append(literals)
     if not result:
         raise PredicateError("predicates are an empty list; pass None for no filter")
@@ -262,54 +236,23 @@ def could_match(
     return True
 
 
-_TERM = re.compile(
-    r"^\s*(?P<col>[A-Za-z_][\w.]*)\s*(?P<op>==|!=|<=|>=|<|>|=|not\s+in|in)\s*(?P<value>.+?)\s*$",
-    re.IGNORECASE,
-)
-
-
-def _parse_value(text: str) -> Any:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    if text.lower() in ("null", "none"):
-        return None
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_predicates(text: str) -> list[list[tuple[str, str, Any]]]:
-    """Parse ``"a >= 3 and b in (1, 2) or c == 'x'"`` into DNF predicates (``or`` binds last).
+    """Parse a condition in SQL syntax into DNF predicates (the ``--where`` of the CLI).
 
-    Values are numbers, ``null``, ``true``/``false``, quoted or bare text (dates and timestamps
-    as ISO text); lists are written in parentheses or brackets.
+    ``"store_id in (1, 2) and date >= 2024-01-01 or name = 'it''s'"`` gives
+    ``[[("store_id", "in", [1, 2]), ("date", ">=", "2024-01-01")], [("name", "==", "it's")]]``.
+    Comparisons are ``= == != <> < <= > >=``, ``[NOT] IN (...)`` (or ``[...]``), ``IS [NOT]
+    NULL`` (``== None`` / ``!= None``) and ``BETWEEN``, joined by ``AND``, ``OR`` and
+    parentheses (AND is distributed over OR, up to a bound). Values are numbers, ``'text'``
+    (``''`` is a quote inside it; ``"text"`` on the value side is text too), ``true``, ``false``,
+    ``null``, and dates as ``2024-01-01`` or ``'2024-01-01'``; times must be quoted. Column
+    names may be quoted as ``"my column"``, which a column named like an SQL word
+    (``"select"``) needs. A number with a fraction or an exponent is a :class:`Numeral`: the
+    nearest value of a float column, exact against integer and decimal columns.
+
+    Raises :class:`PredicateError` naming the part it cannot map (functions, arithmetic,
+    comparisons of two columns, ``LIKE``, ``NOT`` of a condition, incomplete text).
     """
-    disjunction = []
-    for alternative in re.split(r"\s+or\s+", text.strip(), flags=re.IGNORECASE):
-        conjunction = []
-        for term in re.split(r"\s+and\s+", alternative, flags=re.IGNORECASE):
-            match = _TERM.match(term)
-            if not match:
-                raise PredicateError(
-                    f'cannot parse {term.strip()!r}; write e.g. "store_id in (1, 2) and '
-                    f'date >= 2024-01-01" with ops {", ".join(OPS)}'
-                )
-            op = re.sub(r"\s+", " ", match["op"].lower())
-            op = "==" if op == "=" else op
-            value: Any = match["value"]
-            if op in _SET_OPS:
-                inner = value.strip()
-                if inner[:1] in "([" and inner[-1:] in ")]":
-                    inner = inner[1:-1]
-                value = [_parse_value(v) for v in inner.split(",") if v.strip()]
-            else:
-                value = _parse_value(value)
-            conjunction.append((match["col"], op, value))
-        disjunction.append(conjunction)
-    return disjunction
+    from hafen.datasets._where import parse_predicates as parse  # sqlglot: only when used
+
+    return parse(text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,9 @@ class StagedWrite:
     index_entries: dict[str, pa.Table] = field(default_factory=dict)  # column -> (value, label)
     # column -> the index file of these entries, encoded, when this write is committed alone
     encoded_indices: dict[str, bytes] = field(default_factory=dict)
+    # when (time.time()) the first of these files began to be written: vacuum's grace period
+    # protects them only that long
+    started: float = field(default_factory=time.time)
 
     @property
     def num_rows(self) -> int:
@@ -63,9 +67,13 @@ class StagedWrite:
         if len(parts) == 1:  # committed alone: its encoded index files stay valid
             (one,) = parts
             return StagedWrite(
-                list(one.files), one.schema, dict(one.index_entries), dict(one.encoded_indices)
+                list(one.files),
+                one.schema,
+                dict(one.index_entries),
+                dict(one.encoded_indices),
+                one.started,
             )
-        out = StagedWrite()
+        out = StagedWrite(started=min((p.started for p in parts), default=time.time()))
         entries: dict[str, list[pa.Table]] = {}
         for part in parts:
             out.files.extend(part.files)
@@ -358,6 +366,7 @@ def stage_table(
     With ``encode_index`` the index files are also encoded, ready for a commit of this write
     alone (:func:`hafen.datasets.write_dataset`); writes combined before their commit skip it.
     """
+    started = time.time()
     partition_on = list(partition_on)
     if table.num_rows == 0:
         return _stage_empty(storage, table, partition_on)
@@ -404,7 +413,7 @@ def stage_table(
         )
         index = future.result() if future else None
     file_schema = table.drop_columns(partition_on).schema
-    staged = StagedWrite(schema=table.schema)
+    staged = StagedWrite(schema=table.schema, started=started)
     for path, num_rows, size, metadata in sorted(written):
         label = path[len("table/") :].rsplit("/", 1)[0] if partition_on else ""
         staged.files.append(
