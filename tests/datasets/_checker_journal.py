@@ -125,13 +125,17 @@ def identify_entry(
     The operation of an append or overwrite is the one id in the ``op`` column of the files it
     adds: taken from the file statistics in the entry when they show one value, else read from
     the file by ``read_ops`` (None when it cannot be read). A delete names its operation by the
-    tag in its parameters.
+    tag in its parameters. A stub (an entry vacuum retired) keeps only its commit id and
+    operation.
     """
     operation = data.get("operation")
     ops: set[str] | None = set()
     tags: list[int] = []
     adds = [a["add"] for a in data.get("actions", []) if "add" in a]
-    if operation == "delete":
+    stub = bool(data.get("vacuumed"))  # retired by vacuum: the commit id and operation only
+    if stub:
+        ops = None
+    elif operation == "delete":
         ops = None
         tags = sorted({int(x) for x in TAG_RE.findall(json.dumps(data.get("parameters", {})))})
     else:
@@ -153,6 +157,7 @@ def identify_entry(
         "ops": sorted(ops) if ops is not None else None,
         "tags": tags,
         "files": [a["path"] for a in adds],
+        "stub": stub,
     }
 
 
@@ -222,6 +227,7 @@ class Entry:
     t: float
     source: str  # archive | final
     files: list[str] = field(default_factory=list)  # the data files it adds
+    stub: bool = False  # retired by vacuum: only its commit id and operation are left
 
 
 @dataclass
@@ -274,6 +280,7 @@ class Journal:
                     ev["t"],
                     "archive",
                     list(ev.get("files", [])),
+                    bool(ev.get("stub")),
                 )
             )
         elif kind == "read":

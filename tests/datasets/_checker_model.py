@@ -174,10 +174,6 @@ class _Checker:
     def _history(self) -> None:
         s = self.s
         latest = s.latest
-        oldest = latest
-        while oldest - 1 in s.versions:
-            oldest -= 1
-        self.oldest = oldest
         final: dict[int, Entry] = {}
         for v, info in s.versions.items():
             e = info["entry"]
@@ -190,16 +186,26 @@ class _Checker:
                 s.t,
                 "final",
                 e.get("files", []),
+                bool(e.get("stub")),
             )
+        oldest = latest
+        while oldest - 1 in final and not final[oldest - 1].stub:
+            oldest -= 1
+        self.oldest = oldest
         self.created_twice: set[int] = set()
         seen: dict[int, list[Entry]] = defaultdict(list)
         for e in sorted(self.j.entries, key=lambda e: e.t):
             if all(x.commit_id != e.commit_id for x in seen[e.version]):
                 seen[e.version].append(e)
         for v in sorted(set(seen) | set(final)):
-            commits = list(seen.get(v, []))
-            if v in final and all(x.commit_id != final[v].commit_id for x in commits):
-                commits.append(final[v])
+            commits = [x for x in seen.get(v, []) if x.commit_id or not x.stub]
+            f = final.get(v)
+            if (
+                f is not None
+                and (f.commit_id or not f.stub)
+                and all(x.commit_id != f.commit_id for x in commits)
+            ):
+                commits.append(f)
             if len(commits) > 1:
                 self.created_twice.add(v)
                 self.anomaly(
@@ -208,7 +214,7 @@ class _Checker:
                     [self._entry_text(x) for x in commits],
                 )
         for v in sorted(final):
-            if v < oldest:
+            if v < oldest and not final[v].stub:
                 self.anomaly(
                     "stray-entry",
                     f"log entry {v} exists below the oldest retained version {oldest}",
@@ -221,7 +227,9 @@ class _Checker:
         for v in range(0, latest + 1):
             e = final.get(v) if v >= oldest else None
             if e is None and seen.get(v):
-                e = seen[v][0]
+                e = next((x for x in seen[v] if not x.stub), seen[v][0])
+            if e is None and v in final:
+                e = final[v]  # a stub: its commit id still names the commit
             self.entry_at[v] = e
             op_id = self.identity(e) if e is not None else None
             self.source[v] = "log" if e is not None else "journal"
@@ -361,7 +369,7 @@ class _Checker:
         rows: dict[int, Counter[Row]] = {}
         outlived: dict[str, set[int]] = defaultdict(set)
         for v, info in sorted(self.s.versions.items()):
-            if v < self.oldest:
+            if v < self.oldest or info["entry"].get("stub"):
                 continue
             if info.get("rows") is not None:
                 rows[v] = Counter(tuple(r) for r in info["rows"])  # type: ignore[misc]

@@ -32,6 +32,7 @@ class Story:
         self.events: list[dict[str, Any]] = []
         self.retained: dict[int, list[list[Any]]] = {}
         self.missing: dict[int, list[str]] = {}  # retained versions unreadable: files gone
+        self.stubs: list[int] = []  # versions whose log entry vacuum retired
         self.entries: dict[int, dict[str, Any]] = {}
         self.latest = -1
         self.event("harness", "config", refresh=0.5, margin=1.0, grace="1.5s")
@@ -116,6 +117,10 @@ class Story:
         }
         for v, paths in self.missing.items():
             versions[v].update(rows=None, error="StorageError: missing file", missing=paths)
+        for v in self.stubs:  # entries vacuum retired: commit id and operation only
+            e = self.entries[v]
+            stub = {**e, "ops": None, "tags": [], "files": [], "stub": True}
+            versions[v] = {"entry": stub}
         return Snapshot(self.latest, "d1", self.t + 1, versions)
 
     def check(self) -> Report:
@@ -165,6 +170,17 @@ def test_a_clean_history_has_no_anomaly():
     assert report.ok, report.summary()
     assert "unknown outcome: 1 (killed or unknown), 1 landed" in report.summary()
     assert report.figures["kills"] == 1
+
+
+def test_entries_retired_by_vacuum_are_history_not_retained_versions():
+    s = clean()
+    s.stubs = [0, 1, 2]
+    report = s.check()
+    assert report.ok, report.summary()
+    assert "retained v3..v4" in report.figures["commits"]
+    # a stub the archiver never saw in full is named by its commit id
+    s.events = [e for e in s.events if not (e["event"] == "entry" and e["version"] == 1)]
+    assert s.check().ok
 
 
 def test_a_version_acknowledged_twice_is_a_lost_commit():
