@@ -295,6 +295,7 @@ def test_a_reader_going_back_and_reading_stale():
 def test_a_reader_following_a_recreated_dataset():
     s = clean()
     s.event("harness", "phase", name="recreate")
+    s.event("r1", "read", api="open", version=2, dataset_id="d1", t_end=s.t)  # half deleted
     s.event("harness", "phase", name="recreated", version=1, timestamp="new", dataset_id="d2")
     s.event("r0", "read", api="open", version=1, dataset_id="d2", t_end=s.t)
     assert s.check().ok
