@@ -348,7 +348,8 @@ def run_checker(
             if time.monotonic() > next_news:  # a soak says it is alive once a minute
                 next_news += 60
                 left = deadline - time.monotonic()
-                say(f"checker: {kills} writers killed so far, {left:.0f}s to go")
+                if left > 5:
+                    say(f"checker: {kills} writers killed so far, {left:.0f}s to go")
             for key, child in list(children.items()):
                 code = child.exitcode
                 if code is not None:  # nothing exits by itself before its stop file
