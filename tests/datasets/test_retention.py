@@ -251,3 +251,26 @@ def test_a_write_older_than_the_grace_period_does_not_commit(tmp_path, monkeypat
     monkeypatch.undo()
     ds = hafen.open_dataset(url)
     assert ds.version == 0 and len(list(Path(url, "table").rglob("*.parquet"))) == 1
+
+
+def test_a_commit_landing_while_vacuum_reads_the_log_keeps_its_files(tmp_path, monkeypatch):
+    """Found by the checker on Azurite: vacuum took its cutoff only after a slow log read."""
+    monkeypatch.setenv("HAFEN_PLATEAU_VIEW", "false")  # the view would protect its files
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(rows(0), url, partition_on=["part"])
+    read_log = _log.read_entries_down
+    landed: list[hafen.Dataset] = []
+
+    def a_commit_lands_meanwhile(*args, **kwargs):
+        entries = read_log(*args, **kwargs)
+        if not landed:
+            landed.append(hafen.write_dataset(rows(7), url, mode="append"))
+            # its files are as old as the grace period when the log has been read
+            new = [f.path for f in landed[0].state.files.values() if f.version == 1]
+            age([Path(url, p) for p in new], 10)
+        return entries
+
+    monkeypatch.setattr(_log, "read_entries_down", a_commit_lands_meanwhile)
+    report = hafen.open_dataset(url).vacuum(retain_versions=5, grace_period=10)
+    assert report.removed_files == []
+    assert ids(hafen.open_dataset(url)) == [0, 7]

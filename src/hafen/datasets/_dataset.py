@@ -439,13 +439,16 @@ class Dataset:
                 f"got {settings.log_retention!r}"
             )
         storage = self._storage
+        # the cutoff is taken before the log is read: a commit that lands after the read is
+        # not seen, but its files are younger than the cutoff (a write commits only while its
+        # files are younger than the grace period). Blob stores date files to the second.
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=grace + storage.modified_resolution)
         floor, base, newer = _retained(storage, retain)
         referenced = set(base.files) | {p.path for p in base.index_parts}
         for c in newer:
             referenced.update(f.path for f in c.adds)
             referenced.update(p.path for p in c.index_parts)
         referenced |= view_references(storage)
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=grace)
         report = VacuumReport()
         candidates: list[FileInfo] = []
         for directory in ("table", "indices", "_hafen/indices"):

@@ -186,6 +186,11 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
 
+    @property
+    def modified_resolution(self) -> float:
+        """How coarse the backend's last-modified times are, in seconds (blob stores: 1)."""
+        return 0.0 if self.protocol in ("file", "memory") else 1.0
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (Storage, (self.url, self.storage_options))
 
