@@ -203,3 +203,10 @@ def test_the_redacting_filter_masks_messages_arguments_and_tracebacks():
         logger.propagate = True
     assert records and "Traceback" in records[0]
     assert HEAD not in records[0] and TAIL not in records[0]
+
+
+def test_settings_never_show_storage_credentials():
+    from hafen.config import Settings
+
+    settings = Settings(storage_options={"account_name": "acc", "account_key": f"{HEAD}k{TAIL}"})
+    assert HEAD not in repr(settings) and TAIL not in repr(settings)

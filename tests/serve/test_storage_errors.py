@@ -195,6 +195,8 @@ def test_no_such_dataset_is_a_404(root):
         body = _check_error(client.get("/datasets/nope"), 404, "dataset_not_found", [str(root)])
         assert body["dataset"] == "nope"
         _check_error(client.get("/history", params=LOOKUP), 404, "dataset_not_found", [str(root)])
+        _check_error(client.get("/forecasts", params={"store_id": 99}), 404, "no_rows", [])
+        _check_error(client.get("/no/such/path"), 404, "not_found", [])
 
 
 def test_an_unexpected_failure_is_a_json_500(root, monkeypatch):

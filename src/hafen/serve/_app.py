@@ -32,7 +32,7 @@ from hafen import __version__
 from hafen.datasets import Dataset, storage_for
 from hafen.errors import HafenError
 from hafen.serve._answers import DEFAULT_BODY_CACHE_BYTES, ForecastBodies
-from hafen.serve._errors import api_error, error_responses, install_handlers
+from hafen.serve._errors import ApiError, api_error, error_responses, install_handlers
 from hafen.serve._fast import FastLookups
 from hafen.serve._lookup import DEFAULT_CACHE_BYTES, Lookup, between
 from hafen.serve._page import PAGE
@@ -308,7 +308,6 @@ def create_app(
             200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on Accept: text/csv"},
             400: {"description": "Invalid parameters"},
             **error_responses(404, 500, 503),
-            404: {"description": "No forecasts for this store (and product)"},
         },
     )
     async def get_forecasts(
@@ -328,7 +327,8 @@ def create_app(
         ds, table = answer(FORECASTS, rows)
         if table.num_rows == 0:
             what = f"store {store_id}" + ("" if product_id is None else f", product {product_id}")
-            raise HTTPException(404, f"no forecasts for {what} in version {ds.version}")
+            detail = f"no forecasts for {what} in version {ds.version}"
+            raise ApiError(404, "no_rows", detail, dataset=FORECASTS)
         table = between(_as_days(table), "date", start, end)
         table = table.sort_by([("product_id", "ascending"), ("date", "ascending")])
         if _wants_csv(request):
@@ -349,7 +349,6 @@ def create_app(
             200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on Accept: text/csv"},
             400: {"description": "Invalid parameters"},
             **error_responses(404, 500, 503),
-            404: {"description": "No sales for this store and product"},
         },
     )
     async def get_history(
@@ -369,9 +368,8 @@ def create_app(
 
         ds, table = answer(HISTORY, rows)
         if table.num_rows == 0:
-            raise HTTPException(
-                404, f"no sales for store {store_id}, product {product_id} in version {ds.version}"
-            )
+            detail = f"no sales for store {store_id}, product {product_id} in version {ds.version}"
+            raise ApiError(404, "no_rows", detail, dataset=HISTORY)
         table = between(_as_days(table), "date", start, end).select(["date", "qty"])
         table = table.sort_by("date")
         table = table.slice(max(0, table.num_rows - last))
@@ -405,7 +403,7 @@ def create_app(
     @app.get(
         "/datasets/{name:path}",
         response_model=DatasetDetail,
-        responses={**error_responses(404, 500, 503), 404: {"description": "No such dataset"}},
+        responses=error_responses(404, 500, 503),
     )
     def show_dataset(
         name: DatasetName,

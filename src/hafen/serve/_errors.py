@@ -4,6 +4,7 @@
 failure                                                status  ``error``
 =====================================================  ======  ==========================
 no such dataset (also: deleted meanwhile)              404     ``dataset_not_found``
+no rows for the store (and product) asked for          404     ``no_rows``
 the version asked for does not exist or was vacuumed   404     ``version_not_found``
 storage failing (:class:`~hafen.errors.StorageError`,  503     ``storage_unavailable``,
 an ``OSError`` from the backend)                               with ``Retry-After``
@@ -13,10 +14,11 @@ the dataset's schema cannot answer the request         500     ``dataset_unusabl
 anything else                                          500     ``internal_error``
 =====================================================  ======  ==========================
 
-The body is ``{"detail": ..., "error": ..., "dataset": ...}``. It names the dataset, never a
-storage URL, a local path or a credential: the detail is written here, from the kind of
-failure, not copied from the exception (whose message names the backend path). The exception
-itself goes to the server's log, secrets masked.
+The body is ``{"detail": ..., "error": ..., "dataset": ...}``, also for FastAPI's own 4xx
+answers (an unknown path, ``bad_request``) but not for its 422 validation errors. It names the
+dataset, never a storage URL, a local path or a credential: the detail is written here, from the
+kind of failure, not copied from the exception (whose message names the backend path). The
+exception itself goes to the server's log, secrets masked.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hafen._secrets import get_logger, redact
 from hafen.errors import (
@@ -65,6 +68,7 @@ _LAYOUT = (
     ("/_hafen/log/", "its commit log"),
     ("/table/", "a data file"),
 )
+_HTTP_ERRORS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 _PATHS = re.compile(r"\S*[/\\]\S*")
 
 
@@ -143,8 +147,11 @@ def api_error(exc: BaseException, name: str | None) -> ApiError:
             f"{what}: the version asked for does not exist or was vacuumed",
             dataset=name,
         )
-    _log.warning("serving %s failed: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
     damage = _damage(exc)
+    failing = damage is None and isinstance(exc, StorageError | OSError)
+    # the server's log has the exception (secrets masked); a storage outage in one line
+    _log.warning("serving %s failed: %s: %s", what, type(exc).__name__, exc,
+                 exc_info=None if failing else exc)  # fmt: skip
     if damage is not None:
         return ApiError(
             500,
@@ -152,7 +159,7 @@ def api_error(exc: BaseException, name: str | None) -> ApiError:
             f"{what} is damaged: {damage} (`hafen dataset verify` checks a version)",
             dataset=name,
         )
-    if isinstance(exc, StorageError | OSError):
+    if failing:
         return ApiError(
             503,
             "storage_unavailable",
@@ -189,8 +196,16 @@ def install_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ApiError)
         return exc.response()
 
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own (an unknown path, a 400 of a route): the same body as the others
+        assert isinstance(exc, StarletteHTTPException)
+        error = _HTTP_ERRORS.get(exc.status_code, f"http_{exc.status_code}")
+        body = {"detail": exc.detail, "error": error, "dataset": None}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         return api_error(exc, None).response()
 
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

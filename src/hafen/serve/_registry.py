@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from hafen._secrets import get_logger
-from hafen.datasets import Dataset, open_dataset, storage_for
+from hafen.datasets import Dataset, map_storage_errors, open_dataset, storage_for
 from hafen.errors import DatasetNotFoundError, HafenError
 
 __all__ = ["DEFAULT_REFRESH", "Registry", "identity"]
@@ -126,8 +126,10 @@ class Registry:
         for _ in range(MAX_DEPTH):
             deeper = []
             for rel in level:
+                folder = f"{base}/{rel}".rstrip("/")
                 try:
-                    children = fs.ls(f"{base}/{rel}".rstrip("/"), detail=True)
+                    with map_storage_errors(folder):
+                        children = fs.ls(folder, detail=True)
                 except FileNotFoundError:
                     continue  # not there (yet), or deleted meanwhile
                 for child in children:
@@ -222,7 +224,7 @@ class Registry:
             return self.get(name)
         entry.checked = time.monotonic()
         try:
-            entry.dataset = self._newest(entry)
+            self._adopt(entry, self._newest(entry))
         except DatasetNotFoundError:
             self._drop(name, entry)
             raise DatasetNotFoundError(f"no dataset named {name!r}") from None
@@ -231,7 +233,7 @@ class Registry:
     def _refresh(self, name: str, entry: _Entry, now: float) -> None:
         entry.checked = now  # first, so concurrent requests do not all check
         try:
-            entry.dataset = self._newest(entry)
+            self._adopt(entry, self._newest(entry))
         except DatasetNotFoundError:
             self._drop(name, entry)  # deleted: 404 until a rescan finds it again
         except (HafenError, OSError) as exc:
@@ -246,11 +248,19 @@ class Registry:
             # the next entry is absent, but the dataset may have been deleted and recreated with
             # as many versions or fewer, or vacuumed: the latest version decides
             fresh = open_dataset(entry.url)
-        if identity(fresh) == identity(current):
-            return current  # the same version: keep the object (and what is cached for it)
-        if fresh.state.dataset_id == current.state.dataset_id and fresh.version < current.version:
-            return current  # never backwards within one dataset
         return fresh
+
+    def _adopt(self, entry: _Entry, fresh: Dataset) -> None:
+        """Serve ``fresh`` unless it is the version held (keep the object, and what is cached
+        for it) or an older version of the same dataset (a concurrent check got further)."""
+        with self._lock:
+            current = entry.dataset
+            if identity(fresh) == identity(current):
+                return
+            same = fresh.state.dataset_id == current.state.dataset_id
+            if same and fresh.version < current.version:
+                return  # never backwards within one dataset
+            entry.dataset = fresh
 
     def _drop(self, name: str, entry: _Entry) -> None:
         with self._lock:
