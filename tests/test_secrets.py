@@ -129,6 +129,8 @@ def test_what_is_not_secret_is_kept():
     assert redact("http://localhost:8000/datasets/forecasts") == (
         "http://localhost:8000/datasets/forecasts"
     )
+    partitioned = "root/ds/table/key=5/token=x/0a1b.parquet: OSError: [Errno 5] I/O error"
+    assert redact(partitioned) == partitioned  # Hive partitions named like secrets
 
 
 @settings(deadline=None)  # the first use of a secret compiles its pattern
@@ -162,6 +164,7 @@ def test_the_driver_receives_one_canonical_spelling():
 def test_malformed_urls_are_refused_without_their_password():
     for url in (
         f"postgresql://u:{HEAD}secret{TAIL}@[::1:5432/db",
+        f"postgresql://u:{HEAD}\\'x\"y{TAIL}@[::1:5432/db",  # quotes, unencoded
         f"host=db password='{HEAD}x y{TAIL}' dbname=shop",
         f"mysql://u:{HEAD}pw{TAIL}@db/shop",
     ):

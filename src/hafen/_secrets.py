@@ -83,9 +83,10 @@ def is_secret_key(name: str) -> bool:
 
 _KEYS = "|".join(sorted((re.escape(k) for k in SECRET_KEYS), key=len, reverse=True))
 _QUOTED = r"""'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?"""
-# name=value: a query, conninfo or connection-string parameter, or a keyword argument's repr
+# name=value: a query, conninfo or connection-string parameter, or a keyword argument's repr;
+# not after a "/" (a Hive partition such as table/key=5/ is a path, not a secret)
 _PARAMETER = re.compile(
-    rf"(?i)(?<![A-Za-z0-9_])(?P<name>{_KEYS})(?P<eq>\s*=\s*)"
+    rf"(?i)(?:^|(?<=[\s?&;,(\[{{'\"]))(?P<name>{_KEYS})(?P<eq>\s*=\s*)"
     rf"(?P<value>{_QUOTED}|[^\s&;#'\"<>]+)"
 )
 # 'name': value -- a printed dict or JSON object
@@ -95,7 +96,7 @@ _ENTRY = re.compile(
 )
 # scheme://user:PASSWORD@host -- the password up to the last @ before the path
 _USERINFO = re.compile(
-    r"(?i)(?P<head>[a-z][a-z0-9+.\-]*://[^\s/?#@:'\"<>]*:)(?P<value>[^\s/?#'\"<>]*)"
+    r"(?i)(?P<head>[a-z][a-z0-9+.\-]*://[^\s/?#@:'\"<>]*:)(?P<value>[^\s/?#<>]*)"
     r"(?=@[^\s/?#@'\"<>]*(?:[/?#\s'\"<>]|$))"
 )
 _BEARER = re.compile(r"(?i)(?P<head>\bbearer\s+)(?P<value>[A-Za-z0-9._~+/=\-]{8,})")

@@ -153,6 +153,7 @@ def test_a_password_appears_in_no_message_log_commit_or_answer(
     @example(body="p@ss@word", raw=[], spelling=0)  # libpq would split at the first @
     @example(body="%3a%ZZ+ '\\", raw=[True], spelling=3)
     @example(body="€ %3A:é/", raw=[True, False], spelling=2)
+    @example(body="\\'", raw=[True], spelling=2)  # quotes left unencoded
     @settings(
         max_examples=20,
         deadline=None,

@@ -112,6 +112,15 @@ def _canonical_netloc(parts: urllib.parse.SplitResult, password: str | None) -> 
     return f"{spelled}@{host}"
 
 
+def _guess_password(url: str) -> str | None:
+    """What may be a password in a URL that cannot be parsed (more rather than less)."""
+    rest = url.split("://", 1)[-1]
+    if "@" not in rest:
+        return None
+    _, colon, password = rest.rsplit("@", 1)[0].partition(":")
+    return password if colon else None
+
+
 def public_url(url: str) -> str:
     """``url`` without a password in its userinfo and without secret query parameters."""
     try:
@@ -146,7 +155,8 @@ def parse_url(url: str | DatabaseURL) -> DatabaseURL:
         parts = urllib.parse.urlsplit(url)
         raw_password = parts.password
     except ValueError as exc:  # an unclosed IPv6 bracket, for one
-        raise SQLError(f"not a valid database URL {redact(url)!r}: {exc}") from None
+        shown = redact(url, [_guess_password(url)])
+        raise SQLError(f"not a valid database URL {shown!r}: {exc}") from None
     password = urllib.parse.unquote(raw_password) if raw_password else None
     secrets = tuple(dict.fromkeys([*([raw_password] if raw_password else []),
                                    *_query_secrets(parts.query)]))  # fmt: skip
