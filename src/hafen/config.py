@@ -52,7 +52,8 @@ class Settings:
     # "always": every column, as Arrow does by default
     parquet_dictionary: str = "auto"
     workdir: str = "hafen-demo"
-    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # credentials, often: never in the settings' repr
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1:

@@ -45,6 +45,7 @@ from typing import Any
 import fsspec
 import pyarrow.fs as pafs
 
+from hafen._secrets import redact
 from hafen.errors import HafenError, StorageError
 
 __all__ = ["FileInfo", "Storage", "map_storage_errors"]
@@ -122,7 +123,11 @@ def _retry_after(exc: BaseException | None) -> float:
 
 @contextlib.contextmanager
 def map_storage_errors(path: str) -> Iterator[None]:
-    """Translate backend errors into :class:`StorageError` naming ``path``."""
+    """Translate backend errors into :class:`StorageError` naming ``path``.
+
+    The message never holds a credential: a backend that echoes a SAS token, an account key or
+    a connection string has it masked (:func:`hafen._secrets.redact`).
+    """
     try:
         yield
     except HafenError:
@@ -130,11 +135,20 @@ def map_storage_errors(path: str) -> Iterator[None]:
     except FileNotFoundError:
         raise
     except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
-        raise StorageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        raise _storage_error(path, exc) from _cause(exc)
     except Exception as exc:  # SDK errors (azure.core, botocore) share no base class
         if type(exc).__module__.split(".")[0] in {"azure", "botocore", "aiohttp", "s3fs", "adlfs"}:
-            raise StorageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+            raise _storage_error(path, exc) from _cause(exc)
         raise
+
+
+def _storage_error(path: str, exc: BaseException) -> StorageError:
+    return StorageError(redact(f"{path}: {type(exc).__name__}: {exc}"))
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """``exc``, unless its message holds a credential (then no cause, so no traceback shows it)."""
+    return exc if redact(str(exc)) == str(exc) else None
 
 
 @dataclass(frozen=True)

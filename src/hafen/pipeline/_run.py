@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hafen._secrets import redact
 from hafen.errors import ConfigError
 from hafen.pipeline import _stages
 from hafen.pipeline._config import DB_LIMIT, PipelineConfig, SynthParams
@@ -290,19 +291,20 @@ def prepare_database(cfg: PipelineConfig, synth: SynthParams, console: Any = Non
 
     wanted = {**dataclasses.asdict(synth), "start": synth_module.DEFAULT_START}
     existing = synth_module.read_meta(cfg.source_url)
+    where = redact(cfg.source_url)  # a PostgreSQL URL may hold a password
     if existing == wanted:
         if console is not None:
-            console.print(f"Reusing the synthetic database at {cfg.source_url}")
+            console.print(f"Reusing the synthetic database at {where}")
         return None
     if existing is not None:
         raise ConfigError(
-            f"{cfg.source_url} was generated with {existing}, not {wanted}: rerun with the same "
+            f"{where} was generated with {existing}, not {wanted}: rerun with the same "
             "sizes, another --workdir, or --fresh to start over"
         )
     if console is not None:
         console.print(
             f"Generating a synthetic retail database ({synth.stores} stores x {synth.products} "
-            f"products x {synth.days} days) at {cfg.source_url}"
+            f"products x {synth.days} days) at {where}"
         )
     info = synth_module.generate(
         cfg.source_url,

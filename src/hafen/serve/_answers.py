@@ -111,7 +111,7 @@ class ForecastBodies:
         self._prepared_size = 0
         self._bodies: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._bodies_size = 0
-        self._version: tuple[str, int] | None = None
+        self._version: tuple[str, str, int] | None = None
         # "store_id": S, "product_id": P, "date": "   and   ", "forecast": %s, "baseline": %s}
         names = [json.dumps(c).replace("%", "%%") for c in self.columns]
         self._head = "{" + names[0] + ": %d, " + names[1] + ": %d, " + names[2] + ': "'
@@ -129,7 +129,8 @@ class ForecastBodies:
 
     def get(self, ds: Dataset, query: bytes) -> bytes | None:
         """The body for URL query ``query`` against ``ds`` (the latest version), or None."""
-        version = (ds.url, ds.version)
+        # the dataset id too: a dataset deleted and recreated reuses the version numbers
+        version = (ds.url, ds.state.dataset_id, ds.version)
         with self._lock:
             if version != self._version:  # a new version: no body of the old one survives
                 self._bodies.clear()

@@ -5,6 +5,11 @@ product a secondary index, so :meth:`~hafen.datasets.Dataset.read_arrow` opens o
 store's) after looking the product up in the index, never a scan. ``GET /datasets`` and
 ``GET /datasets/{name}`` describe the datasets; ``GET /healthz`` says the service is up; ``GET /``
 is a small page that charts history and forecast.
+
+Answers name datasets, never where they are stored (see :mod:`hafen.serve._public`); a failed
+lookup is answered with a status and a JSON reason (see :mod:`hafen.serve._errors`). A lookup
+that fails on the version the registry holds -- its files vacuumed, the dataset deleted or
+recreated meanwhile -- is tried once more on the latest version before it fails.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,12 +29,15 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from hafen import __version__
-from hafen.errors import DatasetNotFoundError, HafenError
+from hafen.datasets import Dataset, storage_for
+from hafen.errors import HafenError
 from hafen.serve._answers import DEFAULT_BODY_CACHE_BYTES, ForecastBodies
+from hafen.serve._errors import ApiError, api_error, error_responses, install_handlers
 from hafen.serve._fast import FastLookups
 from hafen.serve._lookup import DEFAULT_CACHE_BYTES, Lookup, between
 from hafen.serve._page import PAGE
-from hafen.serve._registry import DEFAULT_REFRESH, Registry
+from hafen.serve._public import Locations, public_value
+from hafen.serve._registry import DEFAULT_REFRESH, Registry, describe, identity
 
 __all__ = ["FORECASTS", "HISTORY", "create_app"]
 
@@ -40,6 +48,7 @@ MAX_ID = 2**62
 FORECAST_COLUMNS = ["store_id", "product_id", "date", "forecast", "baseline"]
 HISTORY_COLUMNS = ["product_id", "date", "qty"]
 MAX_HISTORY = 1000
+T = TypeVar("T")
 
 
 StoreId = Annotated[int, Query(ge=0, le=MAX_ID, description="The store.")]
@@ -86,7 +95,6 @@ class History(BaseModel):
 
 class DatasetInfo(BaseModel):
     name: str
-    url: str
     version: int
     timestamp: str | None
     num_rows: int
@@ -95,7 +103,6 @@ class DatasetInfo(BaseModel):
 
 
 class DatasetList(BaseModel):
-    root: str
     datasets: list[DatasetInfo]
 
 
@@ -192,6 +199,13 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _locations(registry: Registry) -> Locations:
+    roots = [registry.root]
+    with contextlib.suppress(HafenError, OSError, ValueError):
+        roots.append(storage_for(registry.root).root)
+    return Locations(roots)
+
+
 def create_app(
     root: str,
     *,
@@ -250,11 +264,39 @@ def create_app(
     app.state.lookup = lookup
     app.state.bodies = bodies
 
-    def dataset(name: str) -> Any:
+    install_handlers(app)
+    locations = _locations(registry)
+
+    def dataset(name: str) -> Dataset:
         try:
             return registry.get(name)
-        except DatasetNotFoundError as exc:
-            raise HTTPException(404, str(exc)) from None
+        except Exception as exc:
+            raise api_error(exc, name) from None
+
+    def answer(name: str, fn: Callable[[Dataset], T]) -> T:
+        """``fn`` on the latest version of ``name``; once more on a re-opened latest version
+        if it fails on the one held (vacuumed, deleted or recreated meanwhile)."""
+        ds = dataset(name)
+        try:
+            return fn(ds)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, HafenError | OSError | pa.ArrowException):
+                raise api_error(exc, name) from None
+            failed = exc
+        try:
+            fresh = registry.reopen(name)
+        except Exception as exc:
+            raise api_error(exc, name) from None
+        if identity(fresh) == identity(ds):
+            raise api_error(failed, name) from None
+        try:
+            return fn(fresh)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise api_error(exc, name) from None
 
     # The lookups are async: once a file is cached a lookup takes well under a millisecond of
     # CPU, less than handing it to a worker thread; a first read of a file blocks the loop for
@@ -265,7 +307,7 @@ def create_app(
         responses={
             200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on Accept: text/csv"},
             400: {"description": "Invalid parameters"},
-            404: {"description": "No forecasts for this store (and product)"},
+            **error_responses(404, 500, 503),
         },
     )
     async def get_forecasts(
@@ -277,12 +319,16 @@ def create_app(
     ) -> Any:
         """Forecasts of one store (and product), from the latest version of ``forecasts``."""
         _check_range(start, end)
-        ds = dataset(FORECASTS)
         key = None if product_id is None else ("product_id", product_id)
-        table = lookup.rows(ds, ("store_id", store_id), key, FORECAST_COLUMNS)
+
+        def rows(ds: Dataset) -> tuple[Dataset, pa.Table]:
+            return ds, lookup.rows(ds, ("store_id", store_id), key, FORECAST_COLUMNS)
+
+        ds, table = answer(FORECASTS, rows)
         if table.num_rows == 0:
             what = f"store {store_id}" + ("" if product_id is None else f", product {product_id}")
-            raise HTTPException(404, f"no forecasts for {what} in version {ds.version}")
+            detail = f"no forecasts for {what} in version {ds.version}"
+            raise ApiError(404, "no_rows", detail, dataset=FORECASTS)
         table = between(_as_days(table), "date", start, end)
         table = table.sort_by([("product_id", "ascending"), ("date", "ascending")])
         if _wants_csv(request):
@@ -292,10 +338,9 @@ def create_app(
     def fast_answer(query: bytes) -> bytes | None:
         """The JSON body of a plain point lookup, or None to let the route answer."""
         try:
-            ds = registry.get(FORECASTS)
-        except HafenError:
+            return bodies.get(registry.get(FORECASTS), query)
+        except Exception:  # the route answers, with its error handling
             return None
-        return bodies.get(ds, query)
 
     @app.get(
         "/history",
@@ -303,7 +348,7 @@ def create_app(
         responses={
             200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on Accept: text/csv"},
             400: {"description": "Invalid parameters"},
-            404: {"description": "No sales for this store and product"},
+            **error_responses(404, 500, 503),
         },
     )
     async def get_history(
@@ -316,12 +361,15 @@ def create_app(
     ) -> Any:
         """Daily sales of one store and product, from the latest version of ``sales_by_store``."""
         _check_range(start, end)
-        ds = dataset(HISTORY)
-        table = lookup.rows(ds, ("store_id", store_id), ("product_id", product_id), HISTORY_COLUMNS)
+
+        def rows(ds: Dataset) -> tuple[Dataset, pa.Table]:
+            key = ("product_id", product_id)
+            return ds, lookup.rows(ds, ("store_id", store_id), key, HISTORY_COLUMNS)
+
+        ds, table = answer(HISTORY, rows)
         if table.num_rows == 0:
-            raise HTTPException(
-                404, f"no sales for store {store_id}, product {product_id} in version {ds.version}"
-            )
+            detail = f"no sales for store {store_id}, product {product_id} in version {ds.version}"
+            raise ApiError(404, "no_rows", detail, dataset=HISTORY)
         table = between(_as_days(table), "date", start, end).select(["date", "qty"])
         table = table.sort_by("date")
         table = table.slice(max(0, table.num_rows - last))
@@ -337,21 +385,25 @@ def create_app(
             }
         )
 
-    @app.get("/datasets", response_model=DatasetList)
+    @app.get("/datasets", response_model=DatasetList, responses=error_responses(503))
     def list_datasets() -> Any:
         """Every dataset under the served root, at its latest version."""
+        try:
+            names = registry.names()
+        except Exception as exc:
+            raise api_error(exc, None) from None
         infos = []
-        for name in registry.names():
+        for name in names:
             try:
-                infos.append(registry.info(name))
-            except HafenError:
-                continue
-        return {"root": registry.root, "datasets": infos}
+                infos.append(describe(name, registry.get(name)))
+            except (HafenError, OSError):
+                continue  # deleted meanwhile, or failing: /datasets/{name} says why
+        return {"datasets": infos}
 
     @app.get(
         "/datasets/{name:path}",
         response_model=DatasetDetail,
-        responses={404: {"description": "No such dataset"}},
+        responses=error_responses(404, 500, 503),
     )
     def show_dataset(
         name: DatasetName,
@@ -359,23 +411,30 @@ def create_app(
         partitions: PartitionLimit = 1000,
     ) -> Any:
         """Schema, partitions, version and history of one dataset."""
-        ds = dataset(name)
-        info = registry.info(name)
-        values = ds.partitions()
-        return {
-            **info,
-            "schema": [
-                {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in ds.schema
-            ],
-            "partitions": _jsonable(values[:partitions]),
-            "partitions_total": len(values),
-            "history": _jsonable(ds.history(limit=history)),
-        }
 
-    @app.get("/healthz", response_model=Health)
+        def detail(ds: Dataset) -> dict[str, Any]:
+            values = ds.partitions()
+            commits = ds.history(limit=history)
+            return {
+                **describe(name, ds),
+                "schema": [
+                    {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in ds.schema
+                ],
+                "partitions": _jsonable(values[:partitions]),
+                "partitions_total": len(values),
+                "history": [public_value(c, locations) for c in commits],
+            }
+
+        return answer(name, detail)
+
+    @app.get("/healthz", response_model=Health, responses=error_responses(503))
     def healthz() -> Any:
         """Up, with the version of every dataset served."""
-        return {"status": "ok", "version": __version__, "datasets": registry.versions()}
+        try:
+            versions = registry.versions()
+        except Exception as exc:
+            raise api_error(exc, None) from None
+        return {"status": "ok", "version": __version__, "datasets": versions}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

@@ -7,7 +7,7 @@ index could only say whether the product is there, which the file itself answers
 Only those files are read. Two caches make repeated lookups cheap, and both are safe because a
 version never changes and a data file is never rewritten:
 
-- the pruned file lists per (dataset version, predicate), so the index is read once per key;
+- the pruned file lists per (dataset, version, predicate), so the index is read once per key;
 - the decoded columns of each file (bounded by :data:`DEFAULT_CACHE_BYTES`, least recently used
   out first), so a popular store's file is read from storage once.
 
@@ -49,7 +49,8 @@ class Lookup:
         self.reads = 0  # files read from storage, for tests and the benchmark
 
     def _files(self, ds: Dataset, conjunction: list[tuple[str, str, Any]]) -> list[Any]:
-        key = (ds.url, ds.version, tuple(conjunction))
+        # the dataset id too: a dataset deleted and recreated reuses the version numbers
+        key = (ds.url, ds.state.dataset_id, ds.version, tuple(conjunction))
         with self._lock:
             files = self._file_lists.get(key)
             if files is not None:

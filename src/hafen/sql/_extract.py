@@ -165,7 +165,10 @@ def extract(
         exc = first_error(outcome.errors)
         failed = len(outcome.errors)
         if isinstance(exc, HafenError):
-            raise type(exc)(f"{failed} of {len(queries)} ranges failed; nothing committed: {exc}")
+            shown = db.scrub(str(exc))
+            what = f"{failed} of {len(queries)} ranges failed; nothing committed"
+            error = type(exc)(f"{what}: {shown}")
+            raise error from (exc if shown == str(exc) else None)
         raise SQLError(
             f"{db.masked}: {failed} of {len(queries)} ranges failed; nothing committed: "
             f"{db.scrub(str(exc))}"
@@ -181,7 +184,7 @@ def extract(
         indices=layout_i,
         base=state,
         parameters={
-            "source": db.masked,
+            "source": db.public,  # never a credential in the log
             "query": query if len(query) <= 2000 else query[:2000] + "...",
             "split_on": split_on,
             "ranges": len(queries),

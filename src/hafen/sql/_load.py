@@ -157,7 +157,8 @@ def load(
             done = "nothing was changed" if staging else f"{len(outcome.results)} chunks committed"
             message = f"{len(outcome.errors)} of {len(groups)} chunks failed ({done}): "
             if isinstance(exc, HafenError):
-                raise type(exc)(message + str(exc))
+                shown = db.scrub(str(exc))
+                raise type(exc)(message + shown) from (exc if shown == str(exc) else None)
             raise SQLError(f"{db.masked}: {message}{db.scrub(str(exc))}")
         if staging:
             _swap(db, target, table, replace=(mode == "replace"))
