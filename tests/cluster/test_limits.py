@@ -140,6 +140,7 @@ def test_resizing_from_2_to_6_takes_effect_at_once(client_2x4, task_log):
     # At once: no running task has finished (all wait for the gate), so no slot was freed; the
     # four new grants came from the resize alone.
     assert task_log.ends() == []
+    poll_for(lambda: len(task_log.starts()) == 6, what="6 started on their workers")
     gate.set()
     client_2x4.gather(futures)
     assert task_log.max_overlap() == 6
@@ -196,9 +197,11 @@ def test_several_limits_on_one_task_and_limits_removed_while_tasks_wait(client_2
         futures = client_2x4.map(
             task_log.task, range(6), path=task_log.path, duration=0.0, gate=gate.name
         )
-    poll_for(lambda: _info(client_2x4, "b")["waiting"] == 5, what="1 running, 5 waiting")
+    poll_for(
+        lambda: len(task_log.starts()) == 1 and _info(client_2x4, "b")["waiting"] == 5,
+        what="1 running, 5 waiting",
+    )
     assert _info(client_2x4, "b")["in_use"] <= 1
-    assert len(task_log.starts()) == 1
     assert hafen.remove_limit("b", client=client_2x4) is True
     assert hafen.remove_limit("b", client=client_2x4) is False  # idempotent
     # the waiters no longer wait for "b": a second one starts, in the other slot of "a"
@@ -275,7 +278,8 @@ def test_installing_twice_is_harmless(client_2x4):
 
 def test_limits_are_served_as_prometheus_metrics(client_2x4, task_log):
     gate = Event(f"metrics-{uuid.uuid4().hex}", client=client_2x4)
-    hafen.set_limit("metrics", concurrency=2, rate="100/min", client=client_2x4)
+    # one token an hour: the second task waits for as long as the test looks
+    hafen.set_limit("metrics", concurrency=2, rate="1/h", client=client_2x4)
     with dask.annotate(limits="metrics"):
         futures = client_2x4.map(
             task_log.task, range(3), path=task_log.path, duration=0.0, gate=gate.name
