@@ -18,6 +18,7 @@ tasks in flight unlimited too, to separate the cost of the mechanism from that o
 ideal limiter occupies at no cost of its own.
 
 Run: ``.venv/bin/python benchmarks/limits.py`` (5-6 minutes on 2 busy cores; ``--repeat N``).
+The task functions come from :mod:`hafen.testing`, which worker processes import like hafen.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,60 +35,22 @@ from pathlib import Path
 import dask
 from distributed import Client, Semaphore, wait
 
-sys.path.insert(0, str(Path(__file__).parent))  # workers import this module's task functions
-
 import hafen
+from hafen.testing import (
+    holder,
+    holder_semaphore,
+    poll_for,
+    sleepy,
+    sleepy_semaphore,
+    sleepy_serial,
+    tiny,
+    tiny_semaphore,
+)
 
 WORKERS, THREADS = 2, 4
 TINY_TASKS = 2000
 MIXED_TASKS, MIXED_DURATION = 200, 0.05
 LIMIT = 4
-
-
-def tiny(i: int) -> int:
-    return i
-
-
-def tiny_semaphore(i: int, sem: Semaphore) -> int:
-    with sem:
-        return i
-
-
-def sleepy(i: int, duration: float) -> int:
-    time.sleep(duration)
-    return i
-
-
-def sleepy_serial(n: int, duration: float) -> int:
-    """What one slot of a perfect limiter does: ``n`` limited tasks back to back."""
-    for _ in range(n):
-        time.sleep(duration)
-    return n
-
-
-def sleepy_semaphore(i: int, duration: float, sem: Semaphore) -> int:
-    with sem:
-        time.sleep(duration)
-    return i
-
-
-def log_entry(path: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, f"{time.time():.6f}\n".encode())
-    os.close(fd)
-
-
-def holder(path: str, duration: float) -> int:
-    log_entry(path)
-    time.sleep(duration)
-    return 1
-
-
-def holder_semaphore(path: str, duration: float, sem: Semaphore) -> int:
-    with sem:
-        log_entry(path)
-        time.sleep(duration)
-    return 1
 
 
 def new_client(workers: int = WORKERS, threads: int = THREADS) -> Client:
@@ -180,19 +142,16 @@ def _regrant_after_kill(client: Client, submit: Callable[[str, str], object]) ->
         log = str(Path(tmp) / "entries.log")
         victim = sorted(client.scheduler_info()["workers"])[0]
         future = submit(log, victim)
-        deadline = time.monotonic() + 30
-        while not Path(log).exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the holder never started")
-            time.sleep(0.01)
+        poll_for(lambda: Path(log).exists(), 30, period=0.01, what="the holder started")
         pid = client.run(os.getpid, workers=[victim])[victim]
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 120
-        while len(Path(log).read_text().splitlines()) < 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the slot was not granted again within 120 s")
-            time.sleep(0.005)
+        poll_for(
+            lambda: len(Path(log).read_text().splitlines()) >= 2,
+            120,
+            period=0.005,
+            what="the slot was granted again",
+        )
         entered = float(Path(log).read_text().splitlines()[1])
         client.cancel([future])
         return entered - killed_at

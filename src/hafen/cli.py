@@ -223,7 +223,7 @@ def dataset_vacuum(url: str, retain: int | None, grace: str | None, dry_run: boo
 )
 def limits_command(address: str | None) -> None:
     """Show the cluster-wide limits held on the scheduler."""
-    from hafen.cluster._cli import limits_table
+    from hafen.cluster.limits._table import limits_table
 
     console.print(limits_table(address))
 
@@ -272,7 +272,7 @@ def chaos(
     outputs match; exits 1 if they do not.
     """
     from hafen.cluster import connect
-    from hafen.cluster._chaos import Fault, costly_graph, run_chaos
+    from hafen.cluster.resilience import Fault, costly_graph, run_chaos
 
     schedule = [Fault.parse(text) for text in faults]
     if scheduler:

@@ -7,13 +7,13 @@ import uuid
 
 import dask
 import pytest
-from _resilience_fixtures import DEADLINE, ExecLog, gated_sum, logged_task, process_cluster
 from click.testing import CliRunner
 
 import hafen
 from hafen.cli import main
-from hafen.cluster._chaos import Fault, costly_graph, run_chaos, same_output
+from hafen.cluster.resilience import Fault, costly_graph, run_chaos, same_output
 from hafen.errors import ConfigError
+from hafen.testing import DEADLINE, ExecLog, gated_sum, logged_task, process_cluster
 
 
 def test_faults_parse_and_validate():

@@ -9,51 +9,48 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
-from _resilience_fixtures import (
-    DEADLINE,
-    ExecLog,
-    counts,
-    gated_sum,
-    logged_task,
-    process_cluster,
-    wait_event,
-    wait_until,
-    worker_pids,
-)
 from distributed import Event
 from distributed.active_memory_manager import ActiveMemoryManagerExtension
+from distributed.core import Status
 from distributed.utils_test import gen_cluster
 
 import hafen
 from hafen.cluster import DrainReport
-from hafen.cluster._drain import DrainWorkers
-from hafen.cluster._preemption import DrainOnSigterm
-from hafen.cluster._resilience import PLUGIN_NAME, install_resilience
+from hafen.cluster.resilience import (
+    PLUGIN_NAME,
+    DrainOnSigterm,
+    DrainWorkers,
+    install_resilience,
+    resilience_counts,
+)
 from hafen.errors import ConfigError
-
-
-def sleep_value(i: int, seconds: float) -> int:
-    time.sleep(seconds)
-    return i
+from hafen.testing import (
+    DEADLINE,
+    ExecLog,
+    async_poll_for,
+    dask_cli,
+    gated_sum,
+    logged_task,
+    nanny_of,
+    pid_exited,
+    poll_for,
+    process_cluster,
+    sleepy,
+    wait_event,
+    worker_pids,
+)
 
 
 def inc(x: int) -> int:
     return x + 1
 
 
-async def until(predicate, timeout: float = DEADLINE, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {what or predicate}")
-        await asyncio.sleep(0.02)
+def closed(nanny) -> bool:
+    """Whether a (LocalCluster) nanny has closed: it will start no new worker."""
+    return nanny.status == Status.closed
 
 
 # --- decisions, on in-process clusters ---------------------------------------------------------
@@ -64,7 +61,7 @@ async def test_costliest_results_are_asked_for_first(c, s, a, b):
     plugin = install_resilience(s)
     seconds = {"k0": 0.0, "k1": 0.25, "k2": 0.05, "k3": 0.5, "k4": 0.1}
     futs = [
-        c.submit(sleep_value, i, sec, key=key, workers=[a.address])
+        c.submit(sleepy, i, sec, key=key, workers=[a.address])
         for i, (key, sec) in enumerate(seconds.items())
     ]
     await c.gather(futs)
@@ -92,7 +89,7 @@ async def test_drain_at_timeout_reports_what_will_be_recomputed_then_closes(c, s
     assert report.timed_out and not report.complete
     assert set(report.recompute) == on_a
     assert report.closed and report.workers == (a.address,)
-    await until(lambda: a.address not in s.workers, what="drained worker removed")
+    await async_poll_for(lambda: a.address not in s.workers, what="drained worker removed")
     assert await c.gather(futs) == list(range(1, 21))
     assert s.plugins[PLUGIN_NAME].counts()["recomputed"] == len(on_a)
     assert "will be recomputed (timed out)" in str(report)
@@ -163,6 +160,7 @@ def test_drain_of_a_worker_holding_100_unique_results_mid_graph_recomputes_nothi
     expected_parts = [logged_task(i, str(tmp_path / "local.log")) for i in range(100)]
     with process_cluster(3) as client:
         victim = sorted(client.scheduler_info()["workers"])[0]
+        nanny = nanny_of(client, victim)
         parts = [
             client.submit(
                 logged_task,
@@ -181,7 +179,7 @@ def test_drain_of_a_worker_holding_100_unique_results_mid_graph_recomputes_nothi
         total = client.submit(gated_sum, parts + busy, opened, pure=False)
         who_has = client.who_has(parts)
         assert all(who_has[p.key] == (victim,) for p in parts)  # 100 unique results
-        counts(client, reset=True)
+        resilience_counts(client, reset=True)
 
         report = hafen.drain(client, [victim], timeout="2m")
 
@@ -191,11 +189,11 @@ def test_drain_of_a_worker_holding_100_unique_results_mid_graph_recomputes_nothi
         Event(gate, client=client).set()
         expected = gated_sum(expected_parts + [logged_task(1000 + i, os.devnull) for i in range(4)])
         assert total.result(timeout=DEADLINE) == expected
-        after = counts(client)
+        after = resilience_counts(client)
         assert after["recomputed"] == 0 and after["lost"] == 0, after
         assert log.computed_more_than_once() == {}
         # The drained worker's nanny closed too: it was not replaced.
-        time.sleep(1.0)
+        poll_for(lambda: closed(nanny), what="the victim's nanny closed")
         assert len(client.scheduler_info()["workers"]) == 2
 
 
@@ -204,6 +202,7 @@ def test_sigterm_moves_a_workers_results_before_it_exits(tmp_path):
     log = ExecLog(tmp_path / "exec.log")
     with process_cluster(3) as client:
         victim = sorted(client.scheduler_info()["workers"])[0]
+        nanny = nanny_of(client, victim)
         parts = [
             client.submit(
                 logged_task,
@@ -219,27 +218,20 @@ def test_sigterm_moves_a_workers_results_before_it_exits(tmp_path):
         others = client.map(logged_task, range(100, 120), path=log.path, pure=False)
         client.gather(parts + others)
         pid = worker_pids(client)[victim]
-        counts(client, reset=True)
+        resilience_counts(client, reset=True)
 
         os.kill(pid, signal.SIGTERM)
 
-        wait_until(lambda: victim not in client.scheduler_info()["workers"], what="victim gone")
-
-        def exited() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        wait_until(exited, what="worker process exited")
+        poll_for(lambda: victim not in client.scheduler_info()["workers"], what="victim gone")
+        poll_for(lambda: pid_exited(pid), what="worker process exited")
         who_has = client.who_has(parts)
         assert all(who_has[p.key] and victim not in who_has[p.key] for p in parts)
         values = client.gather(parts + others)
         assert values == [logged_task(i, os.devnull) for i in [*range(40), *range(100, 120)]]
-        after = counts(client)
+        after = resilience_counts(client)
         assert after["recomputed"] == 0 and after["lost"] == 0, after
         assert log.computed_more_than_once() == {}
+        poll_for(lambda: closed(nanny), what="the victim's nanny closed")
         assert len(client.scheduler_info()["workers"]) == 2  # not restarted: it was preempted
 
 
@@ -258,17 +250,11 @@ async def test_preload_installs_scheduler_and_worker_sides(c, s, a):
 def test_sigterm_to_a_dask_worker_cli_process_drains_it(tmp_path):
     """The real deployment: ``dask worker`` with a nanny; the orchestrator signals the nanny."""
     log = ExecLog(tmp_path / "exec.log")
-    dask_cli = Path(sys.executable).with_name("dask")
     with process_cluster(1) as client:
         address = client.scheduler.address
-        proc = subprocess.Popen(
-            [
-                str(dask_cli), "worker", address, "--nthreads", "1", "--name", "cli-worker",
-                "--no-dashboard", "--preload", "hafen.cluster", "--preload-nanny", "hafen.cluster",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},  # task functions
+        proc = dask_cli(
+            "worker", address, "--nthreads", "1", "--name", "cli-worker", "--no-dashboard",
+            "--preload", "hafen.cluster", "--preload-nanny", "hafen.cluster",
         )  # fmt: skip
         try:
             client.wait_for_workers(2, timeout=120)
@@ -282,14 +268,14 @@ def test_sigterm_to_a_dask_worker_cli_process_drains_it(tmp_path):
                 for i in range(20)
             ]
             client.gather(parts)
-            counts(client, reset=True)
+            resilience_counts(client, reset=True)
 
             proc.send_signal(signal.SIGTERM)  # to the nanny, as Kubernetes would
 
             assert proc.wait(timeout=120) == 0
             assert victim not in client.scheduler_info()["workers"]
             assert client.gather(parts) == [logged_task(i, os.devnull) for i in range(20)]
-            after = counts(client)
+            after = resilience_counts(client)
             assert after["recomputed"] == 0 and after["lost"] == 0, after
             assert log.computed_more_than_once() == {}
         finally:

@@ -1,4 +1,4 @@
-"""The scheduler internals the limits rely on (see the docstring of ``hafen.cluster._limits``).
+"""The scheduler internals the limits rely on (see ``hafen.cluster.limits._plugin``'s docstring).
 
 hafen holds limited tasks with Dask's own machinery rather than a fork: a resource no worker has
 parks them in ``no-worker``. If a Dask upgrade changes any of what that rests on, a test here
@@ -7,7 +7,6 @@ fails by name, before the behavioural tests fail in more puzzling ways.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import subprocess
 import sys
@@ -20,7 +19,8 @@ from distributed.utils_test import gen_cluster
 from packaging.version import Version
 
 from hafen.cluster import install_scheduler_extensions
-from hafen.cluster._limits import EXTENSION_NAME, HOLD_RESOURCE
+from hafen.cluster.limits import EXTENSION_NAME, HOLD_RESOURCE
+from hafen.testing import async_poll_for
 
 
 def test_distributed_is_the_pinned_version():
@@ -73,16 +73,21 @@ async def test_a_held_task_waits_in_no_worker_until_granted(c, s, a):
     with dask.annotate(limits="paused"):
         # loose restrictions would let a task run anywhere; holding must switch them off
         future = c.submit(inc, 1, workers=["127.0.0.1:1"], allow_other_workers=True, key="held")
-    while s.tasks.get("held") is None or s.tasks["held"].state != "no-worker":
-        await asyncio.sleep(0.01)
+    await async_poll_for(
+        lambda: "held" in s.tasks and s.tasks["held"].state == "no-worker", what="held"
+    )
     ts = s.tasks["held"]
     assert ts in s.unrunnable
     assert ts.resource_restrictions == {HOLD_RESOURCE: 1}
     assert ts.loose_restrictions is False
     assert s.valid_workers(ts) == set()
     assert s.is_rootish(ts) is False
-    await asyncio.sleep(0.3)
-    assert ts.state == "no-worker" and not a.state.tasks
+    # Later work under another limit is granted and runs meanwhile: grant rounds ran after the
+    # task was held, and left it where it was; the worker never heard of it.
+    ext.set_limit(name="open", concurrency=1)
+    with dask.annotate(limits="open"):
+        assert await c.submit(inc, 10, key="later") == 11
+    assert ts.state == "no-worker" and "held" not in a.state.tasks
 
     ext.set_limit(name="paused", concurrency=1)
     assert await future == 2
@@ -97,7 +102,8 @@ def inc(x: int) -> int:
 
 def test_the_cluster_package_never_imports_datasets():
     code = (
-        "import sys, hafen.cluster, hafen.cluster._limits, hafen.cluster._client; "
+        "import sys, hafen.cluster, hafen.cluster.limits._plugin, hafen.cluster.limits._client, "
+        "hafen.cluster.resilience._chaos, hafen.testing; "
         "bad = sorted(m for m in sys.modules if m.startswith('hafen.datasets')); "
         "assert not bad, bad"
     )

@@ -3,73 +3,21 @@ command line, as in production, get the limits without ``hafen.connect``."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import dask
 import pytest
 from distributed import Client
 
 import hafen
-
-DASK = str(Path(sys.executable).with_name("dask"))
-
-
-def double(i: int) -> int:
-    time.sleep(0.05)
-    return 2 * i
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from hafen.testing import double, preloaded_cluster
 
 
 @pytest.fixture(scope="module")
 def preloaded_scheduler(tmp_path_factory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("preload")
-    scheduler_file = tmp / "scheduler.json"
-    # the task functions of this module are pickled by name: let the processes import it
-    pythonpath = os.pathsep.join(
-        filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
-    )
-    env = {**os.environ, "PYTHONPATH": pythonpath}
-    scheduler_log = (tmp / "scheduler.log").open("w")
-    worker_log = (tmp / "worker.log").open("w")
-    scheduler = subprocess.Popen(
-        [DASK, "scheduler", "--preload", "hafen.cluster", "--scheduler-file", str(scheduler_file),
-         "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0", "--no-show"],
-        stdout=subprocess.DEVNULL, stderr=scheduler_log, env=env,
-    )  # fmt: skip
-    worker = None
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            assert scheduler.poll() is None, (tmp / "scheduler.log").read_text()
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        worker = subprocess.Popen(
-            [DASK, "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard",
-             "--memory-limit", "1GiB"],
-            stdout=subprocess.DEVNULL, stderr=worker_log, env=env,
-        )  # fmt: skip
+    # the task functions come from hafen.testing, which the processes import like hafen itself
+    with preloaded_cluster(tmp_path_factory.mktemp("preload"), nthreads=2) as address:
         yield address
-    finally:
-        if worker is not None:
-            _stop(worker)
-        _stop(scheduler)
-        scheduler_log.close()
-        worker_log.close()
 
 
 def test_the_preload_installs_the_limits(preloaded_scheduler):

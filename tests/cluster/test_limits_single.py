@@ -7,7 +7,6 @@ than it are not failed, while a task with truly unsatisfiable restrictions still
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import dask
@@ -16,30 +15,25 @@ from distributed import Client, wait
 from distributed.scheduler import NoValidWorkerError
 
 import hafen
+from hafen.testing import poll_for, process_cluster, sleepy
 
 NO_WORKERS_TIMEOUT = "1s"
 
 
-def sleep_return(i: int, duration: float) -> int:
-    time.sleep(duration)
-    return i
-
-
 @pytest.fixture(scope="module")
 def client_1x1() -> Iterator[Client]:
-    with dask.config.set({"distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT}):
-        client = hafen.connect(n_workers=1, threads_per_worker=1, dashboard_address=":0")
-    try:
+    with (
+        dask.config.set({"distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT}),
+        process_cluster(1, threads_per_worker=1) as client,
+    ):
         yield client
-    finally:
-        client.close()
 
 
 def test_an_unlimited_task_runs_while_50_limited_ones_wait(client_1x1):
     hafen.set_limit("single", concurrency=1, client=client_1x1)
     with dask.annotate(limits="single"):
-        limited = client_1x1.map(sleep_return, range(50), duration=0.1)
-    free = client_1x1.submit(sleep_return, -1, 0.0, pure=False)  # submitted after them
+        limited = client_1x1.map(sleepy, range(50), duration=0.1)
+    free = client_1x1.submit(sleepy, -1, 0.0, pure=False)  # submitted after them
     assert free.result(timeout=30) == -1
     done = sum(f.done() for f in limited)
     info = hafen.limits(client=client_1x1)["single"]
@@ -51,11 +45,11 @@ def test_an_unlimited_task_runs_while_50_limited_ones_wait(client_1x1):
 def test_held_tasks_outlive_no_workers_timeout(client_1x1):
     hafen.set_limit("slow", concurrency=1, client=client_1x1)
     with dask.annotate(limits="slow"):
-        futures = client_1x1.map(sleep_return, range(6), duration=0.5)  # ~3 s > 1 s timeout
+        futures = client_1x1.map(sleepy, range(6), duration=0.5)  # ~3 s > 1 s timeout
     assert client_1x1.gather(futures) == list(range(6))
 
     # the timeout is in force: a task no worker can ever run still fails
-    impossible = client_1x1.submit(sleep_return, 0, 0.0, resources={"GPU": 1}, pure=False)
+    impossible = client_1x1.submit(sleepy, 0, 0.0, resources={"GPU": 1}, pure=False)
     wait([impossible], timeout=30)
     assert isinstance(impossible.exception(), NoValidWorkerError)
 
@@ -63,14 +57,14 @@ def test_held_tasks_outlive_no_workers_timeout(client_1x1):
 def test_held_tasks_count_as_demand_for_adaptive_scaling(client_1x1):
     hafen.set_limit("demand", concurrency=1, client=client_1x1)
     with dask.annotate(limits="demand"):
-        futures = client_1x1.map(sleep_return, range(40), duration=1.0)
-    time.sleep(0.5)
+        futures = client_1x1.map(sleepy, range(40), duration=1.0)
     keys = {f.key for f in futures}
 
     def demand(dask_scheduler):
         held = sum(1 for ts in dask_scheduler.unrunnable if ts.key in keys)
         return held, dask_scheduler.adaptive_target(), len(dask_scheduler.workers)
 
+    poll_for(lambda: client_1x1.run_on_scheduler(demand)[0] >= 38, what="38 tasks held")
     held, target, workers = client_1x1.run_on_scheduler(demand)
     assert held >= 38
     # 40 tasks of the default 0.5 s estimate against a 5 s target duration ask for 4 workers;

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dask
 import pytest
 
-from hafen.cluster._spec import DEFAULT_BURST, make_spec, parse_annotation, parse_rate
-from hafen.errors import LimitError
+from hafen.cluster.limits import make_spec, parse_annotation, parse_rate
+from hafen.errors import ConfigError, LimitError
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,16 @@ def test_specs():
         "rate_per_second": 2.0,
         "burst": 5,
     }
-    assert make_spec("x", concurrency=1).burst == DEFAULT_BURST
+    # without burst=: dask config hafen.limits.burst (1: no burst), or the scheduler's default
+    assert make_spec("x", concurrency=1).burst == dask.config.get("hafen.limits.burst") == 1
+    assert make_spec("x", rate="1/s", default_burst=3).burst == 3
+    with dask.config.set({"hafen.limits.burst": 4}):
+        assert make_spec("x", rate="1/s").burst == 4
+    with (
+        dask.config.set({"hafen.limits.burst": 0}),
+        pytest.raises(ConfigError, match=r"hafen\.limits\.burst"),
+    ):
+        make_spec("x", rate="1/s")
 
 
 @pytest.mark.parametrize(

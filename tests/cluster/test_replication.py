@@ -2,32 +2,26 @@
 
 In-process clusters (``gen_cluster``) test the policy's decisions; the proof that a SIGKILLed
 worker costs no recomputation runs on a process-based LocalCluster with real signals.
+
+No test waits a fixed time. Dropping a copy is immediate on the scheduler (``who_has`` changes
+when the AMM enacts the drop), so "no copy was dropped" is asserted right after synchronous AMM
+passes (``run_once``). "No copy was made" is asserted on every copy ever requested: all of them
+go through ``Scheduler.request_acquire_replicas``, which :func:`spy_on_copies` records.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import inspect
 import os
 import signal
 import time
 import uuid
+from collections import Counter
 from types import SimpleNamespace
 
 import dask
 import pytest
-from _resilience_fixtures import (
-    DEADLINE,
-    ExecLog,
-    counts,
-    gated_sum,
-    logged_task,
-    process_cluster,
-    wait_event,
-    wait_until,
-    worker_pids,
-)
 from dask.sizeof import sizeof
 from distributed import Event
 from distributed.active_memory_manager import ActiveMemoryManagerExtension, ReduceReplicas
@@ -35,13 +29,27 @@ from distributed.scheduler import Scheduler, TaskPrefix, TaskState, WorkerState
 from distributed.utils_test import gen_cluster
 
 import hafen.cluster
-from hafen.cluster._replication import (
+from hafen.cluster.resilience import (
+    PLUGIN_NAME,
     Replication,
+    ResiliencePlugin,
     find_replication,
+    install_resilience,
+    resilience_counts,
     wanted_replicas,
 )
-from hafen.cluster._resilience import PLUGIN_NAME, ResiliencePlugin, install_resilience
 from hafen.errors import ConfigError
+from hafen.testing import (
+    DEADLINE,
+    ExecLog,
+    async_poll_for,
+    gated_sum,
+    logged_task,
+    poll_for,
+    process_cluster,
+    wait_event,
+    worker_pids,
+)
 
 
 def inc(x: int) -> int:
@@ -58,17 +66,23 @@ def blocked_on(x: int, event_name: str) -> int:
     return x * 10
 
 
-async def until(predicate, timeout: float = DEADLINE, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {what or predicate}")
-        await asyncio.sleep(0.02)
-
-
 def ncopies(s: Scheduler, key) -> int:
     ts = s.tasks.get(key)
     return len(ts.who_has or ()) if ts is not None else 0
+
+
+def spy_on_copies(s: Scheduler) -> Counter:
+    """Count, per key, the copies the scheduler is asked to make from now on (by any AMM)."""
+    requested: Counter = Counter()
+    acquire = s.request_acquire_replicas
+
+    def recording(addr, keys, *, stimulus_id):
+        keys = list(keys)
+        requested.update(keys)
+        return acquire(addr, keys, stimulus_id=stimulus_id)
+
+    s.request_acquire_replicas = recording
+    return requested
 
 
 # --- the policy on in-process clusters ---------------------------------------------------------
@@ -87,14 +101,14 @@ async def test_annotated_results_keep_their_copies_and_reduce_replicas_is_replac
         three = c.map(inc, range(100, 104))
     plain = c.map(inc, range(200, 210))
     await c.gather(two + three + plain)
-    await until(lambda: all(ncopies(s, f.key) == 2 for f in two), what="2 copies")
-    await until(lambda: all(ncopies(s, f.key) == 3 for f in three), what="3 copies")
+    await async_poll_for(lambda: all(ncopies(s, f.key) == 2 for f in two), what="2 copies")
+    await async_poll_for(lambda: all(ncopies(s, f.key) == 3 for f in three), what="3 copies")
     assert all(ncopies(s, f.key) == 1 for f in plain)
 
-    # Many AMM passes later the copies are still there: nothing drops them.
+    # Many AMM passes later the copies are still there: nothing drops them (a drop would show
+    # in who_has as soon as a pass enacts it).
     for _ in range(5):
         amm.run_once()
-        await asyncio.sleep(0.05)
     assert all(ncopies(s, f.key) == 2 for f in two)
     assert all(ncopies(s, f.key) == 3 for f in three)
 
@@ -102,7 +116,9 @@ async def test_annotated_results_keep_their_copies_and_reduce_replicas_is_replac
     await c.replicate(plain, n=3)
     assert all(ncopies(s, f.key) == 3 for f in plain)
     amm.run_once()
-    await until(lambda: all(ncopies(s, f.key) == 1 for f in plain), what="extra copies dropped")
+    await async_poll_for(
+        lambda: all(ncopies(s, f.key) == 1 for f in plain), what="extra copies dropped"
+    )
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 3)
@@ -123,7 +139,7 @@ async def test_fresh_results_are_copied_without_waiting_for_a_full_pass(c, s, *w
     with dask.annotate(replicate=2):
         futs = c.map(inc, range(20))
     await c.gather(futs)
-    await until(lambda: all(ncopies(s, f.key) == 2 for f in futs), what="fresh copies")
+    await async_poll_for(lambda: all(ncopies(s, f.key) == 2 for f in futs), what="fresh copies")
     assert full_passes == 0
 
 
@@ -134,34 +150,36 @@ async def test_copies_go_once_no_dependent_needs_them(c, s, *workers):
     with dask.annotate(replicate=2):
         x = c.submit(inc, 1, key="x")
     y = c.submit(blocked_on, x, name, key="y")
-    await until(lambda: ncopies(s, "x") == 2, what="x copied")
+    await async_poll_for(lambda: ncopies(s, "x") == 2, what="x copied")
 
     # The client lets go of x, but y still needs it: it stays protected.
     x.release()
-    await asyncio.sleep(0.2)
+    await async_poll_for(lambda: not s.tasks["x"].who_wants, what="x released by the client")
     s.extensions["amm"].run_once()
     assert ncopies(s, "x") == 2
 
     # Once y has run nothing needs x: every copy goes.
     await Event(name, client=c).set()
     assert await y == 20
-    await until(lambda: ncopies(s, "x") == 0, what="x released")
-    await until(lambda: all("x" not in w.data for w in workers), what="copies freed")
+    await async_poll_for(lambda: ncopies(s, "x") == 0, what="x released")
+    await async_poll_for(lambda: all("x" not in w.data for w in workers), what="copies freed")
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 3)
 async def test_thresholds_protect_slow_small_results(c, s, *workers):
     install_resilience(s, min_duration=0.2, max_nbytes=10_000)
+    requested = spy_on_copies(s)
     slow_small = c.submit(slow_value, 1, 0.3, key="slow-small")
     fast_small = c.submit(slow_value, 2, 0.0, key="fast-small")
     slow_big = c.submit(slow_value, 3, 0.3, 100_000, key="slow-big")
     with dask.annotate(replicate=False):
         opted_out = c.submit(slow_value, 4, 0.3, key="opted-out")
     await c.gather([slow_small, fast_small, slow_big, opted_out])
-    await until(lambda: ncopies(s, "slow-small") == 2, what="slow small result copied")
+    await async_poll_for(lambda: ncopies(s, "slow-small") == 2, what="slow small result copied")
     for _ in range(3):
         s.extensions["amm"].run_once()
-        await asyncio.sleep(0.05)
+    # Every pass so far, fast and full, asked to copy the slow small result and nothing else.
+    assert set(requested) == {"slow-small"}
     assert ncopies(s, "fast-small") == 1
     assert ncopies(s, "slow-big") == 1
     assert ncopies(s, "opted-out") == 1
@@ -172,16 +190,23 @@ async def test_memory_budget_protects_the_costliest_first(c, s, *workers):
     size = 1000
     nbytes = sizeof(b"x" * size)
     # Room for exactly two extra copies.
-    install_resilience(s, memory_budget=2 * nbytes + nbytes // 2)
+    plugin = install_resilience(s, memory_budget=2 * nbytes + nbytes // 2)
     with dask.annotate(replicate=2):
         cheap = c.submit(slow_value, 1, 0.0, size, key="cheap")
         dear = c.submit(slow_value, 2, 0.6, size, key="dear")
         middle = c.submit(slow_value, 3, 0.3, size, key="middle")
     await c.gather([cheap, dear, middle])
-    await until(lambda: ncopies(s, "dear") == 2 and ncopies(s, "middle") == 2, what="copies")
-    for _ in range(3):
-        s.extensions["amm"].run_once()
-        await asyncio.sleep(0.05)
+    amm = s.extensions["amm"]
+
+    def settled() -> bool:
+        """After a full pass: the budget went to the two costliest, and copies match it."""
+        amm.run_once()  # drops take effect at once; copies it asks for land later
+        return ncopies(s, "dear") == 2 and ncopies(s, "middle") == 2 and ncopies(s, "cheap") == 1
+
+    # The cheap result may have been copied while it was the only candidate; passes after the
+    # costlier ones landed drop that copy.
+    await async_poll_for(settled, what="copies of the two costliest results only")
+    assert plugin.policy.last_targets == {"dear": 2, "middle": 2}
     assert ncopies(s, "cheap") == 1
     assert ncopies(s, "dear") == 2 and ncopies(s, "middle") == 2
 
@@ -205,7 +230,7 @@ async def test_install_is_idempotent_and_preload_installs_it(c, s, a, b):
     nthreads=[("", 1)] * 3,
     config={
         "distributed.scheduler.active-memory-manager.policies": [
-            {"class": "hafen.cluster._replication.Replication", "replicas": 3}
+            {"class": "hafen.cluster.resilience.Replication", "replicas": 3}
         ]
     },
 )
@@ -220,7 +245,7 @@ async def test_policy_can_be_configured_in_place_of_reduce_replicas(c, s, *worke
     with dask.annotate(replicate=True):
         futs = c.map(inc, range(4))
     await c.gather(futs)
-    await until(lambda: all(ncopies(s, f.key) == 3 for f in futs), what="3 copies")
+    await async_poll_for(lambda: all(ncopies(s, f.key) == 3 for f in futs), what="3 copies")
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -253,10 +278,14 @@ def test_options_default_to_dask_config_and_are_validated():
         {"max_nbytes": "1MiB"},  # without min_duration it would never apply
         {"min_duration": 1, "max_nbytes": "big"},
         {"memory_budget": 1.5},
+        {"max_cost_depth": -1},
     ):
         with pytest.raises(ConfigError):
             Replication(**bad)
-    with dask.config.set({"hafen.replication.replicas": 0}), pytest.raises(ConfigError):
+    with (
+        dask.config.set({"hafen.replication.replicas": 0}),
+        pytest.raises(ConfigError, match=r"hafen\.replication\.replicas"),
+    ):
         Replication()
 
 
@@ -364,7 +393,7 @@ def test_sigkill_after_costly_tasks_finish_recomputes_none_of_them(
     client.wait_for_workers(3, timeout=DEADLINE)
     future = client.compute(total)
     want = replicate or 1
-    wait_until(
+    poll_for(
         lambda: all(
             c >= want for c in client.run_on_scheduler(state, keys=keys, gate=gate)["copies"]
         ),
@@ -381,13 +410,13 @@ def test_sigkill_after_costly_tasks_finish_recomputes_none_of_them(
                 unique[a] = unique.get(a, 0) + 1
     victim = max((a for a in held if a != info["gate_on"]), key=held.__getitem__)
     assert held[victim] > 0
-    counts(client, reset=True)
+    resilience_counts(client, reset=True)
 
     os.kill(worker_pids(client)[victim], signal.SIGKILL)
-    wait_until(lambda: victim not in client.scheduler_info()["workers"], what="victim gone")
+    poll_for(lambda: victim not in client.scheduler_info()["workers"], what="victim gone")
     Event(gate, client=client).set()
     assert future.result(timeout=DEADLINE) == expected
-    after = counts(client)
+    after = resilience_counts(client)
     future.release()
 
     if replicate:

@@ -1,18 +1,25 @@
-"""Dask extensions: cluster-wide limits held on the scheduler (and, in sibling modules,
-replication and drain).
+"""Dask extensions: cluster-wide limits held on the scheduler, and resilience.
+
+- :mod:`hafen.cluster.limits`: concurrency and rate limits, their client API and metrics;
+- :mod:`hafen.cluster.resilience`: replication, drain, SIGTERM (preemption) drain, chaos;
+- ``_connect.py``: :func:`connect` and the registry of scheduler extensions;
+- ``_config.py``, ``cluster.yaml``, ``cluster-schema.yaml``: the ``hafen.*`` dask config keys.
 
 Load on any scheduler with ``dask scheduler --preload hafen.cluster``: :func:`dask_setup` installs
 every hafen scheduler extension, as :func:`connect` does for the scheduler it connects to.
 This package never imports :mod:`hafen.datasets`.
+
+``hafen.cluster.limits`` is the function :func:`limits` (as in ``hafen.limits``); the package of
+the same name is reached with ``from hafen.cluster.limits import ...``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hafen.cluster._client import lease, limits, remove_limit, set_limit
 from hafen.cluster._connect import SCHEDULER_EXTENSIONS, connect, install_scheduler_extensions
-from hafen.cluster._drain import DrainReport, drain
+from hafen.cluster.limits import lease, limits, remove_limit, set_limit
+from hafen.cluster.resilience import DrainReport, drain
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -40,11 +47,11 @@ def dask_setup(scheduler: Scheduler, *args: Any, **kwargs: Any) -> Any:
     from distributed import Nanny, Worker
 
     if isinstance(scheduler, Worker):
-        from hafen.cluster._preemption import DrainOnSigterm
+        from hafen.cluster.resilience import DrainOnSigterm
 
         return scheduler.plugin_add(DrainOnSigterm())
     if isinstance(scheduler, Nanny):
-        from hafen.cluster._preemption import ForwardSigterm
+        from hafen.cluster.resilience import ForwardSigterm
 
         return scheduler.plugin_add(ForwardSigterm())
     install_scheduler_extensions(scheduler)

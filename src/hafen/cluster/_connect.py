@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hafen.cluster._limits import install_limits
-from hafen.cluster._resilience import install_resilience
+from hafen.cluster.limits import install_limits
+from hafen.cluster.resilience import DrainOnSigterm, ForwardSigterm, install_resilience
 
 if TYPE_CHECKING:
     from distributed import Client, Scheduler
@@ -69,7 +69,6 @@ def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
     """
     from distributed import Client
 
-    from hafen.cluster._preemption import DrainOnSigterm, ForwardSigterm
     from hafen.config import get_settings
     from hafen.errors import ConfigError
 

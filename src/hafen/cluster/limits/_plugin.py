@@ -33,6 +33,10 @@ the end of ``unrunnable`` with a fresh timestamp (keeping the dict's insertion o
 which the check relies on). With no running worker at all they are left alone and time out like
 any queued task.
 
+Options (constructor arguments, by default dask config ``hafen.limits.*``) are validated when the
+extension is built. Time comes from a ``clock`` callable (the scheduler's monotonic clock by
+default), which tests replace to drive token buckets without waiting.
+
 Scheduler internals relied on (``tests/cluster/test_limits_internals.py`` pins them):
 ``SchedulerPlugin.transition`` being called after each transition, before recommendations that
 follow it are processed; ``TaskState.annotations/resource_restrictions/loose_restrictions/
@@ -58,6 +62,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -65,7 +70,10 @@ from distributed.metrics import monotonic, time
 from distributed.protocol.pickle import dumps as pickle_dumps
 from tornado.ioloop import PeriodicCallback
 
-from hafen.cluster._spec import ANNOTATION, LimitSpec, make_spec, parse_annotation
+from hafen.cluster._config import UNSET, option
+from hafen.cluster.limits._bucket import TokenBucket
+from hafen.cluster.limits._metrics import register_metrics
+from hafen.cluster.limits._spec import ANNOTATION, LimitSpec, make_spec, parse_annotation
 from hafen.errors import LimitError
 
 if TYPE_CHECKING:
@@ -76,6 +84,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXTENSION_NAME",
     "HOLD_RESOURCE",
+    "PLUGIN_NAME",
     "LimitsExtension",
     "install_limits",
 ]
@@ -87,8 +96,6 @@ EXTENSION_NAME = "hafen_limits"
 PLUGIN_NAME = "hafen-limits"
 #: A resource no worker has: a task restricted to it cannot be placed, so it waits in no-worker.
 HOLD_RESOURCE = "hafen-limits-hold"
-#: Smallest interval of the callback that keeps held tasks clear of ``no-workers-timeout``.
-MIN_REFRESH_INTERVAL = 0.025
 
 Holder = tuple[str, "Key"]  # ("task", key) or ("lease", lease_id)
 
@@ -106,30 +113,37 @@ class _Waiter:
 @dataclasses.dataclass(eq=False)
 class _Limit:
     spec: LimitSpec
-    tokens: float = 0.0
-    refilled: float = 0.0
+    bucket: TokenBucket | None = None
     granted: int = 0
     holders: set[Holder] = dataclasses.field(default_factory=set)
     heap: list[tuple[tuple[Any, ...], int, _Waiter]] = dataclasses.field(default_factory=list)
 
-    def refill(self, now: float) -> None:
-        rate = self.spec.rate
-        if rate is not None:
-            self.tokens = min(float(self.spec.burst), self.tokens + (now - self.refilled) * rate)
-        self.refilled = now
+    def configure(self, spec: LimitSpec, clock: Callable[[], float]) -> None:
+        """Take new settings; a rate keeps the tokens earned so far (a new rate starts full)."""
+        if spec.rate is None:
+            self.bucket = None
+        elif self.bucket is None:
+            self.bucket = TokenBucket(spec.rate, spec.burst, clock=clock)
+        else:
+            self.bucket.reconfigure(spec.rate, spec.burst)
+        self.spec = spec
+
+    def refill(self) -> None:
+        if self.bucket is not None:
+            self.bucket.refill()
 
     def has_room(self) -> bool:
         conc = self.spec.concurrency
         if conc is not None and len(self.holders) >= conc:
             return False
-        return self.spec.rate is None or self.tokens >= 1.0
+        return self.bucket is None or self.bucket.ready()
 
     def token_due_in(self) -> float | None:
         """Seconds until the next token, if a token (not a slot) is what is missing."""
         conc = self.spec.concurrency
-        if self.spec.rate is None or (conc is not None and len(self.holders) >= conc):
+        if self.bucket is None or (conc is not None and len(self.holders) >= conc):
             return None
-        return max(0.0, (1.0 - self.tokens) / self.spec.rate)
+        return self.bucket.due_in()
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,11 +158,42 @@ class LimitsExtension(SchedulerPlugin):
 
     Installed by :func:`install_limits` (which ``hafen.connect`` and ``--preload hafen.cluster``
     call); handlers are registered as ``hafen_limits_*``.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+    burst : int, optional
+        Tokens a rated limit banks when ``set_limit`` is not given ``burst=``; default dask
+        config ``hafen.limits.burst``.
+    min_refresh_interval : str or float, optional
+        Smallest interval of the callback that keeps held tasks clear of ``no-workers-timeout``;
+        default dask config ``hafen.limits.min-refresh-interval``.
+    clock : callable, optional
+        Monotonic time in seconds, for token buckets and waiting times.
+
+    Raises
+    ------
+    hafen.errors.ConfigError
+        If an option is invalid.
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, scheduler: Scheduler):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        burst: int = UNSET,
+        min_refresh_interval: str | float = UNSET,
+        clock: Callable[[], float] = monotonic,
+    ):
+        self.burst: int = option("hafen.limits.burst", burst, argument="burst")
+        self.min_refresh_interval: float = option(
+            "hafen.limits.min-refresh-interval",
+            min_refresh_interval,
+            argument="min_refresh_interval",
+        )
+        self.clock = clock
         self.scheduler = scheduler
         self._limits: dict[str, _Limit] = {}
         self._waiters: dict[Holder, _Waiter] = {}
@@ -185,7 +230,7 @@ class LimitsExtension(SchedulerPlugin):
         )
         timeout = self.scheduler.no_workers_timeout
         if timeout:
-            interval = max(MIN_REFRESH_INTERVAL, timeout / 4)
+            interval = max(self.min_refresh_interval, timeout / 4)
             self._refresher = PeriodicCallback(self._refresh_unrunnable, interval * 1000)
             self.scheduler.periodic_callbacks["hafen-limits-refresh"] = self._refresher
             self._refresher.start()
@@ -200,18 +245,12 @@ class LimitsExtension(SchedulerPlugin):
         burst: int | None = None,
     ) -> dict[str, Any]:
         """Create or resize a limit (idempotent); takes effect for waiting tasks at once."""
-        spec = make_spec(name, concurrency, rate, burst)
-        now = monotonic()
+        spec = make_spec(name, concurrency, rate, burst, default_burst=self.burst)
         limit = self._limits.get(spec.name)
         if limit is None:
-            limit = _Limit(spec, tokens=float(spec.burst), refilled=now)
+            limit = _Limit(spec)
             self._limits[spec.name] = limit
-        else:
-            limit.refill(now)
-            if spec.rate is not None and limit.spec.rate is None:
-                limit.tokens = float(spec.burst)
-            limit.spec = spec
-            limit.tokens = min(limit.tokens, float(spec.burst))
+        limit.configure(spec, self.clock)
         self._request_grant()
         return spec.to_dict()
 
@@ -230,7 +269,7 @@ class LimitsExtension(SchedulerPlugin):
 
     def info(self) -> dict[str, dict[str, Any]]:
         """Return, per limit, its settings, slots in use, waiters, grants and the longest wait."""
-        now = monotonic()
+        now = self.clock()
         waiting = dict.fromkeys(self._limits, 0)
         longest = dict.fromkeys(self._limits, 0.0)
         for waiter in self._waiters.values():
@@ -267,7 +306,7 @@ class LimitsExtension(SchedulerPlugin):
         if waiter is None:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             order = (-int(priority), next(self._counter))
-            waiter = _Waiter(holder, names, order, monotonic(), owner, future)
+            waiter = _Waiter(holder, names, order, self.clock(), owner, future)
             self._enqueue(waiter)
         assert waiter.future is not None
         try:
@@ -358,7 +397,7 @@ class LimitsExtension(SchedulerPlugin):
             return
         names = tuple(n for n in self._names.get(key, ()) if n in self._limits)
         order = (ts.priority[0] if ts.priority else 0, self._seniority[key])
-        self._enqueue(_Waiter(("task", key), names, order, monotonic()))
+        self._enqueue(_Waiter(("task", key), names, order, self.clock()))
 
     def _enqueue(self, waiter: _Waiter) -> None:
         self._waiters[waiter.holder] = waiter
@@ -396,7 +435,7 @@ class LimitsExtension(SchedulerPlugin):
     def _grant(self) -> None:
         """One grant round; runs from the event loop, outside any transition."""
         self._grant_pending = False
-        now = monotonic()
+        now = self.clock()
         stimulus_id = f"hafen-limits-grant-{time()}"
         granted: list[_Waiter] = []
         if self._to_reject:
@@ -409,7 +448,7 @@ class LimitsExtension(SchedulerPlugin):
         for limit in self._limits.values():
             if not limit.heap:
                 continue
-            limit.refill(now)
+            limit.refill()
             skipped = []
             while limit.heap and limit.has_room():
                 entry = heapq.heappop(limit.heap)
@@ -423,7 +462,7 @@ class LimitsExtension(SchedulerPlugin):
                     continue
                 others = [self._limits[n] for n in waiter.names if n != limit.spec.name]
                 for other in others:
-                    other.refill(now)
+                    other.refill()
                 if all(other.has_room() for other in others):
                     self._take(waiter, now)
                     granted.append(waiter)
@@ -465,8 +504,8 @@ class LimitsExtension(SchedulerPlugin):
             limit = self._limits[name]
             limit.holders.add(waiter.holder)
             limit.granted += 1
-            if limit.spec.rate is not None:
-                limit.tokens -= 1.0
+            if limit.bucket is not None:
+                limit.bucket.take()
         self._holds[waiter.holder] = _Hold(waiter.names, waiter.owner, now)
 
     def _wake_in(self, delay: float) -> None:
@@ -514,20 +553,22 @@ class LimitsExtension(SchedulerPlugin):
         if not scheduler.running or not self._saved:
             return
         held = [ts for ts in scheduler.unrunnable if ts.key in self._saved]
-        now = monotonic()
+        now = monotonic()  # the scheduler's clock, which no-workers-timeout is measured on
         for ts in held:
             del scheduler.unrunnable[ts]
             scheduler.unrunnable[ts] = now
 
 
-def install_limits(scheduler: Scheduler) -> LimitsExtension:
-    """Install the limits extension on ``scheduler``; installing twice is harmless."""
+def install_limits(scheduler: Scheduler, **options: Any) -> LimitsExtension:
+    """Install the limits extension on ``scheduler``; installing twice is harmless.
+
+    ``options`` are passed to :class:`LimitsExtension` when it is created (not when it was
+    installed already). Its state is served as Prometheus metrics on ``/metrics``.
+    """
     ext = scheduler.extensions.get(EXTENSION_NAME)
     if not isinstance(ext, LimitsExtension):
-        ext = LimitsExtension(scheduler)
+        ext = LimitsExtension(scheduler, **options)
         scheduler.extensions[EXTENSION_NAME] = ext
     ext.start_extension()
-    from hafen.cluster._metrics import register_metrics
-
-    register_metrics(ext)
+    register_metrics(ext.info)
     return ext

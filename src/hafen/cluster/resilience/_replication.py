@@ -22,7 +22,7 @@ drops copies beyond ``max(target, what ReduceReplicas would keep)``, with ``Redu
 rule for pending dependents. Results that are not protected are treated exactly as
 ``ReduceReplicas`` treats them. :func:`install_replication` swaps the policy into a running
 scheduler's AMM; a scheduler configured from dask config can list
-``hafen.cluster._replication.Replication`` instead of ``ReduceReplicas`` under
+``hafen.cluster.resilience.Replication`` instead of ``ReduceReplicas`` under
 ``distributed.scheduler.active-memory-manager.policies``. Another third-party policy that drops
 copies could still remove ours; hafen installs none.
 
@@ -30,7 +30,7 @@ Copies on a worker that is being retired or drained (status ``closing_gracefully
 towards the target, so protected results are re-protected while a worker leaves.
 
 The AMM runs every 2 s by default; a result that lands just before a worker dies would be lost in
-that window. The scheduler plugin of ``_resilience.py`` therefore copies a protected result
+that window. The resilience scheduler plugin (``_plugin.py``) therefore copies a protected result
 ``delay`` (default 10 ms) after it lands, through :class:`CopyFresh` in a side manager that looks
 only at new results (a full pass per result would cost O(results) each time). A result is still
 unprotected from the moment it lands until its copy has arrived.
@@ -57,7 +57,7 @@ from distributed.active_memory_manager import (
 )
 from distributed.core import Status
 
-from hafen.cluster._dask_config import config_bytes, config_duration, config_get
+from hafen.cluster._config import UNSET, option
 from hafen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,10 +65,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANNOTATION",
-    "DEFAULT_REPLICAS",
     "CopyFresh",
     "Replication",
+    "find_replication",
     "install_replication",
+    "live_copies",
+    "prefix_duration",
     "recompute_cost",
     "wanted_replicas",
 ]
@@ -77,28 +79,23 @@ logger = logging.getLogger(__name__)
 
 #: The task annotation that asks for copies: ``dask.annotate(replicate=2)``.
 ANNOTATION = "replicate"
-#: Copies kept of a protected result unless configured otherwise.
-DEFAULT_REPLICAS = 2
-#: How deep :func:`recompute_cost` follows released inputs.
-MAX_COST_DEPTH = 32
-
-_UNSET: Any = object()
 
 
 def recompute_cost(
-    ts: TaskState, durations: Callable[[TaskState], float], _depth: int = 0
+    ts: TaskState, durations: Callable[[TaskState], float], *, max_depth: int
 ) -> float:
     """Return the seconds of compute it would take to recompute ``ts`` if it were lost.
 
     That is its own compute time plus, recursively, that of inputs no longer in memory (they
-    would have to be recomputed first). ``durations`` gives one task's own compute time.
+    would have to be recomputed first), followed ``max_depth`` levels deep. ``durations`` gives
+    one task's own compute time.
     """
     cost = durations(ts)
-    if _depth >= MAX_COST_DEPTH:
+    if max_depth <= 0:
         return cost
     for dts in ts.dependencies:
         if dts.state != "memory":
-            cost += recompute_cost(dts, durations, _depth + 1)
+            cost += recompute_cost(dts, durations, max_depth=max_depth - 1)
     return cost
 
 
@@ -146,6 +143,9 @@ class Replication(ReduceReplicas):
     memory_budget : str or int, optional
         Total bytes of extra copies; the costliest results are protected first (default
         ``hafen.replication.memory-budget``; None: unbounded).
+    max_cost_depth : int, optional
+        Levels of inputs no longer in memory that the recompute cost includes (default
+        ``hafen.replication.max-cost-depth``, 32).
     reduce_replicas : bool
         Also drop superfluous copies, as ``ReduceReplicas`` does (default True). Set False
         only when no ``ReduceReplicas`` was installed.
@@ -165,26 +165,25 @@ class Replication(ReduceReplicas):
     def __init__(
         self,
         *,
-        replicas: int = _UNSET,
-        min_duration: str | float | None = _UNSET,
-        max_nbytes: str | int | None = _UNSET,
-        memory_budget: str | int | None = _UNSET,
+        replicas: int = UNSET,
+        min_duration: str | float | None = UNSET,
+        max_nbytes: str | int | None = UNSET,
+        memory_budget: str | int | None = UNSET,
+        max_cost_depth: int = UNSET,
         reduce_replicas: bool = True,
     ) -> None:
-        if replicas is _UNSET:
-            replicas = config_get("hafen.replication.replicas")
-        if min_duration is _UNSET:
-            min_duration = config_get("hafen.replication.min-duration")
-        if max_nbytes is _UNSET:
-            max_nbytes = config_get("hafen.replication.max-nbytes")
-        if memory_budget is _UNSET:
-            memory_budget = config_get("hafen.replication.memory-budget")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
-        self.replicas: int = replicas
-        self.min_duration = config_duration(min_duration, name="min_duration", allow_none=True)
-        self.max_nbytes = config_bytes(max_nbytes, name="max_nbytes", allow_none=True)
-        self.memory_budget = config_bytes(memory_budget, name="memory_budget", allow_none=True)
+        key = "hafen.replication."
+        self.replicas: int = option(key + "replicas", replicas, argument="replicas")
+        self.min_duration: float | None = option(
+            key + "min-duration", min_duration, argument="min_duration"
+        )
+        self.max_nbytes: int | None = option(key + "max-nbytes", max_nbytes, argument="max_nbytes")
+        self.memory_budget: int | None = option(
+            key + "memory-budget", memory_budget, argument="memory_budget"
+        )
+        self.max_cost_depth: int = option(
+            key + "max-cost-depth", max_cost_depth, argument="max_cost_depth"
+        )
         if self.max_nbytes is not None and self.min_duration is None:
             raise ConfigError("max_nbytes only applies together with min_duration")
         self.reduce_replicas = bool(reduce_replicas)
@@ -205,7 +204,7 @@ class Replication(ReduceReplicas):
 
     def cost(self, ts: TaskState) -> float:
         """Seconds it would take to recompute ``ts`` (see :func:`recompute_cost`)."""
-        return recompute_cost(ts, self.durations)
+        return recompute_cost(ts, self.durations, max_depth=self.max_cost_depth)
 
     def eligible(self, ts: TaskState) -> bool:
         """Whether ``ts`` (just computed) may need protecting; cheap, called per result."""

@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from hafen.cluster._config import UNSET, option
 from hafen.errors import LimitError
 
 __all__ = [
     "ANNOTATION",
-    "DEFAULT_BURST",
     "LimitSpec",
     "check_name",
     "make_spec",
@@ -26,9 +26,6 @@ __all__ = [
 
 #: The annotation that puts a task under limits: ``dask.annotate(limits=["postgres"])``.
 ANNOTATION = "limits"
-
-#: Tokens a rated limit can bank while idle; 1 spaces grants evenly (no burst).
-DEFAULT_BURST = 1
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 _RATE = re.compile(
@@ -124,8 +121,19 @@ class LimitSpec:
         }
 
 
-def make_spec(name: Any, concurrency: Any = None, rate: Any = None, burst: Any = None) -> LimitSpec:
-    """Validate the settings of a limit and return them as a :class:`LimitSpec`."""
+def make_spec(
+    name: Any,
+    concurrency: Any = None,
+    rate: Any = None,
+    burst: Any = None,
+    *,
+    default_burst: Any = UNSET,
+) -> LimitSpec:
+    """Validate the settings of a limit and return them as a :class:`LimitSpec`.
+
+    Without ``burst`` the limit banks ``default_burst`` tokens (by default dask config
+    ``hafen.limits.burst``; the scheduler extension passes the value it was built with).
+    """
     name = check_name(name)
     if concurrency is None and rate is None:
         raise LimitError(f"limit {name!r}: give concurrency=, rate= or both")
@@ -133,7 +141,7 @@ def make_spec(name: Any, concurrency: Any = None, rate: Any = None, burst: Any =
         concurrency = _check_size(concurrency, what=f"limit {name!r}: concurrency", minimum=0)
     per_second = None if rate is None else parse_rate(rate)
     if burst is None:
-        burst = DEFAULT_BURST
+        burst = option("hafen.limits.burst", default_burst, argument="default_burst")
     else:
         burst = _check_size(burst, what=f"limit {name!r}: burst", minimum=1)
         if rate is None:

@@ -1,7 +1,7 @@
 """The client side of the limits: set, remove and inspect limits, and take leases.
 
 Each call is one request to the ``hafen_limits_*`` handlers of the scheduler extension
-(:mod:`hafen.cluster._limits`). Arguments are validated here first so mistakes fail before
+(:mod:`hafen.cluster.limits._plugin`). Arguments are validated here first so mistakes fail before
 anything is sent.
 """
 
@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from hafen.cluster._spec import check_name, make_spec, parse_annotation
+from hafen.cluster.limits._spec import check_name, make_spec, parse_annotation
 from hafen.errors import LeaseTimeoutError, LimitError
 
 if TYPE_CHECKING:

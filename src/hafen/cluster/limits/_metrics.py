@@ -4,18 +4,21 @@ distributed's ``/metrics`` handler writes ``prometheus_client.REGISTRY``; a coll
 there is served with the scheduler's own metrics, as distributed's semaphore collector is. One
 collector per process reports the most recently installed extension (a process normally runs one
 scheduler; tests start several one after the other, as distributed's own collectors assume).
+The collector knows the extension only by its ``info`` method (held weakly, so a closed scheduler
+is not kept alive), so this module does not depend on the extension's.
 """
 
 from __future__ import annotations
 
+import inspect
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import dask.config
 
-if TYPE_CHECKING:
-    from hafen.cluster._limits import LimitsExtension
+#: What the collector reads: the ``info()`` of the limits extension.
+Info = Callable[[], dict[str, dict[str, Any]]]
 
 __all__ = ["register_metrics"]
 
@@ -26,7 +29,7 @@ _collector: _LimitsCollector | None = None
 
 class _LimitsCollector:
     def __init__(self) -> None:
-        self.extension: weakref.ref[LimitsExtension] | None = None
+        self.info: Callable[[], Info | None] = lambda: None
 
     def _name(self, name: str) -> str:
         namespace = dask.config.get("distributed.dashboard.prometheus.namespace")
@@ -38,10 +41,10 @@ class _LimitsCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        ext = self.extension() if self.extension is not None else None
-        if ext is None:
+        source = self.info()
+        if source is None:
             return
-        info = ext.info()
+        info = source()
         families: dict[str, Any] = {
             "concurrency": GaugeMetricFamily(
                 self._name("concurrency"), "Slots of the limit (absent: no cap)", labels=["name"]
@@ -78,8 +81,12 @@ class _LimitsCollector:
         yield from families.values()
 
 
-def register_metrics(extension: LimitsExtension) -> bool:
-    """Serve ``extension``'s metrics on ``/metrics``; False when prometheus_client is missing."""
+def register_metrics(info: Info) -> bool:
+    """Serve the limits ``info()`` returns on ``/metrics``; False when prometheus_client is missing.
+
+    ``info`` is the extension's bound ``info`` method (held weakly) or any callable returning the
+    same shape (held strongly).
+    """
     global _collector
     try:
         import prometheus_client
@@ -88,5 +95,8 @@ def register_metrics(extension: LimitsExtension) -> bool:
     if _collector is None:
         _collector = _LimitsCollector()
         prometheus_client.REGISTRY.register(_collector)
-    _collector.extension = weakref.ref(extension)
+    if inspect.ismethod(info):
+        _collector.info = weakref.WeakMethod(info)
+    else:
+        _collector.info = lambda: info
     return True

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 
-from hafen.cluster._dask_config import config_duration, config_get
+from hafen.cluster._config import UNSET, option
 
 if TYPE_CHECKING:
     from distributed import Nanny, Worker
@@ -59,6 +59,11 @@ class DrainOnSigterm(WorkerPlugin):
         How long the drain may take; default dask config ``hafen.drain.sigterm-timeout`` (25 s),
         below Kubernetes' default grace period of 30 s.
 
+    Raises
+    ------
+    hafen.errors.ConfigError
+        If ``timeout`` is invalid.
+
     Examples
     --------
     >>> client.register_plugin(DrainOnSigterm(timeout="20s"))  # doctest: +SKIP
@@ -68,11 +73,11 @@ class DrainOnSigterm(WorkerPlugin):
     idempotent = True
 
     def __init__(self, timeout: str | float | None = None) -> None:
-        if timeout is None:
-            timeout = config_get("hafen.drain.sigterm-timeout")
-        seconds = config_duration(timeout, name="timeout")
-        assert seconds is not None
-        self.timeout = seconds
+        self.timeout: float = option(
+            "hafen.drain.sigterm-timeout",
+            UNSET if timeout is None else timeout,
+            argument="timeout",
+        )
         self._previous: Any = None
         self._installed = False
         self._draining = False

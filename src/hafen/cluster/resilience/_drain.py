@@ -1,7 +1,7 @@
-"""Drain: retire workers without recomputation, most costly results first, with a timeout.
+"""Drain, the scheduler side: retire workers without recomputation, costliest first, in time.
 
-``hafen.drain(client, workers, timeout="5m")`` asks the scheduler (handler ``hafen_drain``,
-installed by the resilience scheduler plugin) to
+``hafen.drain(client, workers, timeout="5m")`` (see ``_client.py``) asks the scheduler (handler
+``hafen_drain`` of :class:`DrainCoordinator`, installed by the resilience scheduler plugin) to
 
 1. mark the workers ``closing_gracefully``, as ``Scheduler.retire_workers`` does: they take no new
    tasks and pause, while tasks already executing on them finish;
@@ -14,8 +14,13 @@ installed by the resilience scheduler plugin) to
 4. remove the workers from the scheduler and close them (and their nannies, so they are not
    restarted).
 
-It returns a :class:`DrainReport`. The request carries an id made by the client, so a retried
-call joins the drain in progress instead of starting a second one.
+It answers with a report (a dict; the client makes a ``DrainReport`` of it). The request carries
+an id made by the client, so a retried call joins the drain in progress instead of starting a
+second one.
+
+Options are dask config keys ``hafen.drain.*``, read and validated when the coordinator is built.
+The coordinator knows the recompute cost of a result only through the ``cost`` callable it is
+given, so it does not depend on the plugin that builds it.
 
 Why not ``Scheduler.retire_workers``? It moves results in no particular order and has no timeout;
 a preemption notice gives a fixed time, and what matters then is moving the costliest first and
@@ -25,10 +30,8 @@ saying what will be lost.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed.active_memory_manager import (
@@ -40,82 +43,17 @@ from distributed.active_memory_manager import (
 from distributed.core import Status
 from distributed.metrics import time
 
-from hafen.cluster._dask_config import config_duration, config_get
-from hafen.errors import ReplicationError
+from hafen.cluster._config import UNSET, option
 
 if TYPE_CHECKING:
-    from distributed import Client
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
-    from hafen.cluster._resilience import ResiliencePlugin
-
-__all__ = ["DrainReport", "DrainWorkers", "drain"]
+__all__ = ["DrainCoordinator", "DrainWorkers"]
 
 logger = logging.getLogger(__name__)
 
-#: Bytes asked for per AMM pass and draining worker: costly results go first, within this.
-BATCH_BYTES = 64 * 2**20
-#: Results asked for per AMM pass and draining worker, at most.
-BATCH_KEYS = 256
-#: A request that has not landed after this long is made again (maybe to another worker).
-RETRY_AFTER = 5.0
-#: Seconds between checks while draining.
-POLL_INTERVAL = 0.05
-
-
-@dataclasses.dataclass(frozen=True)
-class DrainReport:
-    """What a drain did.
-
-    Attributes
-    ----------
-    workers : tuple of str
-        Addresses drained.
-    moved : int
-        Results that lived only on these workers and were copied elsewhere.
-    moved_bytes : int
-        Their size.
-    recompute : tuple
-        Keys whose only copies were on these workers when the drain stopped: Dask will
-        recompute them (costliest first).
-    recompute_seconds : float
-        Estimated compute time to recompute them.
-    restarted : tuple
-        Keys assigned to these workers that had not finished; they will run elsewhere.
-    timed_out : bool
-        The drain stopped at its timeout.
-    no_recipients : bool
-        No other running worker could take the results.
-    closed : bool
-        The workers were closed.
-    duration : float
-        Seconds the drain took.
-    """
-
-    workers: tuple[str, ...]
-    moved: int
-    moved_bytes: int
-    recompute: tuple[Any, ...]
-    recompute_seconds: float
-    restarted: tuple[Any, ...]
-    timed_out: bool
-    no_recipients: bool
-    closed: bool
-    duration: float
-
-    @property
-    def complete(self) -> bool:
-        """True if nothing will be recomputed."""
-        return not self.recompute
-
-    def __str__(self) -> str:
-        state = "complete" if self.complete else f"{len(self.recompute)} results will be recomputed"
-        why = " (timed out)" if self.timed_out else " (no recipients)" if self.no_recipients else ""
-        return (
-            f"drained {len(self.workers)} worker(s) in {self.duration:.1f}s: moved {self.moved} "
-            f"results ({self.moved_bytes} bytes), {state}{why}, "
-            f"{len(self.restarted)} unfinished tasks restarted elsewhere"
-        )
+#: Recompute cost of a result, in seconds.
+Cost = Callable[["TaskState"], float]
 
 
 class DrainWorkers(ActiveMemoryManagerPolicy):
@@ -123,23 +61,25 @@ class DrainWorkers(ActiveMemoryManagerPolicy):
 
     Per pass and worker it asks for at most ``batch_bytes`` / ``batch_keys`` of results not
     already on their way; a request that has not landed after ``retry_after`` seconds is made
-    again. Removes itself when its workers are gone.
+    again. Removes itself when its workers are gone. The options default to dask config
+    ``hafen.drain.batch-bytes``, ``batch-keys`` and ``retry-after``.
     """
 
     def __init__(
         self,
         addresses: Iterable[str],
-        cost: Any,
+        cost: Cost,
         *,
-        batch_bytes: int = BATCH_BYTES,
-        batch_keys: int = BATCH_KEYS,
-        retry_after: float = RETRY_AFTER,
+        batch_bytes: int | str = UNSET,
+        batch_keys: int = UNSET,
+        retry_after: float | str = UNSET,
     ) -> None:
         self.addresses = frozenset(addresses)
         self.cost = cost
-        self.batch_bytes = batch_bytes
-        self.batch_keys = batch_keys
-        self.retry_after = retry_after
+        key = "hafen.drain."
+        self.batch_bytes: int = option(key + "batch-bytes", batch_bytes, argument="batch_bytes")
+        self.batch_keys: int = option(key + "batch-keys", batch_keys, argument="batch_keys")
+        self.retry_after: float = option(key + "retry-after", retry_after, argument="retry_after")
         self.requested: dict[TaskState, float] = {}
         self.no_recipients = False
 
@@ -187,18 +127,49 @@ class DrainWorkers(ActiveMemoryManagerPolicy):
 
 
 class DrainCoordinator:
-    """Scheduler extension behind the ``hafen_drain`` handler."""
+    """Scheduler extension behind the ``hafen_drain`` handler.
 
-    def __init__(self, scheduler: Scheduler, plugin: ResiliencePlugin) -> None:
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+    cost : callable
+        Recompute cost of a result in seconds: the costliest move first.
+    batch_bytes, batch_keys, retry_after
+        For the :class:`DrainWorkers` policy of each drain; default dask config ``hafen.drain.*``.
+    poll_interval : str or float, optional
+        How often a drain checks whether it is done (``hafen.drain.poll-interval``).
+    remember : str or float, optional
+        How long a finished drain's report is kept for a retried request
+        (``hafen.drain.remember``).
+
+    Raises
+    ------
+    hafen.errors.ConfigError
+        If an option is invalid.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        cost: Cost,
+        *,
+        batch_bytes: int | str = UNSET,
+        batch_keys: int = UNSET,
+        retry_after: float | str = UNSET,
+        poll_interval: float | str = UNSET,
+        remember: float | str = UNSET,
+    ) -> None:
         self.scheduler = scheduler
-        self.plugin = plugin
+        self.cost = cost
+        key = "hafen.drain."
+        self.batch_bytes: int = option(key + "batch-bytes", batch_bytes, argument="batch_bytes")
+        self.batch_keys: int = option(key + "batch-keys", batch_keys, argument="batch_keys")
+        self.retry_after: float = option(key + "retry-after", retry_after, argument="retry_after")
+        self.poll_interval: float = option(
+            key + "poll-interval", poll_interval, argument="poll_interval"
+        )
+        self.remember: float = option(key + "remember", remember, argument="remember")
         self._drains: dict[str, asyncio.Future[dict[str, Any]]] = {}
-
-    def cost(self, ts: TaskState) -> float:
-        policy = self.plugin.policy
-        if policy is None:
-            return 0.0
-        return policy.cost(ts)
 
     async def drain(
         self,
@@ -219,7 +190,7 @@ class DrainCoordinator:
         return await asyncio.shield(future)
 
     def _forget_later(self, drain_id: str) -> None:
-        asyncio.get_running_loop().call_later(300, self._drains.pop, drain_id, None)
+        asyncio.get_running_loop().call_later(self.remember, self._drains.pop, drain_id, None)
 
     def _resolve(self, workers: Sequence[str]) -> list[WorkerState]:
         scheduler = self.scheduler
@@ -258,7 +229,13 @@ class DrainCoordinator:
             amm = ActiveMemoryManagerExtension(
                 scheduler, policies=set(), register=False, start=False
             )
-        policy = DrainWorkers(addresses, self.cost)
+        policy = DrainWorkers(
+            addresses,
+            self.cost,
+            batch_bytes=self.batch_bytes,
+            batch_keys=self.batch_keys,
+            retry_after=self.retry_after,
+        )
         amm.add_policy(policy)
         ever_unique: set[TaskState] = set()
         moved_bytes: dict[TaskState, int] = {}
@@ -278,7 +255,7 @@ class DrainCoordinator:
                 if time() >= deadline:
                     timed_out = True
                     break
-                await asyncio.sleep(POLL_INTERVAL)
+                await asyncio.sleep(self.poll_interval)
         finally:
             amm.policies.discard(policy)
         live = [ws for ws in wss if ws.address in scheduler.workers]
@@ -338,98 +315,6 @@ class DrainCoordinator:
         }
 
 
-async def ensure_installed(client: Client) -> None:
-    """Register the resilience scheduler plugin unless it is there (idempotent, async)."""
-    from distributed.protocol.pickle import dumps
-
-    from hafen.cluster._resilience import PLUGIN_NAME, ResiliencePlugin
-
-    await client.scheduler.register_scheduler_plugin(
-        plugin=dumps(ResiliencePlugin()), name=PLUGIN_NAME, idempotent=True
-    )
-
-
 def _heartbeat_older(ws: WorkerState, since: float) -> bool:
     """True until the worker reported (heartbeat) after ``since``: ``executing`` is stale."""
     return ws.last_seen < since
-
-
-def _as_list(workers: str | Iterable[str]) -> list[str]:
-    if isinstance(workers, str):
-        return [workers]
-    return [str(w) for w in workers]
-
-
-def drain(
-    client: Client,
-    workers: str | Iterable[str],
-    timeout: str | float | None = None,
-    *,
-    close: bool = True,
-) -> DrainReport:
-    """Retire workers without recomputation: move their unique results, then close them.
-
-    Results that live only on the given workers are copied to other running workers, the
-    costliest to recompute first. At ``timeout`` the drain gives up cleanly: the report says
-    which results will be recomputed. Then the workers are removed and closed (their nannies
-    too, so they are not restarted). Tasks executing on them finish first, within the timeout.
-
-    Parameters
-    ----------
-    client : distributed.Client
-        A client of the cluster (synchronous or asynchronous; with an asynchronous client,
-        await the result).
-    workers : str or iterable of str
-        Worker addresses or names.
-    timeout : str or float, optional
-        How long to try (``"5m"``, ``30``); default dask config ``hafen.drain.timeout``.
-    close : bool
-        Close the workers afterwards (default). With False they stay paused and hold no unique
-        results, for an outside orchestrator to stop.
-
-    Returns
-    -------
-    DrainReport
-
-    Raises
-    ------
-    ReplicationError
-        If the scheduler cannot carry out a drain.
-    ConfigError
-        If ``timeout`` is invalid.
-
-    Examples
-    --------
-    >>> report = hafen.drain(client, ["tcp://10.0.0.7:40123"], timeout="2m")  # doctest: +SKIP
-    >>> report.complete  # doctest: +SKIP
-    True
-    """
-    if timeout is None:
-        timeout = config_get("hafen.drain.timeout")
-    seconds = config_duration(timeout, name="timeout")
-    addresses = _as_list(workers)
-    drain_id = uuid.uuid4().hex
-    return client.sync(_drain_async, client, addresses, seconds, drain_id, close)
-
-
-async def _drain_async(
-    client: Client, workers: list[str], timeout: float, drain_id: str, close: bool
-) -> DrainReport:
-    await ensure_installed(client)
-    result = await client.scheduler.hafen_drain(
-        workers=workers, timeout=timeout, drain_id=drain_id, close_workers=close
-    )
-    if not isinstance(result, dict):
-        raise ReplicationError(f"drain of {workers} failed: the scheduler answered {result!r}")
-    return DrainReport(
-        workers=tuple(result["workers"]),
-        moved=int(result["moved"]),
-        moved_bytes=int(result["moved_bytes"]),
-        recompute=tuple(result["recompute"]),
-        recompute_seconds=float(result["recompute_seconds"]),
-        restarted=tuple(result["restarted"]),
-        timed_out=bool(result["timed_out"]),
-        no_recipients=bool(result["no_recipients"]),
-        closed=bool(result["closed"]),
-        duration=float(result["duration"]),
-    )

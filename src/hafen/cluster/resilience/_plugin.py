@@ -3,7 +3,7 @@
 :class:`ResiliencePlugin` (name ``hafen-resilience``) is what ``hafen.connect()`` registers and
 what ``dask scheduler --preload hafen.cluster`` adds. When it starts it
 
-- installs the :class:`~hafen.cluster._replication.Replication` AMM policy in place of
+- installs the :class:`~hafen.cluster.resilience.Replication` AMM policy in place of
   ``ReduceReplicas``;
 - registers the scheduler handlers ``hafen_drain`` (see ``_drain.py``) and
   ``hafen_resilience_counts``;
@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from distributed.active_memory_manager import ActiveMemoryManagerExtension
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from hafen.cluster._dask_config import config_duration, config_get
-from hafen.cluster._replication import (
+from hafen.cluster._config import UNSET, option
+from hafen.cluster.resilience._drain import DrainCoordinator
+from hafen.cluster.resilience._replication import (
     CopyFresh,
     Replication,
     install_replication,
@@ -51,8 +52,12 @@ class ResiliencePlugin(SchedulerPlugin):
     Parameters
     ----------
     replication : dict, optional
-        Keyword arguments for :class:`~hafen.cluster._replication.Replication`; default from
+        Keyword arguments for :class:`~hafen.cluster.resilience.Replication`; default from
         dask config ``hafen.replication.*``.
+    delay : str or float, optional
+        How soon after a protected result lands it is copied; default dask config
+        ``hafen.replication.delay``. Read when the plugin is installed on the scheduler (from the
+        scheduler's config) unless given here.
 
     Examples
     --------
@@ -62,8 +67,11 @@ class ResiliencePlugin(SchedulerPlugin):
     name = PLUGIN_NAME
     idempotent = True
 
-    def __init__(self, replication: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, replication: dict[str, Any] | None = None, *, delay: str | float = UNSET
+    ) -> None:
         self.replication_options = dict(replication or {})
+        self.delay_option = delay
         # Built on the scheduler (start), not pickled from the client.
         self.scheduler: Scheduler | None = None
         self.policy: Replication | None = None
@@ -77,10 +85,10 @@ class ResiliencePlugin(SchedulerPlugin):
         self.reset()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"replication_options": self.replication_options}
+        return {"replication_options": self.replication_options, "delay": self.delay_option}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["replication_options"])  # type: ignore[misc]
+        self.__init__(state["replication_options"], delay=state["delay"])  # type: ignore[misc]
 
     # --- installation -------------------------------------------------------------------------
 
@@ -88,26 +96,24 @@ class ResiliencePlugin(SchedulerPlugin):
         self.install(scheduler)
 
     def install(self, scheduler: Scheduler) -> None:
-        """Install policy and handlers on ``scheduler`` (idempotent; synchronous)."""
-        from hafen.cluster._drain import DrainCoordinator
+        """Install policy and handlers on ``scheduler`` (idempotent; synchronous).
 
+        Options are read and validated here, on the scheduler: a bad one raises
+        :class:`~hafen.errors.ConfigError` before anything is installed.
+        """
         if self.scheduler is scheduler:
             return
-        self.scheduler = scheduler
-        delay = config_duration(
-            config_get("hafen.replication.delay"), name="hafen.replication.delay"
-        )
-        assert delay is not None
-        self._delay = delay
+        self._delay = option("hafen.replication.delay", self.delay_option, argument="delay")
+        coordinator = DrainCoordinator(scheduler, self.cost)
         policy = Replication(**self.replication_options) if self.replication_options else None
         self.policy = install_replication(scheduler, policy)
+        self.scheduler = scheduler
         self.policy.durations = self.duration
         self.policy.seed(scheduler.tasks.values())
         self._fresh = CopyFresh(self.policy)
         self._side_amm = ActiveMemoryManagerExtension(
             scheduler, policies={self._fresh}, register=False, start=False
         )
-        coordinator = DrainCoordinator(scheduler, self)
         scheduler.handlers["hafen_drain"] = coordinator.drain
         scheduler.handlers["hafen_resilience_counts"] = self.counts
         scheduler.extensions["hafen_drain"] = coordinator
@@ -118,6 +124,10 @@ class ResiliencePlugin(SchedulerPlugin):
             self._kick = None
 
     # --- durations and counts -----------------------------------------------------------------
+
+    def cost(self, ts: TaskState) -> float:
+        """Seconds it would take to recompute ``ts`` (0 before the policy is installed)."""
+        return self.policy.cost(ts) if self.policy is not None else 0.0
 
     def duration(self, ts: TaskState) -> float:
         """Own compute time of ``ts`` in seconds (measured, else the prefix average)."""

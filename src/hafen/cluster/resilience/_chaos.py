@@ -8,7 +8,7 @@ faulty run equals the reference. ``hafen chaos`` on the command line runs it on 
 
 Faults are real signals, sent by the worker process to itself (so it works on remote clusters
 too): ``kill`` is SIGKILL (the nanny starts a new worker), ``terminate`` is SIGTERM (a preemption
-notice: with :class:`~hafen.cluster._preemption.DrainOnSigterm` the worker drains itself, and
+notice: with :class:`~hafen.cluster.resilience.DrainOnSigterm` the worker drains itself, and
 is not replaced), ``pause`` is SIGSTOP then SIGCONT after ``duration`` seconds (a hung machine),
 ``drain`` is :func:`hafen.drain` (a downscale). A fault fires at ``at`` seconds after the start
 of the run, or once ``at_progress`` of the graph's tasks are done, and repeats every ``every``
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from distributed.metrics import time
 
+from hafen.cluster.resilience._client import drain, ensure_installed, resilience_counts
 from hafen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ __all__ = [
     "FaultEvent",
     "RunResult",
     "costly_graph",
-    "resilience_counts",
     "run_chaos",
     "same_output",
 ]
@@ -175,16 +175,6 @@ class ChaosReport:
         return table
 
 
-def resilience_counts(client: Client, *, reset: bool = False) -> dict[str, Any]:
-    """Counts of the resilience scheduler plugin (computed, recomputed, lost, ...)."""
-    result = client.sync(client.scheduler.hafen_resilience_counts, reset=reset)
-    if not isinstance(result, dict):
-        from hafen.errors import ReplicationError
-
-        raise ReplicationError("the hafen resilience plugin is not installed on the scheduler")
-    return result
-
-
 def same_output(a: Any, b: Any) -> bool:
     """Deep equality that also works for numpy arrays and pandas objects."""
     if type(a) is not type(b):
@@ -292,8 +282,6 @@ class _Schedule:
                 FaultEvent(elapsed, "pause", worker, f"SIGSTOP for {fault.duration:g}s", pid)
             )
         else:
-            from hafen.cluster._drain import drain
-
             self.retired.add(worker)
             thread = threading.Thread(
                 target=drain,
@@ -424,8 +412,6 @@ def run_chaos(
     >>> report.matched, report.faulty.recomputed  # doctest: +SKIP
     (True, 0)
     """
-    from hafen.cluster._drain import ensure_installed
-
     client.sync(ensure_installed, client)
     ref = None
     if reference:

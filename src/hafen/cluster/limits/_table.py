@@ -42,7 +42,7 @@ def limits_table(address: str | None) -> Table:
     """Connect to ``address`` (or the ``scheduler`` setting) and return its limits as a table."""
     from distributed import Client
 
-    from hafen.cluster._client import limits
+    from hafen.cluster.limits._client import limits
     from hafen.config import get_settings
 
     address = address or get_settings().scheduler

@@ -1,0 +1,49 @@
+"""Cluster-wide limits held on the Dask scheduler: concurrency slots and token-bucket rates.
+
+- :mod:`._spec`: validation of limit names, settings and ``limits=`` annotations;
+- :mod:`._bucket`: the token bucket behind a rate;
+- :mod:`._plugin`: the scheduler extension that holds annotated tasks and grants slots;
+- :mod:`._metrics`: its state as Prometheus metrics on the scheduler's ``/metrics``;
+- :mod:`._client`: the client API (:func:`set_limit`, :func:`limits`, :func:`lease`,
+  :func:`remove_limit`);
+- :mod:`._table`: what ``hafen limits`` prints (imported by the command line only).
+
+Options are dask config keys ``hafen.limits.*`` (see ``hafen/cluster/cluster.yaml``).
+"""
+
+from __future__ import annotations
+
+from hafen.cluster.limits._bucket import TokenBucket
+from hafen.cluster.limits._client import lease, limits, remove_limit, set_limit
+from hafen.cluster.limits._plugin import (
+    EXTENSION_NAME,
+    HOLD_RESOURCE,
+    LimitsExtension,
+    install_limits,
+)
+from hafen.cluster.limits._spec import (
+    ANNOTATION,
+    LimitSpec,
+    check_name,
+    make_spec,
+    parse_annotation,
+    parse_rate,
+)
+
+__all__ = [
+    "ANNOTATION",
+    "EXTENSION_NAME",
+    "HOLD_RESOURCE",
+    "LimitSpec",
+    "LimitsExtension",
+    "TokenBucket",
+    "check_name",
+    "install_limits",
+    "lease",
+    "limits",
+    "make_spec",
+    "parse_annotation",
+    "parse_rate",
+    "remove_limit",
+    "set_limit",
+]
