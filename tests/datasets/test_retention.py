@@ -274,3 +274,19 @@ def test_a_commit_landing_while_vacuum_reads_the_log_keeps_its_files(tmp_path, m
     report = hafen.open_dataset(url).vacuum(retain_versions=5, grace_period=10)
     assert report.removed_files == []
     assert ids(hafen.open_dataset(url)) == [0, 7]
+
+
+def test_commit_retries_counts_retries_after_the_first_attempt(tmp_path, monkeypatch):
+    """HAFEN_COMMIT_RETRIES=0 was accepted, then every write gave up after 0 attempts."""
+    monkeypatch.setenv("HAFEN_COMMIT_RETRIES", "0")
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(rows(0), url, partition_on=["part"])
+    assert hafen.write_dataset(rows(1), url, mode="append").version == 1
+
+    while_staging(monkeypatch, lambda: hafen.write_dataset(rows(2), url, mode="append"))
+    with pytest.raises(ConflictError, match="gave up after 1 attempt"):
+        hafen.write_dataset(rows(3), url, mode="append")  # lost its one race; no retry left
+    monkeypatch.setenv("HAFEN_COMMIT_RETRIES", "1")
+    while_staging(monkeypatch, lambda: hafen.write_dataset(rows(4), url, mode="append"))
+    assert hafen.write_dataset(rows(5), url, mode="append").version == 4
+    assert ids(hafen.open_dataset(url)) == [0, 1, 2, 4, 5]

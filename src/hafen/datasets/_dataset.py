@@ -826,7 +826,7 @@ def _commit(
             state,
             plan,
             retry_conflicts=retry,
-            max_attempts=settings.commit_retries,
+            max_attempts=settings.commit_retries + 1,  # retries after the first attempt
             checkpoint_interval=settings.checkpoint_interval,
             exclusive_create=exclusive,
             before_attempt=staged_files_protected,

@@ -986,7 +986,8 @@ def commit(
         time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
         state, entry = _catch_up(storage, state, entry, planned, retry_conflicts)
     raise ConflictError(
-        f"{storage.url}: gave up after {max_attempts} attempts to commit under contention"
+        f"{storage.url}: gave up after {max_attempts} attempt(s) to commit under contention "
+        "(HAFEN_COMMIT_RETRIES sets how many retries follow the first)"
     )
 
 
