@@ -10,7 +10,8 @@ local      write a temporary file, then ``os.link`` it to the target (fails if t
 memory     check and set under a process-wide lock (``memory://`` is one process)
 az, abfs   a conditional upload (``If-None-Match: *``) through adlfs' blob client, tagged
            with a token in the blob's metadata (see :meth:`Storage.put_if_absent`)
-s3         a conditional PUT (``If-None-Match: *``) through s3fs
+s3         a conditional PUT (``If-None-Match: *``) through s3fs' botocore client, tagged
+           like Azure's (see :meth:`Storage._put_if_absent_s3`)
 =========  ==========================================================================
 
 Everything else (writing data files, listing, deleting) needs no atomicity: data files get
@@ -26,6 +27,14 @@ token with a ``blob_endpoint`` option or ``AZURE_STORAGE_BLOB_ENDPOINT`` (an emu
 endpoint) becomes a connection string. The environment is read when a :class:`Storage` is built and
 passed to adlfs explicitly, so fsspec's instance cache never hands out a filesystem built from
 other credentials; a pickled :class:`Storage` carries only the explicit options.
+
+S3 credentials come from ``storage_options`` (any s3fs argument: ``key`` and ``secret``,
+``profile``, ``client_kwargs={"endpoint_url": ...}``...), else from the AWS SDK's own chain:
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, an
+instance or pod role. An S3-compatible service (MinIO, Ceph, an emulator) is reached through
+``client_kwargs={"endpoint_url": ...}`` or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. The
+endpoint and the access key variables are read when a :class:`Storage` is built and passed to
+s3fs explicitly, for the same reason as on Azure.
 """
 
 from __future__ import annotations
@@ -71,6 +80,60 @@ _AZURE_ENV = {
     "client_secret": "AZURE_STORAGE_CLIENT_SECRET",
     "tenant_id": "AZURE_STORAGE_TENANT_ID",
 }
+
+
+# S3: the exclusive create retries the same way (S3 answers 409 ConditionalRequestConflict to a
+# conditional PUT racing another one on the same key, and asks to retry).
+S3_ATTEMPTS = 6
+_S3_TOKEN_KEY = "hafen-put-token"
+_S3_RETRY_CODES = frozenset(
+    {"ConditionalRequestConflict", "SlowDown", "Throttling", "ThrottlingException",
+     "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
+     "408", "409", "429", "500", "502", "503", "504"}
+)  # fmt: skip
+_S3_CREDENTIAL_KEYS = frozenset({"key", "secret", "token", "profile", "anon", "session"})
+_S3_ENV = {
+    "key": "AWS_ACCESS_KEY_ID",
+    "secret": "AWS_SECRET_ACCESS_KEY",
+    "token": "AWS_SESSION_TOKEN",
+}
+
+
+def _s3_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Return s3fs arguments: ``options`` completed from the ``AWS_*`` environment."""
+    out = dict(options)
+    # listings must be fresh: another process may have committed since the last one
+    out.setdefault("use_listings_cache", False)
+    client_kwargs = dict(out.get("client_kwargs") or {})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in out:
+        client_kwargs["endpoint_url"] = endpoint
+    if client_kwargs:
+        out["client_kwargs"] = client_kwargs
+    if not _S3_CREDENTIAL_KEYS & out.keys() and os.environ.get("AWS_ACCESS_KEY_ID"):
+        for key, variable in _S3_ENV.items():
+            if os.environ.get(variable):
+                out[key] = os.environ[variable]
+    return out
+
+
+def _s3_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` from botocore is worth retrying (conflict, throttling, 5xx, connection)."""
+    from botocore.exceptions import ClientError, HTTPClientError
+
+    if isinstance(exc, HTTPClientError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, ClientError):
+        return _s3_code(exc) in _S3_RETRY_CODES
+    return type(exc).__module__.split(".")[0] == "aiohttp"
+
+
+def _s3_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error") or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    code = str(error.get("Code") or "")
+    return "412" if status == 412 and not code else code
 
 
 def _azure_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +245,11 @@ class Storage:
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
         backend_options = options
-        if self.url.split("://", 1)[0] in ("az", "abfs", "abfss"):
+        scheme = self.url.split("://", 1)[0]
+        if scheme in ("az", "abfs", "abfss"):
             backend_options = _azure_options(options)
+        elif scheme in ("s3", "s3a"):
+            backend_options = _s3_options(options)
         with map_storage_errors(self.url):
             try:
                 fs, root = fsspec.core.url_to_fs(self.url, **backend_options)
@@ -349,10 +415,52 @@ class Storage:
         return True
 
     def _put_if_absent_s3(self, full: str, data: bytes) -> bool:
+        """Conditional PUT (``If-None-Match: *``), retried without ever committing twice.
+
+        As on Azure, each call tags its object with a random token (user metadata): a PUT that
+        the SDK or this loop retries after the object was stored (a dropped connection, a 5xx)
+        meets 412 PreconditionFailed, and the token says whether the object is this call's own
+        write (success) or another writer's (lost the race). 409 ConditionalRequestConflict (a
+        racing conditional PUT still in flight), throttling and transient failures are retried
+        with exponential backoff and jitter; when the attempts run out a :class:`StorageError`
+        says the outcome is unknown.
+        """
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(full)
+        token = uuid.uuid4().hex
+        last: BaseException | None = None
+        for attempt in range(S3_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, min(AZURE_MAX_BACKOFF, AZURE_BACKOFF * 2**attempt)))
+            try:
+                created: bool = sync(self.fs.loop, self._s3_create, bucket, key, data, token)
+            except Exception as exc:
+                if not _s3_transient(exc):
+                    raise
+                last = exc
+            else:
+                self.fs.invalidate_cache(full)
+                return created
+        raise StorageError(
+            f"{full}: S3 did not confirm the exclusive create after {S3_ATTEMPTS} "
+            f"attempts; the object may or may not exist: {type(last).__name__}: {last}"
+        ) from last
+
+    async def _s3_create(self, bucket: str, key: str, data: bytes, token: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        await self.fs.set_session()  # s3fs builds its client on first use
+        client = await self.fs.get_s3(bucket)
         try:
-            self.fs.pipe_file(full, data, mode="create")
-        except FileExistsError:
-            return False
+            await client.put_object(
+                Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", Metadata={_S3_TOKEN_KEY: token}
+            )
+        except ClientError as exc:
+            if _s3_code(exc) not in ("PreconditionFailed", "412"):
+                raise
+            head = await client.head_object(Bucket=bucket, Key=key)
+            return bool((head.get("Metadata") or {}).get(_S3_TOKEN_KEY) == token)
         return True
 
     def exists(self, path: str) -> bool:
