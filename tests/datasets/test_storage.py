@@ -12,11 +12,19 @@ import pickle
 import threading
 import uuid
 
+import fsspec
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from _azurite import ACCOUNT_NAME
 from _moto import ACCESS_KEY, REGION, SECRET_KEY, free_port
 from hafen.datasets import Storage, _storage
+from hafen.datasets._storage import (
+    AzureStorage,
+    LocalStorage,
+    MemoryStorage,
+    S3Storage,
+)
 from hafen.errors import StorageError
 
 RACERS = 8
@@ -42,6 +50,8 @@ def race(storage: Storage, path: str) -> list[int]:
 
 class StorageTests:
     """What every backend must do; subclasses provide the fixtures."""
+
+    backend: type[Storage] = Storage  # the class ``Storage(url)`` returns for this backend
 
     @pytest.fixture
     def storage(self) -> Storage:
@@ -144,6 +154,7 @@ class StorageTests:
     def test_pickles_to_the_same_storage(self, storage):
         storage.write_bytes("x", b"1")
         copy = pickle.loads(pickle.dumps(storage))
+        assert type(copy) is type(storage) is self.backend
         assert copy.url == storage.url and copy.protocol == storage.protocol
         assert copy.read_bytes("x") == b"1"
 
@@ -158,6 +169,8 @@ class StorageTests:
 
 
 class TestLocalStorage(StorageTests):
+    backend = LocalStorage
+
     @pytest.fixture
     def storage(self, tmp_path) -> Storage:
         return Storage(str(tmp_path / "root"))
@@ -169,6 +182,8 @@ class TestLocalStorage(StorageTests):
 
 
 class TestMemoryStorage(StorageTests):
+    backend = MemoryStorage
+
     @pytest.fixture
     def storage(self) -> Storage:
         return Storage(f"memory://{uuid.uuid4().hex[:8]}/root")
@@ -185,6 +200,8 @@ class TestMemoryStorage(StorageTests):
 
 
 class TestAzureStorage(StorageTests):
+    backend = AzureStorage
+
     @pytest.fixture
     def storage(self, azurite, monkeypatch) -> Storage:
         monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
@@ -206,6 +223,8 @@ class TestAzureStorage(StorageTests):
 
 class TestS3Storage(StorageTests):
     """S3 on moto, credentials and endpoint from the AWS SDK's variables, as in production."""
+
+    backend = S3Storage
 
     @pytest.fixture
     def storage(self, moto_s3, monkeypatch) -> Storage:
@@ -244,7 +263,7 @@ def test_s3_put_if_absent_retried_after_it_landed_is_still_a_win(moto_s3, monkey
     """A PUT stored, then the answer lost: the retry meets 412 and the token says "mine"."""
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
     monkeypatch.setattr(_storage, "AZURE_BACKOFF", 0.001)
-    original = Storage._s3_create
+    original = S3Storage._s3_create
     calls = []
 
     async def lands_then_drops(self, bucket, key, data, token):
@@ -254,7 +273,7 @@ def test_s3_put_if_absent_retried_after_it_landed_is_still_a_win(moto_s3, monkey
             raise ConnectionError("connection reset (injected after the object was stored)")
         return await original(self, bucket, key, data, token)
 
-    monkeypatch.setattr(Storage, "_s3_create", lands_then_drops)
+    monkeypatch.setattr(S3Storage, "_s3_create", lands_then_drops)
     assert storage.put_if_absent("log/0.json", b"mine")
     assert len(calls) == 2 and calls[0] == calls[1]
     assert not storage.put_if_absent("log/0.json", b"theirs")  # another call: another token
@@ -267,7 +286,7 @@ def test_s3_conditional_conflict_is_retried(moto_s3, monkeypatch):
 
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
     monkeypatch.setattr(_storage, "AZURE_BACKOFF", 0.001)
-    original = Storage._s3_create
+    original = S3Storage._s3_create
     calls = []
 
     async def conflict_once(self, bucket, key, data, token):
@@ -278,7 +297,7 @@ def test_s3_conditional_conflict_is_retried(moto_s3, monkeypatch):
             raise ClientError({"Error": error, "ResponseMetadata": meta}, "PutObject")
         return await original(self, bucket, key, data, token)
 
-    monkeypatch.setattr(Storage, "_s3_create", conflict_once)
+    monkeypatch.setattr(S3Storage, "_s3_create", conflict_once)
     assert storage.put_if_absent("log/0.json", b"1")
     assert len(calls) == 2
 
@@ -290,16 +309,41 @@ def test_s3_gives_up_with_an_unknown_outcome(moto_s3, monkeypatch):
     async def always_drops(self, bucket, key, data, token):
         raise ConnectionError("connection reset (injected)")
 
-    monkeypatch.setattr(Storage, "_s3_create", always_drops)
+    monkeypatch.setattr(S3Storage, "_s3_create", always_drops)
     with pytest.raises(StorageError, match=r"log/0\.json.*may or may not exist"):
         storage.put_if_absent("log/0.json", b"1")
 
 
-def test_backend_without_exclusive_create_is_refused(tmp_path):
-    storage = Storage(str(tmp_path))
-    storage.protocol = "ftp"  # stands for any fsspec backend without a conditional create
+class _PlainFileSystem(MemoryFileSystem):
+    """Stands for any fsspec backend hafen has no class for (no conditional create)."""
+
+    protocol = ("hafenplain",)
+
+
+def test_backend_without_exclusive_create_is_refused():
+    fsspec.register_implementation("hafenplain", _PlainFileSystem, clobber=True)
+    storage = Storage("hafenplain://x")
+    assert type(storage) is Storage and storage.protocol == "hafenplain"
+    storage.write_bytes("a", b"1")  # reading and writing work
+    assert storage.read_bytes("a") == b"1"
     with pytest.raises(StorageError, match="exclusive create"):
-        storage.put_if_absent("a", b"")
+        storage.put_if_absent("b", b"")
+
+
+@pytest.mark.parametrize(
+    ("url", "backend", "protocol"),
+    [
+        ("/tmp/x", LocalStorage, "file"),
+        ("file:///tmp/x", LocalStorage, "file"),
+        ("memory://x", MemoryStorage, "memory"),
+        ("s3://bucket/x", S3Storage, "s3"),
+        ("s3a://bucket/x", S3Storage, "s3"),
+    ],
+)
+def test_storage_returns_the_backends_class(url, backend, protocol):
+    storage = Storage(url)
+    assert type(storage) is backend and storage.protocol == protocol
+    assert backend(url).url == storage.url  # the subclass can be built directly too
 
 
 def test_missing_backend_package_is_a_clear_error():

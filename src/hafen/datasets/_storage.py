@@ -9,9 +9,9 @@ backend    primitive
 local      write a temporary file, then ``os.link`` it to the target (fails if taken)
 memory     check and set under a process-wide lock (``memory://`` is one process)
 az, abfs   a conditional upload (``If-None-Match: *``) through adlfs' blob client, tagged
-           with a token in the blob's metadata (see :meth:`Storage.put_if_absent`)
+           with a token in the blob's metadata (see :meth:`AzureStorage._put_if_absent`)
 s3         a conditional PUT (``If-None-Match: *``) through s3fs' botocore client, tagged
-           like Azure's (see :meth:`Storage._put_if_absent_s3`)
+           like Azure's (see :meth:`S3Storage._put_if_absent`)
 =========  ==========================================================================
 
 Everything else (writing data files, listing, deleting) needs no atomicity: data files get
@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import fsspec
 import pyarrow.fs as pafs
@@ -57,7 +57,15 @@ import pyarrow.fs as pafs
 from hafen._secrets import redact
 from hafen.errors import HafenError, StorageError
 
-__all__ = ["FileInfo", "Storage", "map_storage_errors"]
+__all__ = [
+    "AzureStorage",
+    "FileInfo",
+    "LocalStorage",
+    "MemoryStorage",
+    "S3Storage",
+    "Storage",
+    "map_storage_errors",
+]
 
 _MEMORY_LOCK = threading.Lock()
 
@@ -239,17 +247,36 @@ def _modified(info: dict[str, Any]) -> dt.datetime | None:
 
 
 class Storage:
-    """A filesystem rooted at ``url``; all paths given to its methods are relative to that root."""
+    """A filesystem rooted at ``url``; all paths given to its methods are relative to that root.
+
+    ``Storage(url, options)`` returns the subclass of the URL's backend (:class:`LocalStorage`,
+    :class:`MemoryStorage`, :class:`AzureStorage`, :class:`S3Storage`); each has its own
+    exclusive create (:meth:`put_if_absent`). Any other fsspec URL gives a plain
+    :class:`Storage`, which reads and writes but refuses the exclusive create, so no dataset
+    can be committed there.
+    """
+
+    #: the URL schemes this class serves (``""``: a path without a scheme)
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: how coarse the backend's last-modified times are, in seconds (blob stores: 1)
+    modified_resolution: ClassVar[float] = 1.0
+    _backends: ClassVar[dict[str, type[Storage]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for scheme in cls.schemes:
+            Storage._backends[scheme] = cls
+
+    def __new__(cls, url: str, storage_options: dict[str, Any] | None = None) -> Storage:
+        if cls is Storage:
+            scheme = fsspec.core.split_protocol(str(url))[0] or ""
+            cls = Storage._backends.get(scheme, Storage)
+        return super().__new__(cls)
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
-        backend_options = options
-        scheme = self.url.split("://", 1)[0]
-        if scheme in ("az", "abfs", "abfss"):
-            backend_options = _azure_options(options)
-        elif scheme in ("s3", "s3a"):
-            backend_options = _s3_options(options)
+        backend_options = self._backend_options(options)
         with map_storage_errors(self.url):
             try:
                 fs, root = fsspec.core.url_to_fs(self.url, **backend_options)
@@ -263,13 +290,12 @@ class Storage:
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.protocol: str = {"abfs": "az", "abfss": "az", "s3a": "s3"}.get(protocol, protocol)
 
-    def __repr__(self) -> str:
-        return f"Storage({self.url!r})"
+    def _backend_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The fsspec arguments for ``options`` (a backend completes them from its environment)."""
+        return options
 
-    @property
-    def modified_resolution(self) -> float:
-        """How coarse the backend's last-modified times are, in seconds (blob stores: 1)."""
-        return 0.0 if self.protocol in ("file", "memory") else 1.0
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Storage, (self.url, self.storage_options))
@@ -298,8 +324,6 @@ class Storage:
     @property
     def arrow_filesystem(self) -> pafs.FileSystem:
         """A pyarrow filesystem over the same backend (native for local files)."""
-        if self.protocol == "file":
-            return pafs.LocalFileSystem()
         return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
 
     # -- reading and writing -------------------------------------------------------------------
@@ -319,149 +343,26 @@ class Storage:
 
     def write_full(self, full_path: str, data: bytes) -> None:
         with map_storage_errors(full_path):
-            if self.protocol == "file":
-                directory = os.path.dirname(full_path)
-                os.makedirs(directory, exist_ok=True)
-                tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, full_path)
-            else:
-                self.fs.pipe_file(full_path, data)
+            self._write(full_path, data)
+
+    def _write(self, full: str, data: bytes) -> None:
+        self.fs.pipe_file(full, data)
 
     def put_if_absent(self, path: str, data: bytes) -> bool:
         """Create ``path`` with ``data`` only if it does not exist; return whether it was created.
 
-        The create is all-or-nothing: a reader never sees part of ``data``.
+        The create is all-or-nothing: a reader never sees part of ``data``. Every guarantee of
+        the commit log rests on it; each backend implements it in :meth:`_put_if_absent`.
         """
         full = self.full(path)
         with map_storage_errors(full):
-            if self.protocol == "file":
-                return self._put_if_absent_local(full, data)
-            if self.protocol == "memory":
-                with _MEMORY_LOCK:
-                    if self.fs.exists(full):
-                        return False
-                    self.fs.pipe_file(full, data)
-                    return True
-            if self.protocol == "az":
-                return self._put_if_absent_azure(full, data)
-            if self.protocol == "s3":
-                return self._put_if_absent_s3(full, data)
+            return self._put_if_absent(full, data)
+
+    def _put_if_absent(self, full: str, data: bytes) -> bool:
         raise StorageError(
             f"{self.url}: the {self.protocol!r} backend has no exclusive create; "
             "hafen supports local paths, memory://, az:// / abfs:// and s3://"
         )
-
-    @staticmethod
-    def _put_if_absent_local(full: str, data: bytes) -> bool:
-        directory = os.path.dirname(full)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, full)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-        return True
-
-    def _put_if_absent_azure(self, full: str, data: bytes) -> bool:
-        """Conditional upload (``If-None-Match: *``), retried without ever committing twice.
-
-        Each call tags its blob with a random token in the blob's metadata. An attempt that
-        fails after the service may have stored the blob (a dropped connection, a 5xx) is
-        retried; if the retry finds the blob already there, its token says whether it is this
-        call's own write (success) or another writer's (lost the race). Throttling and
-        transient failures are retried with exponential backoff and jitter; when the attempts
-        run out a :class:`StorageError` says the outcome is unknown.
-        """
-        from fsspec.asyn import sync
-
-        container, blob, _ = self.fs.split_path(full)
-        token = uuid.uuid4().hex
-        last: BaseException | None = None
-        for attempt in range(AZURE_ATTEMPTS):
-            if attempt:
-                pause = random.uniform(0, min(AZURE_MAX_BACKOFF, AZURE_BACKOFF * 2**attempt))
-                time.sleep(max(pause, min(_retry_after(last), AZURE_MAX_BACKOFF)))
-            try:
-                return sync(self.fs.loop, self._azure_create, container, blob, data, token)
-            except Exception as exc:
-                if not _azure_transient(exc):
-                    raise
-                last = exc
-        raise StorageError(
-            f"{full}: Azure did not confirm the exclusive create after {AZURE_ATTEMPTS} "
-            f"attempts; the blob may or may not exist: {type(last).__name__}: {last}"
-        ) from last
-
-    async def _azure_create(self, container: str, blob: str, data: bytes, token: str) -> bool:
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
-
-        metadata = {"is_directory": "false", _AZURE_TOKEN_KEY: token}
-        async with self.fs.service_client.get_blob_client(container=container, blob=blob) as bc:
-            try:
-                # retry_total=0: this method's caller owns the retries and their outcome
-                await bc.upload_blob(data, overwrite=False, metadata=metadata, retry_total=0)
-            except (ResourceExistsError, ResourceModifiedError):
-                properties = await bc.get_blob_properties(retry_total=0)
-                return (properties.metadata or {}).get(_AZURE_TOKEN_KEY) == token
-        self.fs.invalidate_cache(f"{container}/{blob}")
-        return True
-
-    def _put_if_absent_s3(self, full: str, data: bytes) -> bool:
-        """Conditional PUT (``If-None-Match: *``), retried without ever committing twice.
-
-        As on Azure, each call tags its object with a random token (user metadata): a PUT that
-        the SDK or this loop retries after the object was stored (a dropped connection, a 5xx)
-        meets 412 PreconditionFailed, and the token says whether the object is this call's own
-        write (success) or another writer's (lost the race). 409 ConditionalRequestConflict (a
-        racing conditional PUT still in flight), throttling and transient failures are retried
-        with exponential backoff and jitter; when the attempts run out a :class:`StorageError`
-        says the outcome is unknown.
-        """
-        from fsspec.asyn import sync
-
-        bucket, key, _ = self.fs.split_path(full)
-        token = uuid.uuid4().hex
-        last: BaseException | None = None
-        for attempt in range(S3_ATTEMPTS):
-            if attempt:
-                time.sleep(random.uniform(0, min(AZURE_MAX_BACKOFF, AZURE_BACKOFF * 2**attempt)))
-            try:
-                created: bool = sync(self.fs.loop, self._s3_create, bucket, key, data, token)
-            except Exception as exc:
-                if not _s3_transient(exc):
-                    raise
-                last = exc
-            else:
-                self.fs.invalidate_cache(full)
-                return created
-        raise StorageError(
-            f"{full}: S3 did not confirm the exclusive create after {S3_ATTEMPTS} "
-            f"attempts; the object may or may not exist: {type(last).__name__}: {last}"
-        ) from last
-
-    async def _s3_create(self, bucket: str, key: str, data: bytes, token: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        await self.fs.set_session()  # s3fs builds its client on first use
-        client = await self.fs.get_s3(bucket)
-        try:
-            await client.put_object(
-                Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", Metadata={_S3_TOKEN_KEY: token}
-            )
-        except ClientError as exc:
-            if _s3_code(exc) not in ("PreconditionFailed", "412"):
-                raise
-            head = await client.head_object(Bucket=bucket, Key=key)
-            return bool((head.get("Metadata") or {}).get(_S3_TOKEN_KEY) == token)
-        return True
 
     def exists(self, path: str) -> bool:
         full = self.full(path)
@@ -518,5 +419,169 @@ class Storage:
                         self.fs.rm_file(one)
 
     def makedirs(self, path: str) -> None:
-        if self.protocol == "file":
-            os.makedirs(self.full(path), exist_ok=True)
+        """Create directory ``path`` where directories exist (object stores have none)."""
+
+
+class LocalStorage(Storage):
+    """Local files: writes replace atomically (rename); the exclusive create is ``os.link``."""
+
+    schemes = ("", "file", "local")
+    modified_resolution = 0.0
+
+    @property
+    def arrow_filesystem(self) -> pafs.FileSystem:
+        return pafs.LocalFileSystem()
+
+    def _write(self, full: str, data: bytes) -> None:
+        directory = os.path.dirname(full)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, full)
+
+    def _put_if_absent(self, full: str, data: bytes) -> bool:
+        directory = os.path.dirname(full)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, full)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
+    def makedirs(self, path: str) -> None:
+        full = self.full(path)
+        with map_storage_errors(full):
+            os.makedirs(full, exist_ok=True)
+
+
+class MemoryStorage(Storage):
+    """``memory://``: one process, so the exclusive create is a check and set under a lock."""
+
+    schemes = ("memory",)
+    modified_resolution = 0.0
+
+    def _put_if_absent(self, full: str, data: bytes) -> bool:
+        with _MEMORY_LOCK:
+            if self.fs.exists(full):
+                return False
+            self.fs.pipe_file(full, data)
+            return True
+
+
+class AzureStorage(Storage):
+    """Azure Blob Storage (adlfs): a conditional upload tagged with a token, retried safely."""
+
+    schemes = ("az", "abfs", "abfss")
+
+    def _backend_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return _azure_options(options)
+
+    def _put_if_absent(self, full: str, data: bytes) -> bool:
+        """Conditional upload (``If-None-Match: *``), retried without ever committing twice.
+
+        Each call tags its blob with a random token in the blob's metadata. An attempt that
+        fails after the service may have stored the blob (a dropped connection, a 5xx) is
+        retried; if the retry finds the blob already there, its token says whether it is this
+        call's own write (success) or another writer's (lost the race). Throttling and
+        transient failures are retried with exponential backoff and jitter; when the attempts
+        run out a :class:`StorageError` says the outcome is unknown.
+        """
+        from fsspec.asyn import sync
+
+        container, blob, _ = self.fs.split_path(full)
+        token = uuid.uuid4().hex
+        last: BaseException | None = None
+        for attempt in range(AZURE_ATTEMPTS):
+            if attempt:
+                pause = random.uniform(0, min(AZURE_MAX_BACKOFF, AZURE_BACKOFF * 2**attempt))
+                time.sleep(max(pause, min(_retry_after(last), AZURE_MAX_BACKOFF)))
+            try:
+                return sync(self.fs.loop, self._azure_create, container, blob, data, token)
+            except Exception as exc:
+                if not _azure_transient(exc):
+                    raise
+                last = exc
+        raise StorageError(
+            f"{full}: Azure did not confirm the exclusive create after {AZURE_ATTEMPTS} "
+            f"attempts; the blob may or may not exist: {type(last).__name__}: {last}"
+        ) from last
+
+    async def _azure_create(self, container: str, blob: str, data: bytes, token: str) -> bool:
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        metadata = {"is_directory": "false", _AZURE_TOKEN_KEY: token}
+        async with self.fs.service_client.get_blob_client(container=container, blob=blob) as bc:
+            try:
+                # retry_total=0: this method's caller owns the retries and their outcome
+                await bc.upload_blob(data, overwrite=False, metadata=metadata, retry_total=0)
+            except (ResourceExistsError, ResourceModifiedError):
+                properties = await bc.get_blob_properties(retry_total=0)
+                return (properties.metadata or {}).get(_AZURE_TOKEN_KEY) == token
+        self.fs.invalidate_cache(f"{container}/{blob}")
+        return True
+
+
+class S3Storage(Storage):
+    """S3 (s3fs): a conditional PUT tagged with a token, retried safely."""
+
+    schemes = ("s3", "s3a")
+
+    def _backend_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return _s3_options(options)
+
+    def _put_if_absent(self, full: str, data: bytes) -> bool:
+        """Conditional PUT (``If-None-Match: *``), retried without ever committing twice.
+
+        As on Azure, each call tags its object with a random token (user metadata): a PUT that
+        the SDK or this loop retries after the object was stored (a dropped connection, a 5xx)
+        meets 412 PreconditionFailed, and the token says whether the object is this call's own
+        write (success) or another writer's (lost the race). 409 ConditionalRequestConflict (a
+        racing conditional PUT still in flight), throttling and transient failures are retried
+        with exponential backoff and jitter; when the attempts run out a :class:`StorageError`
+        says the outcome is unknown.
+        """
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(full)
+        token = uuid.uuid4().hex
+        last: BaseException | None = None
+        for attempt in range(S3_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, min(AZURE_MAX_BACKOFF, AZURE_BACKOFF * 2**attempt)))
+            try:
+                created: bool = sync(self.fs.loop, self._s3_create, bucket, key, data, token)
+            except Exception as exc:
+                if not _s3_transient(exc):
+                    raise
+                last = exc
+            else:
+                self.fs.invalidate_cache(full)
+                return created
+        raise StorageError(
+            f"{full}: S3 did not confirm the exclusive create after {S3_ATTEMPTS} "
+            f"attempts; the object may or may not exist: {type(last).__name__}: {last}"
+        ) from last
+
+    async def _s3_create(self, bucket: str, key: str, data: bytes, token: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        await self.fs.set_session()  # s3fs builds its client on first use
+        client = await self.fs.get_s3(bucket)
+        try:
+            await client.put_object(
+                Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", Metadata={_S3_TOKEN_KEY: token}
+            )
+        except ClientError as exc:
+            if _s3_code(exc) not in ("PreconditionFailed", "412"):
+                raise
+            head = await client.head_object(Bucket=bucket, Key=key)
+            return bool((head.get("Metadata") or {}).get(_S3_TOKEN_KEY) == token)
+        return True
