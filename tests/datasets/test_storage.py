@@ -18,12 +18,14 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from _azurite import ACCOUNT_NAME
 from _moto import ACCESS_KEY, REGION, SECRET_KEY, free_port
-from hafen.datasets import Storage, _storage
+from hafen.datasets import Storage
 from hafen.datasets._storage import (
     AzureStorage,
     LocalStorage,
     MemoryStorage,
     S3Storage,
+    _azure,
+    _s3,
 )
 from hafen.errors import StorageError
 
@@ -210,7 +212,7 @@ class TestAzureStorage(StorageTests):
     @pytest.fixture
     def failing(self, azurite, monkeypatch) -> Storage:
         """A wrong account key: Azurite refuses every request (403)."""
-        monkeypatch.setattr(_storage, "AZURE_BACKOFF", 0.01)
+        monkeypatch.setattr(_azure, "AZURE_BACKOFF", 0.01)
         wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc="
         options = {
             "connection_string": azurite.connection_string.replace(
@@ -247,7 +249,7 @@ class TestS3Storage(StorageTests):
         return Storage(f"s3://hafen-{uuid.uuid4().hex[:8]}/root", options)
 
     def test_backend_errors_are_storage_errors_naming_the_path(self, failing, monkeypatch):
-        monkeypatch.setattr(_storage, "AZURE_BACKOFF", 0.001)  # the exclusive create's retries
+        monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)  # the exclusive create's retries
         super().test_backend_errors_are_storage_errors_naming_the_path(failing)
 
 
@@ -262,7 +264,7 @@ class TestS3StorageOptions(TestS3Storage):
 def test_s3_put_if_absent_retried_after_it_landed_is_still_a_win(moto_s3, monkeypatch):
     """A PUT stored, then the answer lost: the retry meets 412 and the token says "mine"."""
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
-    monkeypatch.setattr(_storage, "AZURE_BACKOFF", 0.001)
+    monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)
     original = S3Storage._s3_create
     calls = []
 
@@ -285,7 +287,7 @@ def test_s3_conditional_conflict_is_retried(moto_s3, monkeypatch):
     from botocore.exceptions import ClientError
 
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
-    monkeypatch.setattr(_storage, "AZURE_BACKOFF", 0.001)
+    monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)
     original = S3Storage._s3_create
     calls = []
 
@@ -304,7 +306,7 @@ def test_s3_conditional_conflict_is_retried(moto_s3, monkeypatch):
 
 def test_s3_gives_up_with_an_unknown_outcome(moto_s3, monkeypatch):
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
-    monkeypatch.setattr(_storage, "AZURE_BACKOFF", 0.001)
+    monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)
 
     async def always_drops(self, bucket, key, data, token):
         raise ConnectionError("connection reset (injected)")
