@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,azure,postgres]'
+	$(BIN)/pip install --quiet -e '.[dev,azure,s3,postgres]'
 	touch $@
 
 demo: $(VENV)/.installed

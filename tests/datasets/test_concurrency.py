@@ -18,7 +18,7 @@ import pytest
 import hafen
 from hafen.datasets import storage_for
 
-PROCESS_BACKENDS = ["local", "azure"]
+PROCESS_BACKENDS = ["local", "azure", "s3"]
 
 
 @pytest.fixture(params=PROCESS_BACKENDS)
@@ -26,7 +26,8 @@ def shared_url(request, tmp_path, monkeypatch) -> str:
     """A dataset URL that several processes can reach.
 
     On Azure, child processes find the credentials where production does: in
-    ``AZURE_STORAGE_CONNECTION_STRING``, which they inherit (set for this test only).
+    ``AZURE_STORAGE_CONNECTION_STRING``, which they inherit (set for this test only). On S3
+    (moto) likewise: in ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_ENDPOINT_URL``.
     """
     if request.param == "local":
         return str(tmp_path / "shared")
@@ -34,6 +35,11 @@ def shared_url(request, tmp_path, monkeypatch) -> str:
         server = request.getfixturevalue("azurite")
         monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", server.connection_string)
         return server.url(f"{uuid.uuid4().hex[:8]}/shared")
+    if request.param == "s3":
+        moto = request.getfixturevalue("moto_s3")
+        for name, value in moto.environment.items():
+            monkeypatch.setenv(name, value)
+        return f"s3://{moto.bucket()}/shared"
     raise AssertionError(request.param)
 
 
@@ -46,7 +52,7 @@ def age_past_grace(url: str, paths: list[str]) -> str:
     """Make the grace period pass for ``paths`` only; return the grace period to vacuum with.
 
     Local files are dated back two hours (``os.utime``) and the grace period is one hour. Blob
-    storage sets last-modified times itself, so on Azure the test waits until the files are
+    storage sets last-modified times itself, so on Azure and S3 the test waits until the files are
     older than a short grace period (their times are whole seconds, hence the margin).
     """
     storage = storage_for(url)
@@ -78,7 +84,7 @@ def run_all(procs: list[mp.Process], timeout: float = 120) -> None:
 def test_eight_processes_appending_lose_nothing(shared_url):
     # on Azurite (one Node process on a shared 2-core machine) fewer commits keep the test lean;
     # the eight writers still start together and contend for every version
-    commits = 2 if shared_url.startswith("az://") else 5
+    commits = 2 if shared_url.startswith(("az://", "s3://")) else 5
     seed(shared_url)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(8)
@@ -102,7 +108,7 @@ def test_eight_processes_appending_lose_nothing(shared_url):
 def test_appends_beside_two_vacuums_are_never_lost(shared_url, monkeypatch):
     """Vacuums retire the versions appenders based their commits on, again and again."""
     monkeypatch.setenv("HAFEN_GRACE_PERIOD", "2s")  # the writers' and the vacuums' alike
-    writers, commits = 3, (6 if shared_url.startswith("az://") else 25)
+    writers, commits = 3, (6 if shared_url.startswith(("az://", "s3://")) else 25)
     seed(shared_url)
     ctx = mp.get_context("spawn")
     barrier, stop, results = ctx.Barrier(writers + 2), ctx.Event(), ctx.Queue()
