@@ -74,7 +74,7 @@ OnConflict = TypingLiteral["raise", "retry"]
 Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
 MODES = ("create", "append", "overwrite")
 SCRATCH_DIR = "_hafen/scratch"  # intermediate files of multi-phase writers (reshuffle)
-_MAX_VERSIONS = 10**_log._WIDTH  # a log entry's name has _WIDTH digits
+MAX_VERSION = 2**63 - 1  # versions are 64-bit integers, as in Delta Lake
 
 
 def storage_for(url: str | Storage, storage_options: dict[str, Any] | None = None) -> Storage:
@@ -347,7 +347,7 @@ class Dataset:
     def _read_error(self, files: Sequence[DataFile], exc: BaseException) -> StorageError:
         """The error for a read of ``files`` that failed with ``exc``: the damaged file named
         when one is found, else (the storage failed this time) a :class:`StorageError`."""
-        damaged = damaged_file(self._storage, files, file_schema(self._state), str(exc))
+        damaged = damaged_file(self._storage, files, file_schema(self._state), exc)
         if damaged is not None:
             return damaged
         return StorageError(f"{self.url}: reading version {self.version} failed: {exc}")
@@ -602,10 +602,9 @@ def open_dataset(
     >>> ds = open_dataset("data/sales")  # doctest: +SKIP
     """
     storage = storage_for(url, storage_options)
-    if version is not None and version >= _MAX_VERSIONS:
+    if version is not None and version > MAX_VERSION:
         raise VersionNotFoundError(
-            f"{storage.url}: version {version} does not exist (a version has at most "
-            f"{_log._WIDTH} digits)"
+            f"{storage.url}: version {version} does not exist (versions are below 2**63)"
         )
     return Dataset(storage, _log.load_state(storage, version))
 

@@ -275,8 +275,7 @@ def fragment_problem(
     """:func:`footer_problem` of a fragment Arrow has scanned (its footer is cached)."""
     try:
         metadata = fragment.metadata
-        physical = fragment.physical_schema
         groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-    except DAMAGE as exc:
+        return footer_problem(f, fragment.physical_schema, metadata.num_rows, groups, expected)
+    except DAMAGE as exc:  # names pyarrow cannot decode, say
         return f"has a damaged footer ({type(exc).__name__}: {exc})"
-    return footer_problem(f, physical, metadata.num_rows, groups, expected)

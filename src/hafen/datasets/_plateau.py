@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from hafen.datasets._integrity import DAMAGE, parquet_format
 from hafen.datasets._log import DataFile, DatasetState, IndexPart, load_state, log_path
-from hafen.datasets._schema import normalize_schema
+from hafen.datasets._schema import normalize_schema, plateau_label
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.datasets._verify import check_index_file, corrupt_file
 from hafen.datasets._write import file_label
@@ -110,6 +110,7 @@ def import_plateau(storage: Storage) -> DatasetState | None:
             md = pq.read_metadata(full, filesystem=fs)
             size = storage.size(path)
         label = file_label(path).rsplit("/", 1)[0] if "/" in file_label(path) else ""
+        label = plateau_label(label)
         return DataFile(path, label, md.num_rows, size, 0)
 
     with ThreadPoolExecutor(max_workers=8) as pool:

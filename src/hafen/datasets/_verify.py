@@ -189,19 +189,21 @@ def verify_files(
 
 
 def damaged_file(
-    storage: Storage, files: Sequence[DataFile], expected: pa.Schema, hint: str = ""
+    storage: Storage, files: Sequence[DataFile], expected: pa.Schema, failure: BaseException
 ) -> CorruptDataError | None:
     """The error naming the first of ``files`` that is damaged, or None when all are sound.
 
-    Files whose backend path appears in ``hint`` (an error message) are checked first. Used
-    after a read failed: a damaged file fails every time, a storage failure need not.
+    Used after a read of ``files`` failed with ``failure``: a damaged file fails every time, a
+    failure of the storage need not. Files the failure's message names are checked first.
     """
+    hint = str(failure)
     named = [f for f in files if storage.full(f.path) in hint]
     rest = [f for f in files if storage.full(f.path) not in hint]
     for f in named + rest:
         check = check_data_file(storage, f, expected)
         if check.problem is not None:
-            return corrupt_file(storage, f.path, "data file", check.problem)
+            problem = f"{check.problem} (the read failed: {type(failure).__name__}: {hint})"
+            return corrupt_file(storage, f.path, "data file", problem)
     return None
 
 
