@@ -116,5 +116,7 @@ def test_a_version_too_big_for_anything_is_one_line(tmp_path):
             main, ["dataset", command, url, "--version", "99999999999999999999999"]
         )
         assert result.exit_code == 1, result.output
-        assert "VersionNotFoundError" in result.output and "versions are below 2**63" in result.output
+        assert (
+            "VersionNotFoundError" in result.output and "versions are below 2**63" in result.output
+        )
         assert "Traceback" not in result.output

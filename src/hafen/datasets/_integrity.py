@@ -210,24 +210,34 @@ class HashingFileSystem:
 def _same_values(actual: pa.DataType, expected: pa.DataType) -> bool:
     """Whether a file column of type ``actual`` reads as the same values as ``expected``.
 
-    A file hafen wrote has its dataset's types, but a concurrent ``schema_mode="merge"`` can
-    leave a narrower integer or float, or a dictionary where plain values are expected (or the
-    reverse); a different unit or time zone would change the values, and means damage.
+    A file hafen wrote has its dataset's types as Parquet stores them (a date64 as days,
+    seconds as milliseconds), but a concurrent ``schema_mode="merge"`` can leave a narrower
+    integer or float, or plain values where a dictionary is expected (or the reverse); another
+    unit or time zone would change the values, and means damage. Nested types are not compared.
     """
     a, e = _normalize_type(actual), _normalize_type(expected)
-    if a == e or pa.types.is_null(a):
-        return True
     if pa.types.is_dictionary(a):
         a = a.value_type
     if pa.types.is_dictionary(e):
         e = e.value_type
-    if a == e:
+    if a == e or a == _as_stored(e) or pa.types.is_null(a) or pa.types.is_nested(e):
         return True
     if pa.types.is_integer(a) and pa.types.is_integer(e):
         return e.bit_width >= a.bit_width and (
             pa.types.is_signed_integer(e) or not pa.types.is_signed_integer(a)
         )
     return pa.types.is_floating(a) and pa.types.is_floating(e) and e.bit_width >= a.bit_width
+
+
+def _as_stored(t: pa.DataType) -> pa.DataType:
+    """The type Arrow reads back from Parquet for a column written as ``t``."""
+    if pa.types.is_date64(t):
+        return pa.date32()
+    if pa.types.is_time32(t) and t.unit == "s":
+        return pa.time32("ms")
+    if pa.types.is_timestamp(t) and t.unit == "s":
+        return pa.timestamp("ms", t.tz)
+    return t
 
 
 def footer_problem(
