@@ -128,3 +128,39 @@ def test_where_reports_an_incomplete_condition(people):
     assert result.exit_code == 1
     assert "PredicateError" in result.output and "'=='" in result.output
     assert "Traceback" not in result.output
+
+
+def test_verify_names_damaged_files_and_exits_1(tmp_path):
+    url = make(tmp_path)
+    out = run("dataset", "verify", url)
+    assert "version 1: 6 data files" in out and "all files are sound" in out
+    ds = hafen.open_dataset(url)
+    first = min(f.path for f in ds.files() if f.version == 0)
+    second = min(f.path for f in ds.files() if f.version == 1)
+    path = tmp_path / "root" / "sales" / first
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    (tmp_path / "root" / "sales" / second).unlink()
+    result = CliRunner().invoke(main, ["dataset", "verify", url])
+    assert result.exit_code == 1
+    assert f"bad {first} (data file): has checksum crc32:" in result.output
+    assert f"bad {second} (data file): is missing" in result.output
+    assert "2 of 6 files are damaged or missing" in result.output
+    # version 0 has only the first commit's files: the damaged one, not the missing one
+    older = CliRunner().invoke(main, ["dataset", "verify", url, "--version", "0"])
+    assert older.exit_code == 1 and "version 0: 3 data files" in older.output
+    assert first in older.output and second not in older.output
+
+
+def test_a_version_too_big_for_anything_is_one_line(tmp_path):
+    url = make(tmp_path)
+    for command in ("show", "read", "verify"):
+        result = CliRunner().invoke(
+            main, ["dataset", command, url, "--version", "99999999999999999999999"]
+        )
+        assert result.exit_code == 1, result.output
+        assert (
+            "VersionNotFoundError" in result.output and "versions are below 2**63" in result.output
+        )
+        assert "Traceback" not in result.output

@@ -186,6 +186,62 @@ def dataset_read(
     console.print(f"{len(df):,} of {total:,} matching rows shown")
 
 
+@dataset.command("verify")
+@click.argument("url")
+@click.option(
+    "--version", "version", type=int, default=None, help="Verify VERSION (default: latest)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Files checked at once (default: the cores for local files, 8 for remote stores).",
+)
+def dataset_verify(url: str, version: int | None, workers: int | None) -> None:
+    """Check every file of a version: present, with the size and checksum the log recorded,
+    and decodable with Parquet's page checksums on.
+
+    Lists the missing or damaged files and exits with status 1 if there are any.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hafen.datasets import open_dataset
+
+    ds = open_dataset(url, version=version)
+    total = len(ds.files()) + sum(len(ds.state.live_index_parts(c)) for c in ds.indices)
+    columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("verify", total=total)
+        report = ds.verify(progress=lambda _: progress.advance(task), max_workers=workers)
+    data = [c for c in report.files if c.kind == "data"]
+    indices = len(report.files) - len(data)
+    console.print(
+        f"[bold]{ds.url}[/] version [bold]{ds.version}[/]: {len(data)} data files "
+        f"({_fmt_bytes(sum(c.size for c in data))}) and {indices} index files checked",
+        highlight=False,
+    )
+    if report.without_checksum:
+        console.print(
+            f"{report.without_checksum} data files have no checksum in the log (written before "
+            "hafen recorded them): checked by size and decoding only",
+            highlight=False,
+        )
+    if report.ok:
+        console.print("[green]all files are sound[/]")
+        return
+    for check in report.bad:  # one line each, never wrapped: paths to copy
+        console.print(
+            f"[red]bad[/] {check.path} ({check.kind} file): {check.problem}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    err_console.print(
+        f"[bold red]{len(report.bad)} of {len(report.files)} files are damaged or missing[/]",
+        highlight=False,
+    )
+    sys.exit(1)
+
+
 @dataset.command("vacuum")
 @click.argument("url")
 @click.option(

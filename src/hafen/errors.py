@@ -6,6 +6,7 @@ class inherits it too, so ``except FileNotFoundError`` keeps working::
     HafenError
     ├── ConfigError (ValueError)             a setting or argument is invalid
     ├── StorageError (OSError)               the storage backend failed; path in the message
+    │   └── CorruptDataError                 a data or index file is damaged; names the file
     ├── DatasetError
     │   ├── DatasetNotFoundError (FileNotFoundError)
     │   ├── DatasetExistsError (FileExistsError)
@@ -37,6 +38,7 @@ __all__ = [
     "CommitOutcomeUnknownError",
     "ConfigError",
     "ConflictError",
+    "CorruptDataError",
     "CorruptMetadataError",
     "DatasetError",
     "DatasetExistsError",
@@ -65,6 +67,23 @@ class ConfigError(HafenError, ValueError):
 
 class StorageError(HafenError, OSError):
     """The storage backend failed; the message names the path."""
+
+
+class CorruptDataError(StorageError):
+    """A data or index file is damaged or missing; the message (and ``path``) name the file.
+
+    Raised when a file's bytes do not match the checksum the log recorded, a Parquet page fails
+    its checksum, or the file cannot be decoded or disagrees with what the log says of it (rows,
+    columns). Reading it again returns the same bytes: restore the file, or remove it from the
+    dataset (e.g. overwrite its partition).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:  # keeps ``path`` across processes (Dask)
+        return (type(self), (str(self),), {"path": self.path})
 
 
 class DatasetError(HafenError):

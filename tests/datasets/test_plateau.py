@@ -97,3 +97,21 @@ def test_plateau_view_can_be_turned_off(tmp_path, monkeypatch):
     hafen.write_dataset(frame(), str(tmp_path / "quiet"))
     assert not (tmp_path / "quiet.by-dataset-metadata.json").exists()
     assert hafen.open_dataset(str(tmp_path / "quiet")).num_rows == 60
+
+
+def test_a_string_like_the_null_marker_means_that_string_both_ways(store):
+    """plateau refuses nulls in partition columns, so its ``__HIVE_DEFAULT_PARTITION__`` label
+    is the string; hafen writes that string escaped, which plateau reads back as the string."""
+    root, factory = store
+    marker = "__HIVE_DEFAULT_PARTITION__"
+    df = pd.DataFrame({"s": [marker, "x", marker], "v": [1, 2, 3]})
+    store_dataframes_as_dataset(dfs=[df], store=factory, dataset_uuid="theirs", partition_on=["s"])
+    ds = hafen.open_dataset(f"{root}/theirs")
+    assert sorted(ds.read(predicates=[[("s", "==", marker)]])["v"]) == [1, 3]
+    assert ds.read(predicates=[[("s", "==", None)]]).empty
+    ds = hafen.write_dataset(pd.DataFrame({"s": [marker], "v": [4]}), ds.url, mode="append")
+    assert sorted(ds.read(predicates=[[("s", "==", marker)]])["v"]) == [1, 3, 4]
+
+    hafen.write_dataset(df, f"{root}/ours", partition_on=["s"])
+    back = read_table("ours", factory)
+    assert sorted(back.loc[back["s"] == marker, "v"]) == [1, 3]

@@ -240,6 +240,44 @@ def test_arrow_input_and_null_partition(url):
     assert sorted(out["x"]) == [2, 4]
 
 
+def test_null_in_a_categorical_partition_column_round_trips(url):
+    """pandas writes a missing category as a null, like any other null partition value."""
+    df = pd.DataFrame({"c": pd.Categorical(["a", None, "b", None]), "v": [1, 2, 3, 4]})
+    ds = hafen.write_dataset(df, url, partition_on=["c"])
+    back = hafen.open_dataset(url).read().sort_values("v")
+    assert isinstance(back["c"].dtype, pd.CategoricalDtype)
+    assert back["c"].tolist()[::2] == ["a", "b"] and back["c"].isna().tolist()[1::2] == [1, 1]
+    assert sorted(ds.read(predicates=[[("c", "==", None)]])["v"]) == [2, 4]
+    assert sorted(ds.read(predicates=[[("c", "!=", None)]])["v"]) == [1, 3]
+    assert ds.read(predicates=[[("c", "==", "a")]])["v"].tolist() == [1]
+    streamed = pa.Table.from_batches(list(ds.scan_batches(["c", "v"]))).to_pandas()
+    assert int(streamed["c"].isna().sum()) == 2
+
+
+def test_a_string_partition_value_like_the_null_marker_is_not_null(url):
+    marker = "__HIVE_DEFAULT_PARTITION__"
+    df = pd.DataFrame({"s": [marker, None, "x"], "v": [1, 2, 3]})
+    ds = hafen.write_dataset(df, url, partition_on=["s"])
+    back = hafen.open_dataset(url).read().sort_values("v")
+    assert back["s"].iloc[0] == marker and pd.isna(back["s"].iloc[1])
+    assert {p["s"] for p in ds.partitions()} == {marker, None, "x"}
+    assert ds.read(predicates=[[("s", "==", marker)]])["v"].tolist() == [1]
+    assert ds.read(predicates=[[("s", "==", None)]])["v"].tolist() == [2]
+    # overwriting the string's partition leaves the null one alone, and the reverse
+    ds = hafen.write_dataset(pd.DataFrame({"s": [marker], "v": [10]}), url, mode="overwrite")
+    assert sorted(ds.read()["v"]) == [2, 3, 10]
+    ds = hafen.write_dataset(pd.DataFrame({"s": [None], "v": [20]}), url, mode="overwrite")
+    assert sorted(ds.read()["v"]) == [3, 10, 20]
+
+
+def test_a_version_beyond_any_log_entry_is_not_found(url):
+    hafen.write_dataset(sales(10), url)
+    with pytest.raises(VersionNotFoundError, match="below 2"):
+        hafen.open_dataset(url, version=99999999999999999999999)
+    with pytest.raises(VersionNotFoundError):
+        hafen.open_dataset(url, version=2**63)
+
+
 def test_latest_follows_new_commits(url):
     ds = hafen.write_dataset(sales(10), url)
     assert ds.is_latest() and ds.latest() is ds

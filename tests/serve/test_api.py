@@ -288,3 +288,28 @@ def test_new_versions_are_looked_for_off_the_request_path(root, monkeypatch):
     time.sleep(0.15)
     registry.get("forecasts")
     assert checked_in == [threading.current_thread().name]
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_a_damaged_product_index_costs_a_scan_not_an_error(root, damage):
+    """The index only narrows the files to read: without it the answer is the same."""
+    from pathlib import Path
+
+    from hafen.errors import HafenWarning
+
+    params = {"store_id": 2, "product_id": 7}
+    with TestClient(create_app(str(root), refresh=0, fast_path=False)) as client:
+        expected = client.get("/forecasts", params=params).json()
+    ds = hafen.open_dataset(str(root / "forecasts"))
+    for part in ds.state.index_parts:
+        path = Path(ds.storage.full(part.path))
+        if damage == "missing":
+            path.unlink()
+        else:
+            path.write_bytes(b"PAR1 this is not an index PAR1")
+    for fast_path in (True, False):
+        with TestClient(create_app(str(root), refresh=0, fast_path=fast_path)) as client:
+            with pytest.warns(HafenWarning, match="reading without the index on 'product_id'"):
+                r = client.get("/forecasts", params=params)
+            assert r.status_code == 200, r.text
+            assert r.json() == expected

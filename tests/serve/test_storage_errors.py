@@ -138,8 +138,9 @@ def _files(root: Path, pattern: str) -> list[Path]:
     ("damage", "error", "says"),
     [
         ("index", "dataset_damaged", "an index file cannot be read"),
-        ("data", "dataset_damaged", "a data file cannot be read"),
-        ("data-middle", "dataset_damaged", "a data file cannot be read"),
+        # with checksums in the log, a damaged data file is named as such
+        ("data", "dataset_damaged", "a data file does not match its checksum"),
+        ("data-middle", "dataset_damaged", "a data file does not match its checksum"),
         ("data-removed", "dataset_damaged", "a data file it refers to is missing"),
     ],
 )

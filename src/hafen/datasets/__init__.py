@@ -1,6 +1,7 @@
 """Partitioned Parquet datasets with a versioned commit log (DESIGN.md section 1).
 
-Public: :func:`write_dataset`, :func:`open_dataset`, :class:`Dataset`. For writers that stage
+Public: :func:`write_dataset`, :func:`open_dataset`, :class:`Dataset` (and what its methods
+return: :class:`VacuumReport`, :class:`VerifyReport`). For writers that stage
 files in parallel and commit once (``hafen.dask``, ``hafen.sql``): :func:`stage_table`,
 :class:`StagingWriter`, :class:`StagedWrite`, :func:`commit_staged`, :func:`storage_for`.
 """
@@ -20,17 +21,20 @@ from hafen.datasets._log import DataFile, latest_version
 from hafen.datasets._predicates import normalize_predicates, parse_predicates, to_expression
 from hafen.datasets._schema import conform, normalize_schema, partition_label, to_arrow
 from hafen.datasets._storage import Storage, map_storage_errors
+from hafen.datasets._verify import FileCheck, VerifyReport
 from hafen.datasets._write import StagedWrite, StagingWriter, split_by_partition, stage_table
 from hafen.errors import HafenWarning
 
 __all__ = [
     "DataFile",
     "Dataset",
+    "FileCheck",
     "HafenWarning",
     "StagedWrite",
     "StagingWriter",
     "Storage",
     "VacuumReport",
+    "VerifyReport",
     "commit_staged",
     "conform",
     "latest_version",

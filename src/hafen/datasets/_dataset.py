@@ -7,7 +7,7 @@ import datetime as dt
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from typing import Literal as TypingLiteral
@@ -19,6 +19,7 @@ import pyarrow.dataset as pds
 
 from hafen.config import get_settings, parse_duration
 from hafen.datasets import _log
+from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
 from hafen.datasets._log import Commit, DataFile, DatasetState, IndexPart
 from hafen.datasets._plateau import (
     read_index_part,
@@ -36,10 +37,19 @@ from hafen.datasets._schema import (
     validate_partition_type,
 )
 from hafen.datasets._storage import FileInfo, Storage
+from hafen.datasets._verify import (
+    FileCheck,
+    VerifyReport,
+    corrupt_file,
+    damaged_file,
+    file_schema,
+    verify_files,
+)
 from hafen.datasets._write import StagedWrite, file_label, stage_table
 from hafen.errors import (
     ConfigError,
     ConflictError,
+    CorruptDataError,
     DatasetExistsError,
     DatasetNotFoundError,
     HafenError,
@@ -47,6 +57,7 @@ from hafen.errors import (
     PredicateError,
     SchemaError,
     StorageError,
+    VersionNotFoundError,
     VersionVacuumedError,
 )
 
@@ -67,6 +78,7 @@ MODES = ("create", "append", "overwrite")
 # a write commits only while its staged files are younger than this share of the grace period
 _STAGED_GRACE_SHARE = 0.8
 SCRATCH_DIR = "_hafen/scratch"  # intermediate files of multi-phase writers (reshuffle)
+MAX_VERSION = 2**63 - 1  # versions are 64-bit integers, as in Delta Lake
 
 
 def storage_for(url: str | Storage, storage_options: dict[str, Any] | None = None) -> Storage:
@@ -222,12 +234,27 @@ class Dataset:
             values = list(lit.value) if lit.op == "in" else [lit.value]
             if any(v is None for v in values):
                 continue  # indices do not record nulls
-            labels = self.index_lookup(lit.column, values) if values else set()
+            try:
+                labels = self.index_lookup(lit.column, values) if values else set()
+            except CorruptDataError as exc:
+                if not self.is_latest():
+                    raise  # vacuumed or recreated since: the caller should open the latest
+                # the index only prunes: without it the read opens more files, same rows
+                warnings.warn(
+                    f"{exc}; reading without the index on {lit.column!r}",
+                    HafenWarning,
+                    stacklevel=5,
+                )
+                continue
             allowed = labels if allowed is None else allowed & labels
         return allowed
 
     def index_lookup(self, column: str, values: Sequence[Any]) -> set[str]:
-        """Labels of the files holding any of ``values`` in indexed ``column``."""
+        """Labels of the files holding any of ``values`` in indexed ``column``.
+
+        Raises :class:`CorruptDataError` naming the index file when one is missing or damaged
+        (a read with predicates then warns and reads without the index instead).
+        """
         labels: set[str] = set()
         for part in self._state.live_index_parts(column):
             table = read_index_part(self._storage, part, list(values))
@@ -264,7 +291,7 @@ class Dataset:
         if not selected:
             return iter(())
         expression = to_expression(literals, self.schema) if literals else None
-        return self._arrow_dataset(selected).to_batches(
+        scanner = self._arrow_dataset(selected).scanner(
             columns=columns,
             filter=expression,
             batch_size=batch_size,
@@ -272,8 +299,41 @@ class Dataset:
             fragment_readahead=1,
             use_threads=False,
         )
+        return self._checked_batches(scanner, selected, counted=expression is None)
 
-    def _arrow_dataset(self, files: Sequence[DataFile]) -> pds.Dataset:
+    def _checked_batches(
+        self, scanner: pds.Scanner, selected: list[DataFile], *, counted: bool
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of ``scanner``, each file's footer checked before its first batch."""
+        by_path = {self._storage.full(f.path): f for f in selected}
+        expected = file_schema(self._state)
+        rows: dict[str, int] = {}
+        batches = iter(scanner.scan_batches())
+        while True:
+            try:
+                tagged = next(batches)
+            except StopIteration:
+                break
+            except FileNotFoundError as exc:
+                raise self._missing_file(exc) from exc
+            except DAMAGE as exc:
+                raise self._read_error(selected, exc) from exc
+            path = tagged.fragment.path
+            if path not in rows:
+                problem = fragment_problem(tagged.fragment, by_path[path], expected)
+                if problem is not None:
+                    raise corrupt_file(self._storage, by_path[path].path, "data file", problem)
+                rows[path] = 0
+            rows[path] += tagged.record_batch.num_rows
+            yield tagged.record_batch
+        if counted:
+            for path, f in by_path.items():
+                if rows.get(path, 0) != f.num_rows:
+                    raise self._read_error(
+                        [f], StorageError(f"{path}: read {rows.get(path, 0)} rows")
+                    )
+
+    def _arrow_dataset(self, files: Sequence[DataFile]) -> pds.FileSystemDataset:
         schema = self.schema
         partitions = []
         for f in files:
@@ -281,17 +341,34 @@ class Dataset:
             for column, value in self._partition_values(f.partition).items():
                 type_ = schema.field(column).type
                 if value is None:
-                    expr = expr & pc.field(column).is_null()
+                    # a null dictionary scalar would become a dictionary holding a null, which
+                    # neither filters nor converts to pandas: Arrow fills the column with nulls
+                    if not pa.types.is_dictionary(type_):
+                        expr = expr & pc.field(column).is_null()
                 else:
                     expr = expr & (pc.field(column) == pa.scalar(value, type=type_))
             partitions.append(expr)
         return pds.FileSystemDataset.from_paths(
             [self._storage.full(f.path) for f in files],
             schema=schema,
-            format=pds.ParquetFileFormat(),
+            format=parquet_format(),
             filesystem=self._storage.arrow_filesystem,
             partitions=partitions,
         )
+
+    def _missing_file(self, exc: FileNotFoundError) -> StorageError:
+        return StorageError(
+            f"{self.url}: version {self.version} refers to a missing file ({exc}); "
+            "it may have been vacuumed"
+        )
+
+    def _read_error(self, files: Sequence[DataFile], exc: BaseException) -> StorageError:
+        """The error for a read of ``files`` that failed with ``exc``: the damaged file named
+        when one is found, else (the storage failed this time) a :class:`StorageError`."""
+        damaged = damaged_file(self._storage, files, file_schema(self._state), exc)
+        if damaged is not None:
+            return damaged
+        return StorageError(f"{self.url}: reading version {self.version} failed: {exc}")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -316,14 +393,24 @@ class Dataset:
         dataset = self._arrow_dataset(selected)
         expression = to_expression(literals, self.schema) if literals else None
         try:
-            return dataset.to_table(columns=columns, filter=expression)
+            table = dataset.to_table(columns=columns, filter=expression)
         except FileNotFoundError as exc:
-            raise StorageError(
-                f"{self.url}: version {self.version} refers to a missing file ({exc}); "
-                "it may have been vacuumed"
-            ) from exc
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise StorageError(f"{self.url}: reading version {self.version} failed: {exc}") from exc
+            raise self._missing_file(exc) from exc
+        except DAMAGE as exc:
+            raise self._read_error(selected, exc) from exc
+        # Arrow keeps the footers it read: checking them against the log reads nothing more
+        expected = file_schema(self._state)
+        by_path = {self._storage.full(f.path): f for f in selected}
+        for fragment in dataset.get_fragments():
+            f = by_path[fragment.path]
+            problem = fragment_problem(fragment, f, expected)
+            if problem is not None:
+                raise corrupt_file(self._storage, f.path, "data file", problem)
+        if expression is None and table.num_rows != sum(f.num_rows for f in selected):
+            raise self._read_error(
+                selected, StorageError(f"{self.url}: read {table.num_rows} rows")
+            )
+        return table
 
     def read(
         self, columns: Sequence[str] | None = None, predicates: Predicates = None
@@ -338,6 +425,38 @@ class Dataset:
         stop = 0 if limit is None else max(0, self.version - limit + 1)
         entries = _log.read_entries_down(self._storage, self.version, stop=stop)
         return [_history_row(c) for c in entries]
+
+    def verify(
+        self,
+        *,
+        progress: Callable[[FileCheck], None] | None = None,
+        max_workers: int | None = None,
+    ) -> VerifyReport:
+        """Check every file of this version; return a report naming the bad ones.
+
+        Each data file is read whole: it must exist, have the size and checksum the log
+        recorded when it was written, and decode with Parquet's page checksums on, matching the
+        log's rows and the dataset's columns. Each live secondary-index file must exist and
+        decode. Nothing is changed; a damaged file is reported, not raised.
+
+        Parameters
+        ----------
+        progress
+            Called with each file's :class:`~hafen.datasets.FileCheck` as it is done.
+        max_workers
+            Files checked at once (default: the cores for local files, 8 for remote stores).
+
+        Returns
+        -------
+        VerifyReport
+            ``report.ok``, ``report.bad`` (the files with a ``problem``), ``report.files``.
+
+        Examples
+        --------
+        >>> report = open_dataset("data/sales").verify()  # doctest: +SKIP
+        >>> [(c.path, c.problem) for c in report.bad]  # doctest: +SKIP
+        """
+        return verify_files(self._storage, self._state, progress=progress, max_workers=max_workers)
 
     # -- changing ------------------------------------------------------------------------------
 
@@ -543,6 +662,10 @@ def open_dataset(
     >>> ds = open_dataset("data/sales")  # doctest: +SKIP
     """
     storage = storage_for(url, storage_options)
+    if version is not None and version > MAX_VERSION:
+        raise VersionNotFoundError(
+            f"{storage.url}: version {version} does not exist (versions are below 2**63)"
+        )
     return Dataset(storage, _log.load_state(storage, version))
 
 

@@ -98,6 +98,9 @@ class DataFile:
     size: int
     version: int = -1  # the version that added it
     stats: Mapping[str, tuple[Any, Any, int]] = field(default_factory=dict)  # min, max, nulls
+    # "crc32:<8 hex digits>" of the file's bytes, computed as they were written (see
+    # hafen.datasets._integrity); None for files logged before hafen recorded checksums
+    checksum: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -108,12 +111,22 @@ class DataFile:
         }
         if self.stats:
             out["stats"] = {k: list(v) for k, v in self.stats.items()}
+        if self.checksum is not None:
+            out["checksum"] = self.checksum
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], version: int) -> DataFile:
         stats = {k: (v[0], v[1], v[2]) for k, v in data.get("stats", {}).items()}
-        return cls(data["path"], data["partition"], data["rows"], data["size"], version, stats)
+        return cls(
+            data["path"],
+            data["partition"],
+            data["rows"],
+            data["size"],
+            version,
+            stats,
+            data.get("checksum"),
+        )
 
 
 @dataclass(frozen=True)

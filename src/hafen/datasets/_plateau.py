@@ -22,11 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
+from hafen.datasets._integrity import DAMAGE, parquet_format
 from hafen.datasets._log import DataFile, DatasetState, IndexPart, load_state, log_path
-from hafen.datasets._schema import normalize_schema
+from hafen.datasets._schema import normalize_schema, plateau_label
 from hafen.datasets._storage import Storage, map_storage_errors
+from hafen.datasets._verify import check_index_file, corrupt_file
 from hafen.datasets._write import file_label
-from hafen.errors import CorruptMetadataError, DatasetError
+from hafen.errors import CorruptDataError, CorruptMetadataError, DatasetError, StorageError
 
 __all__ = [
     "encode_index_part",
@@ -108,6 +110,7 @@ def import_plateau(storage: Storage) -> DatasetState | None:
             md = pq.read_metadata(full, filesystem=fs)
             size = storage.size(path)
         label = file_label(path).rsplit("/", 1)[0] if "/" in file_label(path) else ""
+        label = plateau_label(label)
         return DataFile(path, label, md.num_rows, size, 0)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -152,7 +155,9 @@ def encode_index_part(column: str, entries: pa.Table, type_: pa.DataType) -> byt
     # row groups of about _INDEX_GROUP_LABELS labels, so that a lookup decodes one of them
     labels = max(1, len(entries))
     rows = min(max(1024, _INDEX_GROUP_LABELS * table.num_rows // labels), 1 << 20)
-    pq.write_table(table, sink, row_group_size=rows, write_statistics=[column])
+    pq.write_table(
+        table, sink, row_group_size=rows, write_statistics=[column], write_page_checksum=True
+    )
     return sink.getvalue().to_pybytes()
 
 
@@ -201,16 +206,43 @@ def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None)
     """Return ``(value, label)`` rows of an index file, only for ``values`` when given.
 
     With ``values``, only the row groups whose value statistics admit one of them are read.
+    Raises :class:`CorruptDataError` naming the file when it is missing or damaged (read again
+    whole to tell damage from a failure of the storage).
     """
+    try:
+        return _read_index_part(storage, part, values)
+    except FileNotFoundError as exc:
+        raise corrupt_file(storage, part.path, "index file", "is missing") from exc
+    except CorruptDataError:
+        raise
+    except DAMAGE as exc:
+        try:
+            storage.read_bytes(part.path)
+        except FileNotFoundError:
+            raise corrupt_file(storage, part.path, "index file", "is missing") from exc
+        except StorageError:
+            raise  # the storage fails to give the bytes at all: an outage, not damage
+        check = check_index_file(storage, part)
+        if check.problem is not None:
+            raise corrupt_file(storage, part.path, "index file", check.problem) from exc
+        if isinstance(exc, StorageError):
+            raise  # sound when read whole: the storage failed this time
+        raise StorageError(
+            f"{storage.full(part.path)}: reading the index file failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None) -> pa.Table:
     full = storage.full(part.path)
     with map_storage_errors(full):
-        try:
-            if values is None:
-                table = pq.read_table(full, filesystem=storage.arrow_filesystem)
-            else:
-                table = _read_index_values(storage, full, values)
-        except pa.ArrowInvalid as exc:
-            raise CorruptMetadataError(f"{full}: index file cannot be read ({exc})") from exc
+        if values is None:
+            table = pq.read_table(
+                full, filesystem=storage.arrow_filesystem, page_checksum_verification=True
+            )
+        else:
+            table = _read_index_values(storage, full, values)
+    if table.num_columns != 2 or table.column_names[1] != "partition":
+        raise pa.ArrowInvalid(f"unexpected columns {table.column_names}")
     column = table.column(0)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
@@ -221,16 +253,13 @@ def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None)
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
     lists = table.column("partition").combine_chunks()
-    return pa.table(
-        {
-            "value": column.take(pc.list_parent_indices(lists)),
-            "label": pc.list_flatten(lists).cast(pa.string()),
-        }
-    )
+    labels = pc.list_flatten(lists).cast(pa.string())
+    labels.validate(full=True)  # valid UTF-8, or an error rather than a mangled label
+    return pa.table({"value": column.take(pc.list_parent_indices(lists)), "label": labels})
 
 
 def _read_index_values(storage: Storage, full: str, values: list[Any]) -> pa.Table:
-    dataset = pds.dataset(full, format="parquet", filesystem=storage.arrow_filesystem)
+    dataset = pds.dataset(full, format=parquet_format(), filesystem=storage.arrow_filesystem)
     field_ = dataset.schema.field(0)
     type_ = field_.type.value_type if pa.types.is_dictionary(field_.type) else field_.type
     return dataset.to_table(filter=pc.field(field_.name).isin(pa.array(values, type=type_)))

@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+# a string value that reads like the null marker is written with its first "_" escaped: any URL
+# decoder (plateau's, hafen's) reads the string back, and the bare marker stays null
+_LITERAL_NULL_TEXT = "%5F" + NULL_PARTITION[1:]
 
 
 def to_arrow(data: Any) -> pa.Table:
@@ -175,9 +178,10 @@ def encode_partition_value(value: Any) -> str:
     return str(value)
 
 
-def decode_partition_value(text: str, type_: pa.DataType) -> Any:
-    """Parse the text of a Hive path segment as a value of ``type_``."""
-    if text == NULL_PARTITION:
+def decode_partition_value(text: str | None, type_: pa.DataType) -> Any:
+    """Parse the text of a Hive path segment as a value of ``type_`` (None: the null marker,
+    as :func:`parse_label` gives it)."""
+    if text is None:
         return None
     t = type_.value_type if pa.types.is_dictionary(type_) else type_
     try:
@@ -203,24 +207,50 @@ def decode_partition_value(text: str, type_: pa.DataType) -> Any:
     raise SchemaError(f"partition columns of type {t} are not supported")
 
 
+def _quote_value(value: Any) -> str:
+    text = urllib.parse.quote(encode_partition_value(value), safe="")
+    if text == NULL_PARTITION and not _is_null(value):
+        return _LITERAL_NULL_TEXT  # the string "__HIVE_DEFAULT_PARTITION__" is not a null
+    return text
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def partition_label(partition_on: Sequence[str], values: Sequence[Any]) -> str:
-    """Return the Hive path of a partition, e.g. ``date=2024-01-01/store_id=3`` (URL-quoted)."""
+    """Return the Hive path of a partition, e.g. ``date=2024-01-01/store_id=3`` (URL-quoted).
+
+    A null is ``__HIVE_DEFAULT_PARTITION__``, as in Hive, Spark and Arrow; the string of that
+    text is written URL-escaped (``%5F_HIVE_DEFAULT_PARTITION__``), so that both read back.
+    """
     return "/".join(
-        f"{urllib.parse.quote(col, safe='')}="
-        f"{urllib.parse.quote(encode_partition_value(v), safe='')}"
+        f"{urllib.parse.quote(col, safe='')}={_quote_value(v)}"
         for col, v in zip(partition_on, values, strict=True)
     )
 
 
-def parse_label(label: str) -> list[tuple[str, str]]:
-    """Return the ``(column, text)`` pairs of a Hive path, unquoted."""
-    pairs = []
+def parse_label(label: str) -> list[tuple[str, str | None]]:
+    """Return the ``(column, text)`` pairs of a Hive path, unquoted; the text of a null is None."""
+    pairs: list[tuple[str, str | None]] = []
     for segment in label.split("/"):
         if "=" not in segment:
             continue
         key, _, value = segment.partition("=")
-        pairs.append((urllib.parse.unquote(key), urllib.parse.unquote(value)))
+        text = None if value == NULL_PARTITION else urllib.parse.unquote(value)
+        pairs.append((urllib.parse.unquote(key), text))
     return pairs
+
+
+def plateau_label(label: str) -> str:
+    """hafen's label of a partition plateau wrote: plateau refuses nulls in partition columns,
+    so its ``__HIVE_DEFAULT_PARTITION__`` is that string, which hafen writes escaped."""
+    return "/".join(
+        f"{segment[: -len(NULL_PARTITION)]}{_LITERAL_NULL_TEXT}"
+        if segment.endswith("=" + NULL_PARTITION)
+        else segment
+        for segment in label.split("/")
+    )
 
 
 def validate_partition_type(name: str, type_: pa.DataType) -> None:

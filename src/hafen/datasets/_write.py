@@ -28,6 +28,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.config import get_settings
+from hafen.datasets._integrity import HashingFileSystem, HashingSink
 from hafen.datasets._log import DataFile
 from hafen.datasets._schema import NULL_PARTITION, partition_label
 from hafen.datasets._storage import Storage, map_storage_errors
@@ -263,22 +264,25 @@ def _write_file(
     path: str,
     table: pa.Table,
     row_group_size: int,
-) -> int:
+) -> tuple[int, str]:
+    """Write ``table`` as one Parquet file at ``path``; return its size and checksum."""
     full = storage.full(path)
     fs = storage.arrow_filesystem
     with map_storage_errors(full):
         if storage.protocol == "file":
             fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(full) as sink:
+        sink = HashingSink(fs.open_output_stream(full))
+        with sink.stream() as stream:
             pq.write_table(
                 table,
-                sink,
+                stream,
                 row_group_size=row_group_size,
                 compression=_COMPRESSION,
                 use_dictionary=dictionary_columns(table, row_group_size),
                 write_statistics=True,
+                write_page_checksum=True,
             )
-            return sink.tell()
+    return sink.size, sink.checksum
 
 
 def _repeat(label: str, n: int) -> pa.DictionaryArray:
@@ -414,11 +418,10 @@ def stage_table(
         index = future.result() if future else None
     file_schema = table.drop_columns(partition_on).schema
     staged = StagedWrite(schema=table.schema, started=started)
-    for path, num_rows, size, metadata in sorted(written):
+    for path, num_rows, size, metadata, checksum in sorted(written):
         label = path[len("table/") :].rsplit("/", 1)[0] if partition_on else ""
-        staged.files.append(
-            DataFile(path, label, num_rows, size, -1, _file_stats(metadata, file_schema))
-        )
+        stats = _file_stats(metadata, file_schema)
+        staged.files.append(DataFile(path, label, num_rows, size, -1, stats, checksum))
     if index is not None:
         index.complete(storage, staged)
     return staged
@@ -527,7 +530,12 @@ def _read_back_entries(storage: Storage, column: str, path: str) -> pa.Table:
     """``(value, label)`` rows of a written file, from its values."""
     full = storage.full(path)
     with map_storage_errors(full):
-        read = pq.read_table(full, columns=[column], filesystem=storage.arrow_filesystem)
+        read = pq.read_table(
+            full,
+            columns=[column],
+            filesystem=storage.arrow_filesystem,
+            page_checksum_verification=True,
+        )
     return _index_entries(read, [column], file_label(path))[column]
 
 
@@ -598,8 +606,8 @@ def _stage_empty(storage: Storage, table: pa.Table, partition_on: list[str]) -> 
     staged = StagedWrite(schema=table.schema)
     if not partition_on:
         path = f"table/{uuid.uuid4().hex}.parquet"
-        size = _write_file(storage, path, table, DEFAULT_ROW_GROUP_SIZE)
-        staged.files.append(DataFile(path, "", 0, size, -1, {}))
+        size, checksum = _write_file(storage, path, table, DEFAULT_ROW_GROUP_SIZE)
+        staged.files.append(DataFile(path, "", 0, size, -1, {}, checksum))
     return staged
 
 
@@ -612,10 +620,12 @@ def _write_partitioned(
     max_rows_per_file: int,
     row_group_size: int,
     max_workers: int | None,
-) -> list[tuple[str, int, int, pq.FileMetaData]]:
-    """Write ``data`` with Arrow's dataset writer; return each file's path, rows, size, footer."""
+) -> list[tuple[str, int, int, pq.FileMetaData, str]]:
+    """Write ``data`` with Arrow's dataset writer; return each file's path, rows, size, footer
+    and checksum (computed from the bytes as they are written)."""
     base = storage.full("table")
     written: list[tuple[str, int, int, pq.FileMetaData]] = []
+    hashing = HashingFileSystem(storage.arrow_filesystem)
 
     def visit(f: pds.WrittenFile) -> None:
         if not f.path.startswith(base + "/"):
@@ -636,9 +646,9 @@ def _write_partitioned(
             base,
             format=fmt,
             file_options=fmt.make_write_options(
-                compression=_COMPRESSION, use_dictionary=dictionary
+                compression=_COMPRESSION, use_dictionary=dictionary, write_page_checksum=True
             ),
-            filesystem=storage.arrow_filesystem,
+            filesystem=hashing.filesystem,
             partitioning=partitioning,
             basename_template=basename + "-{i}.parquet",  # {i} counts files per directory
             existing_data_behavior="overwrite_or_ignore",
@@ -650,7 +660,10 @@ def _write_partitioned(
             create_dir=storage.protocol == "file",
             file_visitor=visit,
         )
-    return written
+    return [
+        (path, rows, size, metadata, hashing.checksum(storage.full(path)))
+        for path, rows, size, metadata in written
+    ]
 
 
 def _distinct_pairs(
@@ -712,7 +725,7 @@ class StagingWriter:
         self.row_group_size = row_group_size
         self.staged = StagedWrite(schema=schema)
         self._file_schema = pa.schema([f for f in schema if f.name not in self.partition_on])
-        self._open: dict[str, tuple[str, pq.ParquetWriter, Any, list[pa.Table]]] = {}
+        self._open: dict[str, tuple[str, pq.ParquetWriter, HashingSink, list[Any]]] = {}
         self._rows: dict[str, int] = {}
         self._entries: dict[str, list[pa.Table]] = {}
         self._dictionary: list[str] | bool | None = None  # chosen from the first rows
@@ -741,14 +754,15 @@ class StagingWriter:
             with map_storage_errors(full):
                 if self.storage.protocol == "file":
                     fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
-                sink = fs.open_output_stream(full)
+                sink = HashingSink(fs.open_output_stream(full))
                 if self._dictionary is None:
                     self._dictionary = dictionary_columns(part, self.row_group_size)
                 writer = pq.ParquetWriter(
-                    sink,
+                    sink.stream(),
                     self._file_schema,
                     compression=_COMPRESSION,
                     use_dictionary=self._dictionary,
+                    write_page_checksum=True,
                 )
             self._open[label] = (path, writer, sink, [])
             self._rows[label] = 0
@@ -764,7 +778,6 @@ class StagingWriter:
         path, writer, sink, chunks = self._open.pop(label)
         with map_storage_errors(self.storage.full(path)):
             writer.close()
-            size = sink.tell()
             sink.close()
         stats: dict[str, tuple[Any, Any, int]] = {}
         for summary in chunks:
@@ -774,7 +787,9 @@ class StagingWriter:
                     stats[column] = (min(a, lo), max(b, hi), n + nulls)
                 else:
                     stats[column] = (lo, hi, nulls)
-        self.staged.files.append(DataFile(path, label, self._rows.pop(label), size, -1, stats))
+        self.staged.files.append(
+            DataFile(path, label, self._rows.pop(label), sink.size, -1, stats, sink.checksum)
+        )
         flabel = file_label(path)
         for column in self.indices:
             values = pa.concat_arrays([s["index"][column] for s in chunks]) if chunks else None
