@@ -9,7 +9,6 @@ lookup that fails on the version held is tried once more on the latest one.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,16 +18,14 @@ from fastapi.testclient import TestClient
 
 import hafen
 from hafen.serve import create_app
+from hafen.testing import poll_for
 
 DEADLINE = 20.0  # seconds; the refresh interval below is 0.05 s
 LOOKUP = {"store_id": 1, "product_id": 1}
 
 
 def _poll(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {DEADLINE} s: {what}"
-        time.sleep(0.02)
+    poll_for(condition, DEADLINE, what=what)
 
 
 def _first_forecast(scale: float) -> float:

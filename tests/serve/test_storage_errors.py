@@ -7,7 +7,6 @@ file a 500 that names the dataset and the problem; never a bare 500, and never a
 from __future__ import annotations
 
 import errno
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 import hafen
 from hafen.serve import create_app
 from hafen.serve._lookup import Lookup
+from hafen.testing import poll_for
 
 LOOKUP = {"store_id": 1, "product_id": 3}
 REQUESTS: list[tuple[str, dict[str, object]]] = [
@@ -31,10 +31,7 @@ REQUESTS: list[tuple[str, dict[str, object]]] = [
 
 
 def _poll(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not condition():
-        assert time.monotonic() < deadline, f"not within 20 s: {what}"
-        time.sleep(0.02)
+    poll_for(condition, 20, what=what)
 
 
 def _check_error(answer, status: int, error: str, hidden: list[str]) -> dict[str, object]:
