@@ -16,7 +16,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -625,21 +625,26 @@ def _write_partitioned(
     and checksum (computed from the bytes as they are written)."""
     base = storage.full("table")
     written: list[tuple[str, int, int, pq.FileMetaData]] = []
-    # On local disk and in memory, Arrow writes natively and each file is hashed once from the
-    # page cache afterwards: a Python sink under Arrow's writer threads costs a third of the
-    # write. Remote stores hash the bytes on their way out rather than download them again.
+    # On local disk and in memory, Arrow writes natively and each file is hashed from the page
+    # cache as soon as it is closed, beside the files still being written: a Python sink under
+    # Arrow's writer threads costs a third of the write. Remote stores hash the bytes on their
+    # way out rather than download them again.
     read_back = storage.modified_resolution == 0
     hashing = None if read_back else HashingFileSystem(storage.arrow_filesystem)
+    hashers = ThreadPoolExecutor(1) if read_back else None
+    hashed: dict[str, Future[str]] = {}
 
     def visit(f: pds.WrittenFile) -> None:
         if not f.path.startswith(base + "/"):
             raise StorageError(f"{f.path}: written outside {base}")
-        relative = f.path[len(base) + 1 :]
-        written.append((f"table/{relative}", f.metadata.num_rows, f.size, f.metadata))
+        path = f"table/{f.path[len(base) + 1 :]}"
+        written.append((path, f.metadata.num_rows, f.size, f.metadata))
+        if hashers is not None:
+            hashed[path] = hashers.submit(lambda: checksum_of(storage.read_bytes(path)))
 
     group = max(1, min(row_group_size, max_rows_per_file))
     fmt = pds.ParquetFileFormat()
-    with map_storage_errors(base):
+    with map_storage_errors(base), hashers or contextlib.nullcontext():
         pds.write_dataset(
             # whole chunks, not Arrow's default 128Ki-row slices: a single chunk reaches its
             # files in order by itself, and preserve_order (which costs a sixth of the write)
@@ -666,7 +671,7 @@ def _write_partitioned(
         )
     if hashing is None:
         return [
-            (path, rows, size, metadata, checksum_of(storage.read_bytes(path)))
+            (path, rows, size, metadata, hashed[path].result())
             for path, rows, size, metadata in written
         ]
     return [
