@@ -130,7 +130,7 @@ def test_index_lookups_across_row_groups_of_the_index_file(url, monkeypatch):
     import pyarrow.parquet as pq
 
     # 3,000 values, each in two of three partitions: index row groups of 1,024 values
-    monkeypatch.setattr("hafen.datasets._plateau._INDEX_GROUP_LABELS", 2048)
+    monkeypatch.setattr("hafen.datasets._indices._INDEX_GROUP_LABELS", 2048)
     n = 6000
     table = pa.table({"k": np.arange(n) % 3, "v": (np.arange(n) // 2) * 7, "seq": np.arange(n)})
     ds = hafen.write_dataset(table, url, partition_on=["k"], indices=["v"])

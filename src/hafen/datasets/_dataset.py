@@ -19,14 +19,10 @@ import pyarrow.dataset as pds
 
 from hafen.config import get_settings, parse_duration
 from hafen.datasets import _log
+from hafen.datasets._indices import allowed_labels, file_label, index_lookup, write_index_parts
 from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
 from hafen.datasets._log import Commit, DataFile, DatasetState, IndexPart
-from hafen.datasets._plateau import (
-    read_index_part,
-    view_references,
-    write_index_part,
-    write_plateau_view,
-)
+from hafen.datasets._plateau import view_references, write_plateau_view
 from hafen.datasets._predicates import Literal, could_match, normalize_predicates, to_expression
 from hafen.datasets._schema import (
     conform,
@@ -45,11 +41,10 @@ from hafen.datasets._verify import (
     file_schema,
     verify_files,
 )
-from hafen.datasets._write import StagedWrite, file_label, stage_table
+from hafen.datasets._write import StagedWrite, stage_table
 from hafen.errors import (
     ConfigError,
     ConflictError,
-    CorruptDataError,
     DatasetExistsError,
     DatasetNotFoundError,
     HafenError,
@@ -211,7 +206,7 @@ class Dataset:
             return files
         keep: set[str] = set()
         for conjunction in literals:
-            allowed = self._index_allowed(conjunction)
+            allowed = allowed_labels(self._storage, self._state, conjunction, self.is_latest)
             for f in files:
                 if f.path in keep or (allowed is not None and file_label(f.path) not in allowed):
                     continue
@@ -225,41 +220,13 @@ class Dataset:
         stats = _decoded_stats(self._state, f) if f.stats else {}
         return could_match(conjunction, partition, stats)
 
-    def _index_allowed(self, conjunction: list[Literal]) -> set[str] | None:
-        """Labels of files that may match ``conjunction`` according to the indices, or None."""
-        allowed: set[str] | None = None
-        for lit in conjunction:
-            if lit.column not in self._state.indices or lit.op not in ("==", "in"):
-                continue
-            values = list(lit.value) if lit.op == "in" else [lit.value]
-            if any(v is None for v in values):
-                continue  # indices do not record nulls
-            try:
-                labels = self.index_lookup(lit.column, values) if values else set()
-            except CorruptDataError as exc:
-                if not self.is_latest():
-                    raise  # vacuumed or recreated since: the caller should open the latest
-                # the index only prunes: without it the read opens more files, same rows
-                warnings.warn(
-                    f"{exc}; reading without the index on {lit.column!r}",
-                    HafenWarning,
-                    stacklevel=5,
-                )
-                continue
-            allowed = labels if allowed is None else allowed & labels
-        return allowed
-
     def index_lookup(self, column: str, values: Sequence[Any]) -> set[str]:
         """Labels of the files holding any of ``values`` in indexed ``column``.
 
         Raises :class:`CorruptDataError` naming the index file when one is missing or damaged
         (a read with predicates then warns and reads without the index instead).
         """
-        labels: set[str] = set()
-        for part in self._state.live_index_parts(column):
-            table = read_index_part(self._storage, part, list(values))
-            labels.update(table.column("label").to_pylist())
-        return labels
+        return index_lookup(self._storage, self._state, column, values)
 
     def _check_columns(self, columns: Sequence[str] | None) -> list[str] | None:
         if columns is None:
@@ -899,20 +866,9 @@ def _staged_schema(
 def _write_index_parts(
     storage: Storage, staged: StagedWrite, schema: pa.Schema, indices: Sequence[str]
 ) -> list[IndexPart]:
-    parts = []
-    commit_id = uuid.uuid4().hex
-    for column in indices:
-        entries = staged.index_entries.get(column)
-        if entries is None or entries.num_rows == 0:
-            continue
-        path = f"_hafen/indices/{column}/{commit_id}.by-dataset-index.parquet"
-        encoded = staged.encoded_indices.get(column)
-        if encoded is not None:
-            storage.write_bytes(path, encoded)
-        else:
-            write_index_part(storage, column, entries, schema.field(column).type, path)
-        parts.append(IndexPart(column, path, -1, len(staged.files)))
-    return parts
+    return write_index_parts(
+        storage, staged.index_entries, staged.encoded_indices, schema, indices, len(staged.files)
+    )
 
 
 def _discard(storage: Storage, staged: StagedWrite) -> None:
