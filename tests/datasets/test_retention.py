@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 import hafen
-from hafen.datasets import _dataset, _log
+from hafen.datasets import _log, _transaction
 from hafen.datasets._write import StagedWrite, stage_table
 from hafen.errors import ConfigError, ConflictError, VersionNotFoundError, VersionVacuumedError
 
@@ -42,7 +42,7 @@ def while_staging(monkeypatch: pytest.MonkeyPatch, meanwhile) -> None:
             meanwhile()
         return staged
 
-    monkeypatch.setattr(_dataset, "stage_table", staged_then_interfere)
+    monkeypatch.setattr(_transaction, "stage_table", staged_then_interfere)
 
 
 def age(paths: list[Path], seconds: float) -> None:

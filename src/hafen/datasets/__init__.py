@@ -8,20 +8,14 @@ files in parallel and commit once (``hafen.dask``, ``hafen.sql``): :func:`stage_
 
 from __future__ import annotations
 
-from hafen.datasets._dataset import (
-    Dataset,
-    VacuumReport,
-    commit_staged,
-    open_dataset,
-    prepare_table,
-    storage_for,
-    write_dataset,
-)
+from hafen.datasets._dataset import Dataset, commit_staged, open_dataset, storage_for, write_dataset
 from hafen.datasets._log import DataFile, latest_version
 from hafen.datasets._partitioning import split_by_partition
 from hafen.datasets._predicates import normalize_predicates, parse_predicates, to_expression
 from hafen.datasets._schema import conform, normalize_schema, partition_label, to_arrow
 from hafen.datasets._storage import Storage, map_storage_errors
+from hafen.datasets._transaction import prepare_table
+from hafen.datasets._vacuum import VacuumReport
 from hafen.datasets._verify import FileCheck, VerifyReport
 from hafen.datasets._write import StagedWrite, StagingWriter, stage_table
 from hafen.errors import HafenWarning

@@ -1,38 +1,37 @@
-"""Datasets: opening, reading with pushdown, writing, deleting and vacuuming."""
+"""Datasets: the :class:`Dataset` handle of one version (describing, planning and reading it,
+deleting rows and vacuuming), :func:`open_dataset`, and :func:`write_dataset`.
+
+Writing goes through one :class:`~hafen.datasets._transaction.WriteTransaction`, here as in
+:mod:`hafen.dask` and :mod:`hafen.sql`; vacuum lives in :mod:`hafen.datasets._vacuum`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import time
-import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from typing import Literal as TypingLiteral
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
-from hafen.config import get_settings, parse_duration
+from hafen.config import Settings, get_settings
 from hafen.datasets import _log
-from hafen.datasets._indices import allowed_labels, file_label, index_lookup, write_index_parts
+from hafen.datasets._indices import allowed_labels, file_label, index_lookup
 from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
-from hafen.datasets._log import Commit, DataFile, DatasetState, IndexPart
-from hafen.datasets._plateau import view_references, write_plateau_view
+from hafen.datasets._log import Commit, DataFile, DatasetState
 from hafen.datasets._predicates import Literal, could_match, normalize_predicates, to_expression
-from hafen.datasets._schema import (
-    conform,
-    decode_partition_value,
-    merge_schemas,
-    normalize_schema,
-    to_arrow,
-    validate_partition_type,
+from hafen.datasets._schema import decode_partition_value, to_arrow
+from hafen.datasets._storage import Storage
+from hafen.datasets._transaction import (
+    LATEST,
+    Mode,
+    OnConflict,
+    SchemaMode,
+    WriteTransaction,
+    discard,
 )
-from hafen.datasets._storage import FileInfo, Storage
+from hafen.datasets._vacuum import VacuumReport, vacuum
 from hafen.datasets._verify import (
     FileCheck,
     VerifyReport,
@@ -41,43 +40,35 @@ from hafen.datasets._verify import (
     file_schema,
     verify_files,
 )
-from hafen.datasets._write import StagedWrite, stage_table
+from hafen.datasets._write import StagedWrite
 from hafen.errors import (
-    ConfigError,
     ConflictError,
-    DatasetExistsError,
-    DatasetNotFoundError,
     HafenError,
-    HafenWarning,
     PredicateError,
     SchemaError,
     StorageError,
     VersionNotFoundError,
-    VersionVacuumedError,
 )
 
 __all__ = [
     "Dataset",
-    "VacuumReport",
     "commit_staged",
     "open_dataset",
     "storage_for",
     "write_dataset",
 ]
 
-Mode = TypingLiteral["create", "append", "overwrite"]
-SchemaMode = TypingLiteral["strict", "merge"]
-OnConflict = TypingLiteral["raise", "retry"]
 Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
-MODES = ("create", "append", "overwrite")
-# a write commits only while its staged files are younger than this share of the grace period
-_STAGED_GRACE_SHARE = 0.8
-SCRATCH_DIR = "_hafen/scratch"  # intermediate files of multi-phase writers (reshuffle)
 MAX_VERSION = 2**63 - 1  # versions are 64-bit integers, as in Delta Lake
 
 
-def storage_for(url: str | Storage, storage_options: dict[str, Any] | None = None) -> Storage:
-    """Return the :class:`Storage` of a dataset URL (settings' storage options as defaults)."""
+def storage_for(
+    url: str | Storage | Dataset, storage_options: dict[str, Any] | None = None
+) -> Storage:
+    """Return the :class:`Storage` of a dataset URL (the ``storage_options`` setting as defaults
+    under ``storage_options``); a :class:`Storage` or a :class:`Dataset` gives its own."""
+    if isinstance(url, Dataset):
+        return url.storage
     if isinstance(url, Storage):
         return url
     options = {**get_settings().storage_options, **(storage_options or {})}
@@ -95,16 +86,6 @@ def _decoded_stats(state: DatasetState, f: DataFile) -> dict[str, tuple[Any, Any
             lo, hi = decode_partition_value(lo, type_), decode_partition_value(hi, type_)
         out[column] = (lo, hi, nulls)
     return out
-
-
-@dataclass
-class VacuumReport:
-    """What a vacuum removed (or, with ``dry_run``, would remove)."""
-
-    removed_files: list[str] = field(default_factory=list)
-    removed_versions: list[int] = field(default_factory=list)
-    bytes_freed: int = 0
-    kept_young: int = 0  # unreferenced files kept because they are inside the grace period
 
 
 class Dataset:
@@ -444,63 +425,58 @@ class Dataset:
             raise PredicateError("delete needs predicates; to remove everything, overwrite")
         literals = normalize_predicates(predicates, self.schema)
         assert literals is not None
+        settings = get_settings()
         current = self
-        for _attempt in range(get_settings().commit_retries + 1):
+        for _attempt in range(settings.commit_retries + 1):
             try:
-                return current._delete_once(literals)
+                return current._delete_once(literals, settings)
             except ConflictError:
                 if on_conflict != "retry":
                     raise
                 current = open_dataset(self._storage)
         raise ConflictError(f"{self.url}: delete gave up under contention")
 
-    def _delete_once(self, literals: list[list[Literal]]) -> Dataset:
+    def _delete_once(self, literals: list[list[Literal]], settings: Settings) -> Dataset:
         expression = to_expression(literals, self.schema)
         removes: list[tuple[str, str]] = []
-        staged = StagedWrite(schema=self.schema)
-        for f in self._select(literals):
-            partition = self._partition_values(f.partition)
-            whole = any(
-                all(lit.column in partition and lit.matches(partition[lit.column]) for lit in c)
-                for c in literals
-            )
-            if not whole:
-                table = self.read_arrow(files=[f])
-                keep = table.filter(~expression | expression.is_null())
-                if keep.num_rows == table.num_rows:
-                    continue
-                if keep.num_rows:
-                    rewritten = stage_table(
-                        self._storage, keep, partition_on=self.partition_on, indices=self.indices
-                    )
-                    staged = StagedWrite.combine([staged, rewritten])
-            removes.append((f.path, f.partition))
-        if not removes:
-            return self
-        labels = sorted({label for _, label in removes})
-        index_parts = _write_index_parts(self._storage, staged, self.schema, self.indices)
+        with WriteTransaction(self._storage, base=self._state, settings=settings) as tx:
+            for f in self._select(literals):
+                partition = self._partition_values(f.partition)
+                whole = any(
+                    all(lit.column in partition and lit.matches(partition[lit.column]) for lit in c)
+                    for c in literals
+                )
+                if not whole:
+                    table = self.read_arrow(files=[f])
+                    keep = table.filter(~expression | expression.is_null())
+                    if keep.num_rows == table.num_rows:
+                        continue
+                    if keep.num_rows:
+                        tx.stage(keep)
+                removes.append((f.path, f.partition))
+            if not removes:
+                return self
+            labels = sorted({label for _, label in removes})
 
-        def plan(state: DatasetState | None) -> Commit:
-            return Commit(
-                operation="delete",
-                adds=list(staged.files),
-                index_parts=list(index_parts),
-                removes=list(removes),
-                partitions_read=labels,
-                # a file added concurrently, anywhere, may hold rows this delete must remove
-                may_match=lambda f: any(self._may_hold(c, f) for c in literals),
-                parameters={
-                    "predicates": repr([[tuple(vars(x).values()) for x in c] for c in literals])
-                },
-            )
+            def plan(state: DatasetState | None) -> Commit:
+                return Commit(
+                    operation="delete",
+                    removes=list(removes),
+                    partitions_read=labels,
+                    # a file added concurrently, anywhere, may hold rows this delete must remove
+                    may_match=lambda f: any(self._may_hold(c, f) for c in literals),
+                    parameters={
+                        "predicates": repr([[tuple(vars(x).values()) for x in c] for c in literals])
+                    },
+                )
 
-        return _commit(self._storage, self._state, staged, plan, retry=False)
+            return Dataset(self._storage, tx.commit(planner=plan))
 
     def vacuum(
         self,
+        *,
         retain_versions: int | None = None,
         grace_period: str | float | None = None,
-        *,
         dry_run: bool = False,
     ) -> VacuumReport:
         """Remove files no retained version references and older than ``grace_period``.
@@ -510,87 +486,37 @@ class Dataset:
         than the ``log_retention`` setting). Files younger than the grace period are never
         removed, since an in-flight writer may be about to commit them.
 
-        Raises :class:`ConfigError` for a retention or grace period that is not a positive whole
-        number of versions or a finite duration.
+        Parameters
+        ----------
+        retain_versions
+            Versions kept readable, the newest first (default: the ``retain_versions`` setting).
+        grace_period
+            Unreferenced files younger than this are kept, e.g. ``"1h"`` or seconds (default:
+            the ``grace_period`` setting).
+        dry_run
+            Report what would be removed, and remove nothing.
+
+        Returns
+        -------
+        VacuumReport
+
+        Raises
+        ------
+        ConfigError
+            For a retention or grace period that is not a positive whole number of versions or
+            a finite duration.
+
+        Examples
+        --------
+        >>> ds = open_dataset("data/sales")  # doctest: +SKIP
+        >>> ds.vacuum(retain_versions=10, grace_period="1h")  # doctest: +SKIP
         """
-        settings = get_settings()
-        retain = settings.retain_versions if retain_versions is None else retain_versions
-        if isinstance(retain, bool) or not isinstance(retain, int) or retain < 1:
-            raise ConfigError(f"retain_versions must be a whole number >= 1, got {retain!r}")
-        grace = parse_duration(settings.grace_period if grace_period is None else grace_period)
-        log_retention = parse_duration(settings.log_retention)
-        if log_retention < _log.MIN_LOG_RETENTION:
-            raise ConfigError(
-                f"log_retention must be at least {_log.MIN_LOG_RETENTION:.0f} s, "
-                f"got {settings.log_retention!r}"
-            )
-        storage = self._storage
-        # the cutoff is taken before the log is read: a commit that lands after the read is
-        # not seen, but its files are younger than the cutoff (a write commits only while its
-        # files are younger than the grace period). Blob stores date files to the second.
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=grace + storage.modified_resolution)
-        floor, base, newer = _retained(storage, retain)
-        referenced = set(base.files) | {p.path for p in base.index_parts}
-        for c in newer:
-            referenced.update(f.path for f in c.adds)
-            referenced.update(p.path for p in c.index_parts)
-        referenced |= view_references(storage)
-        report = VacuumReport()
-        candidates: list[FileInfo] = []
-        for directory in ("table", "indices", "_hafen/indices"):
-            candidates.extend(storage.walk(directory))
-        candidates.extend(i for i in storage.list(_log.LOG_DIR) if "/.tmp-" in "/" + i.path)
-        candidates.extend(storage.walk(SCRATCH_DIR))  # left by writers that died mid-job
-        for info in candidates:
-            if info.path in referenced or info.path.endswith("_common_metadata"):
-                continue
-            if info.modified is not None and info.modified > cutoff:
-                report.kept_young += 1
-                continue
-            report.removed_files.append(info.path)
-            report.bytes_freed += info.size
-        report.removed_versions = _log.retire(storage, floor, dry_run=True)
-        if dry_run:
-            return report
-        storage.delete(report.removed_files)
-        if floor > 0:
-            # the checkpoint at the oldest retained version comes first: readers start there
-            # once the entries below it are retired
-            if not storage.exists(_log.checkpoint_path(floor)):
-                _log.write_checkpoint(storage, base)
-            report.removed_versions = _log.retire(storage, floor)
-            old_checkpoints = [c for c in _log.list_checkpoints(storage) if c < floor]
-            storage.delete([_log.checkpoint_path(c) for c in old_checkpoints])
-            _log.delete_retired(storage, floor, older_than=log_retention)
-        return report
-
-
-def _retained(storage: Storage, retain: int) -> tuple[int, DatasetState, list[Commit]]:
-    """The oldest retained version, its state, and the entries after it up to the latest.
-
-    A concurrent or earlier vacuum may have retired more than ``retain`` asks to drop; the
-    retained versions then start above the newest retired entry.
-    """
-    for _ in range(5):
-        latest = _log.load_state(storage)
-        if latest.origin != "hafen":
-            raise DatasetNotFoundError(f"{storage.url}: nothing to vacuum (no hafen log)")
-        wanted = max(0, latest.version - retain + 1)
-        newer = _log.read_entries_down(storage, latest.version, stop=wanted + 1)
-        if len(newer) == latest.version - wanted:
-            floor = wanted
-        else:  # the walk down met a retired entry: everything below it is retired too
-            floor = newer[-1].version if newer else latest.version
-        try:
-            base = latest if floor == latest.version else _log.load_state(storage, floor)
-            len(base.files)  # the files of the oldest retained version, read now
-        except VersionVacuumedError:
-            continue  # a concurrent vacuum retired more meanwhile: look again
-        return floor, base, [c for c in newer if c.version > floor]
-    raise ConflictError(
-        f"{storage.url}: another vacuum kept retiring versions while this one looked for the "
-        "oldest retained version; nothing was removed (it has done the work: run again later)"
-    )
+        return vacuum(
+            self._storage,
+            retain_versions=retain_versions,
+            grace_period=grace_period,
+            dry_run=dry_run,
+        )
 
 
 def _plateau_commit(state: DatasetState) -> Commit:
@@ -616,7 +542,7 @@ def _history_row(c: Commit) -> dict[str, Any]:
 
 
 def open_dataset(
-    url: str | Storage,
+    url: str | Storage | Dataset,
     *,
     version: int | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -636,70 +562,9 @@ def open_dataset(
     return Dataset(storage, _log.load_state(storage, version))
 
 
-def _try_open(storage: Storage) -> DatasetState | None:
-    try:
-        return _log.load_state(storage)
-    except DatasetNotFoundError:
-        return None
-
-
-def _validate_layout(
-    schema: pa.Schema, partition_on: Sequence[str], indices: Sequence[str]
-) -> None:
-    for kind, columns in (("partition", partition_on), ("index", indices)):
-        if isinstance(columns, str):
-            raise ConfigError(f"{kind} columns must be a list, got the string {columns!r}")
-        missing = [c for c in columns if schema.get_field_index(c) < 0]
-        if missing:
-            raise SchemaError(
-                f"{kind} columns {missing} are not in the data ({', '.join(schema.names)})"
-            )
-    for column in partition_on:
-        validate_partition_type(column, schema.field(column).type)
-    both = sorted(set(partition_on) & set(indices))
-    if both:
-        raise ConfigError(f"columns {both} are partition columns and need no secondary index")
-    if len(schema.names) <= len(partition_on):
-        raise SchemaError("a dataset needs at least one column besides its partition columns")
-
-
-def _check_layout_matches(
-    state: DatasetState, partition_on: Sequence[str] | None, indices: Sequence[str] | None
-) -> None:
-    if partition_on is not None and list(partition_on) != state.partition_on:
-        raise SchemaError(
-            f"partition_on {list(partition_on)} differs from the dataset's {state.partition_on}"
-        )
-    if indices is not None and sorted(indices) != sorted(state.indices):
-        raise SchemaError(f"indices {list(indices)} differ from the dataset's {state.indices}")
-
-
-def prepare_table(
-    table: pa.Table,
-    state: DatasetState | None,
-    *,
-    partition_on: Sequence[str] | None,
-    indices: Sequence[str] | None,
-    schema_mode: SchemaMode,
-) -> tuple[pa.Table, pa.Schema, list[str], list[str]]:
-    """Check ``table`` against the dataset and return it conformed, with the layout to use."""
-    if schema_mode not in ("strict", "merge"):
-        raise ConfigError(f"schema_mode must be 'strict' or 'merge', got {schema_mode!r}")
-    if state is None:
-        layout_p, layout_i = list(partition_on or []), list(indices or [])
-        schema = normalize_schema(table.schema)
-        _validate_layout(schema, layout_p, layout_i)
-        return conform(table, schema), schema, layout_p, layout_i
-    _check_layout_matches(state, partition_on, indices)
-    if schema_mode == "merge":
-        schema = merge_schemas(state.schema, table.schema)
-        return conform(table, schema, allow_missing=True), schema, state.partition_on, state.indices
-    return conform(table, state.schema), state.schema, state.partition_on, state.indices
-
-
 def write_dataset(
     data: pd.DataFrame | pa.Table,
-    url: str | Storage,
+    url: str | Storage | Dataset,
     *,
     partition_on: Sequence[str] | None = None,
     indices: Sequence[str] | None = None,
@@ -715,7 +580,8 @@ def write_dataset(
     data
         A pandas DataFrame (its index is dropped) or a pyarrow Table.
     url
-        The dataset's URL: a local path, ``memory://``, ``az://``, ``abfs://`` or ``s3://``.
+        The dataset's URL: a local path, ``memory://``, ``az://``, ``abfs://`` or ``s3://``
+        (or a :class:`Dataset`, whose latest version is written on).
     partition_on, indices
         Hive partition columns and secondary-index columns; fixed when the dataset is created.
     mode
@@ -727,6 +593,8 @@ def write_dataset(
     on_conflict
         ``"raise"`` a :class:`ConflictError` when a concurrent commit replaced the same
         partitions, or ``"retry"`` on top of it.
+    storage_options
+        fsspec options for the storage backend (over the ``storage_options`` setting).
 
     Returns
     -------
@@ -741,35 +609,21 @@ def write_dataset(
     --------
     >>> write_dataset(df, "data/sales", partition_on=["date"], mode="append")  # doctest: +SKIP
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if on_conflict not in ("raise", "retry"):
-        raise ConfigError(f"on_conflict must be 'raise' or 'retry', got {on_conflict!r}")
     storage = storage_for(url, storage_options)
-    table = to_arrow(data)
-    state = _try_open(storage)
-    if state is not None and mode == "create":
-        raise DatasetExistsError(f"a dataset already exists at {storage.url} (mode='create')")
-    conformed, _, layout_p, layout_i = prepare_table(
-        table, state, partition_on=partition_on, indices=indices, schema_mode=schema_mode
-    )
-    staged = stage_table(
-        storage, conformed, partition_on=layout_p, indices=layout_i, encode_index=True
-    )
-    return commit_staged(
+    with WriteTransaction(
         storage,
-        [staged],
         mode=mode,
-        partition_on=layout_p,
-        indices=layout_i,
+        partition_on=partition_on,
+        indices=indices,
         schema_mode=schema_mode,
         on_conflict=on_conflict,
-        base=state,
-    )
+    ) as tx:
+        tx.stage(tx.prepare(to_arrow(data)), encode_index=True)
+        return Dataset(storage, tx.commit())
 
 
 def commit_staged(
-    url: str | Storage,
+    url: str | Storage | Dataset,
     staged: Sequence[StagedWrite],
     *,
     mode: Mode = "append",
@@ -781,147 +635,25 @@ def commit_staged(
     storage_options: dict[str, Any] | None = None,
     parameters: dict[str, Any] | None = None,
 ) -> Dataset:
-    """Commit files staged (possibly by many tasks) as one version; clean them up if it fails.
+    """Commit files staged apart (:func:`~hafen.datasets._write.stage_table`) as one version.
 
-    This is the commit half of :func:`write_dataset`, for writers that stage files in parallel
-    (:mod:`hafen.dask`, :mod:`hafen.sql`). After a :class:`ConflictError` or a schema error the
-    staged files are deleted; after an unknown outcome they are kept.
+    A :class:`WriteTransaction` on ``base`` (default: the latest version) with the files added:
+    after a :class:`ConflictError` or a schema error they are deleted, after an unknown outcome
+    they are kept.
     """
     storage = storage_for(url, storage_options)
-    combined = StagedWrite.combine(staged)
-    state = base if base is not None else _try_open(storage)
-    if state is not None and mode == "create":
-        _discard(storage, combined)
-        raise DatasetExistsError(f"a dataset already exists at {storage.url} (mode='create')")
     try:
-        schema = _staged_schema(combined, state, partition_on, indices, schema_mode)
-    except HafenError:
-        _discard(storage, combined)
-        raise
-    layout_p = list(partition_on or []) if state is None else state.partition_on
-    layout_i = list(indices or []) if state is None else state.indices
-    index_parts = _write_index_parts(storage, combined, schema, layout_i)
-    params = {"mode": mode, **(parameters or {})}
-
-    def plan(current: DatasetState | None) -> Commit:
-        entry = Commit(
-            operation="create" if current is None else mode,
-            adds=list(combined.files),
-            index_parts=list(index_parts),
-            parameters=params,
-        )
-        if current is None:
-            entry.schema = schema
-            entry.metadata = {
-                "partition_on": layout_p,
-                "indices": layout_i,
-                "dataset_id": uuid.uuid4().hex,
-            }
-            return entry
-        if state is None:  # planned as a create, but a concurrent writer created it first
-            _check_layout_matches(current, layout_p, layout_i)
-            if schema_mode == "strict":
-                conform(schema.empty_table(), current.schema)
-        if schema_mode == "merge":
-            merged = merge_schemas(current.schema, schema)
-            if merged != current.schema:
-                entry.schema = merged
-        if mode == "overwrite":
-            labels = {f.partition for f in combined.files} or (
-                {""} if not current.partition_on else set()
-            )
-            entry.partitions_read = sorted(labels)
-            entry.removes = [
-                (f.path, f.partition) for f in current.files.values() if f.partition in labels
-            ]
-        return entry
-
-    return _commit(
-        storage, state, combined, plan, retry=on_conflict == "retry", exclusive=mode == "create"
-    )
-
-
-def _staged_schema(
-    staged: StagedWrite,
-    state: DatasetState | None,
-    partition_on: Sequence[str] | None,
-    indices: Sequence[str] | None,
-    schema_mode: SchemaMode,
-) -> pa.Schema:
-    if staged.schema is None:
-        if state is None:
-            raise SchemaError("nothing was staged and no dataset exists to take a schema from")
-        return state.schema
-    schema = normalize_schema(staged.schema)
-    if state is None:
-        _validate_layout(schema, list(partition_on or []), list(indices or []))
-        return schema
-    _check_layout_matches(state, partition_on, indices)
-    if schema_mode == "merge":
-        return merge_schemas(state.schema, schema)
-    conform(schema.empty_table(), state.schema)
-    return state.schema
-
-
-def _write_index_parts(
-    storage: Storage, staged: StagedWrite, schema: pa.Schema, indices: Sequence[str]
-) -> list[IndexPart]:
-    return write_index_parts(
-        storage, staged.index_entries, staged.encoded_indices, schema, indices, len(staged.files)
-    )
-
-
-def _discard(storage: Storage, staged: StagedWrite) -> None:
-    with contextlib.suppress(StorageError):  # else vacuum removes them after the grace period
-        storage.delete([f.path for f in staged.files])
-
-
-def _commit(
-    storage: Storage,
-    state: DatasetState | None,
-    staged: StagedWrite,
-    plan: Any,
-    *,
-    retry: bool,
-    exclusive: bool = True,
-) -> Dataset:
-    settings = get_settings()
-    grace = parse_duration(settings.grace_period)
-
-    def staged_files_protected() -> None:
-        # vacuum keeps unreferenced files only for its grace period: files older than that
-        # may be gone, and a commit of them would name missing files
-        age = time.time() - staged.started
-        if staged.files and age > _STAGED_GRACE_SHARE * grace:
-            raise ConflictError(
-                f"{storage.url}: the files of this write were staged {age:.0f} s ago, too close "
-                f"to vacuum's grace period ({settings.grace_period}) to commit safely; nothing "
-                "was committed. Write again, or raise HAFEN_GRACE_PERIOD above the longest write"
-            )
-
-    try:
-        new_state = _log.commit(
+        tx = WriteTransaction(
             storage,
-            state,
-            plan,
-            retry_conflicts=retry,
-            max_attempts=settings.commit_retries + 1,  # retries after the first attempt
-            checkpoint_interval=settings.checkpoint_interval,
-            exclusive_create=exclusive,
-            before_attempt=staged_files_protected,
+            mode=mode,
+            partition_on=partition_on,
+            indices=indices,
+            schema_mode=schema_mode,
+            on_conflict=on_conflict,
+            base=LATEST if base is None else base,
         )
-    except (ConflictError, DatasetExistsError, SchemaError):
-        _discard(storage, staged)
+    except HafenError:
+        discard(storage, staged)
         raise
-    if not settings.plateau_view:
-        return Dataset(storage, new_state)
-    try:
-        write_plateau_view(storage, new_state)
-    except Exception as exc:  # the version landed: a retry would commit it twice
-        warnings.warn(
-            f"{storage.url}: version {new_state.version} landed, but plateau's metadata view "
-            f"could not be written: {exc}",
-            HafenWarning,
-            stacklevel=3,
-        )
-    return Dataset(storage, new_state)
+    tx.add(staged)
+    return Dataset(storage, tx.commit(parameters))
