@@ -33,7 +33,7 @@ from _checker_journal import (
 )
 
 import hafen
-from hafen.datasets import storage_for
+from hafen.datasets._dataset import storage_for
 
 LOG_DIR = "_hafen/log"
 ENV_PREFIXES = ("HAFEN_", "AZURE_STORAGE_")

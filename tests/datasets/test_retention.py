@@ -19,6 +19,7 @@ import pytest
 
 import hafen
 from hafen.datasets import _log, _transaction
+from hafen.datasets._dataset import commit_staged
 from hafen.datasets._write import StagedWrite, stage_table
 from hafen.errors import ConfigError, ConflictError, VersionNotFoundError, VersionVacuumedError
 
@@ -230,7 +231,7 @@ def test_a_writer_with_an_old_base_cannot_land_in_a_freed_version(tmp_path, monk
         ds.storage, pa.Table.from_pandas(rows(100), preserve_index=False), partition_on=["part"]
     )
     base = dataclasses.replace(stale.state, observed=0.0)  # seen to be the latest long ago
-    mine = hafen.datasets.commit_staged(url, [staged], mode="append", base=base)
+    mine = commit_staged(url, [staged], mode="append", base=base)
     assert mine.version == 8  # before: it created version 2 again, below the checkpoint
     assert ids(hafen.open_dataset(url)) == [*range(8), 100]
 

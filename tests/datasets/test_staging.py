@@ -11,9 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import hafen
-from hafen.datasets import StagingWriter, commit_staged, stage_table, storage_for
+from hafen.datasets._dataset import commit_staged, storage_for
 from hafen.datasets._indices import encode_index_part, file_label
 from hafen.datasets._parquet import column_stats
+from hafen.datasets._partitioning import split_by_partition
+from hafen.datasets._schema import partition_label
+from hafen.datasets._write import StagingWriter, stage_table
 
 
 def odd_table(n: int = 400, seed: int = 0) -> pa.Table:
@@ -66,8 +69,7 @@ def test_staged_files_match_the_split_exactly(url, make, keys):
     storage = storage_for(url)
     staged = stage_table(storage, table, partition_on=keys, indices=["product"])
     expected = {
-        hafen.datasets.partition_label(keys, values): part
-        for values, part in hafen.datasets.split_by_partition(table, keys)
+        partition_label(keys, values): part for values, part in split_by_partition(table, keys)
     }
     assert {f.partition for f in staged.files} == set(expected)
     assert sum(f.num_rows for f in staged.files) == table.num_rows

@@ -18,12 +18,12 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from _azurite import ACCOUNT_NAME
 from _moto import ACCESS_KEY, REGION, SECRET_KEY, free_port
-from hafen.datasets import Storage
 from hafen.datasets._storage import (
     AzureStorage,
     LocalStorage,
     MemoryStorage,
     S3Storage,
+    Storage,
     _azure,
     _s3,
 )

@@ -114,7 +114,9 @@ def _group_codes(table: pa.Table, partition_on: Sequence[str], buckets: np.ndarr
 def _scan(spec: ReshuffleSpec, files: Sequence[DataFile]) -> Any:
     """Yield the source files' rows as record batches, a few at a time (bounded memory)."""
     source = Dataset(spec.source, spec.source_state)
-    return source.scan_batches(spec.columns, spec.predicates, files=files, batch_size=_BATCH_ROWS)
+    return source.scan_batches(
+        spec.columns, predicates=spec.predicates, files=files, batch_size=_BATCH_ROWS
+    )
 
 
 def _ipc_options(storage: Storage) -> pa.ipc.IpcWriteOptions:

@@ -224,8 +224,8 @@ class Dataset:
     def scan_batches(
         self,
         columns: Sequence[str] | None = None,
-        predicates: Predicates = None,
         *,
+        predicates: Predicates = None,
         files: Sequence[DataFile] | None = None,
         batch_size: int = 64 * 1024,
     ) -> Iterator[pa.RecordBatch]:
@@ -323,8 +323,8 @@ class Dataset:
     def read_arrow(
         self,
         columns: Sequence[str] | None = None,
-        predicates: Predicates = None,
         *,
+        predicates: Predicates = None,
         files: Sequence[DataFile] | None = None,
     ) -> pa.Table:
         """Return the rows matching ``predicates`` (DNF), with ``columns``, as a pyarrow Table.
@@ -361,10 +361,10 @@ class Dataset:
         return table
 
     def read(
-        self, columns: Sequence[str] | None = None, predicates: Predicates = None
+        self, columns: Sequence[str] | None = None, *, predicates: Predicates = None
     ) -> pd.DataFrame:
         """Return the rows matching ``predicates`` as a pandas DataFrame (see ``read_arrow``)."""
-        return self.read_arrow(columns, predicates).to_pandas()
+        return self.read_arrow(columns, predicates=predicates).to_pandas()
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The commits up to this version, newest first: time, operation, files and rows."""
