@@ -342,11 +342,17 @@ def read_entries_from(storage: Storage, start: int) -> list[Commit]:
         batch = min(2 * batch, 16)
 
 
-def _read_present(storage: Storage, versions: range) -> list[Commit | None]:
+def _read_present(
+    storage: Storage,
+    versions: range,
+    absent: tuple[type[Exception], ...] = (FileNotFoundError,),
+) -> list[Commit | None]:
+    """The entries of ``versions``, None for each that raises one of ``absent``."""
+
     def one(v: int) -> Commit | None:
         try:
             return read_commit(storage, v)
-        except FileNotFoundError:
+        except absent:
             return None
 
     if len(versions) == 1 or storage.protocol in _LOCAL:
@@ -452,26 +458,13 @@ def read_entries_down(storage: Storage, top: int, *, stop: int = 0) -> list[Comm
     v = top
     while v >= stop:
         versions = range(v, max(stop, v - batch + 1) - 1, -1)
-        for entry in _read_retained(storage, versions):
+        for entry in _read_present(storage, versions, (FileNotFoundError, VersionVacuumedError)):
             if entry is None:
                 return found
             found.append(entry)
         v = versions[-1] - 1
         batch = min(2 * batch, 16)
     return found
-
-
-def _read_retained(storage: Storage, versions: range) -> list[Commit | None]:
-    def one(v: int) -> Commit | None:
-        try:
-            return read_commit(storage, v)
-        except (FileNotFoundError, VersionVacuumedError):
-            return None
-
-    if len(versions) == 1 or storage.protocol in _LOCAL:
-        return [one(v) for v in versions]
-    with ThreadPoolExecutor(max_workers=len(versions)) as pool:
-        return list(pool.map(one, versions))
 
 
 def retire(storage: Storage, below: int, *, dry_run: bool = False) -> list[int]:
