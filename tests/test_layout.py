@@ -211,6 +211,15 @@ def test_no_module_in_a_subpackage_imports_the_package_top():
     assert sorted(a for a, imports in graph.items() if "." in a and "hafen" in imports) == []
 
 
+def test_the_commit_model_is_pure_and_storage_knows_no_commits():
+    graph = import_graph()
+    model = graph["hafen.datasets._actions"]
+    assert not [m for m in model if in_package(m, "hafen.datasets._storage")]
+    assert not model & {"hafen.datasets._logstore", "hafen.datasets._commit"}
+    assert _edges(graph, "hafen.datasets._storage", ("hafen.datasets._commit",)) == []
+    assert _edges(graph, "hafen.datasets._logstore", ("hafen.datasets._plateau",)) == []
+
+
 def test_the_cluster_layers_point_one_way():
     graph = import_graph()
 
