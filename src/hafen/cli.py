@@ -10,7 +10,7 @@ import sys
 import click
 from rich.console import Console
 
-from hafen import __version__
+from hafen._version import __version__
 from hafen.errors import HafenError
 
 console = Console()

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import hafen
+from hafen.datasets._actions import file_label
 from hafen.datasets._dataset import commit_staged, storage_for
-from hafen.datasets._indices import encode_index_part, file_label
+from hafen.datasets._indices import encode_index_part
 from hafen.datasets._parquet import column_stats
 from hafen.datasets._partitioning import split_by_partition
 from hafen.datasets._schema import partition_label

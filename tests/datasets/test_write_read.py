@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import hafen
-from hafen.datasets._log import latest_version
+from hafen.datasets._logstore import latest_version
 from hafen.datasets._schema import conform
 from hafen.errors import (
     ConfigError,

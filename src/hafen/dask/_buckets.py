@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hafen.datasets._actions import DataFile
 from hafen.datasets._dataset import Dataset
-from hafen.datasets._log import DataFile
 from hafen.datasets._schema import conform, partition_label
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.datasets._transaction import StagingPlan

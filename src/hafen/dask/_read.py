@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 
 from hafen.dask._common import as_column_list, check_columns, to_pandas
+from hafen.datasets._actions import DataFile
 from hafen.datasets._dataset import Dataset, open_dataset
-from hafen.datasets._log import DataFile
 from hafen.datasets._predicates import normalize_predicates
 from hafen.datasets._storage import Storage
 from hafen.errors import ConfigError

@@ -48,8 +48,8 @@ from hafen.dask._common import (
     compute,
     resolve_budget,
 )
+from hafen.datasets._actions import DataFile
 from hafen.datasets._dataset import Dataset, open_dataset, storage_for
-from hafen.datasets._log import DataFile
 from hafen.datasets._predicates import normalize_predicates
 from hafen.datasets._storage import Storage
 from hafen.datasets._transaction import Mode, WriteTransaction

@@ -16,10 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from hafen.config import Settings, get_settings
-from hafen.datasets import _log
-from hafen.datasets._indices import allowed_labels, file_label, index_lookup
+from hafen.datasets import _commit, _logstore
+from hafen.datasets._actions import Commit, DataFile, DatasetState, file_label, log_path
+from hafen.datasets._indices import allowed_labels, index_lookup
 from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
-from hafen.datasets._log import Commit, DataFile, DatasetState
+from hafen.datasets._plateau import open_state
 from hafen.datasets._predicates import Literal, could_match, normalize_predicates, to_expression
 from hafen.datasets._schema import decode_partition_value, to_arrow
 from hafen.datasets._storage import Storage
@@ -151,10 +152,10 @@ class Dataset:
         gone or no longer its own (the dataset was vacuumed past it, or deleted and recreated).
         """
         if self._state.origin == "plateau":
-            return not _log.list_versions(self._storage)
-        if self._storage.exists(_log.log_path(self.version + 1)):
+            return not _logstore.list_versions(self._storage)
+        if self._storage.exists(log_path(self.version + 1)):
             return False
-        return not self._state.commit_id or _log.holds_commit(
+        return not self._state.commit_id or _logstore.holds_commit(
             self._storage, self.version, self._state.commit_id
         )
 
@@ -371,7 +372,7 @@ class Dataset:
         if self._state.origin == "plateau":
             return [_history_row(_plateau_commit(self._state))]
         stop = 0 if limit is None else max(0, self.version - limit + 1)
-        entries = _log.read_entries_down(self._storage, self.version, stop=stop)
+        entries = _logstore.read_entries_down(self._storage, self.version, stop=stop)
         return [_history_row(c) for c in entries]
 
     def verify(
@@ -427,7 +428,7 @@ class Dataset:
         assert literals is not None
         settings = get_settings()
         current = self
-        for _attempt in range(settings.commit_retries + 1):
+        for _attempt in range(_commit.retry_policy(settings).attempts):
             try:
                 return current._delete_once(literals, settings)
             except ConflictError:
@@ -559,7 +560,7 @@ def open_dataset(
         raise VersionNotFoundError(
             f"{storage.url}: version {version} does not exist (versions are below 2**63)"
         )
-    return Dataset(storage, _log.load_state(storage, version))
+    return Dataset(storage, open_state(storage, version))
 
 
 def write_dataset(

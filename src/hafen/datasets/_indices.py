@@ -3,10 +3,11 @@ when a read prunes files.
 
 An index on column ``c`` maps each value of ``c`` to the files holding it. Each commit that adds
 files writes one *index part* per indexed column (``_hafen/indices/<c>/<commit>...parquet``)
-covering exactly its files; the log records the parts (:class:`~hafen.datasets._log.IndexPart`)
-and a lookup reads the live ones. The file format is plateau's (Kartothek's), so that plateau
-reads hafen's indices: Parquet with columns ``(<c>, partition: list<string>)``, one row per
-value, the labels of the files holding it (:func:`file_label`). The plateau metadata view
+covering exactly its files; the log records the parts
+(:class:`~hafen.datasets._actions.IndexPart`) and a lookup reads the live ones. The file format
+is plateau's (Kartothek's), so that plateau reads hafen's indices: Parquet with columns
+``(<c>, partition: list<string>)``, one row per value, the labels of the files holding it
+(:func:`~hafen.datasets._actions.file_label`). The plateau metadata view
 (:mod:`hafen.datasets._plateau`) merges parts into the one file plateau expects.
 
 Entries ``(value, label)`` are collected while staging, from the same partition codes that split
@@ -27,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
+from hafen.datasets._actions import DataFile, DatasetState, IndexPart, file_label
 from hafen.datasets._integrity import DAMAGE, parquet_format
-from hafen.datasets._log import DataFile, DatasetState, IndexPart
 from hafen.datasets._partitioning import Codes, offsets, one_chunk, work_type
 from hafen.datasets._predicates import Literal
 from hafen.datasets._storage import Storage, map_storage_errors
@@ -41,7 +42,6 @@ __all__ = [
     "distinct_pairs",
     "encode_index_part",
     "file_entries",
-    "file_label",
     "index_entries",
     "index_lookup",
     "index_table",
@@ -54,11 +54,6 @@ __all__ = [
 INDEX_DIR = "_hafen/indices"
 
 # --- labels and entries ---------------------------------------------------------------------
-
-
-def file_label(path: str) -> str:
-    """Return plateau's label of a data file: its path below ``table/`` without the suffix."""
-    return path[len("table/") : -len(".parquet")]
 
 
 def _repeat(label: str, n: int) -> pa.DictionaryArray:

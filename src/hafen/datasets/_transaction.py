@@ -31,10 +31,10 @@ from typing import Literal as TypingLiteral
 import pyarrow as pa
 
 from hafen.config import Settings, get_settings, parse_duration
-from hafen.datasets import _log
+from hafen.datasets import _commit
+from hafen.datasets._actions import Commit, DatasetState
 from hafen.datasets._indices import write_index_parts
-from hafen.datasets._log import Commit, DatasetState
-from hafen.datasets._plateau import write_plateau_view
+from hafen.datasets._plateau import open_state, write_plateau_view
 from hafen.datasets._schema import (
     conform,
     merge_schemas,
@@ -506,7 +506,7 @@ class WriteTransaction:
 
 def _open_latest(storage: Storage) -> DatasetState | None:
     try:
-        return _log.load_state(storage)
+        return open_state(storage)
     except DatasetNotFoundError:
         return None
 
@@ -537,12 +537,12 @@ def _land(
             )
 
     try:
-        new_state = _log.commit(
+        new_state = _commit.commit(
             storage,
             base,
             plan,
             retry_conflicts=retry,
-            max_attempts=settings.commit_retries + 1,  # retries after the first attempt
+            retry=_commit.retry_policy(settings),
             checkpoint_interval=settings.checkpoint_interval,
             exclusive_create=exclusive,
             before_attempt=staged_files_protected,

@@ -6,10 +6,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from hafen.config import get_settings, parse_duration
-from hafen.datasets import _log
+from hafen.datasets import _logstore
+from hafen.datasets._actions import LOG_DIR, Commit, DatasetState, checkpoint_path
 from hafen.datasets._indices import INDEX_DIR
-from hafen.datasets._log import Commit, DatasetState
-from hafen.datasets._plateau import view_references
+from hafen.datasets._plateau import open_state, view_references
 from hafen.datasets._storage import FileInfo, Storage
 from hafen.errors import ConfigError, ConflictError, DatasetNotFoundError, VersionVacuumedError
 
@@ -47,9 +47,9 @@ def vacuum(
         raise ConfigError(f"retain_versions must be a whole number >= 1, got {retain!r}")
     grace = parse_duration(settings.grace_period if grace_period is None else grace_period)
     log_retention = parse_duration(settings.log_retention)
-    if log_retention < _log.MIN_LOG_RETENTION:
+    if log_retention < _logstore.MIN_LOG_RETENTION:
         raise ConfigError(
-            f"log_retention must be at least {_log.MIN_LOG_RETENTION:.0f} s, "
+            f"log_retention must be at least {_logstore.MIN_LOG_RETENTION:.0f} s, "
             f"got {settings.log_retention!r}"
         )
     # the cutoff is taken before the log is read: a commit that lands after the read is
@@ -66,7 +66,7 @@ def vacuum(
     candidates: list[FileInfo] = []
     for directory in ("table", "indices", INDEX_DIR):
         candidates.extend(storage.walk(directory))
-    candidates.extend(i for i in storage.list(_log.LOG_DIR) if "/.tmp-" in "/" + i.path)
+    candidates.extend(i for i in storage.list(LOG_DIR) if "/.tmp-" in "/" + i.path)
     candidates.extend(storage.walk(SCRATCH_DIR))  # left by writers that died mid-job
     for info in candidates:
         if info.path in referenced or info.path.endswith("_common_metadata"):
@@ -76,19 +76,19 @@ def vacuum(
             continue
         report.removed_files.append(info.path)
         report.bytes_freed += info.size
-    report.removed_versions = _log.retire(storage, floor, dry_run=True)
+    report.removed_versions = _logstore.retire(storage, floor, dry_run=True)
     if dry_run:
         return report
     storage.delete(report.removed_files)
     if floor > 0:
         # the checkpoint at the oldest retained version comes first: readers start there
         # once the entries below it are retired
-        if not storage.exists(_log.checkpoint_path(floor)):
-            _log.write_checkpoint(storage, base)
-        report.removed_versions = _log.retire(storage, floor)
-        old_checkpoints = [c for c in _log.list_checkpoints(storage) if c < floor]
-        storage.delete([_log.checkpoint_path(c) for c in old_checkpoints])
-        _log.delete_retired(storage, floor, older_than=log_retention)
+        if not storage.exists(checkpoint_path(floor)):
+            _logstore.write_checkpoint(storage, base)
+        report.removed_versions = _logstore.retire(storage, floor)
+        old_checkpoints = [c for c in _logstore.list_checkpoints(storage) if c < floor]
+        storage.delete([checkpoint_path(c) for c in old_checkpoints])
+        _logstore.delete_retired(storage, floor, older_than=log_retention)
     return report
 
 
@@ -99,17 +99,17 @@ def _retained(storage: Storage, retain: int) -> tuple[int, DatasetState, list[Co
     retained versions then start above the newest retired entry.
     """
     for _ in range(5):
-        latest = _log.load_state(storage)
+        latest = open_state(storage)
         if latest.origin != "hafen":
             raise DatasetNotFoundError(f"{storage.url}: nothing to vacuum (no hafen log)")
         wanted = max(0, latest.version - retain + 1)
-        newer = _log.read_entries_down(storage, latest.version, stop=wanted + 1)
+        newer = _logstore.read_entries_down(storage, latest.version, stop=wanted + 1)
         if len(newer) == latest.version - wanted:
             floor = wanted
         else:  # the walk down met a retired entry: everything below it is retired too
             floor = newer[-1].version if newer else latest.version
         try:
-            base = latest if floor == latest.version else _log.load_state(storage, floor)
+            base = latest if floor == latest.version else open_state(storage, floor)
             len(base.files)  # the files of the oldest retained version, read now
         except VersionVacuumedError:
             continue  # a concurrent vacuum retired more meanwhile: look again

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from hafen.datasets._indices import StagedIndex, file_entries, file_label, unique_values
+from hafen.datasets._actions import DataFile, file_label
+from hafen.datasets._indices import StagedIndex, file_entries, unique_values
 from hafen.datasets._integrity import HashingFileSystem, HashingSink, checksum_of
-from hafen.datasets._log import DataFile
 from hafen.datasets._parquet import COMPRESSION, column_stats, dictionary_columns, file_stats
 from hafen.datasets._partitioning import (
     Codes,

@@ -28,7 +28,7 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
-from hafen import __version__
+from hafen._version import __version__
 from hafen.datasets import Dataset
 from hafen.datasets._dataset import storage_for
 from hafen.errors import HafenError

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
+from hafen.datasets._actions import DataFile, DatasetState
 from hafen.datasets._dataset import Dataset, open_dataset
-from hafen.datasets._log import DataFile, DatasetState
 from hafen.datasets._storage import Storage
 from hafen.errors import ConfigError, HafenError, SchemaError, SQLError
 from hafen.sql._source import table_exists
