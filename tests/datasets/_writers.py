@@ -10,9 +10,10 @@ import pandas as pd
 
 import hafen
 from hafen.datasets import open_dataset
-from hafen.datasets._dataset import commit_staged, storage_for
+from hafen.datasets._dataset import storage_for
 from hafen.datasets._schema import conform, to_arrow
 from hafen.datasets._write import stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import ConflictError
 
 

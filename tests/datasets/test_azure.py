@@ -20,11 +20,12 @@ from azure.storage.blob.aio import BlobClient
 import hafen
 from _azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from hafen.datasets import open_dataset
-from hafen.datasets._dataset import commit_staged, storage_for
+from hafen.datasets._dataset import storage_for
 from hafen.datasets._schema import to_arrow
 from hafen.datasets._storage import Storage
 from hafen.datasets._storage import _azure as _storage  # the Azure backend's knobs
 from hafen.datasets._write import stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import CommitOutcomeUnknownError, StorageError
 
 AZURE_VARIABLES = [

@@ -21,9 +21,10 @@ import pytest
 
 import hafen
 from hafen.datasets import Dataset
-from hafen.datasets._dataset import commit_staged, storage_for
+from hafen.datasets._dataset import storage_for
 from hafen.datasets._schema import conform, normalize_schema
 from hafen.datasets._write import StagingWriter, stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import CorruptDataError, HafenWarning, StorageError
 
 

@@ -19,8 +19,8 @@ import pytest
 
 import hafen
 from hafen.datasets import _actions, _logstore, _transaction
-from hafen.datasets._dataset import commit_staged
 from hafen.datasets._write import StagedWrite, stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import ConfigError, ConflictError, VersionNotFoundError, VersionVacuumedError
 
 

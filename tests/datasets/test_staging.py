@@ -12,12 +12,13 @@ import pytest
 
 import hafen
 from hafen.datasets._actions import file_label
-from hafen.datasets._dataset import commit_staged, storage_for
+from hafen.datasets._dataset import storage_for
 from hafen.datasets._indices import encode_index_part
 from hafen.datasets._parquet import column_stats
 from hafen.datasets._partitioning import split_by_partition
 from hafen.datasets._schema import partition_label
 from hafen.datasets._write import StagingWriter, stage_table
+from hafen.datasets._write_dataset import commit_staged
 
 
 def odd_table(n: int = 400, seed: int = 0) -> pa.Table:

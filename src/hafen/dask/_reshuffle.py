@@ -52,8 +52,9 @@ from hafen.datasets._actions import DataFile
 from hafen.datasets._dataset import Dataset, open_dataset, storage_for
 from hafen.datasets._predicates import normalize_predicates
 from hafen.datasets._storage import Storage
-from hafen.datasets._transaction import Mode, WriteTransaction
+from hafen.datasets._transaction import WriteTransaction
 from hafen.datasets._vacuum import SCRATCH_DIR
+from hafen.datasets._validate import Mode
 from hafen.datasets._write import StagedWrite
 from hafen.errors import ConfigError, StorageError
 

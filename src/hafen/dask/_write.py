@@ -11,13 +11,8 @@ import pyarrow as pa
 from hafen.dask._common import as_column_list, check_columns, compute
 from hafen.datasets._dataset import Dataset, storage_for
 from hafen.datasets._schema import conform, normalize_schema, to_arrow
-from hafen.datasets._transaction import (
-    Mode,
-    OnConflict,
-    SchemaMode,
-    StagingPlan,
-    WriteTransaction,
-)
+from hafen.datasets._transaction import StagingPlan, WriteTransaction
+from hafen.datasets._validate import Mode, OnConflict, SchemaMode
 from hafen.datasets._write import StagedWrite
 from hafen.errors import ConfigError
 

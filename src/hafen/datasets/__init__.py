@@ -10,9 +10,10 @@ the write transaction (:mod:`hafen.datasets._transaction`) every writer uses.
 from __future__ import annotations
 
 from hafen.datasets._actions import DataFile
-from hafen.datasets._dataset import Dataset, open_dataset, write_dataset
+from hafen.datasets._dataset import Dataset, open_dataset
 from hafen.datasets._vacuum import VacuumReport
 from hafen.datasets._verify import FileCheck, VerifyReport
+from hafen.datasets._write_dataset import write_dataset
 
 __all__ = [
     "DataFile",

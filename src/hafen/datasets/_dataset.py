@@ -1,8 +1,10 @@
-"""Datasets: the :class:`Dataset` handle of one version (describing, planning and reading it,
-deleting rows and vacuuming), :func:`open_dataset`, and :func:`write_dataset`.
+"""Datasets: the :class:`Dataset` handle of one version (describing it, choosing the files a
+read needs, reading, deleting rows, vacuuming) and :func:`open_dataset`.
 
-Writing goes through one :class:`~hafen.datasets._transaction.WriteTransaction`, here as in
-:mod:`hafen.dask` and :mod:`hafen.sql`; vacuum lives in :mod:`hafen.datasets._vacuum`.
+Reading files is :mod:`hafen.datasets._scan`; a delete writes through the one
+:class:`~hafen.datasets._transaction.WriteTransaction`, as :func:`~hafen.datasets.write_dataset`
+(:mod:`hafen.datasets._write_dataset`), :mod:`hafen.dask` and :mod:`hafen.sql` do; vacuum is
+:mod:`hafen.datasets._vacuum`.
 """
 
 from __future__ import annotations
@@ -12,52 +14,32 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
 from hafen.config import Settings, get_settings
 from hafen.datasets import _commit, _logstore
 from hafen.datasets._actions import Commit, DataFile, DatasetState, file_label, log_path
 from hafen.datasets._indices import allowed_labels, index_lookup
-from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
 from hafen.datasets._plateau import open_state
 from hafen.datasets._predicates import Literal, could_match, normalize_predicates, to_expression
-from hafen.datasets._schema import decode_partition_value, to_arrow
+from hafen.datasets._scan import read_table, scan_batches
+from hafen.datasets._schema import decode_partition_value
 from hafen.datasets._storage import Storage
-from hafen.datasets._transaction import (
-    LATEST,
-    Mode,
-    OnConflict,
-    SchemaMode,
-    WriteTransaction,
-    discard,
-)
+from hafen.datasets._transaction import WriteTransaction
 from hafen.datasets._vacuum import VacuumReport, vacuum
+from hafen.datasets._validate import OnConflict
 from hafen.datasets._verify import (
     FileCheck,
     VerifyReport,
-    corrupt_file,
-    damaged_file,
-    file_schema,
     verify_files,
 )
-from hafen.datasets._write import StagedWrite
 from hafen.errors import (
     ConflictError,
-    HafenError,
     PredicateError,
     SchemaError,
-    StorageError,
     VersionNotFoundError,
 )
 
-__all__ = [
-    "Dataset",
-    "commit_staged",
-    "open_dataset",
-    "storage_for",
-    "write_dataset",
-]
+__all__ = ["Dataset", "open_dataset", "storage_for"]
 
 Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
 MAX_VERSION = 2**63 - 1  # versions are 64-bit integers, as in Delta Lake
@@ -240,84 +222,15 @@ class Dataset:
         if not selected:
             return iter(())
         expression = to_expression(literals, self.schema) if literals else None
-        scanner = self._arrow_dataset(selected).scanner(
+        return scan_batches(
+            self._storage,
+            self._state,
+            selected,
+            self._partition_values,
             columns=columns,
-            filter=expression,
+            expression=expression,
             batch_size=batch_size,
-            batch_readahead=1,
-            fragment_readahead=1,
-            use_threads=False,
         )
-        return self._checked_batches(scanner, selected, counted=expression is None)
-
-    def _checked_batches(
-        self, scanner: pds.Scanner, selected: list[DataFile], *, counted: bool
-    ) -> Iterator[pa.RecordBatch]:
-        """The batches of ``scanner``, each file's footer checked before its first batch."""
-        by_path = {self._storage.full(f.path): f for f in selected}
-        expected = file_schema(self._state)
-        rows: dict[str, int] = {}
-        batches = iter(scanner.scan_batches())
-        while True:
-            try:
-                tagged = next(batches)
-            except StopIteration:
-                break
-            except FileNotFoundError as exc:
-                raise self._missing_file(exc) from exc
-            except DAMAGE as exc:
-                raise self._read_error(selected, exc) from exc
-            path = tagged.fragment.path
-            if path not in rows:
-                problem = fragment_problem(tagged.fragment, by_path[path], expected)
-                if problem is not None:
-                    raise corrupt_file(self._storage, by_path[path].path, "data file", problem)
-                rows[path] = 0
-            rows[path] += tagged.record_batch.num_rows
-            yield tagged.record_batch
-        if counted:
-            for path, f in by_path.items():
-                if rows.get(path, 0) != f.num_rows:
-                    raise self._read_error(
-                        [f], StorageError(f"{path}: read {rows.get(path, 0)} rows")
-                    )
-
-    def _arrow_dataset(self, files: Sequence[DataFile]) -> pds.FileSystemDataset:
-        schema = self.schema
-        partitions = []
-        for f in files:
-            expr = pc.scalar(True)
-            for column, value in self._partition_values(f.partition).items():
-                type_ = schema.field(column).type
-                if value is None:
-                    # a null dictionary scalar would become a dictionary holding a null, which
-                    # neither filters nor converts to pandas: Arrow fills the column with nulls
-                    if not pa.types.is_dictionary(type_):
-                        expr = expr & pc.field(column).is_null()
-                else:
-                    expr = expr & (pc.field(column) == pa.scalar(value, type=type_))
-            partitions.append(expr)
-        return pds.FileSystemDataset.from_paths(
-            [self._storage.full(f.path) for f in files],
-            schema=schema,
-            format=parquet_format(),
-            filesystem=self._storage.arrow_filesystem,
-            partitions=partitions,
-        )
-
-    def _missing_file(self, exc: FileNotFoundError) -> StorageError:
-        return StorageError(
-            f"{self.url}: version {self.version} refers to a missing file ({exc}); "
-            "it may have been vacuumed"
-        )
-
-    def _read_error(self, files: Sequence[DataFile], exc: BaseException) -> StorageError:
-        """The error for a read of ``files`` that failed with ``exc``: the damaged file named
-        when one is found, else (the storage failed this time) a :class:`StorageError`."""
-        damaged = damaged_file(self._storage, files, file_schema(self._state), exc)
-        if damaged is not None:
-            return damaged
-        return StorageError(f"{self.url}: reading version {self.version} failed: {exc}")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -339,27 +252,15 @@ class Dataset:
         if not selected:
             empty = self.schema.empty_table()
             return empty.select(columns) if columns is not None else empty
-        dataset = self._arrow_dataset(selected)
         expression = to_expression(literals, self.schema) if literals else None
-        try:
-            table = dataset.to_table(columns=columns, filter=expression)
-        except FileNotFoundError as exc:
-            raise self._missing_file(exc) from exc
-        except DAMAGE as exc:
-            raise self._read_error(selected, exc) from exc
-        # Arrow keeps the footers it read: checking them against the log reads nothing more
-        expected = file_schema(self._state)
-        by_path = {self._storage.full(f.path): f for f in selected}
-        for fragment in dataset.get_fragments():
-            f = by_path[fragment.path]
-            problem = fragment_problem(fragment, f, expected)
-            if problem is not None:
-                raise corrupt_file(self._storage, f.path, "data file", problem)
-        if expression is None and table.num_rows != sum(f.num_rows for f in selected):
-            raise self._read_error(
-                selected, StorageError(f"{self.url}: read {table.num_rows} rows")
-            )
-        return table
+        return read_table(
+            self._storage,
+            self._state,
+            selected,
+            self._partition_values,
+            columns=columns,
+            expression=expression,
+        )
 
     def read(
         self, columns: Sequence[str] | None = None, *, predicates: Predicates = None
@@ -561,100 +462,3 @@ def open_dataset(
             f"{storage.url}: version {version} does not exist (versions are below 2**63)"
         )
     return Dataset(storage, open_state(storage, version))
-
-
-def write_dataset(
-    data: pd.DataFrame | pa.Table,
-    url: str | Storage | Dataset,
-    *,
-    partition_on: Sequence[str] | None = None,
-    indices: Sequence[str] | None = None,
-    mode: Mode = "create",
-    schema_mode: SchemaMode = "strict",
-    on_conflict: OnConflict = "raise",
-    storage_options: dict[str, Any] | None = None,
-) -> Dataset:
-    """Write ``data`` as a new version of the dataset at ``url`` in one atomic commit.
-
-    Parameters
-    ----------
-    data
-        A pandas DataFrame (its index is dropped) or a pyarrow Table.
-    url
-        The dataset's URL: a local path, ``memory://``, ``az://``, ``abfs://`` or ``s3://``
-        (or a :class:`Dataset`, whose latest version is written on).
-    partition_on, indices
-        Hive partition columns and secondary-index columns; fixed when the dataset is created.
-    mode
-        ``"create"`` (fails if it exists), ``"append"`` (creates if missing) or ``"overwrite"``
-        (replaces the partitions present in ``data``; everything when unpartitioned).
-    schema_mode
-        ``"strict"``: the data must match the schema; ``"merge"``: new columns are added as
-        nullable, missing ones are filled with nulls.
-    on_conflict
-        ``"raise"`` a :class:`ConflictError` when a concurrent commit replaced the same
-        partitions, or ``"retry"`` on top of it.
-    storage_options
-        fsspec options for the storage backend (over the ``storage_options`` setting).
-
-    Returns
-    -------
-    Dataset
-        The new version.
-
-    Raises
-    ------
-    DatasetExistsError, SchemaError, ConflictError
-
-    Examples
-    --------
-    >>> write_dataset(df, "data/sales", partition_on=["date"], mode="append")  # doctest: +SKIP
-    """
-    storage = storage_for(url, storage_options)
-    with WriteTransaction(
-        storage,
-        mode=mode,
-        partition_on=partition_on,
-        indices=indices,
-        schema_mode=schema_mode,
-        on_conflict=on_conflict,
-    ) as tx:
-        tx.stage(tx.prepare(to_arrow(data)), encode_index=True)
-        return Dataset(storage, tx.commit())
-
-
-def commit_staged(
-    url: str | Storage | Dataset,
-    staged: Sequence[StagedWrite],
-    *,
-    mode: Mode = "append",
-    partition_on: Sequence[str] | None = None,
-    indices: Sequence[str] | None = None,
-    schema_mode: SchemaMode = "strict",
-    on_conflict: OnConflict = "raise",
-    base: DatasetState | None = None,
-    storage_options: dict[str, Any] | None = None,
-    parameters: dict[str, Any] | None = None,
-) -> Dataset:
-    """Commit files staged apart (:func:`~hafen.datasets._write.stage_table`) as one version.
-
-    A :class:`WriteTransaction` on ``base`` (default: the latest version) with the files added:
-    after a :class:`ConflictError` or a schema error they are deleted, after an unknown outcome
-    they are kept.
-    """
-    storage = storage_for(url, storage_options)
-    try:
-        tx = WriteTransaction(
-            storage,
-            mode=mode,
-            partition_on=partition_on,
-            indices=indices,
-            schema_mode=schema_mode,
-            on_conflict=on_conflict,
-            base=LATEST if base is None else base,
-        )
-    except HafenError:
-        discard(storage, staged)
-        raise
-    tx.add(staged)
-    return Dataset(storage, tx.commit(parameters))

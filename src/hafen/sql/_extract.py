@@ -23,13 +23,8 @@ import pyarrow as pa
 from hafen.datasets._dataset import Dataset, storage_for
 from hafen.datasets._schema import conform, normalize_schema
 from hafen.datasets._storage import Storage
-from hafen.datasets._transaction import (
-    Mode,
-    StagingPlan,
-    WriteTransaction,
-    check_options,
-    discard,
-)
+from hafen.datasets._transaction import StagingPlan, WriteTransaction, discard
+from hafen.datasets._validate import Mode, check_options
 from hafen.datasets._write import StagedWrite
 from hafen.errors import ConfigError, HafenError, SchemaError, SQLError
 from hafen.sql._source import (
