@@ -27,17 +27,8 @@ from hafen.datasets._storage import Storage
 from hafen.datasets._transaction import WriteTransaction
 from hafen.datasets._vacuum import VacuumReport, vacuum
 from hafen.datasets._validate import OnConflict
-from hafen.datasets._verify import (
-    FileCheck,
-    VerifyReport,
-    verify_files,
-)
-from hafen.errors import (
-    ConflictError,
-    PredicateError,
-    SchemaError,
-    VersionNotFoundError,
-)
+from hafen.datasets._verify import FileCheck, VerifyReport, verify_files
+from hafen.errors import ConflictError, PredicateError, SchemaError, VersionNotFoundError
 
 __all__ = ["Dataset", "open_dataset", "storage_for"]
 
