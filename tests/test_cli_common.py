@@ -13,6 +13,7 @@ import hafen
 from hafen.cli import main
 from hafen.cli._common import SCHEDULER_HELP, cluster_client
 from hafen.errors import ConfigError
+from hafen.testing import free_port, thread_cluster
 
 
 def _commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
@@ -24,13 +25,8 @@ def _commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click
 
 @pytest.fixture(scope="module")
 def address() -> Iterator[str]:
-    client = hafen.connect(
-        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0"
-    )
-    try:
+    with thread_cluster(1, threads_per_worker=1) as client:
         yield client.scheduler.address
-    finally:
-        client.close()
 
 
 def test_every_cluster_command_takes_the_same_scheduler_option():
@@ -67,13 +63,8 @@ def test_the_option_then_the_setting_then_a_local_cluster(address, monkeypatch):
 
 
 def test_an_unreachable_scheduler_is_one_line(monkeypatch):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free_port = s.getsockname()[1]
     monkeypatch.delenv("HAFEN_SCHEDULER", raising=False)
-    nowhere = f"tcp://127.0.0.1:{free_port}"
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         result = CliRunner().invoke(main, ["reshuffle", "a", "b", "--scheduler", nowhere])
     assert result.exit_code == 1
