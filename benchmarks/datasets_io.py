@@ -220,11 +220,15 @@ def main() -> None:
         """``fn`` with every column dictionary-encoded, as pyarrow does."""
 
         def run() -> object:
+            from hafen.config import reload_settings
+
             os.environ["HAFEN_PARQUET_DICTIONARY"] = "always"
+            reload_settings()  # the process reads its settings once
             try:
                 return fn()
             finally:
                 del os.environ["HAFEN_PARQUET_DICTIONARY"]
+                reload_settings()
 
         return run
 
