@@ -11,8 +11,8 @@ rotating, so a change in the machine's load falls on both alike. Prints the best
 the rounds, wall time and the process's CPU time (all threads), after / before.
 
 Only ``hafen.datasets`` is compared (write with an index, full read, a one-column read, one
-partition, an indexed point lookup, a streamed read); the datasets each version wrote are read by
-that version.
+partition, an indexed point lookup, a streamed read, and ``--commits`` small appends to a dataset
+that grows, the commit log's cost); the datasets each version wrote are read by that version.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from datasets_io import make_table
 
@@ -88,11 +91,31 @@ def report(op: str, times: dict[str, tuple[list[float], list[float]]]) -> None:
     )
 
 
+def commits(versions: dict[str, Any], work: Path, count: int) -> dict[str, Callable[[], object]]:
+    """Each version appends ``count`` frames of 10 rows, one commit each, to its own dataset."""
+    batch = pd.DataFrame({"batch": [0] * 10, "v": [1.0] * 10})
+
+    def appends(name: str) -> Callable[[], object]:
+        url = str(work / f"{name}-commits")
+        versions[name].write_dataset(batch, url, partition_on=["batch"], mode="create")
+
+        def run() -> None:
+            for _ in range(count):
+                versions[name].write_dataset(batch, url, mode="append")
+
+        return run
+
+    return {n: appends(n) for n in versions}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revision", help="git revision to compare the working tree with")
     parser.add_argument("--rows", type=float, default=3e6)
     parser.add_argument("--rounds", type=int, default=7, help="write rounds; reads get 3x")
+    parser.add_argument(
+        "--commits", type=int, default=100, help="appends of 10 rows per round (0: none)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hafen-ab-"))
     try:
@@ -131,6 +154,8 @@ def main() -> None:
         for op, read in reads.items():
             contenders = {n: (lambda ds=ds, read=read: read(ds)) for n, ds in opened.items()}
             report(op, in_turns(contenders, 3 * args.rounds))
+        if args.commits:
+            report(f"{args.commits} commits", in_turns(commits(versions, work, args.commits), 5))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

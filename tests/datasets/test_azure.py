@@ -7,6 +7,7 @@ that must never commit twice, where credentials come from, and the service going
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import pickle
 import uuid
@@ -46,7 +47,8 @@ def no_azure_env(monkeypatch):
 def az(azurite, no_azure_env):
     """A fresh ``az://`` URL, with the connection string in the environment for this test."""
     no_azure_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    no_azure_env.setattr(_storage, "AZURE_BACKOFF", 0.01)  # fast retries in tests
+    fast = dataclasses.replace(_storage.AZURE_RETRY, backoff=0.01)  # fast retries in tests
+    no_azure_env.setattr(_storage, "AZURE_RETRY", fast)
     return azurite.url(uuid.uuid4().hex[:8])
 
 
@@ -134,7 +136,7 @@ def test_exhausted_retries_are_an_unknown_outcome_and_keep_staged_files(az, no_a
     staged = stage_table(
         storage_for(az), hafen.datasets.to_arrow(frame(tag=1)), partition_on=["part"]
     )
-    Faults(no_azure_env, [refused] * _storage.AZURE_ATTEMPTS)
+    Faults(no_azure_env, [refused] * _storage.AZURE_RETRY.attempts)
     with pytest.raises(CommitOutcomeUnknownError, match="may or may not have landed"):
         commit_staged(az, [staged], mode="append", base=before.state)
     assert open_dataset(az).version == 0

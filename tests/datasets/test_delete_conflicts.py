@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import hafen
-from hafen.datasets import _log
+from hafen.datasets import _actions, _commit, _logstore
 from hafen.errors import ConflictError
 
 D1, D2, D3 = (dt.date(2024, 1, i) for i in (1, 2, 3))
@@ -35,18 +35,18 @@ def url(tmp_path) -> str:
 
 def race(monkeypatch, concurrent: Callable[[], object]) -> None:
     """Run ``concurrent`` once, right before the next commit attempt of this process."""
-    real, pending = _log.commit, [concurrent]
+    real, pending = _commit.commit, [concurrent]
 
     def commit(*args, **kwargs):
         if pending:
             pending.pop()()  # its own commit passes straight through
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_log, "commit", commit)
+    monkeypatch.setattr(_commit, "commit", commit)
 
 
-def entry(url: str, version: int) -> _log.Commit:
-    return _log.read_commit(hafen.open_dataset(url).storage, version)
+def entry(url: str, version: int) -> _actions.Commit:
+    return _logstore.read_commit(hafen.open_dataset(url).storage, version)
 
 
 @pytest.mark.parametrize("day", [D2, D3], ids=["other partition", "new partition"])

@@ -150,7 +150,7 @@ def test_logs_without_checksums_still_read_and_verify(tmp_path):
     for action in log["actions"]:
         action.get("add", {}).pop("checksum", None)
     entry.write_text(json.dumps(log))
-    hafen.datasets._log.clear_state_cache()
+    hafen.datasets._logstore.clear_state_cache()
     ds = hafen.open_dataset(str(url))
     assert all(f.checksum is None for f in ds.files())
     assert ds.read_arrow().num_rows == 200

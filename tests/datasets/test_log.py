@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import hafen
-from hafen.datasets import _log
+from hafen.datasets import _actions, _logstore
 from hafen.datasets._storage import Storage
 from hafen.errors import CorruptMetadataError, HafenWarning, StorageError, VersionNotFoundError
 
@@ -25,9 +25,9 @@ def test_open_reads_from_the_newest_checkpoint(tmp_path, monkeypatch):
     url = str(tmp_path / "ds")
     for i in range(25):
         hafen.write_dataset(one(i), url, mode="append")
-    assert _log.list_checkpoints(hafen.open_dataset(url).storage) == [10, 20]
+    assert _logstore.list_checkpoints(hafen.open_dataset(url).storage) == [10, 20]
     # entries before the newest checkpoint are never read when opening the latest version
-    Path(url, _log.log_path(5)).write_text("garbage")
+    Path(url, _actions.log_path(5)).write_text("garbage")
     ds = hafen.open_dataset(url)
     assert ds.version == 24 and sorted(ds.read()["i"]) == list(range(25))
     assert sorted(hafen.open_dataset(url, version=15).read()["i"]) == list(range(16))
@@ -41,21 +41,21 @@ def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_commit(tmp_path, 
     url = str(tmp_path / "ds")
     for i in range(3):
         hafen.write_dataset(one(i), url, mode="append")
-    real = _log.write_checkpoint
+    real = _logstore.write_checkpoint
 
     def fail(storage, state):
         raise StorageError(f"{storage.url}: the disk is full")
 
-    monkeypatch.setattr(_log, "write_checkpoint", fail)
+    monkeypatch.setattr(_logstore, "write_checkpoint", fail)
     with pytest.warns(HafenWarning, match="version 3 landed, but its checkpoint"):
         ds = hafen.write_dataset(one(3), url, mode="append")  # landed: a retry would duplicate
-    assert ds.version == 3 and _log.list_checkpoints(ds.storage) == []
-    monkeypatch.setattr(_log, "write_checkpoint", real)
+    assert ds.version == 3 and _logstore.list_checkpoints(ds.storage) == []
+    monkeypatch.setattr(_logstore, "write_checkpoint", real)
     for i in range(4, 7):
         hafen.write_dataset(one(i), url, mode="append")
     monkeypatch.setenv("HAFEN_STATE_CACHE", "false")
     ds = hafen.open_dataset(url)
-    assert _log.list_checkpoints(ds.storage) == [6]
+    assert _logstore.list_checkpoints(ds.storage) == [6]
     assert sorted(ds.read()["i"]) == list(range(7))
 
 
@@ -64,7 +64,7 @@ def test_corrupt_log_entry_names_the_file(tmp_path, damage):
     url = str(tmp_path / "ds")
     hafen.write_dataset(one(0), url)
     hafen.write_dataset(one(1), url, mode="append")
-    entry = Path(url, _log.log_path(1))
+    entry = Path(url, _actions.log_path(1))
     text = entry.read_text()
     if damage == "truncate":
         entry.write_text(text[: len(text) // 2])
@@ -81,14 +81,14 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, monkeypatch):
     url = str(tmp_path / "ds")
     for i in range(3):
         hafen.write_dataset(one(i), url, mode="append")
-    checkpoint = Path(url, _log.checkpoint_path(2))
+    checkpoint = Path(url, _actions.checkpoint_path(2))
     checkpoint.write_text(checkpoint.read_text()[:40])
-    _log.clear_state_cache()  # as a new process: this one remembers version 2 without it
+    _logstore.clear_state_cache()  # as a new process: this one remembers version 2 without it
     # the file list is read from the checkpoint when first needed, not when opening
     with pytest.raises(CorruptMetadataError, match=str(checkpoint)):
         hafen.open_dataset(url).read()
-    Path(url, _log.LAST_CHECKPOINT).unlink()  # without the hint, opening reads it at once
-    _log.clear_state_cache()
+    Path(url, _actions.LAST_CHECKPOINT).unlink()  # without the hint, opening reads it at once
+    _logstore.clear_state_cache()
     with pytest.raises(CorruptMetadataError, match=str(checkpoint)):
         hafen.open_dataset(url)
 
@@ -106,7 +106,7 @@ def test_interrupted_log_write_is_invisible(tmp_path):
     url = str(tmp_path / "ds")
     hafen.write_dataset(one(0), url)
     # a writer that died while writing its entry leaves only a temporary file
-    Path(url, _log.LOG_DIR, ".tmp-deadbeef").write_text('{"version": 1, "act')
+    Path(url, _actions.LOG_DIR, ".tmp-deadbeef").write_text('{"version": 1, "act')
     ds = hafen.open_dataset(url)
     assert ds.version == 0
     assert hafen.write_dataset(one(1), url, mode="append").version == 1
@@ -151,9 +151,9 @@ class StorageCalls:
             def counted(storage, path, *args, _name=name, _original=original, **kwargs):
                 area = (
                     "log"
-                    if path.startswith(_log.LOG_DIR)
+                    if path.startswith(_actions.LOG_DIR)
                     else "checkpoints"
-                    if path.startswith(_log.CHECKPOINT_DIR)
+                    if path.startswith(_actions.CHECKPOINT_DIR)
                     else path.split("/")[0]
                 )
                 self.calls[f"{_name} {area}"] += 1
@@ -185,7 +185,7 @@ def test_append_cost_does_not_grow_with_versions(tmp_path, monkeypatch, cached):
         url = str(tmp_path / f"ds{versions}")
         grow(url, versions)
         if not cached:
-            _log.clear_state_cache()
+            _logstore.clear_state_cache()
         with monkeypatch.context() as m:
             calls = StorageCalls(m)
             ds = hafen.write_dataset(one(versions), url, mode="append")
@@ -201,9 +201,9 @@ def test_open_latest_needs_no_listing_of_the_log(tmp_path, monkeypatch):
     monkeypatch.setenv("HAFEN_CHECKPOINT_INTERVAL", "10")
     url = str(tmp_path / "ds")
     grow(url, 25)
-    _log.clear_state_cache()
+    _logstore.clear_state_cache()
     with monkeypatch.context() as m:
-        m.setattr(_log, "list_versions", lambda storage: pytest.fail("listed the log"))
+        m.setattr(_logstore, "list_versions", lambda storage: pytest.fail("listed the log"))
         ds = hafen.open_dataset(url)
         assert ds.version == 24 and sorted(ds.read()["i"]) == list(range(25))
         assert hafen.open_dataset(url, version=22).num_rows == 23
@@ -218,7 +218,7 @@ def test_the_checkpoint_hint_is_only_a_hint(tmp_path, monkeypatch, hint):
     monkeypatch.setenv("HAFEN_CHECKPOINT_INTERVAL", "10")
     url = str(tmp_path / "ds")
     grow(url, 25)
-    path = Path(url, _log.LAST_CHECKPOINT)
+    path = Path(url, _actions.LAST_CHECKPOINT)
     assert json.loads(path.read_text())["version"] == 20
     if hint == "missing":
         path.unlink()
@@ -227,13 +227,13 @@ def test_the_checkpoint_hint_is_only_a_hint(tmp_path, monkeypatch, hint):
     elif hint == "stale":  # another writer's older hint landed last
         hint10 = json.loads(path.read_text())
         hint10["version"] = hint10["state"]["version"] = 10
-        hint10["state"]["commit_id"] = _log.read_commit(ds_storage(url), 10).commit_id
+        hint10["state"]["commit_id"] = _logstore.read_commit(ds_storage(url), 10).commit_id
         path.write_text(json.dumps(hint10))
     elif hint == "ahead":  # names a version whose entry does not exist
         path.write_text(path.read_text().replace('"version":20', '"version":30'))
     else:  # an older format without the state
         path.write_text('{"version": 20}')
-    _log.clear_state_cache()
+    _logstore.clear_state_cache()
     ds = hafen.open_dataset(url)
     assert ds.version == 24 and sorted(ds.read()["i"]) == list(range(25))
 
@@ -257,9 +257,9 @@ def test_another_writers_commits_are_seen(tmp_path):
     grow(url, 3)
     mine = hafen.open_dataset(url)
     # another process appends: simulated by forgetting, appending, and forgetting again
-    _log.clear_state_cache()
+    _logstore.clear_state_cache()
     hafen.write_dataset(one(3), url, mode="append")
-    _log.clear_state_cache()
+    _logstore.clear_state_cache()
     assert hafen.open_dataset(url).version == 3
     assert not mine.is_latest() and mine.latest().version == 3
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 import hafen
-from hafen.datasets import _dataset, _log
+from hafen.datasets import _actions, _dataset, _logstore
 from hafen.datasets._write import StagedWrite, stage_table
 from hafen.errors import ConfigError, ConflictError, VersionNotFoundError, VersionVacuumedError
 
@@ -97,7 +97,7 @@ def test_a_commit_does_not_raise_after_landing_when_its_checkpoint_was_vacuumed(
     hafen.write_dataset(rows(0), url, partition_on=["part"])
     for i in range(1, 9):
         hafen.write_dataset(rows(i), url, mode="append")
-    _log.clear_state_cache()  # a new process: the next write opens from checkpoint 5, lazily
+    _logstore.clear_state_cache()  # a new process: the next write opens from checkpoint 5, lazily
 
     def another_commit_and_vacuum() -> None:
         hafen.write_dataset(rows(9), url, mode="append")
@@ -108,8 +108,8 @@ def test_a_commit_does_not_raise_after_landing_when_its_checkpoint_was_vacuumed(
     # checkpoint 5, removed meanwhile; before, CorruptMetadataError came after the commit
     mine = hafen.write_dataset(rows(10), url, mode="append")
     assert mine.version == 10
-    assert _log.list_checkpoints(mine.storage) == [8, 10]
-    _log.clear_state_cache()
+    assert _logstore.list_checkpoints(mine.storage) == [8, 10]
+    _logstore.clear_state_cache()
     assert ids(hafen.open_dataset(url)) == list(range(11))
 
 
@@ -142,8 +142,8 @@ def test_a_checkpoint_the_hint_names_may_be_deleted(tmp_path, monkeypatch):
     hafen.write_dataset(rows(0), url, partition_on=["part"])
     for i in range(1, 12):
         hafen.write_dataset(rows(i), url, mode="append")
-    Path(url, _log.checkpoint_path(10)).unlink()
-    _log.clear_state_cache()
+    Path(url, _actions.checkpoint_path(10)).unlink()
+    _logstore.clear_state_cache()
     assert ids(hafen.open_dataset(url)) == list(range(12))  # before: every read failed
     assert ids(hafen.open_dataset(url, version=7)) == list(range(8))
 
@@ -154,7 +154,7 @@ def test_vacuum_with_an_old_entry_missing(tmp_path, monkeypatch):
     hafen.write_dataset(rows(0), url, partition_on=["part"])
     for i in range(1, 10):
         hafen.write_dataset(rows(i), url, mode="append")
-    Path(url, _log.log_path(2)).unlink()
+    Path(url, _actions.log_path(2)).unlink()
     report = hafen.open_dataset(url).vacuum(retain_versions=3, grace_period=0)
     assert report.removed_versions == [3, 4, 5, 6]  # below 2 nothing is left to retire
     assert ids(hafen.open_dataset(url)) == list(range(10))
@@ -191,20 +191,20 @@ def test_retired_entries_keep_their_versions_taken_until_the_log_retention(tmp_p
         hafen.write_dataset(rows(i), url, mode="append")
     ds = hafen.open_dataset(url)
     assert ds.vacuum(retain_versions=3, grace_period=0).removed_versions == list(range(5))
-    log = Path(url, _log.LOG_DIR)
-    stubs = [log / Path(_log.log_path(v)).name for v in range(5)]
+    log = Path(url, _actions.LOG_DIR)
+    stubs = [log / Path(_actions.log_path(v)).name for v in range(5)]
     assert all(p.exists() for p in stubs)  # the names stay taken: no writer can land there
     with pytest.raises(VersionVacuumedError, match="version 3 was vacuumed"):
         hafen.open_dataset(url, version=3)
     with pytest.raises(VersionNotFoundError, match="version 3"):
-        _log.read_commit(ds.storage, 3)
+        _logstore.read_commit(ds.storage, 3)
     assert [h["version"] for h in ds.history()] == [7, 6, 5]
 
     # stubs go once older than the log retention, which cannot be shorter than the minimum
     monkeypatch.setenv("HAFEN_LOG_RETENTION", "1s")
     with pytest.raises(ConfigError, match="log_retention"):
         ds.vacuum(retain_versions=3, grace_period=0)
-    monkeypatch.setattr(_log, "MIN_LOG_RETENTION", 1.0)
+    monkeypatch.setattr(_logstore, "MIN_LOG_RETENTION", 1.0)
     age(stubs[:3], 3600)
     ds.vacuum(retain_versions=3, grace_period=0)
     assert [p.exists() for p in stubs] == [False, False, False, True, True]
@@ -213,7 +213,7 @@ def test_retired_entries_keep_their_versions_taken_until_the_log_retention(tmp_p
 
 def test_a_writer_with_an_old_base_cannot_land_in_a_freed_version(tmp_path, monkeypatch):
     """A base older than the log retention: its next version's stub may have been deleted."""
-    monkeypatch.setattr(_log, "MIN_LOG_RETENTION", 1.0)
+    monkeypatch.setattr(_logstore, "MIN_LOG_RETENTION", 1.0)
     monkeypatch.setenv("HAFEN_LOG_RETENTION", "1s")
     url = str(tmp_path / "ds")
     hafen.write_dataset(rows(0), url, partition_on=["part"])
@@ -223,9 +223,9 @@ def test_a_writer_with_an_old_base_cannot_land_in_a_freed_version(tmp_path, monk
         hafen.write_dataset(rows(i), url, mode="append")
     ds = hafen.open_dataset(url)
     ds.vacuum(retain_versions=2, grace_period=0)
-    age(list(Path(url, _log.LOG_DIR).glob("*.json")), 3600)
+    age(list(Path(url, _actions.LOG_DIR).glob("*.json")), 3600)
     hafen.open_dataset(url).vacuum(retain_versions=2, grace_period=0)
-    assert not Path(url, _log.log_path(2)).exists()  # the version after the stale base is free
+    assert not Path(url, _actions.log_path(2)).exists()  # the version after the stale base is free
     staged = stage_table(
         ds.storage, pa.Table.from_pandas(rows(100), preserve_index=False), partition_on=["part"]
     )
@@ -258,7 +258,7 @@ def test_a_commit_landing_while_vacuum_reads_the_log_keeps_its_files(tmp_path, m
     monkeypatch.setenv("HAFEN_PLATEAU_VIEW", "false")  # the view would protect its files
     url = str(tmp_path / "ds")
     hafen.write_dataset(rows(0), url, partition_on=["part"])
-    read_log = _log.read_entries_down
+    read_log = _logstore.read_entries_down
     landed: list[hafen.Dataset] = []
 
     def a_commit_lands_meanwhile(*args, **kwargs):
@@ -270,7 +270,7 @@ def test_a_commit_landing_while_vacuum_reads_the_log_keeps_its_files(tmp_path, m
             age([Path(url, p) for p in new], 10)
         return entries
 
-    monkeypatch.setattr(_log, "read_entries_down", a_commit_lands_meanwhile)
+    monkeypatch.setattr(_logstore, "read_entries_down", a_commit_lands_meanwhile)
     report = hafen.open_dataset(url).vacuum(retain_versions=5, grace_period=10)
     assert report.removed_files == []
     assert ids(hafen.open_dataset(url)) == [0, 7]

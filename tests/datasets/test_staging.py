@@ -12,8 +12,9 @@ import pytest
 
 import hafen
 from hafen.datasets import StagingWriter, commit_staged, stage_table, storage_for
+from hafen.datasets._actions import file_label
 from hafen.datasets._plateau import encode_index_part
-from hafen.datasets._write import column_stats, file_label
+from hafen.datasets._write import column_stats
 
 
 def odd_table(n: int = 400, seed: int = 0) -> pa.Table:

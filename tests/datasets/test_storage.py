@@ -7,6 +7,7 @@ backend: local files, ``memory://``, Azure Blob (Azurite) and S3 (moto). A subcl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import pickle
 import threading
@@ -31,6 +32,13 @@ from hafen.testing._azurite import ACCOUNT_NAME
 from hafen.testing._moto import ACCESS_KEY, REGION, SECRET_KEY
 
 RACERS = 8
+
+
+def fast_retries(monkeypatch, backend: object, policy: str, backoff: float) -> None:
+    """The backend's exclusive create retries as often as in production, with short waits."""
+    monkeypatch.setattr(
+        backend, policy, dataclasses.replace(getattr(backend, policy), backoff=backoff)
+    )
 
 
 def race(storage: Storage, path: str) -> list[int]:
@@ -213,7 +221,7 @@ class TestAzureStorage(StorageTests):
     @pytest.fixture
     def failing(self, azurite, monkeypatch) -> Storage:
         """A wrong account key: Azurite refuses every request (403)."""
-        monkeypatch.setattr(_azure, "AZURE_BACKOFF", 0.01)
+        fast_retries(monkeypatch, _azure, "AZURE_RETRY", 0.01)
         wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc="
         options = {
             "connection_string": azurite.connection_string.replace(
@@ -250,7 +258,7 @@ class TestS3Storage(StorageTests):
         return Storage(f"s3://hafen-{uuid.uuid4().hex[:8]}/root", options)
 
     def test_backend_errors_are_storage_errors_naming_the_path(self, failing, monkeypatch):
-        monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)  # the exclusive create's retries
+        fast_retries(monkeypatch, _s3, "S3_RETRY", 0.001)  # the exclusive create's retries
         super().test_backend_errors_are_storage_errors_naming_the_path(failing)
 
 
@@ -265,7 +273,7 @@ class TestS3StorageOptions(TestS3Storage):
 def test_s3_put_if_absent_retried_after_it_landed_is_still_a_win(moto_s3, monkeypatch):
     """A PUT stored, then the answer lost: the retry meets 412 and the token says "mine"."""
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
-    monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)
+    fast_retries(monkeypatch, _s3, "S3_RETRY", 0.001)
     original = S3Storage._s3_create
     calls = []
 
@@ -288,7 +296,7 @@ def test_s3_conditional_conflict_is_retried(moto_s3, monkeypatch):
     from botocore.exceptions import ClientError
 
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
-    monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)
+    fast_retries(monkeypatch, _s3, "S3_RETRY", 0.001)
     original = S3Storage._s3_create
     calls = []
 
@@ -307,7 +315,7 @@ def test_s3_conditional_conflict_is_retried(moto_s3, monkeypatch):
 
 def test_s3_gives_up_with_an_unknown_outcome(moto_s3, monkeypatch):
     storage = Storage(f"s3://{moto_s3.bucket()}/root", moto_s3.storage_options)
-    monkeypatch.setattr(_s3, "S3_BACKOFF", 0.001)
+    fast_retries(monkeypatch, _s3, "S3_RETRY", 0.001)
 
     async def always_drops(self, bucket, key, data, token):
         raise ConnectionError("connection reset (injected)")

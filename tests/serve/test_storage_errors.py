@@ -174,7 +174,7 @@ def test_a_damaged_commit_log_is_named_without_its_path(root):
     for entry in _files(root / "forecasts", "_hafen/log/*.json"):
         entry.write_text("{not json")
     (root / "forecasts" / "_hafen" / "_last_checkpoint").unlink(missing_ok=True)
-    from hafen.datasets._log import clear_state_cache
+    from hafen.datasets._logstore import clear_state_cache
 
     clear_state_cache()  # as a server started after the damage
     with TestClient(create_app(str(root), refresh=0.05)) as client:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from hafen import __version__
+from hafen._version import __version__
 from hafen.cli._cluster import chaos, limits_command
 from hafen.cli._common import HafenGroup
 from hafen.cli._datasets import dataset

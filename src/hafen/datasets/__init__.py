@@ -8,6 +8,7 @@ files in parallel and commit once (``hafen.dask``, ``hafen.sql``): :func:`stage_
 
 from __future__ import annotations
 
+from hafen.datasets._actions import DataFile
 from hafen.datasets._dataset import (
     Dataset,
     VacuumReport,
@@ -17,7 +18,7 @@ from hafen.datasets._dataset import (
     storage_for,
     write_dataset,
 )
-from hafen.datasets._log import DataFile, latest_version
+from hafen.datasets._logstore import latest_version
 from hafen.datasets._predicates import normalize_predicates, parse_predicates, to_expression
 from hafen.datasets._schema import conform, normalize_schema, partition_label, to_arrow
 from hafen.datasets._storage import Storage, map_storage_errors

@@ -18,10 +18,21 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from hafen.config import get_settings, parse_duration
-from hafen.datasets import _log
+from hafen.datasets import _commit as _commit_loop
+from hafen.datasets import _logstore
+from hafen.datasets._actions import (
+    LOG_DIR,
+    Commit,
+    DataFile,
+    DatasetState,
+    IndexPart,
+    checkpoint_path,
+    file_label,
+    log_path,
+)
 from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
-from hafen.datasets._log import Commit, DataFile, DatasetState, IndexPart
 from hafen.datasets._plateau import (
+    open_state,
     read_index_part,
     view_references,
     write_index_part,
@@ -45,7 +56,7 @@ from hafen.datasets._verify import (
     file_schema,
     verify_files,
 )
-from hafen.datasets._write import StagedWrite, file_label, stage_table
+from hafen.datasets._write import StagedWrite, stage_table
 from hafen.errors import (
     ConfigError,
     ConflictError,
@@ -175,10 +186,10 @@ class Dataset:
         gone or no longer its own (the dataset was vacuumed past it, or deleted and recreated).
         """
         if self._state.origin == "plateau":
-            return not _log.list_versions(self._storage)
-        if self._storage.exists(_log.log_path(self.version + 1)):
+            return not _logstore.list_versions(self._storage)
+        if self._storage.exists(log_path(self.version + 1)):
             return False
-        return not self._state.commit_id or _log.holds_commit(
+        return not self._state.commit_id or _logstore.holds_commit(
             self._storage, self.version, self._state.commit_id
         )
 
@@ -423,7 +434,7 @@ class Dataset:
         if self._state.origin == "plateau":
             return [_history_row(_plateau_commit(self._state))]
         stop = 0 if limit is None else max(0, self.version - limit + 1)
-        entries = _log.read_entries_down(self._storage, self.version, stop=stop)
+        entries = _logstore.read_entries_down(self._storage, self.version, stop=stop)
         return [_history_row(c) for c in entries]
 
     def verify(
@@ -478,7 +489,7 @@ class Dataset:
         literals = normalize_predicates(predicates, self.schema)
         assert literals is not None
         current = self
-        for _attempt in range(get_settings().commit_retries + 1):
+        for _attempt in range(_commit_loop.retry_policy().attempts):
             try:
                 return current._delete_once(literals)
             except ConflictError:
@@ -552,9 +563,9 @@ class Dataset:
             raise ConfigError(f"retain_versions must be a whole number >= 1, got {retain!r}")
         grace = parse_duration(settings.grace_period if grace_period is None else grace_period)
         log_retention = parse_duration(settings.log_retention)
-        if log_retention < _log.MIN_LOG_RETENTION:
+        if log_retention < _logstore.MIN_LOG_RETENTION:
             raise ConfigError(
-                f"log_retention must be at least {_log.MIN_LOG_RETENTION:.0f} s, "
+                f"log_retention must be at least {_logstore.MIN_LOG_RETENTION:.0f} s, "
                 f"got {settings.log_retention!r}"
             )
         storage = self._storage
@@ -572,7 +583,7 @@ class Dataset:
         candidates: list[FileInfo] = []
         for directory in ("table", "indices", "_hafen/indices"):
             candidates.extend(storage.walk(directory))
-        candidates.extend(i for i in storage.list(_log.LOG_DIR) if "/.tmp-" in "/" + i.path)
+        candidates.extend(i for i in storage.list(LOG_DIR) if "/.tmp-" in "/" + i.path)
         candidates.extend(storage.walk(SCRATCH_DIR))  # left by writers that died mid-job
         for info in candidates:
             if info.path in referenced or info.path.endswith("_common_metadata"):
@@ -582,19 +593,19 @@ class Dataset:
                 continue
             report.removed_files.append(info.path)
             report.bytes_freed += info.size
-        report.removed_versions = _log.retire(storage, floor, dry_run=True)
+        report.removed_versions = _logstore.retire(storage, floor, dry_run=True)
         if dry_run:
             return report
         storage.delete(report.removed_files)
         if floor > 0:
             # the checkpoint at the oldest retained version comes first: readers start there
             # once the entries below it are retired
-            if not storage.exists(_log.checkpoint_path(floor)):
-                _log.write_checkpoint(storage, base)
-            report.removed_versions = _log.retire(storage, floor)
-            old_checkpoints = [c for c in _log.list_checkpoints(storage) if c < floor]
-            storage.delete([_log.checkpoint_path(c) for c in old_checkpoints])
-            _log.delete_retired(storage, floor, older_than=log_retention)
+            if not storage.exists(checkpoint_path(floor)):
+                _logstore.write_checkpoint(storage, base)
+            report.removed_versions = _logstore.retire(storage, floor)
+            old_checkpoints = [c for c in _logstore.list_checkpoints(storage) if c < floor]
+            storage.delete([checkpoint_path(c) for c in old_checkpoints])
+            _logstore.delete_retired(storage, floor, older_than=log_retention)
         return report
 
 
@@ -605,17 +616,17 @@ def _retained(storage: Storage, retain: int) -> tuple[int, DatasetState, list[Co
     retained versions then start above the newest retired entry.
     """
     for _ in range(5):
-        latest = _log.load_state(storage)
+        latest = open_state(storage)
         if latest.origin != "hafen":
             raise DatasetNotFoundError(f"{storage.url}: nothing to vacuum (no hafen log)")
         wanted = max(0, latest.version - retain + 1)
-        newer = _log.read_entries_down(storage, latest.version, stop=wanted + 1)
+        newer = _logstore.read_entries_down(storage, latest.version, stop=wanted + 1)
         if len(newer) == latest.version - wanted:
             floor = wanted
         else:  # the walk down met a retired entry: everything below it is retired too
             floor = newer[-1].version if newer else latest.version
         try:
-            base = latest if floor == latest.version else _log.load_state(storage, floor)
+            base = latest if floor == latest.version else open_state(storage, floor)
             len(base.files)  # the files of the oldest retained version, read now
         except VersionVacuumedError:
             continue  # a concurrent vacuum retired more meanwhile: look again
@@ -666,12 +677,12 @@ def open_dataset(
         raise VersionNotFoundError(
             f"{storage.url}: version {version} does not exist (versions are below 2**63)"
         )
-    return Dataset(storage, _log.load_state(storage, version))
+    return Dataset(storage, open_state(storage, version))
 
 
 def _try_open(storage: Storage) -> DatasetState | None:
     try:
-        return _log.load_state(storage)
+        return open_state(storage)
     except DatasetNotFoundError:
         return None
 
@@ -944,12 +955,12 @@ def _commit(
             )
 
     try:
-        new_state = _log.commit(
+        new_state = _commit_loop.commit(
             storage,
             state,
             plan,
             retry_conflicts=retry,
-            max_attempts=settings.commit_retries + 1,  # retries after the first attempt
+            retry=_commit_loop.retry_policy(settings),
             checkpoint_interval=settings.checkpoint_interval,
             exclusive_create=exclusive,
             before_attempt=staged_files_protected,

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 
-from hafen.datasets._log import DataFile
+from hafen.datasets._actions import DataFile
 from hafen.datasets._schema import _normalize_type
 
 __all__ = [

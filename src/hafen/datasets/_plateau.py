@@ -22,17 +22,34 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
+from hafen.datasets._actions import (
+    Commit,
+    DataFile,
+    DatasetState,
+    IndexPart,
+    file_label,
+    log_path,
+    now,
+)
 from hafen.datasets._integrity import DAMAGE, parquet_format
-from hafen.datasets._log import DataFile, DatasetState, IndexPart, load_state, log_path
+from hafen.datasets._logstore import load_state
 from hafen.datasets._schema import normalize_schema, plateau_label
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.datasets._verify import check_index_file, corrupt_file
-from hafen.datasets._write import file_label
-from hafen.errors import CorruptDataError, CorruptMetadataError, DatasetError, StorageError
+from hafen.errors import (
+    CorruptDataError,
+    CorruptMetadataError,
+    DatasetError,
+    DatasetNotFoundError,
+    StorageError,
+    VersionNotFoundError,
+)
 
 __all__ = [
+    "adopt_plateau",
     "encode_index_part",
     "import_plateau",
+    "open_state",
     "read_index_part",
     "write_index_part",
     "write_plateau_view",
@@ -133,6 +150,48 @@ def import_plateau(storage: Storage) -> DatasetState | None:
         dataset_id=meta.get("dataset_uuid", dataset_uuid(storage)),
         origin="plateau",
     )
+
+
+def open_state(storage: Storage, version: int | None = None) -> DatasetState:
+    """The state at ``version`` (latest when None) from hafen's log, or, when there is none, a
+    plateau dataset's as version 0 (its only version).
+
+    Raises :class:`DatasetNotFoundError` when there is neither.
+    """
+    return load_state(storage, version, without_log=_without_log)
+
+
+def _without_log(storage: Storage, version: int | None) -> DatasetState:
+    state = import_plateau(storage)
+    if state is None:
+        raise DatasetNotFoundError(f"no dataset at {storage.url}")
+    if version not in (None, 0):
+        raise VersionNotFoundError(
+            f"{storage.url}: version {version} does not exist; the only version is 0"
+        )
+    return state
+
+
+def adopt_plateau(storage: Storage, state: DatasetState) -> DatasetState:
+    """Record a plateau dataset's current content as version 0 of a hafen log; return the
+    latest state (this import, or what another writer committed first)."""
+    entry = Commit(
+        operation="import",
+        adds=list(state.files.values()),
+        index_parts=list(state.index_parts),
+        schema=state.schema,
+        metadata={
+            "partition_on": state.partition_on,
+            "indices": state.indices,
+            "dataset_id": state.dataset_id,
+        },
+        parameters={"source": "plateau"},
+        version=0,
+        timestamp=now(),
+    )
+    payload = json.dumps(entry.to_json(), separators=(",", ":")).encode()
+    storage.put_if_absent(log_path(0), payload)
+    return open_state(storage)
 
 
 _INDEX_GROUP_LABELS = 1 << 16  # labels per row group of an index file
@@ -275,7 +334,7 @@ def write_plateau_view(storage: Storage, state: DatasetState) -> None:
         _write_view_once(storage, state)
         if not storage.exists(log_path(state.version + 1)):
             return
-        state = load_state(storage)
+        state = open_state(storage)
 
 
 def _write_view_once(storage: Storage, state: DatasetState) -> None:

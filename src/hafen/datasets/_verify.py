@@ -19,8 +19,8 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hafen.datasets._actions import DataFile, DatasetState, IndexPart
 from hafen.datasets._integrity import DAMAGE, checksum_of, footer_problem
-from hafen.datasets._log import DataFile, DatasetState, IndexPart
 from hafen.datasets._storage import Storage
 from hafen.errors import CorruptDataError, StorageError
 

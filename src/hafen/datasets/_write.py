@@ -28,8 +28,8 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.config import get_settings
+from hafen.datasets._actions import DataFile, file_label
 from hafen.datasets._integrity import HashingFileSystem, HashingSink, checksum_of
-from hafen.datasets._log import DataFile
 from hafen.datasets._schema import NULL_PARTITION, partition_label
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.errors import StorageError
@@ -83,11 +83,6 @@ class StagedWrite:
                 entries.setdefault(column, []).append(table)
         out.index_entries = {c: pa.concat_tables(ts) for c, ts in entries.items()}
         return out
-
-
-def file_label(path: str) -> str:
-    """Return plateau's label of a data file: its path below ``table/`` without the suffix."""
-    return path[len("table/") : -len(".parquet")]
 
 
 def _stat_value(value: Any, type_: pa.DataType) -> Any:

@@ -62,16 +62,16 @@ def _implementation(name: str) -> str:
 
 
 def _connect(cfg: PipelineConfig) -> Any:
-    import hafen
+    from hafen.cluster import connect
     from hafen.config import get_settings
 
     address = cfg.scheduler or get_settings().scheduler  # [cluster] scheduler, else the setting
     if address:
-        return hafen.connect(address)
+        return connect(address)
     with warnings.catch_warnings():
         # "Port 8787 is already in use": distributed then picks a free port, printed later
         warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
-        return hafen.connect(
+        return connect(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,
             dashboard_address=":8787",
@@ -101,13 +101,13 @@ def run_pipeline(
     --------
     >>> result = run_pipeline(load_config("pipeline.toml"))  # doctest: +SKIP
     """
-    import hafen
+    from hafen.cluster import set_limit
 
     own = client is None
     if own:
         client = _connect(cfg)
     try:
-        hafen.set_limit(DB_LIMIT, concurrency=cfg.concurrency, client=client)
+        set_limit(DB_LIMIT, concurrency=cfg.concurrency, client=client)
         dashboard = getattr(client, "dashboard_link", None)
         if console is not None and dashboard:
             console.print(f"Dask dashboard: [link={dashboard}]{dashboard}[/link]")

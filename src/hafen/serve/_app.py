@@ -28,7 +28,7 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
-from hafen import __version__
+from hafen._version import __version__
 from hafen.datasets import Dataset, storage_for
 from hafen.errors import HafenError
 from hafen.serve._answers import DEFAULT_BODY_CACHE_BYTES, ForecastBodies

@@ -46,12 +46,12 @@ def process_cluster(n_workers: int = 4, **kwargs: Any) -> Iterator[Client]:
     Defaults: 1 thread and 1 GiB per worker, a dashboard on a free port; ``kwargs`` go to
     ``LocalCluster``. Closing the client closes the cluster.
     """
-    import hafen
+    from hafen.cluster import connect
 
     kwargs.setdefault("threads_per_worker", 1)
     kwargs.setdefault("memory_limit", "1GiB")
     kwargs.setdefault("dashboard_address", ":0")
-    client = hafen.connect(n_workers=n_workers, **kwargs)
+    client = connect(n_workers=n_workers, **kwargs)
     try:
         client.wait_for_workers(n_workers, timeout=DEADLINE)
         yield client
@@ -69,10 +69,10 @@ def thread_cluster(
     of its own (no SIGKILL, no SIGTERM). A dashboard on a free port unless ``kwargs`` say
     otherwise; closing the client closes the cluster.
     """
-    import hafen
+    from hafen.cluster import connect
 
     kwargs.setdefault("dashboard_address", ":0")
-    client = hafen.connect(
+    client = connect(
         processes=False, n_workers=n_workers, threads_per_worker=threads_per_worker, **kwargs
     )
     try:

@@ -181,9 +181,9 @@ def leased(path: str, name: str, duration: float) -> str:
     The log is a :func:`timed_task` log keyed by lease id: :func:`max_overlap` is the most leases
     held at once.
     """
-    import hafen
+    from hafen.cluster import lease
 
-    with hafen.lease(name) as lease_id:
+    with lease(name) as lease_id:
         log_event(path, "start", lease_id)
         time.sleep(duration)
         log_event(path, "end", lease_id)

@@ -4,22 +4,19 @@ exclusive create as a conditional upload tagged with a token, retried without co
 from __future__ import annotations
 
 import os
-import random
-import time
 import uuid
 from typing import Any
 
+from hafen.datasets._retry import RetryPolicy
 from hafen.datasets._storage._base import Storage
 from hafen.errors import StorageError
 
-__all__ = ["AZURE_ATTEMPTS", "AZURE_BACKOFF", "AZURE_MAX_BACKOFF", "AzureStorage"]
+__all__ = ["AZURE_RETRY", "AzureStorage"]
 
-# Azure: the exclusive create retries throttling (429, 503) and transient failures this many
-# times, sleeping a random time up to AZURE_BACKOFF * 2**attempt (at most AZURE_MAX_BACKOFF, or
-# the service's Retry-After) between attempts; then it gives up with an unknown outcome.
-AZURE_ATTEMPTS = 6
-AZURE_BACKOFF = 0.25
-AZURE_MAX_BACKOFF = 8.0
+#: The exclusive create retries throttling (429, 503) and transient failures 5 times after the
+#: first attempt, sleeping a random time up to 0.25 s * 2**retry (at most 8 s, or the service's
+#: Retry-After) before each; then it gives up with an unknown outcome.
+AZURE_RETRY = RetryPolicy(retries=5, backoff=0.25, max_backoff=8.0)
 _AZURE_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _AZURE_TOKEN_KEY = "hafen_put_token"
 _AZURE_CREDENTIAL_KEYS = frozenset(
@@ -106,10 +103,10 @@ class AzureStorage(Storage):
         container, blob, _ = self.fs.split_path(full)
         token = uuid.uuid4().hex
         last: BaseException | None = None
-        for attempt in range(AZURE_ATTEMPTS):
+        policy = AZURE_RETRY
+        for attempt in range(policy.attempts):
             if attempt:
-                pause = random.uniform(0, min(AZURE_MAX_BACKOFF, AZURE_BACKOFF * 2**attempt))
-                time.sleep(max(pause, min(_retry_after(last), AZURE_MAX_BACKOFF)))
+                policy.sleep(attempt, at_least=_retry_after(last))
             try:
                 return sync(self.fs.loop, self._azure_create, container, blob, data, token)
             except Exception as exc:
@@ -117,7 +114,7 @@ class AzureStorage(Storage):
                     raise
                 last = exc
         raise StorageError(
-            f"{full}: Azure did not confirm the exclusive create after {AZURE_ATTEMPTS} "
+            f"{full}: Azure did not confirm the exclusive create after {policy.attempts} "
             f"attempts; the blob may or may not exist: {type(last).__name__}: {last}"
         ) from last
 

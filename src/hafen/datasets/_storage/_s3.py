@@ -4,21 +4,19 @@ conditional PUT (``If-None-Match: *``) tagged with a token, retried without comm
 from __future__ import annotations
 
 import os
-import random
-import time
 import uuid
 from typing import Any
 
+from hafen.datasets._retry import RetryPolicy
 from hafen.datasets._storage._base import Storage
 from hafen.errors import StorageError
 
-__all__ = ["S3_ATTEMPTS", "S3_BACKOFF", "S3_MAX_BACKOFF", "S3Storage"]
+__all__ = ["S3_RETRY", "S3Storage"]
 
-# S3: the exclusive create retries the same way (S3 answers 409 ConditionalRequestConflict to a
-# conditional PUT racing another one on the same key, and asks to retry).
-S3_ATTEMPTS = 6
-S3_BACKOFF = 0.25
-S3_MAX_BACKOFF = 8.0
+#: The exclusive create retries as Azure's does (S3 answers 409 ConditionalRequestConflict to a
+#: conditional PUT racing another one on the same key, and asks to retry): 5 times after the
+#: first attempt, sleeping a random time up to 0.25 s * 2**retry (at most 8 s) before each.
+S3_RETRY = RetryPolicy(retries=5, backoff=0.25, max_backoff=8.0)
 _S3_TOKEN_KEY = "hafen-put-token"
 _S3_RETRY_CODES = frozenset(
     {"ConditionalRequestConflict", "SlowDown", "Throttling", "ThrottlingException",
@@ -94,9 +92,10 @@ class S3Storage(Storage):
         bucket, key, _ = self.fs.split_path(full)
         token = uuid.uuid4().hex
         last: BaseException | None = None
-        for attempt in range(S3_ATTEMPTS):
+        policy = S3_RETRY
+        for attempt in range(policy.attempts):
             if attempt:
-                time.sleep(random.uniform(0, min(S3_MAX_BACKOFF, S3_BACKOFF * 2**attempt)))
+                policy.sleep(attempt)
             try:
                 created: bool = sync(self.fs.loop, self._s3_create, bucket, key, data, token)
             except Exception as exc:
@@ -107,7 +106,7 @@ class S3Storage(Storage):
                 self.fs.invalidate_cache(full)
                 return created
         raise StorageError(
-            f"{full}: S3 did not confirm the exclusive create after {S3_ATTEMPTS} "
+            f"{full}: S3 did not confirm the exclusive create after {policy.attempts} "
             f"attempts; the object may or may not exist: {type(last).__name__}: {last}"
         ) from last
 
