@@ -18,7 +18,6 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 from azure.storage.blob.aio import BlobClient
 
 import hafen
-from _azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from hafen.datasets import open_dataset
 from hafen.datasets._dataset import storage_for
 from hafen.datasets._schema import to_arrow
@@ -27,6 +26,7 @@ from hafen.datasets._storage import _azure as _storage  # the Azure backend's kn
 from hafen.datasets._write import stage_table
 from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import CommitOutcomeUnknownError, StorageError
+from hafen.testing._azurite import ACCOUNT_KEY, ACCOUNT_NAME
 
 AZURE_VARIABLES = [
     "AZURE_STORAGE_CONNECTION_STRING",
