@@ -17,12 +17,12 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from hafen.datasets import Storage
 from hafen.datasets._storage import (
     AzureStorage,
     LocalStorage,
     MemoryStorage,
     S3Storage,
+    Storage,
     _azure,
     _s3,
 )
