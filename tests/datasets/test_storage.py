@@ -169,6 +169,15 @@ class StorageTests:
         assert copy.url == storage.url and copy.protocol == storage.protocol
         assert copy.read_bytes("x") == b"1"
 
+    def test_arrow_writes_a_deep_file_after_create_parent(self, storage):
+        full = storage.full("a/b/c/file.bin")
+        storage.create_parent(full)
+        with storage.arrow_filesystem.open_output_stream(full) as sink:
+            sink.write(b"arrow")
+        assert storage.read_bytes("a/b/c/file.bin") == b"arrow"
+        assert storage.local is (self.backend in (LocalStorage, MemoryStorage))
+        assert storage.has_directories is (self.backend is LocalStorage)
+
     # -- errors ------------------------------------------------------------------------------
 
     def test_backend_errors_are_storage_errors_naming_the_path(self, failing):

@@ -122,7 +122,7 @@ def _scan(spec: ReshuffleSpec, files: Sequence[DataFile]) -> Any:
 def _ipc_options(storage: Storage) -> pa.ipc.IpcWriteOptions:
     # local scratch files are read back at once (from the page cache): compressing costs more
     # CPU than it saves; remote ones cross the network twice
-    return pa.ipc.IpcWriteOptions(compression=None if storage.protocol == "file" else "lz4")
+    return pa.ipc.IpcWriteOptions(compression=None if storage.local else "lz4")
 
 
 def _write_run(
@@ -134,8 +134,7 @@ def _write_run(
     fs = storage.arrow_filesystem
     runs = []
     with map_storage_errors(full):
-        if storage.protocol == "file":
-            fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+        storage.create_parent(full)
         with (
             fs.open_output_stream(full) as sink,
             pa.ipc.new_file(sink, table.schema, options=_ipc_options(storage)) as writer,

@@ -159,7 +159,7 @@ def _remove_scratch(storage: Storage, scratch: str, created_root: bool) -> None:
     """Remove the scratch area, and the directories this run created around it."""
     with contextlib.suppress(FileNotFoundError, StorageError, OSError):
         storage.fs.rm(storage.full(scratch), recursive=True)
-    if storage.protocol != "file":
+    if not storage.has_directories:
         return
     import os
 

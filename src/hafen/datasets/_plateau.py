@@ -237,8 +237,7 @@ def _write_view_once(storage: Storage, state: DatasetState) -> None:
         )
         ordered = _with_pandas_metadata(ordered)
         with map_storage_errors(common):
-            if storage.protocol == "file":
-                storage.arrow_filesystem.create_dir(common.rsplit("/", 1)[0], recursive=True)
+            storage.create_parent(common)
             pq.write_metadata(ordered, common, filesystem=storage.arrow_filesystem)
     storage.write_full(storage.sibling(METADATA_SUFFIX), json.dumps(meta).encode())
 

@@ -106,8 +106,7 @@ def _write_file(
     full = storage.full(path)
     fs = storage.arrow_filesystem
     with map_storage_errors(full):
-        if storage.protocol == "file":
-            fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+        storage.create_parent(full)
         sink = HashingSink(fs.open_output_stream(full))
         with sink.stream() as stream:
             pq.write_table(
@@ -280,7 +279,7 @@ def _write_partitioned(
             max_rows_per_group=group,
             preserve_order=len(data.to_batches()) > 1,
             max_partitions=max(1024, data.num_rows),  # Arrow's default is 1024
-            create_dir=storage.protocol == "file",
+            create_dir=storage.has_directories,
             file_visitor=visit,
         )
     if hashing is None:
@@ -350,8 +349,7 @@ class StagingWriter:
             full = self.storage.full(path)
             fs = self.storage.arrow_filesystem
             with map_storage_errors(full):
-                if self.storage.protocol == "file":
-                    fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+                self.storage.create_parent(full)
                 sink = HashingSink(fs.open_output_stream(full))
                 if self._dictionary is None:
                     self._dictionary = dictionary_columns(part, self.row_group_size, self._choice)
