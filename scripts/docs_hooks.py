@@ -51,10 +51,8 @@ def settings_table() -> str:
         pending = []
     rows = ["| setting | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for field in dataclasses.fields(config.Settings):
-        if field.default is not dataclasses.MISSING:
-            default = f"`{field.default!r}`"
-        else:
-            default = "`{}`"
+        missing = field.default is dataclasses.MISSING
+        default = "`{}`" if missing else f"`{field.default!r}`"
         env = (
             "only in `hafen.toml`"
             if field.name == "storage_options"
@@ -109,9 +107,10 @@ def openapi_markdown(document: dict[str, Any]) -> str:
                 out.append("| parameter | in | type | required | meaning |")
                 out.append("| --- | --- | --- | --- | --- |")
                 for p in params:
+                    required = "yes" if p.get("required") else "no"
                     out.append(
                         f"| `{p['name']}` | {p['in']} | {_type(p.get('schema', {}))} | "
-                        f"{'yes' if p.get('required') else 'no'} | {_cell(p.get('description', ''))} |"
+                        f"{required} | {_cell(p.get('description', ''))} |"
                     )
                 out.append("")
             answers = ", ".join(
