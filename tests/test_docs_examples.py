@@ -51,6 +51,15 @@ def _run_console(body: str, page: Path) -> None:
         assert result.exit_code == 0, f"{page.name}: {line}\n{result.output}"
 
 
+def _close_clients(namespace: dict[str, object]) -> None:
+    """Close the clients a page made (``client = hafen.connect()``) before its cluster stops."""
+    from distributed import Client
+
+    for value in namespace.values():
+        if isinstance(value, Client):
+            value.close()
+
+
 @pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -61,6 +70,7 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             client = stack.enter_context(thread_cluster(n_workers=2, threads_per_worker=2))
             monkeypatch.setenv("HAFEN_SCHEDULER", client.scheduler.address)
         namespace: dict[str, object] = {"__name__": "__docs__"}
+        stack.callback(_close_clients, namespace)
         for number, (lang, body) in enumerate(_blocks(page), 1):
             if lang == "console":
                 _run_console(body, page)
