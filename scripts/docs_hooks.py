@@ -165,3 +165,22 @@ class HashColonComments(griffe.Extension):
             number -= 1
         if comment:
             attr.docstring = griffe.Docstring(" ".join(comment), lineno=attr.lineno, parent=attr)
+
+
+_ROLE = re.compile(
+    r":(?:py:)?(?:attr|class|data|exc|func|meth|mod|obj):`(?P<tilde>~?)(?P<target>[^`]+)`"
+)
+
+
+def _role_to_code(match: re.Match[str]) -> str:
+    target = match["target"]
+    return f"`{target.rsplit('.', 1)[-1] if match['tilde'] else target}`"
+
+
+class SphinxRoles(griffe.Extension):
+    """Griffe extension: Sphinx roles in docstrings (``:class:`~hafen.datasets.Dataset```) shown
+    as code (``Dataset``), instead of as the literal role markup that Markdown would print."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = _ROLE.sub(_role_to_code, obj.docstring.value)

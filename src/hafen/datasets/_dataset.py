@@ -391,7 +391,10 @@ class Dataset:
 
         Raises
         ------
-        PredicateError, ConflictError
+        PredicateError
+            For a predicate on an unknown column, before anything changes.
+        ConflictError
+            When a concurrent commit interferes and ``on_conflict="raise"``; nothing landed.
 
         Examples
         --------
