@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import griffe
 import yaml
 
 _MARKER = re.compile(r"^<!-- hafen:([a-z-]+) -->$", re.MULTILINE)
@@ -141,3 +142,45 @@ def on_files(files: Any, config: Any, **kwargs: Any) -> Any:
     content = json.dumps(openapi_document(), indent=2) + "\n"
     files.append(File.generated(config, "openapi.json", content=content))
     return files
+
+
+class HashColonComments(griffe.Extension):
+    """Griffe extension: a ``#:`` comment above a module constant is its docstring.
+
+    hafen documents constants the Sphinx way (``#: meaning`` on the lines above the assignment);
+    griffe reads only a string below it. Loaded by mkdocstrings (``extensions:`` in mkdocs.yml).
+    """
+
+    def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: Any) -> None:
+        if attr.docstring is not None or attr.lineno is None or not attr.parent:
+            return
+        try:
+            lines = attr.parent.lines_collection[attr.filepath]  # type: ignore[index]
+        except (KeyError, TypeError):
+            return
+        comment: list[str] = []
+        number = attr.lineno - 2  # the line above, 0-based
+        while number >= 0 and lines[number].lstrip().startswith("#:"):
+            comment.insert(0, lines[number].lstrip()[2:].strip())
+            number -= 1
+        if comment:
+            attr.docstring = griffe.Docstring(" ".join(comment), lineno=attr.lineno, parent=attr)
+
+
+_ROLE = re.compile(
+    r":(?:py:)?(?:attr|class|data|exc|func|meth|mod|obj):`(?P<tilde>~?)(?P<target>[^`]+)`"
+)
+
+
+def _role_to_code(match: re.Match[str]) -> str:
+    target = match["target"]
+    return f"`{target.rsplit('.', 1)[-1] if match['tilde'] else target}`"
+
+
+class SphinxRoles(griffe.Extension):
+    """Griffe extension: Sphinx roles in docstrings (``:class:`~hafen.datasets.Dataset```) shown
+    as code (``Dataset``), instead of as the literal role markup that Markdown would print."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = _ROLE.sub(_role_to_code, obj.docstring.value)

@@ -4,4 +4,5 @@ from __future__ import annotations
 
 __all__ = ["__version__"]
 
+#: hafen's version, as installed.
 __version__ = "0.1.0"

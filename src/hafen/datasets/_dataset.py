@@ -236,6 +236,34 @@ class Dataset:
 
         Files are pruned by partition values, secondary indices and statistics before any is
         opened; row groups by their Parquet statistics; the rest is filtered in Arrow.
+
+        Parameters
+        ----------
+        columns
+            Columns to read; all by default.
+        predicates
+            Filters in disjunctive normal form: a list of AND-ed lists of ``(column, op,
+            value)``, e.g. ``[[("date", ">=", d0), ("store_id", "in", [1, 2])]]``.
+        files
+            Read only these files of this version (as :meth:`files` lists them).
+
+        Returns
+        -------
+        pyarrow.Table
+            Partition columns included, with the dataset's types.
+
+        Raises
+        ------
+        SchemaError
+            For a column the dataset does not have.
+        PredicateError
+            For a predicate on an unknown column, an unknown operator or a value of the
+            wrong type.
+
+        Examples
+        --------
+        >>> ds = open_dataset("data/sales")  # doctest: +SKIP
+        >>> ds.read_arrow(["store_id", "qty"], predicates=[[("qty", ">", 0)]])  # doctest: +SKIP
         """
         columns = self._check_columns(columns)
         literals = normalize_predicates(predicates, self.schema)
@@ -256,11 +284,46 @@ class Dataset:
     def read(
         self, columns: Sequence[str] | None = None, *, predicates: Predicates = None
     ) -> pd.DataFrame:
-        """Return the rows matching ``predicates`` as a pandas DataFrame (see ``read_arrow``)."""
+        """Return the rows matching ``predicates`` as a pandas DataFrame.
+
+        Parameters
+        ----------
+        columns
+            Columns to read; all by default.
+        predicates
+            Filters in disjunctive normal form, as for :meth:`read_arrow`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            With a RangeIndex.
+
+        Examples
+        --------
+        >>> ds = open_dataset("data/sales")  # doctest: +SKIP
+        >>> ds.read(predicates=[[("date", "==", date(2024, 1, 2))]])  # doctest: +SKIP
+        """
         return self.read_arrow(columns, predicates=predicates).to_pandas()
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The commits up to this version, newest first: time, operation, files and rows."""
+        """The commits up to this version, newest first: time, operation, files and rows.
+
+        Parameters
+        ----------
+        limit
+            At most this many commits (the newest); all retained ones by default.
+
+        Returns
+        -------
+        list of dict
+            One per commit: ``version``, ``timestamp``, ``operation``, ``files_added``,
+            ``files_removed``, ``rows_added`` and ``parameters``.
+
+        Examples
+        --------
+        >>> [c["operation"] for c in open_dataset("data/sales").history(limit=3)]  # doctest: +SKIP
+        ['delete', 'append', 'create']
+        """
         if self._state.origin == "plateau":
             return [_history_row(_plateau_commit(self._state))]
         stop = 0 if limit is None else max(0, self.version - limit + 1)
@@ -313,6 +376,31 @@ class Dataset:
         rows (judged by the file's partition values and statistics, anywhere in the dataset),
         makes it raise :class:`ConflictError` (nothing landed), or with ``on_conflict="retry"``
         plan again on the new version.
+
+        Parameters
+        ----------
+        predicates
+            The rows to remove, in disjunctive normal form, as for :meth:`read_arrow`.
+        on_conflict
+            ``"raise"`` or ``"retry"`` when a concurrent commit interferes, as above.
+
+        Returns
+        -------
+        Dataset
+            The new version.
+
+        Raises
+        ------
+        PredicateError
+            For a predicate on an unknown column, before anything changes.
+        ConflictError
+            When a concurrent commit interferes and ``on_conflict="raise"``; nothing landed.
+
+        Examples
+        --------
+        >>> ds = open_dataset("data/sales")  # doctest: +SKIP
+        >>> ds.delete([[("store_id", "==", 7)]]).version  # doctest: +SKIP
+        4
         """
         if predicates is None:
             raise PredicateError("delete needs predicates; to remove everything, overwrite")
@@ -442,10 +530,31 @@ def open_dataset(
 ) -> Dataset:
     """Open the dataset at ``url``, at its latest version or at ``version`` (time travel).
 
-    Raises :class:`DatasetNotFoundError` when there is none, :class:`VersionNotFoundError` when
-    the version does not exist or was vacuumed.
+    Parameters
+    ----------
+    url
+        The dataset's URL: a local path, ``memory://``, ``az://``, ``abfs://`` or ``s3://``.
+    version
+        The version to open; the latest by default.
+    storage_options
+        fsspec options for the storage backend (over the ``storage_options`` setting).
 
+    Returns
+    -------
+    Dataset
+        That version; it does not change when later commits land.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        When there is no dataset at ``url``.
+    VersionNotFoundError
+        When the version does not exist or was vacuumed.
+
+    Examples
+    --------
     >>> ds = open_dataset("data/sales")  # doctest: +SKIP
+    >>> old = open_dataset("data/sales", version=3)  # doctest: +SKIP
     """
     storage = storage_for(url, storage_options)
     if version is not None and version > MAX_VERSION:

@@ -64,7 +64,12 @@ def write_dataset(
 
     Raises
     ------
-    DatasetExistsError, SchemaError, ConflictError
+    DatasetExistsError
+        With ``mode="create"``, when the dataset exists.
+    SchemaError
+        When ``data`` does not match the dataset's schema (or its layout).
+    ConflictError
+        When a concurrent commit won and ``on_conflict="raise"``; nothing landed.
 
     Examples
     --------

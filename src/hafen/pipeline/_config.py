@@ -49,6 +49,8 @@ DEFAULT_CONCURRENCY = 2
 
 @dataclasses.dataclass(frozen=True)
 class SynthParams:
+    """The size of the synthetic database (``[synth]`` in ``pipeline.toml``) and its seed."""
+
     stores: int = 10
     products: int = 100
     days: int = 730

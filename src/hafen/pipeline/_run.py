@@ -28,6 +28,8 @@ __all__ = ["PipelineResult", "StageReport", "demo", "demo_config", "run_pipeline
 
 @dataclasses.dataclass
 class StageReport:
+    """One stage of a run: its rows, seconds, and the hafen capability (or model) that ran it."""
+
     name: str
     rows: int
     seconds: float

@@ -38,6 +38,7 @@ def summary_dict(result: Any) -> dict[str, Any]:
 
 
 def print_summary(result: Any, console: Any) -> None:
+    """Print a run's summary on a rich console: the stages, accuracy, memory peaks, versions."""
     from rich.table import Table
 
     table = Table(title="hafen pipeline summary", show_lines=False)

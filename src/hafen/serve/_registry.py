@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_REFRESH", "Registry", "identity"]
 
 _log = get_logger(__name__)
 
+#: Seconds between two looks for new versions and datasets under the root.
 DEFAULT_REFRESH = 1.0
 #: How deep under the root datasets are looked for (``raw/sales`` is depth 2).
 MAX_DEPTH = 2

@@ -131,9 +131,17 @@ def remove_limit(name: str, *, client: Client | None = None) -> bool:
 def limits(*, client: Client | None = None) -> dict[str, dict[str, Any]]:
     """Return the state of every limit, by name.
 
-    Each value has ``concurrency``, ``rate`` (as given), ``rate_per_second``, ``burst``,
-    ``in_use`` (slots held), ``waiting`` (tasks and leases waiting), ``granted`` (so far) and
-    ``longest_wait`` (seconds, of the longest current wait).
+    Parameters
+    ----------
+    client
+        Defaults to the default client (``hafen.connect()`` sets it).
+
+    Returns
+    -------
+    dict of str to dict
+        Each value has ``concurrency``, ``rate`` (as given), ``rate_per_second``, ``burst``,
+        ``in_use`` (slots held), ``waiting`` (tasks and leases waiting), ``granted`` (so far)
+        and ``longest_wait`` (seconds, of the longest current wait).
 
     Examples
     --------
@@ -168,6 +176,9 @@ def lease(
         Seconds to wait at most; ``None`` waits as long as it takes.
     priority
         Higher is granted first among waiters; equal priorities go oldest first.
+    client
+        Inside a task, the worker's connection to the scheduler by default; elsewhere, the
+        default client (``hafen.connect()`` sets it).
 
     Raises
     ------

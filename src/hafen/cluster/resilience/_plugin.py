@@ -41,6 +41,7 @@ __all__ = ["PLUGIN_NAME", "ResiliencePlugin", "install_resilience"]
 
 logger = logging.getLogger(__name__)
 
+#: Name of the resilience plugin in ``Scheduler.plugins``.
 PLUGIN_NAME = "hafen-resilience"
 #: At most this many recomputed keys are remembered by name (counts are exact regardless).
 MAX_KEYS_LISTED = 1000
