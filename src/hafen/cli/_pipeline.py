@@ -124,13 +124,33 @@ def run_command(config_path: str, as_json: bool, then_serve: bool, host: str, po
     type=click.FloatRange(min=0),
     help="Seconds between checks for new versions.",
 )
-def serve_command(url: str, host: str, port: int, refresh: float) -> None:
+@click.option(
+    "--tenants",
+    "with_tenants",
+    is_flag=True,
+    help="URL is a service home (hafen tenants): every request but /healthz needs a tenant's "
+    "key, and /v1/ takes the tenant's data.",
+)
+@click.option("--database", default=None, metavar="URL", help="With --tenants: PostgreSQL URL.")
+def serve_command(
+    url: str, host: str, port: int, refresh: float, with_tenants: bool, database: str | None
+) -> None:
     """Serve the forecasts (and the datasets' metadata) under URL over HTTP.
 
-    URL is a folder of datasets (such as hafen-demo/datasets) or one forecasts dataset.
+    URL is a folder of datasets (such as hafen-demo/datasets) or one forecasts dataset; with
+    --tenants, a service home made by ``hafen tenants add``.
     """
     from hafen.serve import serve
 
+    if with_tenants:
+        import uvicorn
+
+        from hafen.serve import create_service
+
+        console.print(f"Serving tenants of {url} on http://{host}:{port}/", highlight=False)
+        app = create_service(url, database=database, refresh=refresh)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
     console.print(f"Serving {url} on http://{host}:{port}/ (docs at /docs)", highlight=False)
     serve(url, host=host, port=port, refresh=refresh)
 
