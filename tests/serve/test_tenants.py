@@ -110,7 +110,7 @@ def test_every_endpoint_but_healthz_needs_a_valid_key(service, method, path):
 
 
 def test_a_key_reaches_its_own_tenant_only(service, tmp_path):
-    app, client, keys = service
+    _app, client, keys = service
     for me, other in (("acme", "bolt"), ("bolt", "acme")):
         headers = _auth(keys[me])
         seen = []
