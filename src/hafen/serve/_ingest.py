@@ -142,6 +142,12 @@ TABLES: dict[str, _Table] = {
         ),
     ]
 }
+_EXPECTED = {
+    "int": "is not an integer",
+    "float": "is not a number",
+    "date": "is not a valid ISO date (YYYY-MM-DD)",
+    "str": "is not a string",
+}
 _BATCHES_DDL = "key TEXT PRIMARY KEY, tbl TEXT NOT NULL, digest TEXT NOT NULL, body TEXT NOT NULL"
 
 
@@ -243,13 +249,16 @@ async def read_body(chunks: Any, limit: int) -> tuple[IO[bytes], str]:
     out = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115  # handed to the caller
     digest = hashlib.sha256()
     size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            out.close()
-            raise BodyTooLarge(limit)
-        digest.update(chunk)
-        out.write(chunk)
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            digest.update(chunk)
+            out.write(chunk)
+    except BaseException:  # too large, or cut off: nothing is kept
+        out.close()
+        raise
     out.seek(0)
     return out, digest.hexdigest()
 
@@ -344,7 +353,7 @@ def _validate(table: _Table, rows: list[Any]) -> tuple[list[dict[str, Any]], lis
             try:
                 value = _value(column.kind, row.get(column.name))
             except (ValueError, TypeError) as exc:
-                reason = str(exc) if str(exc).startswith("is ") else f"is not a valid {column.kind}"
+                reason = str(exc) if str(exc).startswith("is ") else _EXPECTED[column.kind]
                 errors.append({"row": i, "column": column.name, "error": reason})
                 ok = False
                 continue
