@@ -33,15 +33,21 @@ __all__ = [
     "HOLDOUT",
     "HORIZON",
     "MIN_LAG",
+    "QUANTILES",
+    "QUANTILE_COLUMNS",
     "ModelParams",
     "StoreForecast",
     "as_days",
     "forecast_store",
+    "pinball",
     "seasonal_naive",
 ]
 
 HORIZON = 28
 HOLDOUT = 28
+#: The quantiles forecast besides the point forecast, and their columns.
+QUANTILES = (0.1, 0.5, 0.9)
+QUANTILE_COLUMNS = ("p10", "p50", "p90")
 MIN_LAG = 28
 #: Fewer training rows than this and a store is forecast by the baseline.
 MIN_TRAIN_ROWS = 50
@@ -231,6 +237,34 @@ def _one_openmp_thread(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 @_one_openmp_thread
+def _scale(level: np.ndarray) -> np.ndarray:
+    """The spread of a count around ``level``: Poisson-like, ``sqrt(level)``, at least 1."""
+    return np.sqrt(np.clip(level, 1.0, None))
+
+
+def _spread(actual: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """The empirical quantiles (:data:`QUANTILES`) of the scaled errors ``actual - point``."""
+    ok = ~np.isnan(actual) & ~np.isnan(point)
+    if ok.sum() < 10:
+        return np.zeros(len(QUANTILES))
+    z = (actual[ok] - point[ok]) / _scale(point[ok])
+    return np.quantile(z, QUANTILES)
+
+
+def _quantiles(point: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``point`` widened by the scaled error quantiles ``z``: shape ``point.shape + (3,)``, never
+    negative, ordered P10 <= P50 <= P90 (z is sorted and the clip keeps the order)."""
+    point = np.clip(point, 0, None)
+    return np.clip(point[..., None] + z * _scale(point)[..., None], 0, None)
+
+
+def pinball(actual: np.ndarray, quantiles: np.ndarray) -> float:
+    """The summed pinball loss of ``quantiles`` (last axis: :data:`QUANTILES`) for ``actual``."""
+    diff = actual[..., None] - quantiles
+    tau = np.asarray(QUANTILES)
+    return float(np.maximum(tau * diff, (tau - 1) * diff).sum())
+
+
 def forecast_store(
     history: pd.DataFrame,
     *,
@@ -326,6 +360,20 @@ def forecast_store(
         scored = held | future
         predicted[scored] = model.predict(_matrix(grid, scored))
     actual = y[held]
+    # ranges: the scaled errors of model and baseline on the window before the held-out one
+    # (the model's are in-sample there) set the spread; scored on the held-out window
+    calib = slice(cut - holdout, cut)
+    z_base = _spread(y[:, calib], seasonal_naive(y, cut - holdout - 1, holdout))
+    z_model = z_base
+    if model is not None:
+        in_window = np.zeros(y.shape, dtype=bool)
+        in_window[:, calib] = observed[:, calib]
+        fitted = np.full(y.shape, np.nan)
+        if in_window.any():
+            fitted[in_window] = model.predict(_matrix(grid, in_window))
+        z_model = _spread(y[:, calib], fitted[:, calib])
+    q_model = _quantiles(predicted[held], z_model)
+    q_base = _quantiles(baseline[held], z_base)
     metrics = {
         "store_id": int(store_id),
         "holdout_rows": int(held.sum()),
@@ -334,6 +382,10 @@ def forecast_store(
         "actual_sum": float(actual.sum()),
         "abs_error_model": float(np.abs(actual - predicted[held]).sum()),
         "abs_error_baseline": float(np.abs(actual - baseline[held]).sum()),
+        "pinball_model": pinball(actual, q_model),
+        "pinball_baseline": pinball(actual, q_base),
+        "covered_model": int(((actual >= q_model[:, 0]) & (actual <= q_model[:, -1])).sum()),
+        "covered_baseline": int(((actual >= q_base[:, 0]) & (actual <= q_base[:, -1])).sum()),
     }
 
     # 2. the future: its features only use history (lags >= 28), so the evaluated model can
@@ -343,6 +395,7 @@ def forecast_store(
         model = _fit(_matrix(grid, train), y[train], params)
         predicted[future] = model.predict(_matrix(grid, future))
     forecast = naive if model is None else predicted[:, n_hist:]
+    ranges = _quantiles(forecast, z_model).reshape(-1, len(QUANTILES))
     frame = pd.DataFrame(
         {
             "store_id": np.full(forecast.size, store_id, dtype=np.int64),
@@ -353,6 +406,7 @@ def forecast_store(
             ),
             "forecast": np.round(np.clip(forecast, 0, None), 4).ravel(),
             "baseline": naive.ravel(),
+            **{c: np.round(ranges[:, i], 4) for i, c in enumerate(QUANTILE_COLUMNS)},
         }
     )
     return StoreForecast(frame, metrics)
