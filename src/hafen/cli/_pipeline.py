@@ -29,6 +29,13 @@ def _serve_after(root: str, host: str, port: int) -> None:
 @click.option("--days", default=730, show_default=True, type=click.IntRange(min=70))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--fresh", is_flag=True, help="Delete the work folder first.")
+@click.option(
+    "--tenants",
+    "loop",
+    is_flag=True,
+    help="Show the customer's loop: a tenant posts its data to the API, runs, posts one more "
+    "week, runs again; prints the forecasts' change.",
+)
 @scheduler_option
 @click.option(
     "--storage",
@@ -48,6 +55,7 @@ def demo_command(
     days: int,
     seed: int,
     fresh: bool,
+    loop: bool,
     scheduler: str | None,
     storage: str | None,
     as_json: bool,
@@ -58,7 +66,8 @@ def demo_command(
     """Run the reference pipeline on a synthetic retail database.
 
     Makes DIR/retail.sqlite (or reuses it), then extracts, denormalizes, reshuffles, forecasts
-    and writes DIR/datasets/{sales,sales_by_store,forecasts}. Rerunning adds a version.
+    and writes DIR/datasets/{sales,sales_by_store,forecasts}. Rerunning adds a version. With
+    --tenants, the data goes in through the API instead (see hafen.cli._loop).
     """
     import json
 
@@ -66,6 +75,18 @@ def demo_command(
     from hafen.pipeline import SynthParams, demo, summary_dict
 
     root = workdir or get_settings().workdir
+    if loop:
+        import shutil
+        from pathlib import Path
+
+        from hafen.cli._loop import customer_loop
+
+        if fresh and Path(root).exists():
+            shutil.rmtree(root)
+        synth = SynthParams(stores=stores, products=products, days=days, seed=seed)
+        with cluster_client(resolve_scheduler(scheduler), local={"n_workers": 2}) as client:
+            customer_loop(root, synth=synth, console=console, client=client)
+        return
     result = demo(
         root,
         synth=SynthParams(stores=stores, products=products, days=days, seed=seed),
