@@ -67,6 +67,10 @@ class _Table:
     def key(self) -> str:
         return self.columns[0].name
 
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
 
 def _nonneg(v: Any) -> str | None:
     return "must not be negative" if v < 0 else None
@@ -334,45 +338,85 @@ def _value(kind: str, v: Any) -> Any:
     return v
 
 
-def _validate(table: _Table, rows: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The typed rows and the row-level errors of a batch (rows count from 0)."""
-    typed: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
+def _fast(kind: str, v: Any, dates: dict[str, dt.date]) -> Any:
+    """``v`` as the column's type when it is already plainly one, else raise (the slow path
+    then says why): the common case costs a type check (and a dict lookup for dates)."""
+    t = type(v)
+    if kind == "int" and t is int:
+        return v
+    if kind == "float" and (t is float or t is int) and math.isfinite(v):
+        return float(v)
+    if kind == "str" and t is str and v:
+        return v
+    if kind == "date" and t is str:
+        day = dates.get(v)
+        if day is None:
+            day = dates[v] = _value("date", v)
+        return day
+    return _value(kind, v)
+
+
+def _row_errors(table: _Table, i: int, row: Any) -> list[dict[str, Any]]:
+    """The errors of one row that failed the fast path (none if it only needed converting)."""
+    if not isinstance(row, dict):
+        return [{"row": i, "column": None, "error": "is not an object"}]
     names = {c.name for c in table.columns}
+    errors = [
+        {"row": i, "column": str(extra), "error": "is not a column"}
+        for extra in sorted(set(row) - names, key=str)
+    ]
+    out: dict[str, Any] = {}
+    for column in table.columns:
+        try:
+            value = _value(column.kind, row.get(column.name))
+        except (ValueError, TypeError) as exc:
+            reason = str(exc) if str(exc).startswith("is ") else _EXPECTED[column.kind]
+            errors.append({"row": i, "column": column.name, "error": reason})
+            continue
+        problem = column.check(value) if column.check else None
+        if problem:
+            errors.append({"row": i, "column": column.name, "error": problem})
+        out[column.name] = value
+    if not errors and table.row_check and (problem := table.row_check(out)):
+        errors.append({"row": i, "column": None, "error": problem})
+    return errors
+
+
+def _validate(
+    table: _Table, rows: list[Any]
+) -> tuple[list[tuple[Any, ...]], list[int], list[dict[str, Any]]]:
+    """The typed rows (values in column order), their numbers in the batch (from 0), and the
+    row-level errors."""
+    typed: list[tuple[Any, ...]] = []
+    numbers: list[int] = []
+    errors: list[dict[str, Any]] = []
+    columns = [(c.name, c.kind, c.check) for c in table.columns]
+    width = len(columns)
+    dates: dict[str, dt.date] = {}
     seen: set[Any] = set()
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            errors.append({"row": i, "column": None, "error": "is not an object"})
-            continue
-        out: dict[str, Any] = {}
-        ok = True
-        for extra in sorted(set(row) - names, key=str):
-            errors.append({"row": i, "column": str(extra), "error": "is not a column"})
-            ok = False
-        for column in table.columns:
-            try:
-                value = _value(column.kind, row.get(column.name))
-            except (ValueError, TypeError) as exc:
-                reason = str(exc) if str(exc).startswith("is ") else _EXPECTED[column.kind]
-                errors.append({"row": i, "column": column.name, "error": reason})
-                ok = False
+        try:
+            if type(row) is not dict or len(row) != width:
+                raise ValueError
+            values = tuple(_fast(kind, row[name], dates) for name, kind, _ in columns)
+            for (_, _, check), value in zip(columns, values, strict=True):
+                if check is not None and check(value):
+                    raise ValueError
+            if table.row_check and table.row_check(dict(zip(table.names, values, strict=True))):
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            found = _row_errors(table, i, row)
+            if found:
+                errors.extend(found)
                 continue
-            problem = column.check(value) if column.check else None
-            if problem:
-                errors.append({"row": i, "column": column.name, "error": problem})
-                ok = False
-            out[column.name] = value
-        if not ok:
-            continue
-        if table.row_check and (problem := table.row_check(out)):
-            errors.append({"row": i, "column": None, "error": problem})
-            continue
-        if out[table.key] in seen:
+            values = tuple(_value(kind, row[name]) for name, kind, _ in columns)
+        if values[0] in seen:
             errors.append({"row": i, "column": table.key, "error": "repeats a key of this batch"})
             continue
-        seen.add(out[table.key])
-        typed.append(out | {"_row": i})
-    return typed, errors
+        seen.add(values[0])
+        typed.append(values)
+        numbers.append(i)
+    return typed, numbers, errors
 
 
 def _existing(db: _Db, table: str, column: str, values: set[Any]) -> set[Any]:
@@ -388,26 +432,53 @@ def _existing(db: _Db, table: str, column: str, values: set[Any]) -> set[Any]:
     return found
 
 
-def _check_database(db: _Db, table: _Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _check_database(
+    db: _Db, table: _Table, rows: list[tuple[Any, ...]], numbers: list[int], *, keys: bool
+) -> list[dict[str, Any]]:
+    """Rows naming stores or products that do not exist, and (with ``keys``) rows whose key
+    exists already."""
     errors = []
-    taken = _existing(db, table.name, table.key, {r[table.key] for r in rows})
-    for r in rows:
-        if r[table.key] in taken:
-            errors.append({"row": r["_row"], "column": table.key, "error": "already exists"})
-    for column in table.columns:
+    for position, column in enumerate(table.columns):
+        if position == 0 and keys:
+            taken = _existing(db, table.name, table.key, {r[0] for r in rows})
+            errors += [
+                {"row": n, "column": table.key, "error": "already exists"}
+                for r, n in zip(rows, numbers, strict=True)
+                if r[0] in taken
+            ]
         if column.references is None:
             continue
-        wanted = {r[column.name] for r in rows}
-        present = _existing(db, column.references, column.name, wanted)
-        for r in rows:
-            if r[column.name] not in present:
-                what = f"names no existing {column.references[:-1]} ({r[column.name]})"
-                errors.append({"row": r["_row"], "column": column.name, "error": what})
+        present = _existing(db, column.references, column.name, {r[position] for r in rows})
+        for r, n in zip(rows, numbers, strict=True):
+            if r[position] not in present:
+                what = f"names no existing {column.references[:-1]} ({r[position]})"
+                errors.append({"row": n, "column": column.name, "error": what})
     return errors
 
 
+def _for_driver(db: _Db, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` with dates as ISO text on SQLite (which has no date type)."""
+    if not db.sqlite or not rows:
+        return rows
+    at = [i for i, v in enumerate(rows[0]) if isinstance(v, dt.date)]
+    if not at:
+        return rows
+    texts: dict[dt.date, str] = {}
+    out = []
+    for r in rows:
+        row = list(r)
+        for i in at:
+            day = row[i]
+            text = texts.get(day)
+            if text is None:
+                text = texts[day] = day.isoformat()
+            row[i] = text
+        out.append(tuple(row))
+    return out
+
+
 def _invalid(table: str, errors: list[dict[str, Any]]) -> BatchError:
-    errors.sort(key=lambda e: e["row"])
+    errors.sort(key=lambda e: (e["row"] is None, e["row"] or 0))
     return BatchError(
         422,
         {
@@ -428,7 +499,7 @@ def ingest_batch(
     :class:`BatchError` for a refused batch, with nothing inserted.
     """
     table = TABLES[table_name]
-    typed, errors = _validate(table, rows)
+    typed, numbers, errors = _validate(table, rows)
     if errors:
         raise _invalid(table_name, errors)
     db = _Db(tenant)
@@ -443,22 +514,28 @@ def ingest_batch(
             if not claimed:  # landed before (or just now, by a concurrent retry)
                 db.rollback()
                 return _replay(db, key, table_name, digest)
-        errors = _check_database(db, table, typed)
+        errors = _check_database(db, table, typed, numbers, keys=False)
         if errors:
             raise _invalid(table_name, errors)
-        names = [c.name for c in table.columns]
+        names = table.names
         columns = ", ".join(quote_ident(n) for n in names)
-        values = [
-            tuple(
-                r[n].isoformat() if isinstance(r[n], dt.date) and db.sqlite else r[n] for n in names
-            )
-            for r in typed
-        ]
+        values = _for_driver(db, typed)
         if values:
-            db.executemany(
-                f"INSERT INTO {db.name(table_name)} ({columns}) VALUES ({db.marks(len(names))})",
-                values,
-            )
+            try:
+                db.executemany(
+                    f"INSERT INTO {db.name(table_name)} ({columns}) "
+                    f"VALUES ({db.marks(len(names))})",
+                    values,
+                )
+            except Exception as exc:  # a key that exists: say which rows (a rare, slow path)
+                if "IntegrityError" not in type(exc).__name__:
+                    raise
+                db.rollback()
+                db.begin()
+                errors = _check_database(db, table, typed, numbers, keys=True)
+                raise _invalid(
+                    table_name, errors or [{"row": None, "column": None, "error": str(exc)}]
+                ) from None
         answer = {"table": table_name, "inserted": len(values), "idempotency_key": key}
         if key is not None:
             db.execute(
