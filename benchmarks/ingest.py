@@ -5,8 +5,9 @@ For each database (SQLite, and PostgreSQL started by :func:`hafen.testing.runnin
 - **api**: the multi-tenant service (``hafen serve HOME --tenants``, uvicorn, one process) with
   ``--clients`` concurrent clients (threads, one HTTP connection each) posting disjoint JSON
   batches of ``--batch`` sales rows to ``/v1/sales`` with an ``Idempotency-Key``;
-- **bulk**: one ``executemany`` of the same rows into the same table of a fresh tenant, in one
-  transaction (the physical limit for the database through its Python driver).
+- **bulk**: the same rows into the same table of a fresh tenant in one transaction, through the
+  ingest's own insert without HTTP, parsing or validation: ``executemany`` on SQLite, ADBC's
+  binary COPY on PostgreSQL (the physical limit for the database through its Python driver).
 
 The contenders take turns, ``--rounds`` times each, each round on a fresh tenant; the median
 and range of the rates are reported. Usage::
@@ -17,6 +18,7 @@ and range of the rates are reported. Usage::
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import http.client
 import json
 import os
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hafen.serve import Tenants
-from hafen.serve._ingest import _Db
+from hafen.serve._ingest import TABLES, _Db
 from hafen.testing import free_port, running_postgres, wait_listening
 
 
@@ -124,14 +126,18 @@ def run_api(port: int, key: str, sales: list[dict], clients: int, batch: int) ->
 
 
 def run_bulk(tenant: Any, sales: list[dict]) -> float:
-    names = ["sale_id", "date", "store_id", "product_id", "qty"]
+    """The same rows in one transaction through the ingest's own insert (``executemany`` on
+    SQLite, binary COPY on PostgreSQL), without HTTP, parsing or validation."""
     began = time.perf_counter()
+    table = TABLES["sales"]
+    rows = [
+        (r["sale_id"], dt.date.fromisoformat(r["date"]), r["store_id"], r["product_id"], r["qty"])
+        for r in sales
+    ]
     db = _Db(tenant)
     try:
         db.begin()
-        values = [tuple(r[n] for n in names) for r in sales]
-        cols = ", ".join(names)
-        db.executemany(f"INSERT INTO {db.name('sales')} ({cols}) VALUES ({db.marks(5)})", values)
+        db.insert(table, rows)
         db.commit()
     finally:
         db.close()
