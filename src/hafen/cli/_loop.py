@@ -129,7 +129,7 @@ def customer_loop(
                 f"({n / max(seconds, 1e-9):,.0f} rows/s)",
                 highlight=False,
             )
-            cfg = PipelineConfig(source_url=tenant.database, datasets_root=tenant.datasets)
+            cfg = PipelineConfig(source_url=tenant.source_url, datasets_root=tenant.datasets)
             first = run_pipeline(cfg, client=client, console=console)
             before = _call(server.port, key, "GET", "/forecasts?store_id=1&product_id=1")
             new = _rows(conn, "SELECT * FROM sales WHERE date > ? ORDER BY sale_id", (cut,))

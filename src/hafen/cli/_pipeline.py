@@ -105,22 +105,49 @@ def demo_command(
 @click.option(
     "--config",
     "config_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="A pipeline.toml (see hafen.pipeline._config).",
 )
+@click.option(
+    "--tenant",
+    default=None,
+    metavar="NAME",
+    help="Instead of --config: run on tenant NAME's database and dataset root.",
+)
+@click.option("--home", default="hafen-service", show_default=True, help="With --tenant.")
+@click.option("--database", default=None, metavar="URL", help="With --tenant: PostgreSQL URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
 @click.option("--serve", "then_serve", is_flag=True, help="Then serve the results over HTTP.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def run_command(config_path: str, as_json: bool, then_serve: bool, host: str, port: int) -> None:
-    """Run the reference pipeline on the database and storage named in a pipeline.toml."""
+def run_command(
+    config_path: str | None,
+    tenant: str | None,
+    home: str,
+    database: str | None,
+    as_json: bool,
+    then_serve: bool,
+    host: str,
+    port: int,
+) -> None:
+    """Run the reference pipeline on the database and storage named in a pipeline.toml, or on
+    a tenant's (--tenant)."""
     import json
 
-    from hafen.pipeline import load_config, run_pipeline, summary_dict
+    from hafen.pipeline import PipelineConfig, load_config, run_pipeline, summary_dict
     from hafen.pipeline._run import prepare_database
 
-    cfg = load_config(config_path)
+    if (config_path is None) == (tenant is None):
+        raise click.UsageError("pass one of --config and --tenant")
+    if tenant is not None:
+        from hafen.serve import Tenants
+
+        found = Tenants(home, database=database).get(tenant)
+        cfg = PipelineConfig(source_url=found.source_url, datasets_root=found.datasets)
+    else:
+        assert config_path is not None
+        cfg = load_config(config_path)
     seconds = None
     if cfg.synth is not None:
         seconds = prepare_database(cfg, cfg.synth, None if as_json else console)

@@ -67,6 +67,15 @@ class Tenant:
     schema: str | None  # the PostgreSQL schema of its tables; None on SQLite
     datasets: str  # its dataset root
 
+    @property
+    def source_url(self) -> str:
+        """The database URL the pipeline reads the tenant's tables from, unqualified: on
+        PostgreSQL, with the tenant's schema as the connection's ``search_path``."""
+        if self.schema is None:
+            return self.database
+        joiner = "&" if "?" in self.database else "?"
+        return f"{self.database}{joiner}options=-csearch_path%3D{self.schema}"
+
     def table(self, name: str) -> str:
         """A table's name as the tenant's database spells it (``schema.table`` on PostgreSQL)."""
         return name if self.schema is None else f"{self.schema}.{name}"
