@@ -242,7 +242,6 @@ def _one_openmp_thread(fn: Callable[P, R]) -> Callable[P, R]:
     return limited
 
 
-@_one_openmp_thread
 def _scale(level: np.ndarray) -> np.ndarray:
     """The spread of a count around ``level``: Poisson-like, ``sqrt(level)``, at least 1."""
     return np.sqrt(np.clip(level, 1.0, None))
@@ -271,6 +270,7 @@ def pinball(actual: np.ndarray, quantiles: np.ndarray) -> float:
     return float(np.maximum(tau * diff, (tau - 1) * diff).sum())
 
 
+@_one_openmp_thread
 def forecast_store(
     history: pd.DataFrame,
     *,

@@ -26,10 +26,12 @@ import json
 import math
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from hafen.serve._tenants import Tenant
 from hafen.sql._url import connect, parse_url, quote_ident
+
+if TYPE_CHECKING:
+    from hafen.serve._tenants import Tenant
 
 __all__ = [
     "DEFAULT_MAX_BODY",
