@@ -62,7 +62,15 @@ SUBPACKAGES = {
         "run_pipeline",
         "summary_dict",
     },
-    "hafen.serve": {"DEFAULT_REFRESH", "Registry", "create_app", "serve"},
+    "hafen.serve": {
+        "DEFAULT_REFRESH",
+        "Registry",
+        "Tenant",
+        "Tenants",
+        "create_app",
+        "create_service",
+        "serve",
+    },
 }
 
 

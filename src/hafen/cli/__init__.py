@@ -4,7 +4,8 @@
 - :mod:`._datasets`: ``hafen dataset ls|show|history|read|verify|vacuum``;
 - :mod:`._cluster`: ``hafen limits`` and ``hafen chaos``;
 - :mod:`._sql`: ``hafen extract`` and ``hafen load``;
-- :mod:`._pipeline`: ``hafen demo``, ``run``, ``serve`` and ``reshuffle``.
+- :mod:`._pipeline`: ``hafen demo``, ``run``, ``serve`` and ``reshuffle``;
+- :mod:`._tenants`: ``hafen tenants add|ls|revoke``.
 
 Commands import what they need when they run, so ``hafen --help`` stays fast. Each is a thin
 layer over the library.
@@ -20,6 +21,7 @@ from hafen.cli._common import HafenGroup
 from hafen.cli._datasets import dataset
 from hafen.cli._pipeline import demo_command, reshuffle_command, run_command, serve_command
 from hafen.cli._sql import extract_command, load_command
+from hafen.cli._tenants import tenants
 
 __all__ = ["main"]
 
@@ -40,5 +42,6 @@ for _command in (
     run_command,
     serve_command,
     reshuffle_command,
+    tenants,
 ):
     main.add_command(_command)

@@ -29,6 +29,13 @@ def _serve_after(root: str, host: str, port: int) -> None:
 @click.option("--days", default=730, show_default=True, type=click.IntRange(min=70))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--fresh", is_flag=True, help="Delete the work folder first.")
+@click.option(
+    "--tenants",
+    "loop",
+    is_flag=True,
+    help="Show the customer's loop: a tenant posts its data to the API, runs, posts one more "
+    "week, runs again; prints the forecasts' change.",
+)
 @scheduler_option
 @click.option(
     "--storage",
@@ -48,6 +55,7 @@ def demo_command(
     days: int,
     seed: int,
     fresh: bool,
+    loop: bool,
     scheduler: str | None,
     storage: str | None,
     as_json: bool,
@@ -58,7 +66,8 @@ def demo_command(
     """Run the reference pipeline on a synthetic retail database.
 
     Makes DIR/retail.sqlite (or reuses it), then extracts, denormalizes, reshuffles, forecasts
-    and writes DIR/datasets/{sales,sales_by_store,forecasts}. Rerunning adds a version.
+    and writes DIR/datasets/{sales,sales_by_store,forecasts}. Rerunning adds a version. With
+    --tenants, the data goes in through the API instead (see hafen.cli._loop).
     """
     import json
 
@@ -66,6 +75,18 @@ def demo_command(
     from hafen.pipeline import SynthParams, demo, summary_dict
 
     root = workdir or get_settings().workdir
+    if loop:
+        import shutil
+        from pathlib import Path
+
+        from hafen.cli._loop import customer_loop
+
+        if fresh and Path(root).exists():
+            shutil.rmtree(root)
+        synth = SynthParams(stores=stores, products=products, days=days, seed=seed)
+        with cluster_client(resolve_scheduler(scheduler), local={"n_workers": 2}) as client:
+            customer_loop(root, synth=synth, console=console, client=client)
+        return
     result = demo(
         root,
         synth=SynthParams(stores=stores, products=products, days=days, seed=seed),
@@ -84,22 +105,49 @@ def demo_command(
 @click.option(
     "--config",
     "config_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
     help="A pipeline.toml (see hafen.pipeline._config).",
 )
+@click.option(
+    "--tenant",
+    default=None,
+    metavar="NAME",
+    help="Instead of --config: run on tenant NAME's database and dataset root.",
+)
+@click.option("--home", default="hafen-service", show_default=True, help="With --tenant.")
+@click.option("--database", default=None, metavar="URL", help="With --tenant: PostgreSQL URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
 @click.option("--serve", "then_serve", is_flag=True, help="Then serve the results over HTTP.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def run_command(config_path: str, as_json: bool, then_serve: bool, host: str, port: int) -> None:
-    """Run the reference pipeline on the database and storage named in a pipeline.toml."""
+def run_command(
+    config_path: str | None,
+    tenant: str | None,
+    home: str,
+    database: str | None,
+    as_json: bool,
+    then_serve: bool,
+    host: str,
+    port: int,
+) -> None:
+    """Run the reference pipeline on the database and storage named in a pipeline.toml, or on
+    a tenant's (--tenant)."""
     import json
 
-    from hafen.pipeline import load_config, run_pipeline, summary_dict
+    from hafen.pipeline import PipelineConfig, load_config, run_pipeline, summary_dict
     from hafen.pipeline._run import prepare_database
 
-    cfg = load_config(config_path)
+    if (config_path is None) == (tenant is None):
+        raise click.UsageError("pass one of --config and --tenant")
+    if tenant is not None:
+        from hafen.serve import Tenants
+
+        found = Tenants(home, database=database).get(tenant)
+        cfg = PipelineConfig(source_url=found.source_url, datasets_root=found.datasets)
+    else:
+        assert config_path is not None
+        cfg = load_config(config_path)
     seconds = None
     if cfg.synth is not None:
         seconds = prepare_database(cfg, cfg.synth, None if as_json else console)
@@ -124,13 +172,33 @@ def run_command(config_path: str, as_json: bool, then_serve: bool, host: str, po
     type=click.FloatRange(min=0),
     help="Seconds between checks for new versions.",
 )
-def serve_command(url: str, host: str, port: int, refresh: float) -> None:
+@click.option(
+    "--tenants",
+    "with_tenants",
+    is_flag=True,
+    help="URL is a service home (hafen tenants): every request but /healthz needs a tenant's "
+    "key, and /v1/ takes the tenant's data.",
+)
+@click.option("--database", default=None, metavar="URL", help="With --tenants: PostgreSQL URL.")
+def serve_command(
+    url: str, host: str, port: int, refresh: float, with_tenants: bool, database: str | None
+) -> None:
     """Serve the forecasts (and the datasets' metadata) under URL over HTTP.
 
-    URL is a folder of datasets (such as hafen-demo/datasets) or one forecasts dataset.
+    URL is a folder of datasets (such as hafen-demo/datasets) or one forecasts dataset; with
+    --tenants, a service home made by ``hafen tenants add``.
     """
     from hafen.serve import serve
 
+    if with_tenants:
+        import uvicorn
+
+        from hafen.serve import create_service
+
+        console.print(f"Serving tenants of {url} on http://{host}:{port}/", highlight=False)
+        app = create_service(url, database=database, refresh=refresh)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
     console.print(f"Serving {url} on http://{host}:{port}/ (docs at /docs)", highlight=False)
     serve(url, host=host, port=port, refresh=refresh)
 

@@ -14,6 +14,12 @@ evaluation window of 28 days is forecast exactly as the future is.
 
 The baseline is the seasonal naive forecast: the same weekday of the last observed week (if that
 day is missing, the week before, up to four weeks back, else 0).
+
+Ranges: P10, P50 and P90 per product and day are the point forecast plus the empirical quantiles
+of its errors on the held-out window, scaled by ``sqrt(level)`` (counts spread more at higher
+levels). They are scored split-conformally: each half of the held-out days (alternate days) is
+widened by the other half's error quantiles, so the pinball loss and the P10-P90 coverage are
+measured out of sample; the baseline gets the same from its own errors.
 """
 
 from __future__ import annotations
@@ -33,15 +39,21 @@ __all__ = [
     "HOLDOUT",
     "HORIZON",
     "MIN_LAG",
+    "QUANTILES",
+    "QUANTILE_COLUMNS",
     "ModelParams",
     "StoreForecast",
     "as_days",
     "forecast_store",
+    "pinball",
     "seasonal_naive",
 ]
 
 HORIZON = 28
 HOLDOUT = 28
+#: The quantiles forecast besides the point forecast, and their columns.
+QUANTILES = (0.1, 0.5, 0.9)
+QUANTILE_COLUMNS = ("p10", "p50", "p90")
 MIN_LAG = 28
 #: Fewer training rows than this and a store is forecast by the baseline.
 MIN_TRAIN_ROWS = 50
@@ -230,6 +242,34 @@ def _one_openmp_thread(fn: Callable[P, R]) -> Callable[P, R]:
     return limited
 
 
+def _scale(level: np.ndarray) -> np.ndarray:
+    """The spread of a count around ``level``: Poisson-like, ``sqrt(level)``, at least 1."""
+    return np.sqrt(np.clip(level, 1.0, None))
+
+
+def _spread(actual: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """The empirical quantiles (:data:`QUANTILES`) of the scaled errors ``actual - point``."""
+    ok = ~np.isnan(actual) & ~np.isnan(point)
+    if ok.sum() < 10:
+        return np.zeros(len(QUANTILES))
+    z = (actual[ok] - point[ok]) / _scale(point[ok])
+    return np.quantile(z, QUANTILES)
+
+
+def _quantiles(point: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``point`` widened by the scaled error quantiles ``z``: shape ``point.shape + (3,)``, never
+    negative, ordered P10 <= P50 <= P90 (z is sorted and the clip keeps the order)."""
+    point = np.clip(point, 0, None)
+    return np.clip(point[..., None] + z * _scale(point)[..., None], 0, None)
+
+
+def pinball(actual: np.ndarray, quantiles: np.ndarray) -> float:
+    """The summed pinball loss of ``quantiles`` (last axis: :data:`QUANTILES`) for ``actual``."""
+    diff = actual[..., None] - quantiles
+    tau = np.asarray(QUANTILES)
+    return float(np.maximum(tau * diff, (tau - 1) * diff).sum())
+
+
 @_one_openmp_thread
 def forecast_store(
     history: pd.DataFrame,
@@ -326,6 +366,21 @@ def forecast_store(
         scored = held | future
         predicted[scored] = model.predict(_matrix(grid, scored))
     actual = y[held]
+    # ranges, split-conformal: on the held-out window, the quantiles of each half's scaled
+    # errors widen the other half's forecasts (scored there, out of sample); the future's use
+    # the whole window's. The baseline gets the same from its own errors.
+    scores = {"model": [0.0, 0], "baseline": [0.0, 0]}
+    window = np.arange(cut, n_hist)
+    halves = (window[0::2], window[1::2])
+    for calib, scored_days in (halves, halves[::-1]):
+        for who, point in (("model", predicted), ("baseline", baseline)):
+            z = _spread(y[:, calib], point[:, calib])
+            ok = observed[:, scored_days]
+            q = _quantiles(point[:, scored_days][ok], z)
+            actual_half = y[:, scored_days][ok]
+            scores[who][0] += pinball(actual_half, q)
+            scores[who][1] += int(((actual_half >= q[:, 0]) & (actual_half <= q[:, -1])).sum())
+    z_model = _spread(y[:, cut:n_hist], predicted[:, cut:n_hist])
     metrics = {
         "store_id": int(store_id),
         "holdout_rows": int(held.sum()),
@@ -334,6 +389,10 @@ def forecast_store(
         "actual_sum": float(actual.sum()),
         "abs_error_model": float(np.abs(actual - predicted[held]).sum()),
         "abs_error_baseline": float(np.abs(actual - baseline[held]).sum()),
+        "pinball_model": scores["model"][0],
+        "pinball_baseline": scores["baseline"][0],
+        "covered_model": scores["model"][1],
+        "covered_baseline": scores["baseline"][1],
     }
 
     # 2. the future: its features only use history (lags >= 28), so the evaluated model can
@@ -343,6 +402,7 @@ def forecast_store(
         model = _fit(_matrix(grid, train), y[train], params)
         predicted[future] = model.predict(_matrix(grid, future))
     forecast = naive if model is None else predicted[:, n_hist:]
+    ranges = _quantiles(forecast, z_model).reshape(-1, len(QUANTILES))
     frame = pd.DataFrame(
         {
             "store_id": np.full(forecast.size, store_id, dtype=np.int64),
@@ -353,6 +413,7 @@ def forecast_store(
             ),
             "forecast": np.round(np.clip(forecast, 0, None), 4).ravel(),
             "baseline": naive.ravel(),
+            **{c: np.round(ranges[:, i], 4) for i, c in enumerate(QUANTILE_COLUMNS)},
         }
     )
     return StoreForecast(frame, metrics)

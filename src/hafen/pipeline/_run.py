@@ -53,6 +53,9 @@ class PipelineResult:
     versions: dict[str, int]
     store_metrics: list[dict[str, Any]]
     synth_seconds: float | None = None
+    #: The P10-P90 ranges on the held-out window: mean pinball loss and coverage, of the model
+    #: and of the seasonal naive baseline with its empirical quantiles.
+    ranges: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -247,6 +250,12 @@ def _run_stages(cfg: PipelineConfig, client: Any, progress: Any, dashboard: str 
     actual = sum(m["actual_sum"] for m in store_metrics)
     wape_model = sum(m["abs_error_model"] for m in store_metrics) / max(actual, 1e-12)
     wape_baseline = sum(m["abs_error_baseline"] for m in store_metrics) / max(actual, 1e-12)
+    held = max(sum(m["holdout_rows"] for m in store_metrics), 1)
+    ranges = {
+        f"{what}_{who}": sum(m.get(f"{key}_{who}", 0) for m in store_metrics) / divisor
+        for what, key, divisor in (("pinball", "pinball", 3 * held), ("coverage", "covered", held))
+        for who in ("model", "baseline")
+    }
     versions = {f"raw/{k}": v.version for k, v in raw.items()}
     versions.update(
         sales=sales.version, sales_by_store=by_store.version, forecasts=forecasts.version
@@ -263,6 +272,7 @@ def _run_stages(cfg: PipelineConfig, client: Any, progress: Any, dashboard: str 
         dashboard=dashboard,
         versions=versions,
         store_metrics=sorted(store_metrics, key=lambda m: m["store_id"]),
+        ranges=ranges,
     )
 
 

@@ -374,6 +374,9 @@ FORECAST_SCHEMA = pa.schema(
         ("date", pa.date32()),
         ("forecast", pa.float64()),
         ("baseline", pa.float64()),
+        ("p10", pa.float64()),
+        ("p50", pa.float64()),
+        ("p90", pa.float64()),
     ]
 )
 

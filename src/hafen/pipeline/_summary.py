@@ -29,6 +29,7 @@ def summary_dict(result: Any) -> dict[str, Any]:
         "wape_model": result.wape_model,
         "wape_baseline": result.wape_baseline,
         "holdout_rows": result.holdout_rows,
+        "ranges": result.ranges,
         "peak_memory_bytes": result.peak_memory,
         "db_slots_max": result.db_slots_max,
         "db_concurrency": result.db_concurrency,
@@ -61,6 +62,13 @@ def print_summary(result: Any, console: Any) -> None:
         f"WAPE model [bold]{result.wape_model:.3f}[/] vs seasonal naive "
         f"{result.wape_baseline:.3f} ({better:+.0f}% better)"
     )
+    if result.ranges:
+        r = result.ranges
+        console.print(
+            f"Ranges P10-P90 on the held-out days: coverage model [bold]"
+            f"{r['coverage_model']:.0%}[/] vs seasonal naive {r['coverage_baseline']:.0%} "
+            f"(target 80%); pinball loss {r['pinball_model']:.3f} vs {r['pinball_baseline']:.3f}"
+        )
     workers = {k: v for k, v in result.peak_memory.items() if k != "client"}
     worker_peak = max(workers.values()) if workers else 0
     console.print(

@@ -10,8 +10,18 @@ from typing import Any
 
 from hafen.serve._app import create_app
 from hafen.serve._registry import DEFAULT_REFRESH, Registry
+from hafen.serve._service import create_service
+from hafen.serve._tenants import Tenant, Tenants
 
-__all__ = ["DEFAULT_REFRESH", "Registry", "create_app", "serve"]
+__all__ = [
+    "DEFAULT_REFRESH",
+    "Registry",
+    "Tenant",
+    "Tenants",
+    "create_app",
+    "create_service",
+    "serve",
+]
 
 
 def serve(

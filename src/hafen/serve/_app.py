@@ -47,6 +47,8 @@ FORECASTS = "forecasts"
 HISTORY = "sales_by_store"
 MAX_ID = 2**62
 FORECAST_COLUMNS = ["store_id", "product_id", "date", "forecast", "baseline"]
+#: The forecast ranges, served when the forecasts dataset has them.
+QUANTILE_COLUMNS = ["p10", "p50", "p90"]
 HISTORY_COLUMNS = ["product_id", "date", "qty"]
 MAX_HISTORY = 1000
 T = TypeVar("T")
@@ -71,6 +73,9 @@ class ForecastRow(BaseModel):
     date: dt.date
     forecast: float
     baseline: float | None = None
+    p10: float | None = Field(None, description="10% quantile (when the forecasts have ranges)")
+    p50: float | None = Field(None, description="Median")
+    p90: float | None = Field(None, description="90% quantile")
 
 
 class Forecasts(BaseModel):
@@ -200,6 +205,12 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _forecast_columns(ds: Dataset) -> list[str]:
+    """The columns ``/forecasts`` answers with: the ranges too if the dataset has them."""
+    ranged = set(QUANTILE_COLUMNS) <= set(ds.schema.names)
+    return FORECAST_COLUMNS + QUANTILE_COLUMNS if ranged else FORECAST_COLUMNS
+
+
 def _locations(registry: Registry) -> Locations:
     roots = [registry.root]
     with contextlib.suppress(HafenError, OSError, ValueError):
@@ -239,12 +250,15 @@ def create_app(
     """
     registry = Registry(root, refresh=refresh)
     lookup = Lookup(max_bytes=cache_bytes)
-    bodies = ForecastBodies(
-        lookup,
-        name=FORECASTS,
-        columns=FORECAST_COLUMNS,
-        prepared_bytes=cache_bytes,
-        body_bytes=body_cache_bytes,
+    bodies, ranged_bodies = (
+        ForecastBodies(
+            lookup,
+            name=FORECASTS,
+            columns=columns,
+            prepared_bytes=cache_bytes,
+            body_bytes=body_cache_bytes,
+        )
+        for columns in (FORECAST_COLUMNS, FORECAST_COLUMNS + QUANTILE_COLUMNS)
     )
 
     @contextlib.asynccontextmanager
@@ -323,7 +337,7 @@ def create_app(
         key = None if product_id is None else ("product_id", product_id)
 
         def rows(ds: Dataset) -> tuple[Dataset, pa.Table]:
-            return ds, lookup.rows(ds, ("store_id", store_id), key, FORECAST_COLUMNS)
+            return ds, lookup.rows(ds, ("store_id", store_id), key, _forecast_columns(ds))
 
         ds, table = answer(FORECASTS, rows)
         if table.num_rows == 0:
@@ -339,7 +353,9 @@ def create_app(
     def fast_answer(query: bytes) -> bytes | None:
         """The JSON body of a plain point lookup, or None to let the route answer."""
         try:
-            return bodies.get(registry.get(FORECASTS), query)
+            ds = registry.get(FORECASTS)
+            ranged = len(_forecast_columns(ds)) > len(FORECAST_COLUMNS)
+            return (ranged_bodies if ranged else bodies).get(ds, query)
         except Exception:  # the route answers, with its error handling
             return None
 

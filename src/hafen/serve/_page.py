@@ -1,7 +1,9 @@
 """The page at ``/``: history and forecast of one store and product, drawn as inline SVG.
 
 Plain HTML and JavaScript, nothing loaded from the network. It reads ``/datasets/forecasts``
-for the stores, then ``/history`` and ``/forecasts`` for the chosen store and product.
+for the stores, then ``/history`` and ``/forecasts`` for the chosen store and product, and draws
+the P10-P90 range as a band when the forecasts have one. With tenants, the page asks for the API
+key and sends it as ``Authorization: Bearer``; the page itself holds no data.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ PAGE = """<!doctype html>
   .tick { fill: #555; font-size: 11px; }
   .history { fill: none; stroke: #1f77b4; stroke-width: 1.5; }
   .forecast { fill: none; stroke: #ff7f0e; stroke-width: 2.5; }
+  .band { fill: #ff7f0e; fill-opacity: 0.18; stroke: none; }
   .baseline { fill: none; stroke: #888; stroke-width: 1.2; stroke-dasharray: 4 3; }
   .origin { stroke: #bbb; stroke-dasharray: 2 2; }
   .legend { font-size: 12px; }
@@ -36,6 +39,8 @@ PAGE = """<!doctype html>
 <form id="choose">
   <label>Store <input id="store" type="number" min="0" value="1"></label>
   <label>Product <input id="product" type="number" min="0" value="1"></label>
+  <label>API key <input id="key" type="password" size="24"
+    placeholder="(if the service has tenants)"></label>
   <button type="submit">Show</button>
   <span id="status">loading&hellip;</span>
 </form>
@@ -57,8 +62,12 @@ function el(name, attrs, text) {
 const day = s => Date.parse(s + "T00:00:00Z") / 86400000;
 const iso = d => new Date(d * 86400000).toISOString().slice(0, 10);
 
+const keyInput = document.getElementById("key");
+keyInput.value = sessionStorage.getItem("hafen-key") || "";
 async function getJSON(url) {
-  const r = await fetch(url);
+  const key = keyInput.value.trim();
+  sessionStorage.setItem("hafen-key", key);
+  const r = await fetch(url, key ? {headers: {Authorization: "Bearer " + key}} : {});
   if (!r.ok) throw new Error((await r.json()).detail || r.statusText);
   return r.json();
 }
@@ -68,7 +77,9 @@ function draw(history, forecasts, title) {
   const pts = history.map(r => [day(r.date), r.qty]).filter(p => p[1] !== null);
   const fc = forecasts.map(r => [day(r.date), r.forecast]);
   const bl = forecasts.filter(r => r.baseline !== null).map(r => [day(r.date), r.baseline]);
-  const all = pts.concat(fc, bl);
+  const lo = forecasts.filter(r => r.p10 != null).map(r => [day(r.date), r.p10]);
+  const hi = forecasts.filter(r => r.p90 != null).map(r => [day(r.date), r.p90]);
+  const all = pts.concat(fc, bl, hi);
   const x0 = Math.min(...all.map(p => p[0])), x1 = Math.max(...all.map(p => p[0]));
   const y1 = Math.max(1, ...all.map(p => p[1])) * 1.1;
   const sx = d => M.left + (d - x0) / Math.max(1, x1 - x0) * (W - M.left - M.right);
@@ -94,6 +105,11 @@ function draw(history, forecasts, title) {
   const path = (p, cls) => el("polyline", {
     class: cls, points: p.map(q => sx(q[0]).toFixed(1) + "," + sy(q[1]).toFixed(1)).join(" ")
   });
+  if (lo.length) {  // the P10-P90 range, as a band under the forecast
+    el("polygon", {class: "band", points: lo.concat(hi.slice().reverse())
+      .map(q => sx(q[0]).toFixed(1) + "," + sy(q[1]).toFixed(1)).join(" ")});
+  }
+  svg.setAttribute("data-band-points", lo.length);
   path(pts, "history");
   path(bl, "baseline");
   path(fc, "forecast");

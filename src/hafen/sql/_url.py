@@ -30,7 +30,12 @@ from hafen.errors import HafenError, SQLError
 __all__ = ["DatabaseURL", "connect", "map_db_errors", "parse_url", "quote_ident"]
 
 #: ``application_name`` of the connections hafen opens, per operation (PostgreSQL).
-APPLICATION_NAMES = {"extract": "hafen-extract", "load": "hafen-load", "meta": "hafen"}
+APPLICATION_NAMES = {
+    "extract": "hafen-extract",
+    "load": "hafen-load",
+    "meta": "hafen",
+    "ingest": "hafen-ingest",
+}
 #: Seconds to wait for a connection, and for a locked SQLite database.
 CONNECT_TIMEOUT = 30
 SQLITE_BUSY_TIMEOUT = 120.0

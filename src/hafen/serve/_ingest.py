@@ -1,0 +1,591 @@
+"""Customers' data into their relational database: ``POST /v1/{table}``.
+
+A batch is a JSON array of objects (or ``{"rows": [...]}``), a CSV file with a header, or a
+Parquet file, chosen by ``Content-Type``. It is read from the request as it streams in (to a
+spooled temporary file), and refused with 413 once it passes the size limit. Every row is
+checked against the table: required columns and their types, values that make no sense
+(negative quantities, a promotion that ends before it starts, a discount outside [0, 1)), keys
+that repeat in the batch or already exist, and references to stores and products that do not
+exist. Any error refuses the whole batch with 422 and the rows at fault; a valid batch is
+inserted in one transaction.
+
+``Idempotency-Key`` makes a retry safe: the key is recorded in the same transaction as the rows
+(table ``hafen_batches``), so a batch either lands with its key or not at all; a retry with the
+same key and body gets the first answer and inserts nothing, also when it arrives while the
+first is being inserted (the key's row is written first and concurrent writers wait on it).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+from hafen.sql._url import connect, parse_url, quote_ident
+
+if TYPE_CHECKING:
+    from hafen.serve._tenants import Tenant
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "TABLES",
+    "BatchError",
+    "BodyTooLarge",
+    "create_tables",
+    "ingest_batch",
+    "parse_body",
+    "read_body",
+]
+
+#: Largest accepted batch body, in bytes.
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+MAX_ERRORS = 100  # row errors listed in a 422 (the total is given too)
+_SPOOL = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class _Column:
+    name: str
+    kind: str  # int, float, str, date
+    check: Callable[[Any], str | None] | None = None
+    references: str | None = None  # a table whose key this column must name
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    name: str
+    columns: tuple[_Column, ...]
+    ddl: str
+    row_check: Callable[[dict[str, Any]], str | None] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.columns[0].name
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _nonneg(v: Any) -> str | None:
+    return "must not be negative" if v < 0 else None
+
+
+def _positive(v: Any) -> str | None:
+    return "must be positive" if v <= 0 else None
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+def _promo_dates(row: dict[str, Any]) -> str | None:
+    return "end_date is before start_date" if row["end_date"] < row["start_date"] else None
+
+
+TABLES: dict[str, _Table] = {
+    t.name: t
+    for t in [
+        _Table(
+            "stores",
+            (
+                _Column("store_id", "int", _nonneg),
+                _Column("name", "str"),
+                _Column("region", "str"),
+                _Column("size", "float", _positive),
+            ),
+            "store_id BIGINT PRIMARY KEY, name TEXT NOT NULL, region TEXT NOT NULL, "
+            "size DOUBLE PRECISION NOT NULL",
+        ),
+        _Table(
+            "products",
+            (
+                _Column("product_id", "int", _nonneg),
+                _Column("name", "str"),
+                _Column("product_group", "str"),
+                _Column("price", "float", _nonneg),
+            ),
+            "product_id BIGINT PRIMARY KEY, name TEXT NOT NULL, product_group TEXT NOT NULL, "
+            "price DOUBLE PRECISION NOT NULL",
+        ),
+        _Table(
+            "holidays",
+            (_Column("date", "date"), _Column("name", "str")),
+            "date DATE PRIMARY KEY, name TEXT NOT NULL",
+        ),
+        _Table(
+            "promotions",
+            (
+                _Column("promo_id", "int", _nonneg),
+                _Column("store_id", "int", references="stores"),
+                _Column("product_id", "int", references="products"),
+                _Column("start_date", "date"),
+                _Column("end_date", "date"),
+                _Column("discount", "float", _fraction),
+            ),
+            "promo_id BIGINT PRIMARY KEY, store_id BIGINT NOT NULL, product_id BIGINT NOT NULL, "
+            "start_date DATE NOT NULL, end_date DATE NOT NULL, discount DOUBLE PRECISION NOT NULL",
+            _promo_dates,
+        ),
+        _Table(
+            "sales",
+            (
+                _Column("sale_id", "int", _nonneg),
+                _Column("date", "date"),
+                _Column("store_id", "int", references="stores"),
+                _Column("product_id", "int", references="products"),
+                _Column("qty", "int", _nonneg),
+            ),
+            "sale_id BIGINT PRIMARY KEY, date DATE NOT NULL, store_id BIGINT NOT NULL, "
+            "product_id BIGINT NOT NULL, qty BIGINT NOT NULL",
+        ),
+    ]
+}
+_EXPECTED = {
+    "int": "is not an integer",
+    "float": "is not a number",
+    "date": "is not a valid ISO date (YYYY-MM-DD)",
+    "str": "is not a string",
+}
+_BATCHES_DDL = "key TEXT PRIMARY KEY, tbl TEXT NOT NULL, digest TEXT NOT NULL, body TEXT NOT NULL"
+
+
+class BatchError(Exception):
+    """A batch refused: the status and the JSON body to answer with."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("detail"))
+        self.status = status
+        self.body = body
+
+
+class BodyTooLarge(BatchError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, {"error": "too_large", "detail": f"the body is over {limit} bytes"})
+
+
+class _Db:
+    """One connection to a tenant's database, in one of its two dialects."""
+
+    def __init__(self, tenant: Tenant, *, create: bool = False) -> None:
+        self.url = parse_url(tenant.database)
+        self.tenant = tenant
+        self.sqlite = self.url.dialect == "sqlite"
+        self.conn = connect(self.url, "ingest", create=create)
+        if self.sqlite:
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+
+    def name(self, table: str) -> str:
+        return quote_ident(self.tenant.table(table))
+
+    def marks(self, n: int) -> str:
+        return ", ".join("?" * n) if self.sqlite else ", ".join(f"${i + 1}" for i in range(n))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql, params if self.sqlite else (tuple(params) or None))
+            try:
+                return [tuple(r) for r in cur.fetchall()]
+            except Exception:  # a statement without rows
+                return []
+        finally:
+            cur.close()
+
+    def insert(self, table: _Table, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (values in column order) into ``table``, in the open transaction:
+        ``executemany`` on SQLite, the binary COPY of ADBC's bulk ingest on PostgreSQL."""
+        if self.sqlite:
+            columns = ", ".join(quote_ident(n) for n in table.names)
+            marks = self.marks(len(table.names))
+            self.executemany(
+                f"INSERT INTO {self.name(table.name)} ({columns}) VALUES ({marks})",
+                _for_driver(self, rows),
+            )
+            return
+        import pyarrow as pa
+
+        types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "date": pa.date32()}
+        arrays = [
+            pa.array([r[i] for r in rows], types[c.kind]) for i, c in enumerate(table.columns)
+        ]
+        data = pa.Table.from_arrays(arrays, names=table.names)
+        cur = self.conn.cursor()
+        try:
+            cur.adbc_ingest(table.name, data, mode="append", db_schema_name=self.tenant.schema)
+        finally:
+            cur.close()
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        cur = self.conn.cursor()
+        try:
+            cur.executemany(sql, rows)
+        finally:
+            cur.close()
+
+    def begin(self) -> None:
+        if self.sqlite:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        if self.sqlite:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.commit()
+
+    def rollback(self) -> None:
+        if self.sqlite:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        else:
+            self.conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def create_tables(tenant: Tenant) -> None:
+    """The ingest tables (and the batch keys' table) in the tenant's database, if missing."""
+    db = _Db(tenant, create=True)
+    try:
+        db.begin()
+        if tenant.schema is not None:
+            db.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(tenant.schema)}")
+        elif db.sqlite:
+            db.conn.execute("PRAGMA journal_mode=WAL") if not db.conn.in_transaction else None
+        for table in TABLES.values():
+            db.execute(f"CREATE TABLE IF NOT EXISTS {db.name(table.name)} ({table.ddl})")
+        db.execute(f"CREATE TABLE IF NOT EXISTS {db.name('hafen_batches')} ({_BATCHES_DDL})")
+        db.commit()
+    finally:
+        db.close()
+    if tenant.schema is None:  # WAL lets readers (the pipeline) run beside the ingest
+        db = _Db(tenant)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+
+
+async def read_body(chunks: Any, limit: int) -> tuple[IO[bytes], str]:
+    """The streamed body in a spooled temporary file, and its SHA-256; 413 past ``limit``."""
+    out = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115  # handed to the caller
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            digest.update(chunk)
+            out.write(chunk)
+    except BaseException:  # too large, or cut off: nothing is kept
+        out.close()
+        raise
+    out.seek(0)
+    return out, digest.hexdigest()
+
+
+def _refuse(detail: str) -> BatchError:
+    return BatchError(422, {"error": "invalid_body", "detail": detail, "rows": []})
+
+
+def parse_body(body: IO[bytes], content_type: str) -> list[dict[str, Any]]:
+    """The rows of a JSON, CSV or Parquet body."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind in ("", "application/json"):
+        try:
+            data = json.load(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _refuse(f"not JSON: {exc}") from None
+        if isinstance(data, dict) and "rows" in data:
+            data = data["rows"]
+        if not isinstance(data, list):
+            raise _refuse('a JSON body is an array of objects, or {"rows": [...]}')
+        return data
+    if kind in ("text/csv", "application/csv"):
+        try:
+            text = io.TextIOWrapper(body, encoding="utf-8", newline="")
+            return [dict(r) for r in csv.DictReader(text)]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise _refuse(f"not CSV: {exc}") from None
+    if kind in ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(body).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise _refuse(f"not Parquet: {exc}") from None
+    raise BatchError(
+        415,
+        {
+            "error": "unsupported_media_type",
+            "detail": f"cannot read {kind!r}: JSON, CSV or Parquet",
+        },
+    )
+
+
+def _value(kind: str, v: Any) -> Any:
+    """``v`` as the column's type; ValueError if it is not one."""
+    if v is None or v == "":
+        raise ValueError("is required")
+    if kind == "int":
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError("is not an integer")
+        out = int(v) if isinstance(v, int | float) else int(str(v).strip())
+        if abs(out) >= 2**63:
+            raise ValueError("is out of range")
+        return out
+    if kind == "float":
+        if isinstance(v, bool):
+            raise ValueError("is not a number")
+        number = float(v)
+        if not math.isfinite(number):
+            raise ValueError("is not a finite number")
+        return number
+    if kind == "date":
+        if isinstance(v, dt.datetime):
+            raise ValueError("is a timestamp, not a day")
+        if isinstance(v, dt.date):
+            return v
+        if not isinstance(v, str):
+            raise ValueError("is not an ISO date")
+        return dt.date.fromisoformat(v)
+    if not isinstance(v, str):
+        raise ValueError("is not a string")
+    return v
+
+
+def _fast(kind: str, v: Any, dates: dict[str, dt.date]) -> Any:
+    """``v`` as the column's type when it is already plainly one, else raise (the slow path
+    then says why): the common case costs a type check (and a dict lookup for dates)."""
+    t = type(v)
+    if kind == "int" and t is int:
+        return v
+    if kind == "float" and (t is float or t is int) and math.isfinite(v):
+        return float(v)
+    if kind == "str" and t is str and v:
+        return v
+    if kind == "date" and t is str:
+        day = dates.get(v)
+        if day is None:
+            day = dates[v] = _value("date", v)
+        return day
+    return _value(kind, v)
+
+
+def _row_errors(table: _Table, i: int, row: Any) -> list[dict[str, Any]]:
+    """The errors of one row that failed the fast path (none if it only needed converting)."""
+    if not isinstance(row, dict):
+        return [{"row": i, "column": None, "error": "is not an object"}]
+    names = {c.name for c in table.columns}
+    errors = [
+        {"row": i, "column": str(extra), "error": "is not a column"}
+        for extra in sorted(set(row) - names, key=str)
+    ]
+    out: dict[str, Any] = {}
+    for column in table.columns:
+        try:
+            value = _value(column.kind, row.get(column.name))
+        except (ValueError, TypeError) as exc:
+            reason = str(exc) if str(exc).startswith("is ") else _EXPECTED[column.kind]
+            errors.append({"row": i, "column": column.name, "error": reason})
+            continue
+        problem = column.check(value) if column.check else None
+        if problem:
+            errors.append({"row": i, "column": column.name, "error": problem})
+        out[column.name] = value
+    if not errors and table.row_check and (problem := table.row_check(out)):
+        errors.append({"row": i, "column": None, "error": problem})
+    return errors
+
+
+def _validate(
+    table: _Table, rows: list[Any]
+) -> tuple[list[tuple[Any, ...]], list[int], list[dict[str, Any]]]:
+    """The typed rows (values in column order), their numbers in the batch (from 0), and the
+    row-level errors."""
+    typed: list[tuple[Any, ...]] = []
+    numbers: list[int] = []
+    errors: list[dict[str, Any]] = []
+    columns = [(c.name, c.kind, c.check) for c in table.columns]
+    width = len(columns)
+    dates: dict[str, dt.date] = {}
+    seen: set[Any] = set()
+    for i, row in enumerate(rows):
+        try:
+            if type(row) is not dict or len(row) != width:
+                raise ValueError
+            values = tuple(_fast(kind, row[name], dates) for name, kind, _ in columns)
+            for (_, _, check), value in zip(columns, values, strict=True):
+                if check is not None and check(value):
+                    raise ValueError
+            if table.row_check and table.row_check(dict(zip(table.names, values, strict=True))):
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            found = _row_errors(table, i, row)
+            if found:
+                errors.extend(found)
+                continue
+            values = tuple(_value(kind, row[name]) for name, kind, _ in columns)
+        if values[0] in seen:
+            errors.append({"row": i, "column": table.key, "error": "repeats a key of this batch"})
+            continue
+        seen.add(values[0])
+        typed.append(values)
+        numbers.append(i)
+    return typed, numbers, errors
+
+
+def _existing(db: _Db, table: str, column: str, values: set[Any]) -> set[Any]:
+    found: set[Any] = set()
+    items = sorted(values)
+    for start in range(0, len(items), 500):
+        part = items[start : start + 500]
+        params = [v.isoformat() if isinstance(v, dt.date) and db.sqlite else v for v in part]
+        name = quote_ident(column)
+        sql = f"SELECT {name} FROM {db.name(table)} WHERE {name} IN ({db.marks(len(part))})"
+        for (v,) in db.execute(sql, params):
+            found.add(dt.date.fromisoformat(v) if isinstance(v, str) and table == "holidays" else v)
+    return found
+
+
+def _check_database(
+    db: _Db, table: _Table, rows: list[tuple[Any, ...]], numbers: list[int], *, keys: bool
+) -> list[dict[str, Any]]:
+    """Rows naming stores or products that do not exist, and (with ``keys``) rows whose key
+    exists already."""
+    errors = []
+    for position, column in enumerate(table.columns):
+        if position == 0 and keys:
+            taken = _existing(db, table.name, table.key, {r[0] for r in rows})
+            errors += [
+                {"row": n, "column": table.key, "error": "already exists"}
+                for r, n in zip(rows, numbers, strict=True)
+                if r[0] in taken
+            ]
+        if column.references is None:
+            continue
+        present = _existing(db, column.references, column.name, {r[position] for r in rows})
+        for r, n in zip(rows, numbers, strict=True):
+            if r[position] not in present:
+                what = f"names no existing {column.references[:-1]} ({r[position]})"
+                errors.append({"row": n, "column": column.name, "error": what})
+    return errors
+
+
+def _for_driver(db: _Db, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` with dates as ISO text on SQLite (which has no date type)."""
+    if not db.sqlite or not rows:
+        return rows
+    at = [i for i, v in enumerate(rows[0]) if isinstance(v, dt.date)]
+    if not at:
+        return rows
+    texts: dict[dt.date, str] = {}
+    out = []
+    for r in rows:
+        row = list(r)
+        for i in at:
+            day = row[i]
+            text = texts.get(day)
+            if text is None:
+                text = texts[day] = day.isoformat()
+            row[i] = text
+        out.append(tuple(row))
+    return out
+
+
+def _invalid(table: str, errors: list[dict[str, Any]]) -> BatchError:
+    errors.sort(key=lambda e: (e["row"] is None, e["row"] or 0))
+    return BatchError(
+        422,
+        {
+            "error": "invalid_rows",
+            "detail": f"{len(errors)} error(s) in the batch for {table}; nothing was inserted",
+            "rows": errors[:MAX_ERRORS],
+            "errors_total": len(errors),
+        },
+    )
+
+
+def ingest_batch(
+    tenant: Tenant, table_name: str, rows: list[Any], *, key: str | None, digest: str
+) -> dict[str, Any]:
+    """Validate and insert one batch into the tenant's ``table_name`` in one transaction.
+
+    Returns the answer's body (the first answer again for a retried ``key``); raises
+    :class:`BatchError` for a refused batch, with nothing inserted.
+    """
+    table = TABLES[table_name]
+    typed, numbers, errors = _validate(table, rows)
+    if errors:
+        raise _invalid(table_name, errors)
+    db = _Db(tenant)
+    try:
+        db.begin()
+        if key is not None:
+            claimed = db.execute(
+                f"INSERT INTO {db.name('hafen_batches')} (key, tbl, digest, body) "
+                f"VALUES ({db.marks(4)}) ON CONFLICT (key) DO NOTHING RETURNING key",
+                [key, table_name, digest, ""],
+            )
+            if not claimed:  # landed before (or just now, by a concurrent retry)
+                db.rollback()
+                return _replay(db, key, table_name, digest)
+        errors = _check_database(db, table, typed, numbers, keys=False)
+        if errors:
+            raise _invalid(table_name, errors)
+        values = typed
+        if values:
+            try:
+                db.insert(table, values)
+            except Exception as exc:  # a key that exists: say which rows (a rare, slow path)
+                if "IntegrityError" not in type(exc).__name__:
+                    raise
+                db.rollback()
+                db.begin()
+                errors = _check_database(db, table, typed, numbers, keys=True)
+                raise _invalid(
+                    table_name, errors or [{"row": None, "column": None, "error": str(exc)}]
+                ) from None
+        answer = {"table": table_name, "inserted": len(values), "idempotency_key": key}
+        if key is not None:
+            db.execute(
+                f"UPDATE {db.name('hafen_batches')} SET body = {db.marks(1)} WHERE key = "
+                + ("?" if db.sqlite else "$2"),
+                [json.dumps(answer), key],
+            )
+        db.commit()
+        return answer
+    except BaseException:
+        db.rollback()
+        raise
+    finally:
+        db.close()
+
+
+def _replay(db: _Db, key: str, table: str, digest: str) -> dict[str, Any]:
+    rows = db.execute(
+        f"SELECT tbl, digest, body FROM {db.name('hafen_batches')} WHERE key = {db.marks(1)}", [key]
+    )
+    if not db.sqlite:
+        db.conn.rollback()
+    stored_table, stored_digest, body = rows[0]
+    if stored_table != table or stored_digest != digest:
+        raise BatchError(
+            422,
+            {
+                "error": "idempotency_key_reused",
+                "detail": "this Idempotency-Key was used for another batch",
+                "rows": [],
+            },
+        )
+    return dict(json.loads(body), replayed=True)  # the route answers it without "replayed"
