@@ -199,7 +199,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=float, default=10e6)
     parser.add_argument("--partitions", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5, help="Rounds in turns (at least 3).")
+    parser.add_argument(
+        "--rounds", "--repeat", type=int, default=5, help="Rounds in turns (at least 3)."
+    )
     parser.add_argument("--root", default=None, help="Local directory for the datasets.")
     parser.add_argument("--no-plateau", action="store_true")
     parser.add_argument("--url", default=None, help="Also write and read there (az://...).")
