@@ -1,4 +1,4 @@
-"""Dataset write and read against pyarrow.dataset and plateau, in one run, as ratios.
+"""Dataset write and read against delta-rs, DuckDB, polars, pyarrow.dataset and plateau, in turns.
 
     python benchmarks/datasets_io.py               # 10 million rows x 5 columns, 100 partitions
     python benchmarks/datasets_io.py --rows 1e6    # a quick look
