@@ -1,4 +1,4 @@
-"""Dataset write and read against pyarrow.dataset and plateau, in one run, as ratios.
+"""Dataset write and read against delta-rs, DuckDB, polars, pyarrow.dataset and plateau, in turns.
 
     python benchmarks/datasets_io.py               # 10 million rows x 5 columns, 100 partitions
     python benchmarks/datasets_io.py --rows 1e6    # a quick look
@@ -9,8 +9,12 @@ environment, e.g. ``AZURE_STORAGE_CONNECTION_STRING``), by hafen and by pyarrow 
 fsspec filesystem (adlfs for ``az://``), next to hafen's local figures; ``--azurite`` starts a
 throwaway Azurite (npm, see :mod:`hafen.testing`) and points the credentials at it.
 
-Each operation runs ``--repeat`` times per contender, in turns; the best time counts. hafen's
-and tuned pyarrow's reads, well under a second each, run three times as many rounds.
+Contenders (issue 19): hafen; delta-rs (``deltalake``, its own Delta layout), read also by
+polars (``scan_delta``); DuckDB (``COPY ... PARTITION_BY``, read with ``read_parquet`` over its
+own hive layout); pyarrow (tuned and default); plateau. Reads are to Arrow unless the operation
+says pandas. Every contender runs ``--rounds`` times (at least 3), in turns, the order rotating
+each round; the table gives the median and the range of each figure, and hafen's median over
+the contender's (below 1.00x hafen is faster). plateau, much slower, runs 3 rounds on its own.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from rich.table import Table
 import hafen
 from hafen.datasets._dataset import storage_for
 
-console = Console()
+console = Console(width=240)
 
 
 def make_table(rows: int, partitions: int, seed: int = 0) -> pa.Table:
@@ -64,19 +68,29 @@ def best(fn: Callable[[], object], repeat: int, setup: Callable[[], None] | None
     return min(times)
 
 
-def interleaved(
-    contenders: dict[str, tuple[Callable[[], object], Callable[[], None] | None]], repeat: int
-) -> dict[str, float]:
-    """Best time of each contender, run in turns ``repeat`` times, the order rotating by one
+Contenders = dict[str, tuple[Callable[[], object], Callable[[], None] | None]]
+
+
+def in_turns(contenders: Contenders, rounds: int) -> dict[str, list[float]]:
+    """Every time of each contender, run in turns ``rounds`` times, the order rotating by one
     each round (a b c, b c a, c a b, ...), so that neither a change in the machine's load nor
     the disk's writeback of the previous run's files falls on one contender more than another."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
-    for round_ in range(repeat):
+    for round_ in range(rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             fn, setup = contenders[name]
             times[name].append(best(fn, 1, setup))
-    return {name: min(t) for name, t in times.items()}
+    return times
+
+
+def median(times: list[float]) -> float:
+    return float(np.median(times))
+
+
+def spread(times: list[float]) -> str:
+    """The median and the range of ``times``: ``0.361 (0.35-0.40)``."""
+    return f"{median(times):.3f} ({min(times):.2f}-{max(times):.2f})"
 
 
 def remote_io(
@@ -185,7 +199,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=float, default=10e6)
     parser.add_argument("--partitions", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--rounds", "--repeat", type=int, default=5, help="Rounds in turns (at least 3)."
+    )
     parser.add_argument("--root", default=None, help="Local directory for the datasets.")
     parser.add_argument("--no-plateau", action="store_true")
     parser.add_argument("--url", default=None, help="Also write and read there (az://...).")
@@ -193,14 +209,27 @@ def main() -> None:
     args = parser.parse_args()
     if args.azurite and not args.url:
         parser.error("--azurite needs --url az://CONTAINER/PATH")
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3: one or two runs are noise on a shared machine")
     rows = int(args.rows)
     root = Path(args.root or tempfile.mkdtemp(prefix="hafen-bench-"))
     table = make_table(rows, args.partitions)
     df = table.to_pandas() if not args.no_plateau else None
     lookup_product = int(table.column("product_id")[12345].as_py())
     one_part = int(table.column("part")[0].as_py())
-    console.print(f"{rows:,} rows x 5 columns, {args.partitions} partitions, in {root}")
+    # a range of 0.1% of the product ids
+    low, high = lookup_product, lookup_product + 49
+    console.print(
+        f"{rows:,} rows x 5 columns, {args.partitions} partitions, in {root}, "
+        f"{args.rounds} rounds in turns; {os.cpu_count()} cores, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
 
+    import deltalake
+    import duckdb
+    import polars as pl
+
+    duck = duckdb.connect()
     part_schema = pa.schema([("part", pa.int64())])
     tuned = {"min_rows_per_group": 128 * 1024, "max_rows_per_group": 256 * 1024}
 
@@ -243,29 +272,39 @@ def main() -> None:
             **options,
         )
 
-    results: dict[str, dict[str, float]] = {}
+    def delta_write() -> None:
+        deltalake.write_deltalake(str(root / "delta"), table, partition_by=["part"])
+
+    def duck_write() -> None:
+        duck.register("source", table)
+        duck.execute(f"COPY source TO '{root / 'duck'}' (FORMAT parquet, PARTITION_BY (part))")
+        duck.unregister("source")
+
+    results: dict[str, dict[str, list[float]]] = {}
 
     # -- write --------------------------------------------------------------------------------
     # in turns, so that the load of a shared machine falls on every contender alike
-    writes = interleaved(
+    writes = in_turns(
         {
             "hafen": (hafen_write("hafen", indices=["product_id"]), clear("hafen")),
-            # the same work as pyarrow's: no secondary index
+            # the same work as the others': no secondary index
             "hafen, no index": (hafen_write("hafen_noidx"), clear("hafen_noidx")),
             # the same files as pyarrow's: every column dictionary-encoded
             "hafen, Arrow's encodings": (
                 arrow_encodings(hafen_write("hafen_dict", indices=["product_id"])),
                 clear("hafen_dict"),
             ),
+            "delta-rs": (delta_write, clear("delta")),
+            "DuckDB": (duck_write, clear("duck")),
             "pyarrow (tuned)": (lambda: pa_write("pa_tuned", **tuned), clear("pa_tuned")),
             "pyarrow (default)": (lambda: pa_write("pa_default"), clear("pa_default")),
         },
-        args.repeat,
+        args.rounds,
     )
-    anchors = {n: writes[n] for n in ("pyarrow (tuned)", "pyarrow (default)")}
-    results["write"] = {"hafen": writes["hafen"], **anchors}
-    results["write, no index"] = {"hafen": writes["hafen, no index"], **anchors}
-    results["write, Arrow's encodings"] = {"hafen": writes["hafen, Arrow's encodings"], **anchors}
+    others = {n: t for n, t in writes.items() if not n.startswith("hafen")}
+    results["write"] = {"hafen": writes["hafen"], **others}
+    results["write, no index"] = {"hafen": writes["hafen, no index"], **others}
+    results["write, Arrow's encodings"] = {"hafen": writes["hafen, Arrow's encodings"], **others}
     plateau_store = None
     if not args.no_plateau:
         from minimalkv import get_store_from_url
@@ -284,89 +323,143 @@ def main() -> None:
                 overwrite=True,
             )
 
-        results["write"]["plateau"] = best(plateau_write, args.repeat)
+        results["write"]["plateau"] = in_turns({"plateau": (plateau_write, None)}, 3)["plateau"]
 
     ds = hafen.open_dataset(str(root / "hafen"))
     ds_dict = hafen.open_dataset(str(root / "hafen_dict"))
+    delta_path = str(root / "delta")
+    duck_files = f"read_parquet('{root / 'duck'}/**/*.parquet', hive_partitioning = true)"
 
-    def pa_read(name: str, flt=None) -> pa.Table:
+    def pa_read(name: str, flt: pc.Expression | None = None) -> pa.Table:
         d = pds.dataset(root / name, format="parquet", partitioning="hive")
         return d.to_table(filter=flt)
 
+    def duck_read(where: str = "") -> pa.Table:
+        return duck.sql(f"SELECT * FROM {duck_files} {where}").to_arrow_table()
+
+    def polars_read(flt: pl.Expr | None = None) -> pl.DataFrame:
+        frame = pl.scan_delta(delta_path)
+        return (frame if flt is None else frame.filter(flt)).collect()
+
     def reads(
-        flt: pc.Expression | None, predicates: list[list[tuple[str, str, int]]] | None
-    ) -> dict[str, tuple[Callable[[], object], None]]:
-        ops: dict[str, tuple[Callable[[], object], None]] = {
+        flt: pc.Expression | None,
+        predicates: list[list[tuple[str, str, int]]] | None,
+        where: str,
+        pl_flt: pl.Expr | None,
+        delta_filters: list[tuple[str, str, int]] | None,
+    ) -> Contenders:
+        ops: Contenders = {
             "hafen": (lambda: ds.read_arrow(predicates=predicates), None),
+            "delta-rs": (
+                lambda: deltalake.DeltaTable(delta_path).to_pyarrow_table(filters=delta_filters),
+                None,
+            ),
+            "DuckDB": (lambda: duck_read(where), None),
+            "polars": (lambda: polars_read(pl_flt).to_arrow(), None),
             "pyarrow (tuned)": (lambda: pa_read("pa_tuned", flt), None),
             "pyarrow (default)": (lambda: pa_read("pa_default", flt), None),
         }
-        if plateau_store:
-            ops["plateau"] = (
-                lambda: read_table("bench", plateau_store, predicates=predicates),
-                None,
-            )
         return ops
 
-    def read_in_turns(
-        ops: dict[str, tuple[Callable[[], object], None]],
-    ) -> dict[str, float]:
-        """hafen's reads and the tuned anchor's, sub-second, run three times as many rounds
-        (in turns with each other) as the slow contenders: one slow round moves a best-of-5."""
-        quick = {n: ops.pop(n) for n in list(ops) if n.startswith(("hafen", "pyarrow (tuned)"))}
-        return {**interleaved(quick, 3 * args.repeat), **interleaved(ops, args.repeat)}
+    def slow_reads(predicates: list[list[tuple[str, str, int]]] | None) -> dict[str, list[float]]:
+        if not plateau_store:
+            return {}
+        ops: Contenders = {
+            "plateau": (lambda: read_table("bench", plateau_store, predicates=predicates), None)
+        }
+        return in_turns(ops, 3)
 
     # in turns too, once every file written is on disk
     os.sync()
-    full = reads(None, None)
+    full = reads(None, None, "", None, None)
     full["hafen, Arrow's encodings"] = (lambda: ds_dict.read_arrow(), None)
-    results["full read"] = read_in_turns(full)
+    results["full read"] = in_turns(full, args.rounds)
     results["full read, Arrow's encodings"] = {
         "hafen": results["full read"].pop("hafen, Arrow's encodings"),
-        **{n: results["full read"][n] for n in ("pyarrow (tuned)", "pyarrow (default)")},
+        **{n: t for n, t in results["full read"].items() if n != "hafen"},
     }
-    results["one partition"] = read_in_turns(
-        reads(pc.field("part") == one_part, [[("part", "==", one_part)]])
+    results["full read"].update(slow_reads(None))
+    results["full read to pandas"] = in_turns(
+        {
+            "hafen": (lambda: ds.read(), None),
+            "DuckDB": (lambda: duck.sql(f"SELECT * FROM {duck_files}").df(), None),
+            "polars": (lambda: polars_read().to_pandas(), None),
+            "pyarrow (tuned)": (lambda: pa_read("pa_tuned").to_pandas(), None),
+        },
+        args.rounds,
+    )
+    results["one partition"] = in_turns(
+        reads(
+            pc.field("part") == one_part,
+            [[("part", "==", one_part)]],
+            f"WHERE part = {one_part}",
+            pl.col("part") == one_part,
+            [("part", "=", one_part)],
+        ),
+        args.rounds,
     )
     # an indexed point lookup
     point = [[("product_id", "==", lookup_product)]]
-    results["point lookup"] = read_in_turns(reads(pc.field("product_id") == lookup_product, point))
-    touched = len(ds.files(point))
-    holding = len(
-        {
-            p
-            for p in pc.unique(
-                table.filter(pc.field("product_id") == lookup_product).column("part")
-            ).to_pylist()
-        }
+    results["point lookup"] = in_turns(
+        reads(
+            pc.field("product_id") == lookup_product,
+            point,
+            f"WHERE product_id = {lookup_product}",
+            pl.col("product_id") == lookup_product,
+            [("product_id", "=", lookup_product)],
+        ),
+        args.rounds,
     )
-    expected_rows = table.filter(pc.field("product_id") == lookup_product).num_rows
-    assert ds.read_arrow(predicates=point).num_rows == expected_rows
+    results["point lookup"].update(slow_reads(point))
+    span = [[("product_id", ">=", low), ("product_id", "<=", high)]]
+    results["range lookup"] = in_turns(
+        reads(
+            (pc.field("product_id") >= low) & (pc.field("product_id") <= high),
+            span,
+            f"WHERE product_id BETWEEN {low} AND {high}",
+            pl.col("product_id").is_between(low, high),
+            [("product_id", ">=", low), ("product_id", "<=", high)],
+        ),
+        args.rounds,
+    )
+    touched = len(ds.files(point))
+    point_rows = table.filter(pc.field("product_id") == lookup_product)
+    holding = len(set(pc.unique(point_rows.column("part")).to_pylist()))
+    assert ds.read_arrow(predicates=point).num_rows == point_rows.num_rows
+    assert duck_read(f"WHERE product_id = {lookup_product}").num_rows == point_rows.num_rows
 
+    names = ["hafen"] + [n for n in results["full read"] if n != "hafen"]
+    names += [n for n in results["write"] if n not in names]
     out = Table(
-        title=f"datasets_io: {rows:,} rows, {args.partitions} partitions, best of "
-        f"{args.repeat} ({3 * args.repeat} for hafen's and tuned pyarrow's reads)"
+        title=f"datasets_io: {rows:,} rows, {args.partitions} partitions, seconds: median "
+        f"(range) of {args.rounds} rounds in turns (plateau: 3), and hafen's median / this one's"
     )
     out.add_column("operation")
-    names = list(results["write"])
     for name in names:
-        out.add_column(f"{name} s")
-    for name in names[1:]:
-        out.add_column(f"hafen / {name}")
+        out.add_column(name, justify="right")
     for op, timing in results.items():
-        row = [op] + [f"{timing[n]:.3f}" if n in timing else "-" for n in names]
-        row += [f"{timing['hafen'] / timing[n]:.2f}x" if n in timing else "-" for n in names[1:]]
+        row = [op]
+        for n in names:
+            if n not in timing:
+                row.append("-")
+            elif n == "hafen":
+                row.append(spread(timing[n]))
+            else:
+                ratio = median(timing["hafen"]) / median(timing[n])
+                row.append(f"{spread(timing[n])} {ratio:.2f}x")
         out.add_row(*row)
     console.print(out)
     console.print(
         f"point lookup: hafen opened {touched} of {len(ds.files())} files; "
-        f"{holding} files hold the value ({expected_rows} rows)"
+        f"{holding} files hold the value ({point_rows.num_rows} rows); "
+        f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     shutil.rmtree(root, ignore_errors=True)
     if args.url:
         stop = start_azurite(args.url) if args.azurite else None
+        local = {op: {n: median(t) for n, t in timing.items()} for op, timing in results.items()}
         try:
-            remote_io(table, args.url, args.repeat, results, one_part, lookup_product)
+            remote_io(table, args.url, args.rounds, local, one_part, lookup_product)
         finally:
             if stop:
                 stop()

@@ -29,6 +29,7 @@ would be faster only through another dependency.
 
 from __future__ import annotations
 
+import functools
 import threading
 import zlib
 from collections.abc import Iterable
@@ -207,6 +208,7 @@ class HashingFileSystem:
 # -- reading ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def _same_values(actual: pa.DataType, expected: pa.DataType) -> bool:
     """Whether a file column of type ``actual`` reads as the same values as ``expected``.
 

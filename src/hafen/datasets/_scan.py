@@ -8,6 +8,7 @@ this module reads them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -128,17 +129,9 @@ def _arrow_dataset(
     schema = state.schema
     partitions = []
     for f in files:
-        expr = pc.scalar(True)
-        for column, value in partition_values(f.partition).items():
-            type_ = schema.field(column).type
-            if value is None:
-                # a null dictionary scalar would become a dictionary holding a null, which
-                # neither filters nor converts to pandas: Arrow fills the column with nulls
-                if not pa.types.is_dictionary(type_):
-                    expr = expr & pc.field(column).is_null()
-            else:
-                expr = expr & (pc.field(column) == pa.scalar(value, type=type_))
-        partitions.append(expr)
+        values = partition_values(f.partition)
+        key = tuple((c, v, schema.field(c).type) for c, v in values.items())
+        partitions.append(_partition_expression(key))
     return pds.FileSystemDataset.from_paths(
         [storage.full(f.path) for f in files],
         schema=schema,
@@ -146,6 +139,22 @@ def _arrow_dataset(
         filesystem=storage.arrow_filesystem,
         partitions=partitions,
     )
+
+
+@functools.lru_cache(maxsize=16384)
+def _partition_expression(values: tuple[tuple[str, Any, pa.DataType], ...]) -> pc.Expression:
+    """The expression a file with partition ``values`` (column, value, type) satisfies; kept,
+    since every read of a dataset builds one for each of its files."""
+    expr = pc.scalar(True)
+    for column, value, type_ in values:
+        if value is None:
+            # a null dictionary scalar would become a dictionary holding a null, which
+            # neither filters nor converts to pandas: Arrow fills the column with nulls
+            if not pa.types.is_dictionary(type_):
+                expr = expr & pc.field(column).is_null()
+        else:
+            expr = expr & (pc.field(column) == pa.scalar(value, type=type_))
+    return expr
 
 
 def _missing_file(storage: Storage, state: DatasetState, exc: FileNotFoundError) -> StorageError:

@@ -11,6 +11,10 @@ from hafen.datasets._storage._base import Storage, map_storage_errors
 
 __all__ = ["LocalStorage"]
 
+_LOCAL = pafs.LocalFileSystem()  # stateless: one for every local storage and read
+
+_LOCAL = pafs.LocalFileSystem()  # stateless: one for every local storage
+
 
 class LocalStorage(Storage):
     """Local files: writes replace atomically (rename); the exclusive create is ``os.link``."""
@@ -22,7 +26,7 @@ class LocalStorage(Storage):
 
     @property
     def arrow_filesystem(self) -> pafs.FileSystem:
-        return pafs.LocalFileSystem()
+        return _LOCAL
 
     def _write(self, full: str, data: bytes) -> None:
         directory = os.path.dirname(full)
