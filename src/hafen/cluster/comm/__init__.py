@@ -3,7 +3,8 @@
 - :mod:`._session`: the session layer's rules (numbering, acknowledgements, resume), no I/O;
 - :mod:`._wire`: what goes on a TCP link;
 - :mod:`._channel`: a session driven over successive links on the event loop;
-- :mod:`._backend`: the Dask comm backend (:class:`HafenBackend`: connector, listener, comm).
+- :mod:`._backend`: the Dask comm backend (:class:`HafenBackend`: connector, listener, comm);
+- :mod:`._proxy`: :class:`Proxy`, a loopback TCP proxy that severs or blackholes connections.
 
 Dask finds the backend by the ``hafen`` scheme through the ``distributed.comm.backends`` entry
 point of hafen's package metadata; importing this module also registers it (in
@@ -27,6 +28,7 @@ from hafen.cluster.comm._backend import (
     HafenListener,
 )
 from hafen.cluster.comm._channel import CommOptions
+from hafen.cluster.comm._proxy import Proxy, ProxyStats
 from hafen.cluster.comm._session import SessionClosedError, SessionRefusedError
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "HafenComm",
     "HafenConnector",
     "HafenListener",
+    "Proxy",
+    "ProxyStats",
     "SessionClosedError",
     "SessionRefusedError",
     "register",

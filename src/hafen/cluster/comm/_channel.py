@@ -36,7 +36,7 @@ logger = logging.getLogger("hafen.cluster.comm")
 
 #: First and largest pause between two attempts to redial (seconds; jittered).
 BACKOFF_MIN = 0.05
-BACKOFF_MAX = 1.0
+BACKOFF_MAX = 0.5
 #: Large frames are read in pieces of this size, so a slow transfer still counts as traffic.
 READ_PIECE = 2**24
 
