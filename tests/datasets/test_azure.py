@@ -18,10 +18,10 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 from azure.storage.blob.aio import BlobClient
 
 import hafen
-from _azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from hafen.datasets import Storage, commit_staged, open_dataset, stage_table, storage_for
 from hafen.datasets._storage import _azure as _storage  # the Azure backend's knobs
 from hafen.errors import CommitOutcomeUnknownError, StorageError
+from hafen.testing._azurite import ACCOUNT_KEY, ACCOUNT_NAME
 
 AZURE_VARIABLES = [
     "AZURE_STORAGE_CONNECTION_STRING",

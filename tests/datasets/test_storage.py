@@ -17,8 +17,6 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from _azurite import ACCOUNT_NAME
-from _moto import ACCESS_KEY, REGION, SECRET_KEY, free_port
 from hafen.datasets import Storage
 from hafen.datasets._storage import (
     AzureStorage,
@@ -29,6 +27,9 @@ from hafen.datasets._storage import (
     _s3,
 )
 from hafen.errors import StorageError
+from hafen.testing import free_port
+from hafen.testing._azurite import ACCOUNT_NAME
+from hafen.testing._moto import ACCESS_KEY, REGION, SECRET_KEY
 
 RACERS = 8
 

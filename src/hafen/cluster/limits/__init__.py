@@ -6,7 +6,6 @@
 - :mod:`._metrics`: its state as Prometheus metrics on the scheduler's ``/metrics``;
 - :mod:`._client`: the client API (:func:`set_limit`, :func:`limits`, :func:`lease`,
   :func:`remove_limit`);
-- :mod:`._table`: what ``hafen limits`` prints (imported by the command line only).
 
 Options are dask config keys ``hafen.limits.*`` (see ``hafen/cluster/cluster.yaml``).
 """
