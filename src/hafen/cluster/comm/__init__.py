@@ -4,7 +4,9 @@
 - :mod:`._wire`: what goes on a TCP link;
 - :mod:`._channel`: a session driven over successive links on the event loop;
 - :mod:`._backend`: the Dask comm backend (:class:`HafenBackend`: connector, listener, comm);
-- :mod:`._proxy`: :class:`Proxy`, a loopback TCP proxy that severs or blackholes connections.
+- :mod:`._proxy`: :class:`Proxy`, a loopback TCP proxy that severs or blackholes connections;
+- :mod:`._cluster`: :class:`ProxiedCluster`, scheduler and workers in processes, each worker
+  behind proxies, for network faults.
 
 Dask finds the backend by the ``hafen`` scheme through the ``distributed.comm.backends`` entry
 point of hafen's package metadata; importing this module also registers it (in
@@ -28,6 +30,7 @@ from hafen.cluster.comm._backend import (
     HafenListener,
 )
 from hafen.cluster.comm._channel import CommOptions
+from hafen.cluster.comm._cluster import ProxiedCluster, ProxiedWorker
 from hafen.cluster.comm._proxy import Proxy, ProxyStats
 from hafen.cluster.comm._session import SessionClosedError, SessionRefusedError
 
@@ -39,6 +42,8 @@ __all__ = [
     "HafenComm",
     "HafenConnector",
     "HafenListener",
+    "ProxiedCluster",
+    "ProxiedWorker",
     "Proxy",
     "ProxyStats",
     "SessionClosedError",

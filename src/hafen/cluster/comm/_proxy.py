@@ -93,7 +93,7 @@ def _settle(done: Future[Any], task: asyncio.Future[Any]) -> None:
 
 
 class ProxyStats(dict[str, int]):
-    """Counters of a proxy: connections accepted, refused, reset; severs and blackholes."""
+    """Counters of a proxy: connections accepted and reset, severs, blackholes, bytes."""
 
 
 class _Side(asyncio.Protocol):
@@ -104,13 +104,18 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.other: _Side | None = None
         self.early: list[bytes] = []
+        self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.pair.closed:  # closed while the connection was being set up
+            transport.close()
+            return
         if self.pair.proxy.blackholed:
             transport.pause_reading()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        self.pair.proxy._forwarded(len(data))
         other = self.other
         if other is None or other.transport is None:
             self.early.append(data)
@@ -118,7 +123,11 @@ class _Side(asyncio.Protocol):
             other.transport.write(data)
 
     def eof_received(self) -> bool:
+        self.eof = True
         other = self.other
+        if other is not None and other.eof:  # both ways are done
+            self.pair.close()
+            return False
         if other is not None and other.transport is not None and other.transport.can_write_eof():
             other.transport.write_eof()
             return True
@@ -243,9 +252,12 @@ class Proxy:
         self.target_port = int(target_port)
         self.blackholed = False
         self.severed = False
-        self.stats = ProxyStats(accepted=0, reset=0, severs=0, blackholes=0)
+        self.stats = ProxyStats(accepted=0, reset=0, severs=0, blackholes=0, bytes=0)
+        self._armed: tuple[int, float] | None = None
+        self._closed = False
         self._pairs: set[_Pair] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: set[asyncio.Future[Any]] = set()
         self._heal_handle: asyncio.TimerHandle | None = None
         self._healing: asyncio.Future[None] | None = None
         self._runner = _LoopThread.get()
@@ -278,10 +290,17 @@ class Proxy:
         _check_seconds(seconds)
         self._runner.run(lambda: self._sever(seconds))
 
-    def blackhole(self, seconds: float) -> None:
-        """Stop forwarding for ``seconds``, keeping the sockets open (returns at once)."""
+    def blackhole(self, seconds: float, *, after_bytes: int = 0) -> None:
+        """Stop forwarding for ``seconds``, keeping the sockets open (returns at once).
+
+        With ``after_bytes``, the blackhole starts once that many more bytes went through the
+        proxy (either way): in the middle of a transfer, say.
+        """
         _check_seconds(seconds)
-        self._runner.run(lambda: self._blackhole(seconds))
+        if after_bytes > 0:
+            self._runner.run(lambda: self._arm(after_bytes, seconds))
+        else:
+            self._runner.run(lambda: self._blackhole(seconds))
 
     def heal(self) -> None:
         """End a sever or a blackhole now."""
@@ -294,24 +313,55 @@ class Proxy:
     # --- on the loop ----------------------------------------------------------------------------
 
     async def _listen(self, port: int | None) -> int:
+        # A listening socket of our own rather than an asyncio Server: closing a Server while a
+        # connection is being accepted leaks that connection's socket.
         loop = asyncio.get_running_loop()
         candidates = [port] if port else random.sample(range(*PORT_RANGE), 50)
         error: OSError | None = None
         for candidate in candidates:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                self._server = await loop.create_server(
-                    self._accept, HOST, candidate, reuse_address=True
-                )
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((HOST, candidate))
+                sock.listen(128)
             except OSError as exc:
+                sock.close()
                 if exc.errno != errno.EADDRINUSE:
                     raise
                 error = exc
                 continue
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._on_listen_readable)
+            self._listener = sock
             return int(candidate)
         raise error or OSError(errno.EADDRINUSE, "no free port for the proxy")
 
+    def _stop_listening(self) -> None:
+        sock, self._listener = self._listener, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()  # connections waiting in the backlog are reset
+
+    def _on_listen_readable(self) -> None:
+        if self._listener is None:
+            return
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        conn.setblocking(False)
+        side = self._accept()
+        task = asyncio.ensure_future(
+            asyncio.get_running_loop().connect_accepted_socket(lambda: side, conn)
+        )
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+
     def _accept(self) -> _Side:
         pair = _Pair(self)
+        if self._closed or self.severed:  # closed as it connects (connection_made)
+            pair.closed = True
+            return pair.client
         self._pairs.add(pair)
         self.stats["accepted"] += 1
         pair.task = asyncio.ensure_future(pair.connect())
@@ -328,13 +378,21 @@ class Proxy:
     async def _sever(self, seconds: float) -> None:
         self.severed = True
         self.stats["severs"] += 1
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_listening()
         for pair in list(self._pairs):
             self.stats["reset"] += 1
             pair.reset()
         self._schedule_heal(seconds)
+
+    def _arm(self, nbytes: int, seconds: float) -> None:
+        self._armed = (self.stats["bytes"] + nbytes, seconds)
+
+    def _forwarded(self, nbytes: int) -> None:
+        self.stats["bytes"] += nbytes
+        if self._armed is not None and self.stats["bytes"] >= self._armed[0]:
+            seconds = self._armed[1]
+            self._armed = None
+            self._blackhole(seconds)
 
     def _blackhole(self, seconds: float) -> None:
         self.blackholed = True
@@ -353,21 +411,20 @@ class Proxy:
             self._healed.set()
             for pair in list(self._pairs):
                 pair.resume()
-        if self.severed and self._server is None:
+        if self.severed and self._listener is None:
+            self.severed = False
             for _ in range(100):  # the port is ours; a moment may pass before it is free again
                 try:
                     await self._listen(self.port)
                     break
                 except OSError:
                     await asyncio.sleep(0.05)
-            self.severed = False
 
     async def _close(self) -> None:
+        self._closed = True
         if self._heal_handle is not None:
             self._heal_handle.cancel()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_listening()
         self._healed.set()
         for pair in list(self._pairs):
             pair.close()
