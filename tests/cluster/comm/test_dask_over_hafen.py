@@ -1,7 +1,8 @@
 """Dask over ``hafen://``: a process cluster whose every connection is a hafen session.
 
-The scheduler, two worker processes and two clients talk only ``hafen://``: graphs, batched
-streams, RPCs, worker-to-worker transfers of large results, a P2P shuffle, the dashboard.
+``hafen.connect()`` starts its process clusters over hafen:// by default: the scheduler, two
+worker processes and two clients talk only ``hafen://``: graphs, batched streams, RPCs,
+worker-to-worker transfers of large results, a P2P shuffle, the dashboard.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hafen.testing import process_cluster
 
 @pytest.fixture(scope="module")
 def hafen_client() -> Iterator[Client]:
-    with process_cluster(2, protocol="hafen", preload=["hafen.cluster.comm"]) as client:
+    with process_cluster(2) as client:  # hafen.connect()'s default
         yield client
 
 

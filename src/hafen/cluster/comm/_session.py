@@ -54,6 +54,8 @@ __all__ = [
 
 #: Bytes of a session id.
 SESSION_ID_BYTES = 16
+#: Seconds between two sweeps of a listener's table (on accepting a link).
+SWEEP_INTERVAL = 1.0
 
 
 def new_session_id() -> bytes:
@@ -342,6 +344,7 @@ class SessionTable:
         self.grace = grace
         self.sessions: dict[bytes, Session] = {}
         self.tombstones: dict[bytes, tuple[str, float]] = {}
+        self._swept = float("-inf")
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -351,7 +354,8 @@ class SessionTable:
 
         ``opened`` is true for a session new to this table. Raises :class:`SessionRefusedError`.
         """
-        self.sweep(now)
+        if now - self._swept >= SWEEP_INTERVAL:
+            self.sweep(now)
         session = self.sessions.get(hello.sid)
         if session is None:
             tomb = self.tombstones.get(hello.sid)
@@ -383,6 +387,7 @@ class SessionTable:
     def sweep(self, now: float) -> list[Session]:
         """Close sessions linkless for their grace period, drop old tombstones; return the
         sessions closed."""
+        self._swept = now
         expired = [s for s in self.sessions.values() if s.closed or s.expire(now)]
         for session in expired:
             self.forget(session, now)
