@@ -128,7 +128,7 @@ class HafenComm(Comm):
         self._peer_addr = peer_addr
         # A comm dropped without close() (as Dask may, e.g. when a connect is cancelled) must not
         # leave its session dialing or holding memory.
-        self._finalizer = weakref.finalize(self, channel.abort)
+        self._finalizer = weakref.finalize(self, channel.abandon)
         self._finalizer.atexit = False
 
     @property

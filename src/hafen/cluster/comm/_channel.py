@@ -275,6 +275,9 @@ class Channel:
             self._fail(exc)
         except (StreamClosedError, OSError, struct.error) as exc:
             self._link_lost(stream, repr(getattr(exc, "real_error", None) or exc))
+        except Exception as exc:  # garbled framing: this link is unusable, the session is not
+            logger.exception("hafen:// session %s: bad data on its link", self._name)
+            self._link_lost(stream, repr(exc))
 
     def _wake_reader(self) -> None:
         reader, self._reader = self._reader, None
@@ -414,6 +417,17 @@ class Channel:
             except (TimeoutError, StreamClosedError, OSError):
                 pass
         self._fail(SessionClosedError("closed by this side"))
+
+    def abandon(self) -> None:
+        """:meth:`abort` from any thread (a comm garbage-collected without being closed)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.abort()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.abort)
 
     def abort(self) -> None:
         """Close at once; the peer is told if the link can take it without waiting."""
