@@ -19,9 +19,11 @@ from typing import Any
 
 import dask
 import pytest
+from click.testing import CliRunner
 from distributed import Client, wait
 
 import hafen
+from hafen.cli import main
 from hafen.cluster.comm import ProxiedCluster
 from hafen.cluster.resilience import Fault, RunResult, costly_graph, resilience_counts, run_chaos
 from hafen.cluster.resilience._chaos import _combine, _costly
@@ -195,3 +197,10 @@ def test_a_blip_longer_than_the_grace_period_removes_the_worker_cleanly(cluster,
     process = cluster.worker(victim).process
     poll_for(lambda: process.poll() is not None, DEADLINE, what="the removed worker closed")
     assert victim not in running(client)
+
+
+def test_the_chaos_command_runs_network_faults():
+    args = ["chaos", "--workers", "2", "--tasks", "16", "--duration", "0.25", "--no-reference"]
+    result = CliRunner().invoke(main, [*args, "--fault", "sever:1@1s"])
+    assert result.exit_code == 0, result.output
+    assert "sever" in result.output and "2 proxies" in result.output
