@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 import hafen
+from hafen.datasets._dataset import storage_for
 
 console = Console()
 
@@ -87,7 +88,7 @@ def remote_io(
     lookup_product: int,
 ) -> None:
     """Write and read ``table`` at ``url`` with hafen and with pyarrow through the same fsspec."""
-    storage = hafen.datasets.storage_for(url)
+    storage = storage_for(url)
     fs, base = storage.fs, storage.root
     hafen_url, pa_path = f"{storage.url}/hafen", f"{base}/pa_tuned"
     part_schema = pa.schema([("part", pa.int64())])

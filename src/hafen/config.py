@@ -103,15 +103,15 @@ def get_settings(env: dict[str, str] | None = None, toml_path: str | None = None
     afterwards: a later change to the environment or to ``hafen.toml`` (or of the working
     directory) takes effect after :func:`reload_settings`, or in a new process.
 
+    With either argument, the settings are computed from them now; the process's settings are
+    neither used nor changed.
+
     Parameters
     ----------
     env
         Variables to read instead of ``os.environ``.
     toml_path
         The ``hafen.toml`` to read instead of ``$HAFEN_CONFIG`` or ``./hafen.toml``.
-
-    With either argument, the settings are computed from them now; the process's settings are
-    neither used nor changed.
 
     Raises
     ------

@@ -170,9 +170,9 @@ def test_tasks_do_not_carry_the_datasets_files(tmp_path, sales, monkeypatch):
     seen: list[int] = []
     original = _write._stage_partition
 
-    def recording(part, storage, state, *args):
-        seen.append(len(state.files))
-        return original(part, storage, state, *args)
+    def recording(part, plan, *args):
+        seen.append(len(plan.base.files))
+        return original(part, plan, *args)
 
     monkeypatch.setattr(_write, "_stage_partition", recording)
     with dask.config.set(scheduler="sync"):

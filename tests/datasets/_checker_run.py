@@ -40,7 +40,8 @@ from _checker_report import Report, Snapshot
 from _checker_workload import ENV_PREFIXES, LOG_DIR, table_of
 
 import hafen
-from hafen.datasets import Storage, storage_for
+from hafen.datasets._dataset import storage_for
+from hafen.datasets._storage import Storage
 from hafen.testing import Azurite, free_port, poll_for
 
 DEFAULT_SECONDS = 25.0

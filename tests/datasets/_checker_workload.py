@@ -34,7 +34,7 @@ from _checker_journal import (
 
 import hafen
 from hafen.config import reload_settings
-from hafen.datasets import storage_for
+from hafen.datasets._dataset import storage_for
 
 LOG_DIR = "_hafen/log"
 ENV_PREFIXES = ("HAFEN_", "AZURE_STORAGE_")

@@ -22,7 +22,8 @@ def dataset_ls(url: str) -> None:
     """List the datasets directly under URL (hafen's and plateau's)."""
     from rich.table import Table
 
-    from hafen.datasets import open_dataset, storage_for
+    from hafen.datasets import open_dataset
+    from hafen.datasets._dataset import storage_for
     from hafen.errors import DatasetNotFoundError
 
     storage = storage_for(url)
@@ -130,7 +131,8 @@ def dataset_read(
     """Read rows of a dataset, with columns and predicates pushed down."""
     from rich.table import Table
 
-    from hafen.datasets import open_dataset, parse_predicates
+    from hafen.datasets import open_dataset
+    from hafen.datasets._predicates import parse_predicates
 
     ds = open_dataset(url, version=version)
     cols = [c.strip() for c in columns.split(",")] if columns else None

@@ -184,7 +184,7 @@ def reshuffle_command(
     import time
 
     from hafen.dask import reshuffle
-    from hafen.datasets import parse_predicates
+    from hafen.datasets._predicates import parse_predicates
 
     predicates = parse_predicates(where) if where else None
     started = time.perf_counter()
