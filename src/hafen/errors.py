@@ -21,6 +21,7 @@ class inherits it too, so ``except FileNotFoundError`` keeps working::
     ├── LimitError (ValueError)              a cluster-wide limit is unknown or misconfigured
     ├── LeaseTimeoutError (TimeoutError)     a lease on a limit was not granted in time
     ├── ReplicationError                     replication or drain could not be carried out
+    ├── TransportError (ConnectionError)     the hafen:// transport gave up a connection
     └── SQLError                             the relational database refused or failed
 
 Commit errors keep the distinction that matters to a caller: after :class:`ConflictError` nothing
@@ -52,6 +53,7 @@ __all__ = [
     "SQLError",
     "SchemaError",
     "StorageError",
+    "TransportError",
     "VersionNotFoundError",
     "VersionVacuumedError",
 ]
@@ -148,6 +150,12 @@ class LeaseTimeoutError(HafenError, TimeoutError):
 
 class ReplicationError(HafenError):
     """Replication or a drain could not be carried out."""
+
+
+class TransportError(HafenError, ConnectionError):
+    """The ``hafen://`` transport gave up a connection: no link for its grace period, its buffer
+    full while the peer was unreachable, or a resume the peer refused. The session's classes
+    are also Dask's ``CommClosedError``, so Dask handles them as a broken connection."""
 
 
 class SQLError(HafenError):

@@ -21,7 +21,11 @@ def test_faults_parse_and_validate():
     assert Fault.parse("pause@3s") == Fault("pause", at=3.0)
     assert Fault.parse("kill@2s/3s") == Fault("kill", at=2.0, every=3.0)
     assert Fault.parse("drain@1.5") == Fault("drain", at=1.5)
-    for bad in ("explode@1s", "kill", "kill@soon", "kill@150%", "kill@1s/0s"):
+    assert Fault.parse("sever:5@30%") == Fault("sever", at_progress=0.3, duration=5.0)
+    assert Fault.parse("blackhole:10s@2s/20s") == Fault("blackhole", at=2.0, every=20, duration=10)
+    assert Fault.parse("pause:3@1s") == Fault("pause", at=1.0, duration=3.0)
+    for bad in ("explode@1s", "kill", "kill@soon", "kill@150%", "kill@1s/0s", "sever:-1@1s",
+                "sever:long@1s"):  # fmt: skip
         with pytest.raises(ConfigError):
             Fault.parse(bad)
     with pytest.raises(ConfigError):
@@ -143,3 +147,10 @@ def test_drain_pause_and_terminate_during_a_run_recompute_nothing(chaos_client):
     assert fired == {"pause", "drain", "terminate"}, report.faulty.faults
     assert report.matched
     assert report.faulty.recomputed == 0 and report.faulty.lost == 0, report.faulty
+
+
+def test_network_faults_need_the_local_cluster_behind_proxies():
+    result = CliRunner().invoke(
+        main, ["chaos", "--scheduler", "tcp://127.0.0.1:1", "--fault", "sever:1@1s"]
+    )
+    assert result.exit_code == 1 and "behind proxies" in result.output

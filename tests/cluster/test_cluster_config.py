@@ -13,6 +13,7 @@ import dask
 import pytest
 
 from hafen.cluster import _config
+from hafen.cluster.comm import CommOptions
 from hafen.cluster.limits import LimitsExtension, make_spec
 from hafen.cluster.resilience import (
     DrainCoordinator,
@@ -92,6 +93,10 @@ BAD: dict[str, tuple[Any, Callable[[], Any]]] = {
     "hafen.drain.retry-after": ("5 fortnights", lambda: DrainWorkers([], _cost)),
     "hafen.drain.poll-interval": (0, lambda: DrainCoordinator(None, _cost)),  # type: ignore[arg-type]
     "hafen.drain.remember": (None, lambda: DrainCoordinator(None, _cost)),  # type: ignore[arg-type]
+    "hafen.comm.grace": (-1, CommOptions.from_config),
+    "hafen.comm.buffer": ("lots", CommOptions.from_config),
+    "hafen.comm.heartbeat": (0, CommOptions.from_config),
+    "hafen.comm.link-timeout": ("never", CommOptions.from_config),
 }
 
 

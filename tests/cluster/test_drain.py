@@ -154,11 +154,15 @@ async def test_sigterm_plugin_restores_the_previous_handler(c, s, a):
 
 
 @pytest.mark.slow
-def test_drain_of_a_worker_holding_100_unique_results_mid_graph_recomputes_nothing(tmp_path):
+@pytest.mark.parametrize("protocol", ["hafen", "tcp"])  # hafen.connect()'s default, and Dask's
+def test_drain_of_a_worker_holding_100_unique_results_mid_graph_recomputes_nothing(
+    tmp_path, protocol
+):
     log = ExecLog(tmp_path / "exec.log")
     gate = f"gate-{uuid.uuid4().hex}"
     expected_parts = [logged_task(i, str(tmp_path / "local.log")) for i in range(100)]
-    with process_cluster(3) as client:
+    with process_cluster(3, protocol=protocol) as client:
+        assert client.scheduler.address.startswith(f"{protocol}://")
         victim = sorted(client.scheduler_info()["workers"])[0]
         nanny = nanny_of(client, victim)
         parts = [

@@ -350,10 +350,12 @@ def test_scheduler_internals_relied_on_are_unchanged():
 # --- the proof on a process-based cluster ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def killable_client():
-    """4 workers x 1 thread in processes; a SIGKILLed worker is replaced by its nanny."""
-    with process_cluster(4) as client:
+@pytest.fixture(scope="module", params=["hafen", "tcp"])
+def killable_client(request):
+    """4 workers x 1 thread in processes; a SIGKILLed worker is replaced by its nanny. Over
+    hafen:// (what ``hafen.connect()`` starts) and over Dask's TCP."""
+    with process_cluster(4, protocol=request.param) as client:
+        assert client.scheduler.address.startswith(f"{request.param}://")
         yield client
 
 

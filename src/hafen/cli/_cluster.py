@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from hafen.cli._common import cluster_client, console, resolve_scheduler, scheduler_option
+from hafen.errors import ConfigError
 
 if TYPE_CHECKING:
+    from distributed import Client
     from rich.table import Table
 
 __all__ = ["chaos", "limits_command", "render_limits"]
@@ -71,8 +74,17 @@ def limits_command(scheduler: str | None) -> None:
     multiple=True,
     default=("kill@70%",),
     show_default=True,
-    help="ACTION@WHEN[/EVERY]: ACTION is kill, terminate, drain or pause; WHEN is a share of "
-    "tasks done ('70%') or seconds ('3s'); EVERY repeats it ('kill@2s/3s'). Repeatable.",
+    help="ACTION[:SECONDS]@WHEN[/EVERY]: ACTION is kill, terminate, drain, pause, or the network "
+    "faults sever and blackhole (for SECONDS, default 2); WHEN is a share of tasks done ('70%') "
+    "or seconds ('3s'); EVERY repeats it ('kill@2s/3s', 'sever:5@30%'). Repeatable.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["hafen", "tcp"]),
+    default="hafen",
+    show_default=True,
+    help="Transport of the local cluster with network faults (tcp shows what a blip costs "
+    "without hafen://).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random worker choice.")
 @click.option("--no-reference", is_flag=True, help="Skip the fault-free reference run.")
@@ -86,18 +98,39 @@ def chaos(
     faults: tuple[str, ...],
     seed: int,
     no_reference: bool,
+    protocol: str,
 ) -> None:
     """Run a graph of costly tasks while faults hit the workers; report what it cost.
 
     The graph is TASKS tasks of DURATION seconds feeding one reduction. Prints, for a fault-free
     run and a run with faults, the wall time, recomputed tasks, lost results and whether the
-    outputs match; exits 1 if they do not.
+    outputs match; exits 1 if they do not. Network faults (sever, blackhole) run on a local
+    cluster of processes whose workers sit behind proxies (``ProxiedCluster``).
     """
     from hafen.cluster.resilience import Fault, costly_graph, run_chaos
+    from hafen.cluster.resilience._chaos import NETWORK_ACTIONS
 
     schedule = [Fault.parse(text) for text in faults]
+    network = [f for f in schedule if f.action in NETWORK_ACTIONS]
+    if network and resolve_scheduler(scheduler):
+        raise ConfigError(
+            "network faults (sever, blackhole) run on a local cluster behind proxies: "
+            "leave out --scheduler and HAFEN_SCHEDULER"
+        )
     local = {"n_workers": workers, "threads_per_worker": threads, "dashboard_address": ":0"}
-    with cluster_client(scheduler, local=local) as client:
+    with contextlib.ExitStack() as stack:
+        proxies = None
+        client: Client | None
+        if network:
+            from hafen.cluster.comm import ProxiedCluster
+
+            cluster = stack.enter_context(
+                ProxiedCluster(workers, protocol=protocol, nthreads=threads)
+            )
+            client = stack.enter_context(cluster.client())
+            proxies = cluster.proxies
+        else:
+            client = stack.enter_context(cluster_client(scheduler, local=local))
         assert client is not None  # a local cluster without an address
         report = run_chaos(
             client,
@@ -105,6 +138,7 @@ def chaos(
             schedule,
             seed=seed,
             reference=not no_reference,
+            network=proxies,
         )
     console.print(report.table())
     for event in report.faulty.faults:

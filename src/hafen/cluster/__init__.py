@@ -2,6 +2,8 @@
 
 - :mod:`hafen.cluster.limits`: concurrency and rate limits, their client API and metrics;
 - :mod:`hafen.cluster.resilience`: replication, drain, SIGTERM (preemption) drain, chaos;
+- :mod:`hafen.cluster.comm`: the ``hafen://`` transport (a Dask comm backend that keeps
+  connections through network blips) and the chaos proxy; importing this package registers it;
 - ``_connect.py``: :func:`connect` and the registry of scheduler extensions;
 - ``_config.py``, ``cluster.yaml``, ``cluster-schema.yaml``: the ``hafen.*`` dask config keys.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hafen.cluster._connect import SCHEDULER_EXTENSIONS, connect, install_scheduler_extensions
+from hafen.cluster.comm import register as _register_comm
 from hafen.cluster.limits import lease, limits, remove_limit, set_limit
 from hafen.cluster.resilience import DrainReport, drain
 
@@ -36,6 +39,8 @@ __all__ = [
     "remove_limit",
     "set_limit",
 ]
+
+_register_comm()  # the hafen:// comm backend, also where hafen's entry points are not installed
 
 
 def dask_setup(scheduler: Scheduler, *args: Any, **kwargs: Any) -> Any:

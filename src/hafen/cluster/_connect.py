@@ -1,5 +1,10 @@
 """Connecting to a cluster and installing hafen's scheduler-side extensions.
 
+A local cluster that :func:`connect` starts runs its worker processes over ``hafen://``
+(:data:`LOCAL_PROTOCOL`), the transport that keeps connections through network blips;
+``connect(protocol="tcp")`` starts one over Dask's TCP instead. In-process clusters
+(``processes=False``) keep Dask's in-process transport.
+
 :data:`SCHEDULER_EXTENSIONS` is the one registry of installers: ``hafen.connect()`` runs them on
 the scheduler it connects to, and ``dask scheduler --preload hafen.cluster`` runs them at start.
 Each installer must be idempotent (installing twice is harmless), since both paths may run on the
@@ -17,7 +22,13 @@ from hafen.cluster.resilience import DrainOnSigterm, ForwardSigterm, install_res
 if TYPE_CHECKING:
     from distributed import Client, Scheduler
 
-__all__ = ["SCHEDULER_EXTENSIONS", "connect", "install_scheduler_extensions"]
+__all__ = ["LOCAL_PROTOCOL", "SCHEDULER_EXTENSIONS", "connect", "install_scheduler_extensions"]
+
+#: Transport of the process-based local clusters :func:`connect` starts.
+LOCAL_PROTOCOL = "hafen"
+#: Imported by every worker process of such a cluster: makes ``hafen://`` known there also where
+#: hafen's package metadata (its ``distributed.comm.backends`` entry point) is not installed.
+_COMM_PRELOAD = "hafen.cluster.comm"
 
 #: Installers run on the scheduler, in order; each takes the Scheduler and must be idempotent.
 SCHEDULER_EXTENSIONS: list[Callable[[Scheduler], Any]] = [
@@ -47,10 +58,11 @@ def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
     ----------
     address
         Scheduler address. Defaults to the ``scheduler`` setting (``HAFEN_SCHEDULER``); when
-        neither is given, a process-based ``LocalCluster`` is started and owned by the client.
+        neither is given, a process-based ``LocalCluster`` is started and owned by the client,
+        its connections over ``hafen://`` (``protocol="tcp"`` for Dask's TCP).
     **cluster_kwargs
-        Passed to ``LocalCluster`` (``n_workers=``, ``threads_per_worker=``, ...); only without
-        an address.
+        Passed to ``LocalCluster`` (``n_workers=``, ``threads_per_worker=``, ``protocol=``,
+        ...); only without an address.
 
     Returns
     -------
@@ -83,6 +95,13 @@ def connect(address: str | None = None, **cluster_kwargs: Any) -> Client:
         client = Client(address)
     else:
         cluster_kwargs.setdefault("processes", True)
+        if cluster_kwargs["processes"]:
+            cluster_kwargs.setdefault("protocol", LOCAL_PROTOCOL)
+            if str(cluster_kwargs["protocol"]).startswith(LOCAL_PROTOCOL):
+                preload = cluster_kwargs.get("preload") or []
+                preload = [preload] if isinstance(preload, str) else list(preload)
+                if _COMM_PRELOAD not in preload:
+                    cluster_kwargs["preload"] = [*preload, _COMM_PRELOAD]
         client = Client(**cluster_kwargs)
     try:
         client.run_on_scheduler(_install_remote)

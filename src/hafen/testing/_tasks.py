@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from distributed import Semaphore
 
 __all__ = [
+    "digest",
     "double",
     "flaky",
     "gated_sum",
     "holder",
     "holder_semaphore",
     "log_entry",
+    "random_block",
     "sleepy",
     "sleepy_semaphore",
     "sleepy_serial",
@@ -116,3 +118,17 @@ def holder_semaphore(path: str, duration: float, sem: Semaphore) -> int:
         log_entry(path)
         time.sleep(duration)
     return 1
+
+
+def random_block(nbytes: int, seed: int = 0) -> Any:
+    """A numpy array of ``nbytes`` pseudo-random bytes (as int64), the same for the same seed."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 2**63, size=nbytes // 8, dtype=np.int64)
+
+
+def digest(block: Any) -> str:
+    """SHA-256 of a numpy array's bytes: proves a large result arrived whole and unchanged."""
+    import hashlib
+
+    return hashlib.sha256(memoryview(block).cast("B")).hexdigest()

@@ -1,4 +1,4 @@
-"""Chaos: run a graph while workers are killed, terminated, drained or paused, and report.
+"""Chaos: run a graph while workers are killed, terminated, drained, paused or cut off, and report.
 
 :func:`run_chaos` runs a graph once without faults (the reference) and once while a schedule of
 :class:`Fault` s fires, then reports for each run the wall time, the recomputed tasks and lost
@@ -10,10 +10,13 @@ Faults are real signals, sent by the worker process to itself (so it works on re
 too): ``kill`` is SIGKILL (the nanny starts a new worker), ``terminate`` is SIGTERM (a preemption
 notice: with :class:`~hafen.cluster.resilience.DrainOnSigterm` the worker drains itself, and
 is not replaced), ``pause`` is SIGSTOP then SIGCONT after ``duration`` seconds (a hung machine),
-``drain`` is :func:`hafen.drain` (a downscale). A fault fires at ``at`` seconds after the start
-of the run, or once ``at_progress`` of the graph's tasks are done, and repeats every ``every``
-seconds if given; its worker is ``worker`` or one picked at random (seeded). No fault hits the
-last running worker (a killed worker's nanny may take seconds to start a new one).
+``drain`` is :func:`hafen.drain` (a downscale). Network faults need the worker's proxies
+(``network=``, e.g. a :class:`~hafen.cluster.comm.ProxiedCluster`): ``sever`` resets its
+connections and refuses new ones for ``duration`` seconds, ``blackhole`` stops forwarding its
+traffic for as long. A fault fires at ``at`` seconds after the start of the run, or once
+``at_progress`` of the graph's tasks are done, and repeats every ``every`` seconds if given; its
+worker is ``worker`` or one picked at random (seeded). No fault hits the last running worker (a
+killed worker's nanny may take seconds to start a new one).
 """
 
 from __future__ import annotations
@@ -45,8 +48,12 @@ __all__ = [
     "same_output",
 ]
 
-Action = Literal["kill", "terminate", "drain", "pause"]
-ACTIONS: tuple[str, ...] = ("kill", "terminate", "drain", "pause")
+Action = Literal["kill", "terminate", "drain", "pause", "sever", "blackhole"]
+ACTIONS: tuple[str, ...] = ("kill", "terminate", "drain", "pause", "sever", "blackhole")
+#: Faults that act on a worker's proxies.
+NETWORK_ACTIONS = ("sever", "blackhole")
+#: A worker's proxies, by its address (``ProxiedCluster.proxies``).
+Network = Callable[[str], Sequence[Any]]
 #: Seconds between checks of the schedule and the run.
 POLL_INTERVAL = 0.05
 #: Default length of a ``pause`` fault.
@@ -59,7 +66,7 @@ class Fault:
 
     Parameters
     ----------
-    action : {"kill", "terminate", "drain", "pause"}
+    action : {"kill", "terminate", "drain", "pause", "sever", "blackhole"}
     at : float, optional
         Seconds after the start of the run.
     at_progress : float, optional
@@ -69,7 +76,7 @@ class Fault:
     worker : str, optional
         Worker address; by default one at random.
     duration : float
-        Length of a ``pause`` (seconds); timeout of a ``drain``.
+        Length of a ``pause``, ``sever`` or ``blackhole`` (seconds); timeout of a ``drain``.
     """
 
     action: Action
@@ -95,11 +102,15 @@ class Fault:
 
     @classmethod
     def parse(cls, text: str) -> Fault:
-        """Parse ``ACTION@WHEN[/EVERY]``: ``kill@70%``, ``pause@3s``, ``kill@2s/3s``."""
+        """Parse ``ACTION[:SECONDS]@WHEN[/EVERY]``: ``kill@70%``, ``pause:3@2s``, ``sever:5s@30%``,
+        ``kill@2s/3s``; SECONDS is the ``duration``."""
         try:
             action, _, when = text.partition("@")
+            action, _, length = action.partition(":")
             when, _, every = when.partition("/")
             kwargs: dict[str, Any] = {}
+            if length:
+                kwargs["duration"] = float(length.strip().removesuffix("s"))
             if when.endswith("%"):
                 kwargs["at_progress"] = float(when[:-1]) / 100
             else:
@@ -108,7 +119,7 @@ class Fault:
                 kwargs["every"] = float(every.removesuffix("s"))
         except ValueError:
             raise ConfigError(
-                f"not a fault: {text!r} (expected e.g. 'kill@70%', 'pause@3s', 'kill@2s/3s')"
+                f"not a fault: {text!r} (expected e.g. 'kill@70%', 'sever:5@3s', 'kill@2s/3s')"
             ) from None
         return cls(action.strip(), **kwargs)  # type: ignore[arg-type]
 
@@ -138,6 +149,12 @@ class RunResult:
     lost: int
     output: Any = dataclasses.field(repr=False, compare=False)
     faults: tuple[FaultEvent, ...] = ()
+    #: Tasks sent to a worker more than once (counted once per extra time).
+    restarted: int = 0
+    #: Workers the scheduler removed during the run.
+    workers_lost: int = 0
+    #: Tasks that failed (``KilledWorker`` in a graph whose tasks do not raise).
+    erred: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,29 +166,33 @@ class ChaosReport:
     matched: bool | None
 
     def table(self) -> Table:
-        """The report as a rich table."""
+        """The report as a rich table (with restarts and workers lost after network faults, or
+        when there were any)."""
         from rich.table import Table
 
+        runs = [run for run in (self.reference, self.faulty) if run is not None]
+        more = any(run.restarted or run.workers_lost for run in runs) or any(
+            e.action in NETWORK_ACTIONS for e in self.faulty.faults
+        )
         table = Table(title="hafen chaos")
-        for column in ("run", "wall time", "computed", "recomputed", "lost results", "output"):
+        columns = ["run", "wall time", "computed", "recomputed", "lost results", "output"]
+        if more:
+            columns[4:4] = ["restarted"]
+            columns[-1:-1] = ["workers lost"]
+        for column in columns:
             table.add_column(column, justify="left" if column == "run" else "right")
-        for run in (self.reference, self.faulty):
-            if run is None:
-                continue
+        for run in runs:
             if run is self.reference:
                 output = "reference"
             elif self.matched is None:
                 output = "not compared"
             else:
                 output = "[green]matched[/]" if self.matched else "[bold red]DIFFERS[/]"
-            table.add_row(
-                f"{run.name} ({len(run.faults)} faults)" if run.faults else run.name,
-                f"{run.wall_time:.1f}s",
-                str(run.computed),
-                str(run.recomputed),
-                str(run.lost),
-                output,
-            )
+            name = f"{run.name} ({len(run.faults)} faults)" if run.faults else run.name
+            row = [name, f"{run.wall_time:.1f}s", str(run.computed), str(run.recomputed)]
+            row += [str(run.restarted), str(run.lost)] if more else [str(run.lost)]
+            row += [str(run.workers_lost), output] if more else [output]
+            table.add_row(*row)
         return table
 
 
@@ -222,8 +243,11 @@ def _pause_self(duration: float) -> int:
 class _Schedule:
     """Fires faults on time or progress, from the client process."""
 
-    def __init__(self, client: Client, faults: Sequence[Fault], seed: int) -> None:
+    def __init__(
+        self, client: Client, faults: Sequence[Fault], seed: int, network: Network | None = None
+    ) -> None:
         self.client = client
+        self.network = network
         self.rng = random.Random(seed)
         self.pending = list(faults)
         self.next_time: dict[int, float] = {}
@@ -276,6 +300,15 @@ class _Schedule:
             self.retired.add(worker)
             pid = self.client.run(_signal_self, int(signal.SIGTERM), workers=[worker])[worker]
             self.events.append(FaultEvent(elapsed, "terminate", worker, "SIGTERM", pid))
+        elif fault.action in NETWORK_ACTIONS:
+            proxies = list(self.network(worker)) if self.network is not None else []
+            if not proxies:
+                self.events.append(FaultEvent(elapsed, fault.action, worker, "no proxy"))
+                return
+            for proxy in proxies:
+                getattr(proxy, fault.action)(fault.duration)
+            detail = f"{fault.duration:g}s, {len(proxies)} proxies"
+            self.events.append(FaultEvent(elapsed, fault.action, worker, detail))
         elif fault.action == "pause":
             pid = self.client.run(_pause_self, fault.duration, workers=[worker])[worker]
             self.events.append(
@@ -312,12 +345,13 @@ def _run_once(
     faults: Sequence[Fault],
     seed: int,
     timeout: float | None,
+    network: Network | None = None,
 ) -> RunResult:
     _wait_forgotten(client, build)  # a previous run of the same graph must be gone
     collection = build()
     total = _ntasks(collection)
     resilience_counts(client, reset=True)
-    schedule = _Schedule(client, faults, seed)
+    schedule = _Schedule(client, faults, seed, network)
     started = time()
     future = client.compute(collection)
     done = threading.Event()
@@ -349,6 +383,9 @@ def _run_once(
         lost=counts["lost"],
         output=output,
         faults=tuple(schedule.events),
+        restarted=counts.get("restarted", 0),
+        workers_lost=counts.get("workers_removed", 0),
+        erred=counts.get("erred", 0),
     )
 
 
@@ -383,6 +420,7 @@ def run_chaos(
     seed: int = 0,
     reference: bool = True,
     timeout: float | None = None,
+    network: Network | None = None,
 ) -> ChaosReport:
     """Run a graph with and without faults; report recomputations, lost results, output.
 
@@ -400,6 +438,9 @@ def run_chaos(
         Also run without faults first and compare outputs (default).
     timeout : float, optional
         Fail a run that takes longer (seconds).
+    network : callable, optional
+        A worker's proxies by its address, for ``sever`` and ``blackhole`` faults (e.g.
+        ``ProxiedCluster.proxies``).
 
     Returns
     -------
@@ -416,7 +457,7 @@ def run_chaos(
     ref = None
     if reference:
         ref = _run_once(client, build, "fault-free", (), seed, timeout)
-    faulty = _run_once(client, build, "with faults", faults, seed, timeout)
+    faulty = _run_once(client, build, "with faults", faults, seed, timeout, network)
     matched = same_output(ref.output, faulty.output) if ref is not None else None
     return ChaosReport(reference=ref, faulty=faulty, matched=matched)
 

@@ -10,7 +10,10 @@ what ``dask scheduler --preload hafen.cluster`` adds. When it starts it
 - watches transitions to feed the policy (results that landed, their compute time) and to count,
   per key, how often a result was computed: a key computed a second time is a *recomputation*; a
   result that left memory while a dependent or a client still needed it (its worker died) is a
-  *lost result*. Tests, the chaos runner and the benchmark read these counts.
+  *lost result*; a key sent to a worker a second time is a *restart* (also when it never
+  finished the first time), a task that failed is *erred* (``KilledWorker``, in a graph whose
+  tasks do not raise), and workers the scheduler removed are counted too. Tests, the chaos
+  runner and the benchmarks read these counts.
 
 Installation is idempotent: starting the plugin twice, or registering it from several clients,
 installs one policy and one set of handlers.
@@ -77,6 +80,7 @@ class ResiliencePlugin(SchedulerPlugin):
         self.scheduler: Scheduler | None = None
         self.policy: Replication | None = None
         self._completions: dict[Any, int] = {}
+        self._starts: dict[Any, int] = {}
         self._durations: dict[Any, float] = {}
         self._kick: asyncio.TimerHandle | None = None
         self._full_pass = False
@@ -141,6 +145,9 @@ class ResiliencePlugin(SchedulerPlugin):
         self.recomputed = 0
         self.recomputed_protected = 0
         self.lost = 0
+        self.restarted = 0
+        self.erred = 0
+        self.workers_removed = 0
         self.recomputed_keys: list[Any] = []
 
     def counts(self, reset: bool = False) -> dict[str, Any]:
@@ -150,6 +157,9 @@ class ResiliencePlugin(SchedulerPlugin):
             "recomputed": self.recomputed,
             "recomputed_protected": self.recomputed_protected,
             "lost": self.lost,
+            "restarted": self.restarted,
+            "erred": self.erred,
+            "workers_removed": self.workers_removed,
             "recomputed_keys": list(self.recomputed_keys),
             "protected": len(self.policy.last_targets) if self.policy else 0,
         }
@@ -163,6 +173,13 @@ class ResiliencePlugin(SchedulerPlugin):
         scheduler = self.scheduler
         if scheduler is None:
             return
+        if finish == "processing":
+            starts = self._starts.get(key, 0) + 1
+            self._starts[key] = starts
+            if starts > 1:
+                self.restarted += 1
+        elif finish == "erred":
+            self.erred += 1
         if start == "processing" and finish == "memory":
             self._on_computed(scheduler, key, kwargs.get("startstops") or ())
         elif start == "memory":
@@ -173,10 +190,12 @@ class ResiliencePlugin(SchedulerPlugin):
                 self.lost += 1
         if finish == "forgotten":
             self._completions.pop(key, None)
+            self._starts.pop(key, None)
             self._durations.pop(key, None)
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         """A worker left: protected results it held may be down to one copy; copy them now."""
+        self.workers_removed += 1
         if self.policy is not None and self.policy.candidates:
             self._schedule_kick(full=True)
 
