@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from hafen.cluster.limits._spec import check_name, make_spec, parse_annotation
@@ -40,21 +40,36 @@ def _has_limits(dask_scheduler: Any) -> bool:
     return "hafen_limits" in dask_scheduler.extensions
 
 
-def _call(client: Client, op: str, **kwargs: Any) -> Any:
+def _missing_extension(client: Client) -> LimitError:
+    return LimitError(
+        f"the scheduler at {client.scheduler.address} has no hafen limits extension: "
+        "connect with hafen.connect() or start it with "
+        "`dask scheduler --preload hafen.cluster`"
+    )
+
+
+def _call(client: Client, op: str, then: Callable[[Any], Any] = lambda r: r, **kwargs: Any) -> Any:
+    """Send one request; an asynchronous client gets an awaitable of the same answer."""
+    if client.asynchronous:
+        return _call_async(client, op, then, **kwargs)
     # A scheduler without the handler drops the request without a reply, so look first.
     if client not in _checked:
         if not client.run_on_scheduler(_has_limits):
-            raise LimitError(
-                f"the scheduler at {client.scheduler.address} has no hafen limits extension: "
-                "connect with hafen.connect() or start it with "
-                "`dask scheduler --preload hafen.cluster`"
-            )
+            raise _missing_extension(client)
         _checked.add(client)
 
     async def request() -> Any:
         return await getattr(client.scheduler, op)(**kwargs)
 
-    return client.sync(request)
+    return then(client.sync(request))
+
+
+async def _call_async(client: Client, op: str, then: Callable[[Any], Any], **kwargs: Any) -> Any:
+    if client not in _checked:
+        if not await client.run_on_scheduler(_has_limits):
+            raise _missing_extension(client)
+        _checked.add(client)
+    return then(await getattr(client.scheduler, op)(**kwargs))
 
 
 def set_limit(
@@ -78,7 +93,8 @@ def set_limit(
     burst
         Tokens a rated limit banks while idle (default 1: evenly spaced grants).
     client
-        Defaults to the default client (``hafen.connect()`` sets it).
+        Defaults to the default client (``hafen.connect()`` sets it). With an asynchronous
+        client, the call returns an awaitable: ``await hafen.set_limit(..., client=c)``.
 
     Raises
     ------
@@ -90,13 +106,14 @@ def set_limit(
     >>> hafen.set_limit("postgres", concurrency=4, rate="20/s")  # doctest: +SKIP
     """
     spec = make_spec(name, concurrency, rate, burst)
-    _call(
+    return _call(  # None, or an awaitable of None
         _client(client),
         "hafen_limits_set",
         name=spec.name,
         concurrency=spec.concurrency,
         rate=rate,
         burst=burst,
+        then=lambda _: None,
     )
 
 
@@ -112,7 +129,7 @@ def remove_limit(name: str, *, client: Client | None = None) -> bool:
     name
         The limit.
     client
-        Defaults to the default client.
+        Defaults to the default client; with an asynchronous one, returns an awaitable.
 
     Returns
     -------
@@ -125,7 +142,7 @@ def remove_limit(name: str, *, client: Client | None = None) -> bool:
     True
     """
     check_name(name)
-    return bool(_call(_client(client), "hafen_limits_remove", name=name))
+    return _call(_client(client), "hafen_limits_remove", then=bool, name=name)
 
 
 def limits(*, client: Client | None = None) -> dict[str, dict[str, Any]]:
@@ -133,14 +150,15 @@ def limits(*, client: Client | None = None) -> dict[str, dict[str, Any]]:
 
     Each value has ``concurrency``, ``rate`` (as given), ``rate_per_second``, ``burst``,
     ``in_use`` (slots held), ``waiting`` (tasks and leases waiting), ``granted`` (so far) and
-    ``longest_wait`` (seconds, of the longest current wait).
+    ``longest_wait`` (seconds, of the longest current wait). With an asynchronous ``client``,
+    returns an awaitable of the same.
 
     Examples
     --------
     >>> hafen.limits()["postgres"]["in_use"]  # doctest: +SKIP
     4
     """
-    return dict(_call(_client(client), "hafen_limits_info"))
+    return _call(_client(client), "hafen_limits_info", then=dict)
 
 
 @contextlib.contextmanager
@@ -172,7 +190,8 @@ def lease(
     Raises
     ------
     hafen.errors.LimitError
-        If a limit is unknown.
+        If a limit is unknown, or ``client`` is asynchronous (a lease blocks a thread; from a
+        coroutine, annotate the tasks with ``limits=`` instead).
     hafen.errors.LeaseTimeoutError
         If the lease was not granted within ``timeout``.
 
@@ -218,6 +237,11 @@ def _lease_channel(client: Client | None) -> tuple[Any, str]:
 
             return call_worker, worker.address
     resolved = _client(client)
+    if resolved.asynchronous:
+        raise LimitError(
+            "hafen.lease() blocks its thread and needs a synchronous client; from a coroutine, "
+            "annotate the tasks with limits= instead"
+        )
 
     def call_client(op: str, **kwargs: Any) -> Any:
         return _call(resolved, op, **kwargs)

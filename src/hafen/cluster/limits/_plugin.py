@@ -19,12 +19,20 @@ A held task waits on the scheduler, in its ordinary ``no-worker`` state, never o
 3. A grant round (scheduled with ``loop.add_callback`` whenever a slot frees, a limit changes or a
    token is due, never run inside a transition) pops waiters per limit, highest user priority first,
    then oldest (first seen by the extension; a rerun keeps its seniority). A task that finds a slot
-   and a token in all its limits is granted: its restrictions are restored and the scheduler is
-   asked for ``no-worker -> processing``, the same transition it uses when a worker joins. A
-   waiter blocked by another of its limits is skipped, not waited for, so a limit never idles
-   behind it; under steady contention a task needing several limits can be overtaken.
-4. The slot is freed by the hook when the task leaves ``processing`` for any state (memory, erred,
-   released -- which is how a retry and a dead worker's task go back to waiting --, forgotten).
+   and a token in all its limits is granted: its restrictions are restored and it is sent
+   ``no-worker -> released -> waiting`` (the path Dask itself takes for a no-worker task whose
+   input was lost), then ``waiting -> processing``, where Dask places it exactly as it would have
+   without the limit: a root-ish task is queued or co-assigned with its siblings, another goes
+   where its inputs and restrictions say, an actor as actors go; work stealing sees it like any
+   other. (``no-worker -> processing`` would place every task as a restricted, non-root one:
+   all on the worker that holds a shared input, no queuing, and it fails Dask's validation for
+   actors.) A waiter blocked by another of its limits is skipped, not waited for, so a limit
+   never idles behind it; under steady contention a task needing several limits can be
+   overtaken.
+4. The slot is taken at the grant and freed by the hook when the task leaves ``processing`` (or
+   ``queued``, where Dask may keep a granted root-ish task until a thread is free) for any other
+   state: memory, erred, released -- which is how a retry and a dead worker's task go back to
+   waiting --, forgotten.
 
 Because held tasks sit in ``unrunnable``, ``adaptive_target`` counts them as demand and
 ``check_idle`` does not call the scheduler idle. ``no-workers-timeout`` would fail them as having
@@ -41,8 +49,9 @@ Scheduler internals relied on (``tests/cluster/test_limits_internals.py`` pins t
 ``SchedulerPlugin.transition`` being called after each transition, before recommendations that
 follow it are processed; ``TaskState.annotations/resource_restrictions/loose_restrictions/
 priority``; ``SchedulerState.valid_workers`` returning an empty set for an unknown resource and
-``is_rootish`` being false for restricted tasks; the ``no-worker -> processing`` and
-``no-worker -> erred`` transitions; ``Scheduler.unrunnable`` as an insertion-ordered
+``is_rootish`` being false for restricted tasks; the ``no-worker -> released``,
+``released -> waiting`` and ``no-worker -> erred`` transitions (``Scheduler.transition`` taking an
+unlisted pair through ``released``); ``Scheduler.unrunnable`` as an insertion-ordered
 ``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and
 ``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
 
@@ -203,6 +212,8 @@ class LimitsExtension(SchedulerPlugin):
         self._rejected: dict[Key, str] = {}
         self._seniority: dict[Key, int] = {}
         self._to_reject: list[Key] = []
+        #: Keys being sent on by a grant round: their no-worker -> released -> waiting is ours.
+        self._granting: set[Key] = set()
         self._unconstrained: list[_Waiter] = []
         self._counter = itertools.count()
         self._grant_pending = False
@@ -329,12 +340,14 @@ class LimitsExtension(SchedulerPlugin):
         annotations = ts.annotations
         if not annotations or ANNOTATION not in annotations:
             return
+        if key in self._granting and finish in ("released", "waiting"):
+            return  # a grant sending the task on: it keeps its slot
         if finish == "waiting":
             self._hold_task(ts)
         elif finish == "no-worker":
             if key in self._saved and ("task", key) not in self._waiters:
                 self._enqueue_task(ts)
-        elif finish == "processing":
+        elif finish in ("processing", "queued"):
             return
         else:
             self._drop(("task", key))
@@ -474,8 +487,8 @@ class LimitsExtension(SchedulerPlugin):
                 due = limit.token_due_in()
                 if due is not None:
                     self._wake_in(due)
-        recommendations: Recs = {}
-        for waiter in reversed(granted):  # transitions are processed LIFO: best first
+        tasks: list[TaskState] = []
+        for waiter in granted:
             kind, ident = waiter.holder
             if kind == "lease":
                 assert waiter.future is not None
@@ -487,9 +500,34 @@ class LimitsExtension(SchedulerPlugin):
                 self._drop(waiter.holder)
                 continue
             self._release_task(ts)
-            recommendations[ident] = "processing"
-        if recommendations:
-            self.scheduler.transitions(recommendations, stimulus_id=stimulus_id)
+            tasks.append(ts)
+        if tasks:
+            self._send_on(tasks, stimulus_id)
+
+    def _send_on(self, tasks: list[TaskState], stimulus_id: str) -> None:
+        """Let granted tasks go on as Dask would have sent them without the limit.
+
+        Each goes ``no-worker -> released -> waiting``, the path Dask takes itself for a
+        no-worker task whose input was lost; then ``waiting -> processing`` places it with Dask's
+        own rules (root-ish queuing or co-assignment, dependencies, restrictions, actors). All of
+        a round's tasks are ``waiting`` before the first is placed, as after ``update_graph``, so
+        co-assignment sees its siblings; they are placed best first.
+        """
+        scheduler = self.scheduler
+        keys = [ts.key for ts in tasks]
+        self._granting.update(keys)
+        try:
+            recommendations: Recs = {}
+            for key in keys:
+                recommendations.update(scheduler.transition(key, "waiting", stimulus_id))
+            # transitions() pops the last entry first: best (first granted) last in the dict
+            ordered: Recs = {k: v for k, v in recommendations.items() if k not in keys}
+            for key in reversed(keys):
+                if key in recommendations:
+                    ordered[key] = recommendations[key]
+            scheduler.transitions(ordered, stimulus_id=stimulus_id)
+        finally:
+            self._granting.difference_update(keys)
 
     def _still_waiting(self, waiter: _Waiter) -> bool:
         kind, ident = waiter.holder
