@@ -7,6 +7,10 @@ import os
 from _azurite import azurite  # noqa: F401 - the Azurite session fixture (datasets, pipeline)
 from _moto import moto_s3  # noqa: F401 - moto's S3 server, a session fixture (datasets)
 
+# Dask's own tests, vendored, run with their own configuration: `make dask-tests`
+# (tests/upstream/README.md).
+collect_ignore = ["upstream"]
+
 # Tests must not pick up a developer's hafen.toml or HAFEN_* settings, nor reach a real Azure
 # account through AZURE_STORAGE_* or AWS through AWS_* (Azure and S3 tests set their own, per test,
 # with monkeypatch).
