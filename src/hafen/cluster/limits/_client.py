@@ -78,9 +78,17 @@ def set_limit(
     concurrency: int | None = None,
     rate: str | float | None = None,
     burst: int | None = None,
+    results: int | None = None,
+    memory: str | int | None = None,
     client: Client | None = None,
 ) -> None:
     """Create a cluster-wide limit, or change one while tasks run.
+
+    A limit caps what its tasks (``dask.annotate(limits=[name])``) and leases hold: running
+    slots (``concurrency``), grants per unit of time (``rate``), and -- for tasks -- results
+    still in memory (``results``, a "choke-hold": producers never run far ahead of their
+    consumers) or their bytes (``memory``). Any combination applies together; setting a limit
+    again replaces all of its settings.
 
     Parameters
     ----------
@@ -92,6 +100,15 @@ def set_limit(
         A token bucket: ``"20/s"``, ``"100/min"``, ``"5/h"``, ``"1/30s"`` or grants per second.
     burst
         Tokens a rated limit banks while idle (default 1: evenly spaced grants).
+    results
+        Results of the limit's tasks alive in the cluster at most: a task takes one at its
+        grant and gives it back when its result is released (its dependents are done and no
+        client holds it). A task that needs more of them at once than this (a sum over all of
+        them) still finishes: when nothing that frees one can run, the next is granted over
+        the limit, and counted as an override (``hafen.limits()``, metrics, a warning).
+    memory
+        The same for bytes (``"2GiB"`` or a number): the results' ``nbytes`` plus, for running
+        tasks, the mean size of their group's results so far (one of unknown size at a time).
     client
         Defaults to the default client (``hafen.connect()`` sets it). With an asynchronous
         client, the call returns an awaitable: ``await hafen.set_limit(..., client=c)``.
@@ -99,13 +116,14 @@ def set_limit(
     Raises
     ------
     hafen.errors.LimitError
-        If the name or a setting is invalid, or neither ``concurrency`` nor ``rate`` is given.
+        If the name or a setting is invalid, or no setting is given.
 
     Examples
     --------
     >>> hafen.set_limit("postgres", concurrency=4, rate="20/s")  # doctest: +SKIP
+    >>> hafen.set_limit("loads", concurrency=2, results=8)  # doctest: +SKIP
     """
-    spec = make_spec(name, concurrency, rate, burst)
+    spec = make_spec(name, concurrency, rate, burst, results=results, memory=memory)
     return _call(  # None, or an awaitable of None
         _client(client),
         "hafen_limits_set",
@@ -113,6 +131,8 @@ def set_limit(
         concurrency=spec.concurrency,
         rate=rate,
         burst=burst,
+        results=spec.results,
+        memory=spec.memory,
         then=lambda _: None,
     )
 
@@ -148,8 +168,11 @@ def remove_limit(name: str, *, client: Client | None = None) -> bool:
 def limits(*, client: Client | None = None) -> dict[str, dict[str, Any]]:
     """Return the state of every limit, by name.
 
-    Each value has ``concurrency``, ``rate`` (as given), ``rate_per_second``, ``burst``,
-    ``in_use`` (slots held), ``waiting`` (tasks and leases waiting), ``granted`` (so far) and
+    Each value has the settings ``concurrency``, ``rate`` (as given), ``rate_per_second``,
+    ``burst``, ``results``, ``memory`` (bytes) and ``memory_text``; and the state: ``in_use``
+    (slots held), ``alive`` and ``alive_bytes`` (results counted by ``results``/``memory`` and
+    their bytes), ``waiting`` (tasks and leases waiting), ``granted`` and ``overrides`` (so far:
+    grants over ``results``/``memory`` made because nothing could free them) and
     ``longest_wait`` (seconds, of the longest current wait). With an asynchronous ``client``,
     returns an awaitable of the same.
 

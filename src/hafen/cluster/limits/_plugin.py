@@ -67,7 +67,6 @@ limit to the same values twice is a no-op and removing a missing limit does noth
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import itertools
 import logging
@@ -80,9 +79,10 @@ from distributed.protocol.pickle import dumps as pickle_dumps
 from tornado.ioloop import PeriodicCallback
 
 from hafen.cluster._config import UNSET, option
-from hafen.cluster.limits._bucket import TokenBucket
+from hafen.cluster.limits._limit import Hold, Holder, Limit, Sizes, Waiter
 from hafen.cluster.limits._metrics import register_metrics
-from hafen.cluster.limits._spec import ANNOTATION, LimitSpec, make_spec, parse_annotation
+from hafen.cluster.limits._progress import could_free
+from hafen.cluster.limits._spec import ANNOTATION, make_spec, parse_annotation
 from hafen.errors import LimitError
 
 if TYPE_CHECKING:
@@ -105,61 +105,6 @@ EXTENSION_NAME = "hafen_limits"
 PLUGIN_NAME = "hafen-limits"
 #: A resource no worker has: a task restricted to it cannot be placed, so it waits in no-worker.
 HOLD_RESOURCE = "hafen-limits-hold"
-
-Holder = tuple[str, "Key"]  # ("task", key) or ("lease", lease_id)
-
-
-@dataclasses.dataclass(eq=False)
-class _Waiter:
-    holder: Holder
-    names: tuple[str, ...]
-    order: tuple[Any, ...]
-    since: float
-    owner: str | None = None
-    future: asyncio.Future[bool] | None = None
-
-
-@dataclasses.dataclass(eq=False)
-class _Limit:
-    spec: LimitSpec
-    bucket: TokenBucket | None = None
-    granted: int = 0
-    holders: set[Holder] = dataclasses.field(default_factory=set)
-    heap: list[tuple[tuple[Any, ...], int, _Waiter]] = dataclasses.field(default_factory=list)
-
-    def configure(self, spec: LimitSpec, clock: Callable[[], float]) -> None:
-        """Take new settings; a rate keeps the tokens earned so far (a new rate starts full)."""
-        if spec.rate is None:
-            self.bucket = None
-        elif self.bucket is None:
-            self.bucket = TokenBucket(spec.rate, spec.burst, clock=clock)
-        else:
-            self.bucket.reconfigure(spec.rate, spec.burst)
-        self.spec = spec
-
-    def refill(self) -> None:
-        if self.bucket is not None:
-            self.bucket.refill()
-
-    def has_room(self) -> bool:
-        conc = self.spec.concurrency
-        if conc is not None and len(self.holders) >= conc:
-            return False
-        return self.bucket is None or self.bucket.ready()
-
-    def token_due_in(self) -> float | None:
-        """Seconds until the next token, if a token (not a slot) is what is missing."""
-        conc = self.spec.concurrency
-        if self.bucket is None or (conc is not None and len(self.holders) >= conc):
-            return None
-        return self.bucket.due_in()
-
-
-@dataclasses.dataclass(eq=False)
-class _Hold:
-    names: tuple[str, ...]
-    owner: str | None
-    since: float
 
 
 class LimitsExtension(SchedulerPlugin):
@@ -204,9 +149,9 @@ class LimitsExtension(SchedulerPlugin):
         )
         self.clock = clock
         self.scheduler = scheduler
-        self._limits: dict[str, _Limit] = {}
-        self._waiters: dict[Holder, _Waiter] = {}
-        self._holds: dict[Holder, _Hold] = {}
+        self._limits: dict[str, Limit] = {}
+        self._waiters: dict[Holder, Waiter] = {}
+        self._holds: dict[Holder, Hold] = {}
         self._saved: dict[Key, tuple[dict[str, float] | None, bool]] = {}
         self._names: dict[Key, tuple[str, ...]] = {}
         self._rejected: dict[Key, str] = {}
@@ -214,7 +159,13 @@ class LimitsExtension(SchedulerPlugin):
         self._to_reject: list[Key] = []
         #: Keys being sent on by a grant round: their no-worker -> released -> waiting is ours.
         self._granting: set[Key] = set()
-        self._unconstrained: list[_Waiter] = []
+        self._unconstrained: list[Waiter] = []
+        #: The limits counting each granted task's result, until it is released.
+        self._results: dict[Key, tuple[str, ...]] = {}
+        #: Mean result size per task group, for ``memory=`` limits.
+        self.sizes = Sizes()
+        #: Limits whose best waiter does not fit their results/memory: checked for overrides.
+        self._blocked: set[str] = set()
         self._counter = itertools.count()
         self._grant_pending = False
         self._timer: asyncio.TimerHandle | None = None
@@ -254,22 +205,33 @@ class LimitsExtension(SchedulerPlugin):
         concurrency: int | None = None,
         rate: str | float | None = None,
         burst: int | None = None,
+        results: int | None = None,
+        memory: str | int | None = None,
     ) -> dict[str, Any]:
         """Create or resize a limit (idempotent); takes effect for waiting tasks at once."""
-        spec = make_spec(name, concurrency, rate, burst, default_burst=self.burst)
+        spec = make_spec(
+            name,
+            concurrency,
+            rate,
+            burst,
+            results=results,
+            memory=memory,
+            default_burst=self.burst,
+        )
         limit = self._limits.get(spec.name)
         if limit is None:
-            limit = _Limit(spec)
+            limit = Limit(spec)
             self._limits[spec.name] = limit
         limit.configure(spec, self.clock)
         self._request_grant()
-        return spec.to_dict()
+        return spec.settings()
 
     def remove_limit(self, name: str | None = None) -> bool:
         """Remove a limit; its waiters stop waiting for it. Returns whether it existed."""
         limit = self._limits.pop(str(name), None)
         if limit is None:
             return False
+        self._blocked.discard(limit.spec.name)
         for waiter in self._waiters.values():
             if limit.spec.name in waiter.names:
                 waiter.names = tuple(n for n in waiter.names if n != limit.spec.name)
@@ -279,7 +241,8 @@ class LimitsExtension(SchedulerPlugin):
         return True
 
     def info(self) -> dict[str, dict[str, Any]]:
-        """Return, per limit, its settings, slots in use, waiters, grants and the longest wait."""
+        """Return, per limit, its settings, slots in use, results alive and their bytes,
+        waiters, grants, overrides and the longest wait."""
         now = self.clock()
         waiting = dict.fromkeys(self._limits, 0)
         longest = dict.fromkeys(self._limits, 0.0)
@@ -290,10 +253,13 @@ class LimitsExtension(SchedulerPlugin):
                     longest[name] = max(longest[name], now - waiter.since)
         return {
             name: {
-                **limit.spec.to_dict(),
+                **limit.spec.settings(),
                 "in_use": len(limit.holders),
+                "alive": limit.alive if limit.spec.counts_results else 0,
+                "alive_bytes": limit.alive_bytes(self.sizes) if limit.spec.counts_results else 0,
                 "waiting": waiting[name],
                 "granted": limit.granted,
+                "overrides": limit.overrides,
                 "longest_wait": longest[name],
             }
             for name, limit in sorted(self._limits.items())
@@ -316,8 +282,8 @@ class LimitsExtension(SchedulerPlugin):
         waiter = self._waiters.get(holder)
         if waiter is None:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            order = (-int(priority), next(self._counter))
-            waiter = _Waiter(holder, names, order, self.clock(), owner, future)
+            order = ((-int(priority),), next(self._counter))
+            waiter = Waiter(holder, names, order, self.clock(), owner, future)
             self._enqueue(waiter)
         assert waiter.future is not None
         try:
@@ -334,6 +300,8 @@ class LimitsExtension(SchedulerPlugin):
     # --- plugin hooks -------------------------------------------------------------------------
 
     def transition(self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if self._blocked and start == "processing":
+            self._request_grant()  # something finished: a blocked limit may be stuck now
         ts = self.scheduler.tasks.get(key)
         if ts is None:
             return
@@ -351,6 +319,10 @@ class LimitsExtension(SchedulerPlugin):
             return
         else:
             self._drop(("task", key))
+            if finish == "memory" and start == "processing":
+                self._result_landed(ts)
+            else:
+                self._result_gone(key)
             if finish == "forgotten":
                 self._saved.pop(key, None)
                 self._names.pop(key, None)
@@ -377,6 +349,7 @@ class LimitsExtension(SchedulerPlugin):
     def _hold_task(self, ts: TaskState) -> None:
         key = ts.key
         self._drop(("task", key))
+        self._result_gone(key)
         if key in self._names:
             pass  # admitted before (a retry, a rerun, a recomputation): removed limits are skipped
         else:
@@ -409,10 +382,12 @@ class LimitsExtension(SchedulerPlugin):
             self._request_grant()
             return
         names = tuple(n for n in self._names.get(key, ()) if n in self._limits)
-        order = (ts.priority[0] if ts.priority else 0, self._seniority[key])
-        self._enqueue(_Waiter(("task", key), names, order, self.clock()))
+        # Dask's priority (user priority, then submission, then graph order: siblings feeding
+        # one consumer are next to each other), then seniority.
+        order = (tuple(ts.priority or (0,)), self._seniority[key])
+        self._enqueue(Waiter(("task", key), names, order, self.clock(), group=ts.group.name))
 
-    def _enqueue(self, waiter: _Waiter) -> None:
+    def _enqueue(self, waiter: Waiter) -> None:
         self._waiters[waiter.holder] = waiter
         if not waiter.names:
             self._unconstrained.append(waiter)
@@ -446,49 +421,145 @@ class LimitsExtension(SchedulerPlugin):
             self.scheduler.loop.add_callback(self._grant)
 
     def _grant(self) -> None:
-        """One grant round; runs from the event loop, outside any transition."""
+        """One grant round; runs from the event loop, outside any transition.
+
+        First what fits every limit of a waiter, then, in a second pass on the state that
+        left, an override for each limit blocked by ``results``/``memory`` that is stuck.
+        """
         self._grant_pending = False
         now = self.clock()
         stimulus_id = f"hafen-limits-grant-{time()}"
-        granted: list[_Waiter] = []
         if self._to_reject:
             self._reject_tasks(stimulus_id)
+        granted: list[Waiter] = []
         while self._unconstrained:
             waiter = self._unconstrained.pop()
             if self._waiters.get(waiter.holder) is waiter and not waiter.names:
                 self._take(waiter, now)
                 granted.append(waiter)
+        blocked: dict[str, tuple[tuple[Any, ...], int, Waiter]] = {}
         for limit in self._limits.values():
-            if not limit.heap:
-                continue
-            limit.refill()
-            skipped = []
-            while limit.heap and limit.has_room():
-                entry = heapq.heappop(limit.heap)
-                waiter = entry[2]
-                if self._waiters.get(waiter.holder) is not waiter or limit.spec.name not in (
-                    waiter.names
-                ):
-                    continue  # stale entry: granted, dropped or limit removed meanwhile
-                if not self._still_waiting(waiter):
-                    self._drop(waiter.holder)
-                    continue
-                others = [self._limits[n] for n in waiter.names if n != limit.spec.name]
-                for other in others:
-                    other.refill()
-                if all(other.has_room() for other in others):
-                    self._take(waiter, now)
-                    granted.append(waiter)
-                else:
-                    skipped.append(entry)
-            for entry in skipped:
-                heapq.heappush(limit.heap, entry)
             if limit.heap:
-                due = limit.token_due_in()
-                if due is not None:
-                    self._wake_in(due)
+                entry = self._grant_limit(limit, now, granted)
+                if entry is not None:
+                    blocked[limit.spec.name] = entry
+        self._blocked = set(blocked)
+        self._send_granted(granted, stimulus_id)
+        if blocked:
+            overridden: list[Waiter] = []
+            for name, entry in blocked.items():
+                self._maybe_override(self._limits[name], entry, now, overridden)
+            self._send_granted(overridden, f"{stimulus_id}-override")
+
+    def _grant_limit(
+        self, limit: Limit, now: float, granted: list[Waiter]
+    ) -> tuple[tuple[Any, ...], int, Waiter] | None:
+        """Grant what fits ``limit``; return its best waiter if results/memory block it."""
+        limit.refill()
+        skipped = []
+        blocked = None
+        while limit.heap and limit.has_slot():
+            entry = heapq.heappop(limit.heap)
+            waiter = entry[2]
+            if not self._current(limit, waiter):
+                continue
+            if not limit.has_result_room(self._group_of(waiter), self.sizes):
+                blocked = entry  # its results first have to go (or nothing can free them)
+                break
+            others = [self._limits[n] for n in waiter.names if n != limit.spec.name]
+            for other in others:
+                other.refill()
+            if all(self._fits(other, waiter) for other in others):
+                self._take(waiter, now)
+                granted.append(waiter)
+            else:
+                skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(limit.heap, entry)
+        if blocked is not None:
+            heapq.heappush(limit.heap, blocked)
+        if limit.heap:
+            due = limit.token_due_in()
+            if due is not None:
+                self._wake_in(due)
+        return blocked
+
+    def _current(self, limit: Limit, waiter: Waiter) -> bool:
+        """Whether a heap entry is still a waiter of ``limit`` (dropping a stale task)."""
+        if self._waiters.get(waiter.holder) is not waiter or limit.spec.name not in waiter.names:
+            return False  # stale entry: granted, dropped or limit removed meanwhile
+        if not self._still_waiting(waiter):
+            self._drop(waiter.holder)
+            return False
+        return True
+
+    def _fits(self, limit: Limit, waiter: Waiter) -> bool:
+        return limit.has_slot() and limit.has_result_room(self._group_of(waiter), self.sizes)
+
+    @staticmethod
+    def _group_of(waiter: Waiter) -> str | None:
+        return waiter.group if waiter.holder[0] == "task" else None
+
+    def _maybe_override(
+        self,
+        limit: Limit,
+        entry: tuple[tuple[Any, ...], int, Waiter],
+        now: float,
+        overridden: list[Waiter],
+    ) -> None:
+        """Grant ``limit``'s blocked waiter over its results/memory if nothing can free them.
+
+        Concurrency and rates still hold (they free themselves); the override is counted on
+        every limit whose results or memory it exceeds, with a warning the first time.
+        """
+        waiter = entry[2]
+        if not self._current(limit, waiter) or not limit.heap or limit.heap[0][2] is not waiter:
+            return
+        if could_free(limit, self.scheduler, self._waiting_for):
+            return
+        limits = [self._limits[n] for n in waiter.names]
+        for other in limits:
+            other.refill()
+        if not all(other.has_slot() for other in limits):
+            return
+        heapq.heappop(limit.heap)
+        group = self._group_of(waiter)
+        for other in limits:
+            if not other.has_result_room(group, self.sizes):
+                self._count_override(other, waiter)
+        self._take(waiter, now)
+        overridden.append(waiter)
+        self._blocked.discard(limit.spec.name)
+
+    def _count_override(self, limit: Limit, waiter: Waiter) -> None:
+        limit.overrides += 1
+        spec = limit.spec
+        self.scheduler.log_event(
+            "hafen-limits",
+            {"action": "override", "limit": spec.name, "key": waiter.holder[1]},
+        )
+        if not limit.warned:
+            limit.warned = True
+            logger.warning(
+                "limit %r (results=%s, memory=%s): nothing that would free its results can "
+                "run, so %r was granted over the limit; such overrides are counted in "
+                "hafen.limits() ('overrides'). A task that needs more of these results at once "
+                "than the limit allows (a reduction over all of them) causes this.",
+                spec.name,
+                spec.results,
+                spec.settings()["memory_text"],
+                waiter.holder[1],
+            )
+
+    def _waiting_for(self, key: Key) -> tuple[str, ...] | None:
+        waiter = self._waiters.get(("task", key))
+        if waiter is not None:
+            return waiter.names
+        return () if key in self._saved else None
+
+    def _send_granted(self, granted: list[Waiter], stimulus_id: str) -> None:
         tasks: list[TaskState] = []
-        for waiter in granted:
+        for waiter in sorted(granted, key=lambda w: w.order):
             kind, ident = waiter.holder
             if kind == "lease":
                 assert waiter.future is not None
@@ -498,6 +569,7 @@ class LimitsExtension(SchedulerPlugin):
             ts = self.scheduler.tasks.get(ident)
             if ts is None or ts.state != "no-worker":
                 self._drop(waiter.holder)
+                self._result_gone(ident)
                 continue
             self._release_task(ts)
             tasks.append(ts)
@@ -529,22 +601,51 @@ class LimitsExtension(SchedulerPlugin):
         finally:
             self._granting.difference_update(keys)
 
-    def _still_waiting(self, waiter: _Waiter) -> bool:
+    def _still_waiting(self, waiter: Waiter) -> bool:
         kind, ident = waiter.holder
         if kind == "lease":
             return waiter.future is not None and not waiter.future.done()
         ts = self.scheduler.tasks.get(ident)
         return ts is not None and ts.state == "no-worker" and ident in self._saved
 
-    def _take(self, waiter: _Waiter, now: float) -> None:
+    def _take(self, waiter: Waiter, now: float) -> None:
         del self._waiters[waiter.holder]
+        kind, ident = waiter.holder
+        counting: list[str] = []
         for name in waiter.names:
             limit = self._limits[name]
             limit.holders.add(waiter.holder)
             limit.granted += 1
             if limit.bucket is not None:
                 limit.bucket.take()
-        self._holds[waiter.holder] = _Hold(waiter.names, waiter.owner, now)
+            if kind == "task" and limit.spec.counts_results:
+                limit.take_result(ident, waiter.group)
+                counting.append(name)
+        if counting:
+            self._results[ident] = tuple(counting)
+        self._holds[waiter.holder] = Hold(waiter.names, waiter.owner, now)
+
+    def _result_landed(self, ts: TaskState) -> None:
+        names = self._results.get(ts.key)
+        if not names:
+            return
+        self.sizes.add(ts.group.name, ts.nbytes)
+        for name in names:
+            limit = self._limits.get(name)
+            if limit is not None:
+                limit.result_landed(ts.key, ts.nbytes)
+        self._request_grant()  # a first size known may let a memory limit grant
+
+    def _result_gone(self, key: Key) -> None:
+        """The task's result was released, or the task ended (or restarts) without one."""
+        names = self._results.pop(key, None)
+        if not names:
+            return
+        for name in names:
+            limit = self._limits.get(name)
+            if limit is not None:
+                limit.forget_result(key)
+        self._request_grant()
 
     def _wake_in(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
