@@ -45,6 +45,8 @@ class Waiter:
     future: asyncio.Future[bool] | None = None
     #: The task's group (for the size of its result), None for a lease.
     group: str | None = None
+    #: A data producer: the back-pressure guard holds it while engaged.
+    producer: bool = False
 
 
 @dataclasses.dataclass(eq=False)
