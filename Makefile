@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test dask-tests lint venv-dev soak clean
+.PHONY: demo test dask-tests lint docs venv-dev soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ lint: venv-dev
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src
 
-test: lint
+# The documentation site, strict: a warning, a broken link or a missing reference fails it.
+# Builds offline (no fonts or plugins that fetch); the site lands in site/.
+docs: venv-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) dask-tests
 
@@ -51,4 +56,4 @@ soak: venv-dev
 	$(BIN)/python tests/datasets/_checker_run.py --seconds $(SECONDS) --backend $(BACKEND)
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache hafen-demo
+	rm -rf $(VENV) .cache .pytest_cache hafen-demo site

@@ -32,6 +32,7 @@ from rich.progress import track
 from rich.table import Table
 
 import hafen
+from hafen.config import reload_settings
 
 console = Console()
 
@@ -75,10 +76,12 @@ def main() -> None:
         os.environ["HAFEN_CHECKPOINT_INTERVAL"] = str(interval)
         os.environ["HAFEN_PLATEAU_VIEW"] = "true" if view else "false"
         os.environ["HAFEN_STATE_CACHE"] = "true" if cache else "false"
+        reload_settings()  # the process reads its settings once
         url = str(root / name)
         hafen.write_dataset(frame(0), url, partition_on=["batch"])
         times = grow(name, n - 1, lambda i: hafen.write_dataset(frame(i + 1), url, mode="append"))
         os.environ["HAFEN_STATE_CACHE"] = "false"  # open as a process that never saw it
+        reload_settings()
         opened = timed(lambda: len(hafen.open_dataset(url).files()))  # with the file list
         assert hafen.open_dataset(url).version == n - 1
         rows.append((name, n, times[:100], times[-100:], opened))

@@ -7,7 +7,7 @@
 With ``--url`` the same table is also written and read at that URL (credentials from the
 environment, e.g. ``AZURE_STORAGE_CONNECTION_STRING``), by hafen and by pyarrow through the same
 fsspec filesystem (adlfs for ``az://``), next to hafen's local figures; ``--azurite`` starts a
-throwaway Azurite (npm, see ``tests/_azurite.py``) and points the credentials at it.
+throwaway Azurite (npm, see :mod:`hafen.testing`) and points the credentials at it.
 
 Each operation runs ``--repeat`` times per contender, in turns; the best time counts. hafen's
 and tuned pyarrow's reads, well under a second each, run three times as many rounds.
@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 import hafen
+from hafen.datasets._dataset import storage_for
 
 console = Console()
 
@@ -87,7 +88,7 @@ def remote_io(
     lookup_product: int,
 ) -> None:
     """Write and read ``table`` at ``url`` with hafen and with pyarrow through the same fsspec."""
-    storage = hafen.datasets.storage_for(url)
+    storage = storage_for(url)
     fs, base = storage.fs, storage.root
     hafen_url, pa_path = f"{storage.url}/hafen", f"{base}/pa_tuned"
     part_schema = pa.schema([("part", pa.int64())])
@@ -165,10 +166,8 @@ def remote_io(
 def start_azurite(url: str) -> Callable[[], None]:
     """Start a throwaway Azurite, point the environment at it, create the URL's container."""
     import os
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _azurite import Azurite
+    from hafen.testing import Azurite
 
     server = Azurite(Path(tempfile.mkdtemp(prefix="hafen-bench-azurite-")))
     server.start()
@@ -222,11 +221,15 @@ def main() -> None:
         """``fn`` with every column dictionary-encoded, as pyarrow does."""
 
         def run() -> object:
+            from hafen.config import reload_settings
+
             os.environ["HAFEN_PARQUET_DICTIONARY"] = "always"
+            reload_settings()  # the process reads its settings once
             try:
                 return fn()
             finally:
                 del os.environ["HAFEN_PARQUET_DICTIONARY"]
+                reload_settings()
 
         return run
 

@@ -1,10 +1,11 @@
 """PostgreSQL into a dataset: ``hafen.extract`` against connectorx and chunked ``pandas.read_sql``.
 
-One run, one throwaway PostgreSQL server (started here from the system's binaries, as the tests
-do, unless ``--db-url`` names one), one table of 5 million rows x 8 columns (bigint, two
-integers, date, timestamp, integer, double precision, text). Every contender uses the same number
-of connections (``--connections``, default 4) and ends with the same dataset (Parquet files
-committed by ``hafen``), so the figures compare the whole path, database to dataset:
+One run, one throwaway PostgreSQL server (:class:`hafen.testing.PostgresServer`, from the
+system's binaries, as the tests start it, unless ``--db-url`` names one), one table of 5 million
+rows x 8 columns (bigint, two integers, date, timestamp, integer, double precision, text). Every
+contender uses the same number of connections (``--connections``, default 4) and ends with the
+same dataset (Parquet files committed by ``hafen``), so the figures compare the whole path,
+database to dataset:
 
 - hafen: ``hafen.extract(split_on="id", chunks=connections or 4 x connections,
   limit=connections)`` on an in-process cluster (1 worker x connections threads): ADBC's libpq
@@ -31,7 +32,6 @@ import argparse
 import concurrent.futures
 import io
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -43,10 +43,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "sql"))  # the PostgresServer of the tests' fixture
-
-import hafen  # noqa: E402
+import hafen
+from hafen.testing import PostgresServer
 
 DEFAULT_ROWS = 5_000_000
 DEFAULT_CONNECTIONS = 4
@@ -173,8 +171,6 @@ def main() -> None:
 
     server = None
     if args.db_url is None:
-        from conftest import PostgresServer
-
         server = PostgresServer().start()
         url = server.url(server.create_database("bench"))
     else:

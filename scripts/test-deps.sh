@@ -12,7 +12,7 @@ apt_update_once() {
 }
 
 # Azurite (Azure Storage emulator) for the Azure tests, from the npm registry into an ignored
-# folder; the version is pinned in tests/_azurite.py (AZURITE_VERSION).
+# folder; the version is pinned in src/hafen/testing/_azurite.py (AZURITE_VERSION).
 AZURITE_VERSION=3.35.0
 if ! grep -qs "\"version\": \"${AZURITE_VERSION}\"" .cache/azurite/node_modules/azurite/package.json; then
     command -v npm >/dev/null || { echo "npm is required for Azurite (apt-get install nodejs npm)" >&2; exit 1; }
@@ -20,8 +20,8 @@ if ! grep -qs "\"version\": \"${AZURITE_VERSION}\"" .cache/azurite/node_modules/
     npm install --no-audit --no-fund --prefix .cache/azurite "azurite@${AZURITE_VERSION}"
 fi
 
-# PostgreSQL server binaries for the SQL tests (tests/sql/conftest.py starts a throwaway server
-# from /usr/lib/postgresql/*/bin as an unprivileged user).
+# PostgreSQL server binaries for the SQL tests (hafen.testing.PostgresServer starts a throwaway
+# server from /usr/lib/postgresql/*/bin as an unprivileged user).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     command -v apt-get >/dev/null || { echo "PostgreSQL server binaries are required (/usr/lib/postgresql/*/bin)" >&2; exit 1; }
     apt_update_once && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null

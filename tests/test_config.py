@@ -1,10 +1,12 @@
-"""Settings: defaults, hafen.toml, HAFEN_* variables, and clear errors."""
+"""Settings: defaults, hafen.toml, HAFEN_* variables, read once per process, and clear errors."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from hafen.config import get_settings, parse_bytes, parse_duration
+from hafen.config import get_settings, parse_bytes, parse_duration, reload_settings
 from hafen.errors import ConfigError
 
 
@@ -44,3 +46,57 @@ def test_units():
     assert parse_bytes(10) == 10
     with pytest.raises(ConfigError):
         parse_bytes("lots")
+
+
+# monkeypatch.setitem(os.environ, ...) below changes the environment the way a process does,
+# without the re-read that this suite's monkeypatch.setenv adds (tests/conftest.py).
+
+
+def test_read_once_per_process(monkeypatch):
+    first = get_settings()
+    assert get_settings() is first
+    monkeypatch.setitem(os.environ, "HAFEN_RETAIN_VERSIONS", "20")
+    assert get_settings() is first and get_settings().retain_versions == 10
+
+
+def test_reload_reads_the_environment_and_the_toml_again(tmp_path, monkeypatch):
+    first = get_settings()
+    monkeypatch.setitem(os.environ, "HAFEN_RETAIN_VERSIONS", "20")
+    reloaded = reload_settings()
+    assert reloaded.retain_versions == 20 and get_settings() is reloaded is not first
+    toml = tmp_path / "hafen.toml"
+    toml.write_text("checkpoint_interval = 7\n")
+    monkeypatch.setitem(os.environ, "HAFEN_CONFIG", str(toml))
+    assert get_settings().checkpoint_interval == 50  # not read again
+    assert reload_settings().checkpoint_interval == 7
+    toml.write_text("checkpoint_interval = 8\n")
+    assert get_settings().checkpoint_interval == 7
+    assert reload_settings().checkpoint_interval == 8
+
+
+def test_explicit_arguments_bypass_the_process_settings(tmp_path):
+    cached = get_settings()
+    assert get_settings(env={"HAFEN_RETAIN_VERSIONS": "30"}).retain_versions == 30
+    toml = tmp_path / "hafen.toml"
+    toml.write_text("retain_versions = 40\n")
+    assert get_settings(toml_path=str(toml)).retain_versions == 40
+    path = str(toml)
+    assert get_settings(env={}, toml_path=path) is not get_settings(env={}, toml_path=path)
+    assert get_settings() is cached and cached.retain_versions == 10
+
+
+def test_a_bad_value_raises_until_it_is_fixed(monkeypatch):
+    monkeypatch.setitem(os.environ, "HAFEN_CHECKPOINT_INTERVAL", "0")
+    with pytest.raises(ConfigError, match=">= 1"):
+        reload_settings()
+    with pytest.raises(ConfigError, match=">= 1"):
+        get_settings()  # nothing half-read is kept
+    monkeypatch.setitem(os.environ, "HAFEN_CHECKPOINT_INTERVAL", "5")
+    assert reload_settings().checkpoint_interval == 5
+
+
+def test_the_suites_monkeypatch_reloads(monkeypatch):
+    monkeypatch.setenv("HAFEN_RETAIN_VERSIONS", "7")
+    assert get_settings().retain_versions == 7
+    monkeypatch.delenv("HAFEN_RETAIN_VERSIONS")
+    assert get_settings().retain_versions == 10

@@ -263,7 +263,7 @@ def test_importing_the_cluster_package_stays_cheap():
         "hafen.datasets",
         "hafen.dask",
         "hafen.testing",
-        "hafen.cluster.limits._table",
+        "hafen.cli",
     ):
         assert heavy not in loaded, heavy
 
@@ -312,3 +312,10 @@ def test_no_module_is_long():
         if name.startswith(checked):
             lines = len(path.read_text().splitlines())
             assert lines <= exceptions.get(name, 500), (name, lines)
+
+
+def test_importing_the_test_support_package_starts_no_service_client():
+    """PostgreSQL, Azurite and S3 helpers import their client libraries only when used."""
+    loaded = _modules_after("import hafen.testing")
+    for heavy in ("psycopg", "boto3", "moto", "azure.storage.blob", "distributed"):
+        assert heavy not in loaded, heavy

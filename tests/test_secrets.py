@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hafen._secrets import RedactingFilter, redact
-from hafen.datasets import map_storage_errors
+from hafen.datasets._storage import map_storage_errors
 from hafen.errors import SQLError, StorageError
 from hafen.sql._url import map_db_errors, parse_url
 

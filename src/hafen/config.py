@@ -1,6 +1,8 @@
 """Settings: defaults, then a ``hafen.toml``, then ``HAFEN_*`` environment variables.
 
-No other module keeps global settings; they call :func:`get_settings`.
+No other module keeps global settings; they call :func:`get_settings`, which reads them once per
+process and returns the same frozen :class:`Settings` afterwards. :func:`reload_settings` reads
+them again, for a process that changed its environment or its ``hafen.toml``.
 
 ``hafen.toml`` is looked up at ``$HAFEN_CONFIG`` or in the working directory::
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from hafen.errors import ConfigError
 
-__all__ = ["Settings", "get_settings", "parse_bytes", "parse_duration"]
+__all__ = ["Settings", "get_settings", "parse_bytes", "parse_duration", "reload_settings"]
 
 DEFAULT_CHECKPOINT_INTERVAL = 50
 DEFAULT_COMMIT_RETRIES = 50
@@ -90,8 +92,64 @@ def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
     return raw
 
 
+#: The settings of this process, once read (see :func:`get_settings`).
+_settings: Settings | None = None
+
+
 def get_settings(env: dict[str, str] | None = None, toml_path: str | None = None) -> Settings:
-    """Return the settings in force: defaults, then ``hafen.toml``, then ``HAFEN_*`` variables."""
+    """Return the settings in force: defaults, then ``hafen.toml``, then ``HAFEN_*`` variables.
+
+    The process reads them on the first call and returns the same frozen :class:`Settings`
+    afterwards: a later change to the environment or to ``hafen.toml`` (or of the working
+    directory) takes effect after :func:`reload_settings`, or in a new process.
+
+    With either argument, the settings are computed from them now; the process's settings are
+    neither used nor changed.
+
+    Parameters
+    ----------
+    env
+        Variables to read instead of ``os.environ``.
+    toml_path
+        The ``hafen.toml`` to read instead of ``$HAFEN_CONFIG`` or ``./hafen.toml``.
+
+    Raises
+    ------
+    hafen.errors.ConfigError
+        If a value is invalid, or ``hafen.toml`` cannot be parsed or names an unknown setting.
+
+    Examples
+    --------
+    >>> get_settings(env={"HAFEN_CHECKPOINT_INTERVAL": "10"}).checkpoint_interval
+    10
+    """
+    global _settings
+    if env is not None or toml_path is not None:
+        return _read_settings(env, toml_path)
+    settings = _settings
+    if settings is None:
+        settings = _settings = _read_settings(None, None)
+    return settings
+
+
+def reload_settings() -> Settings:
+    """Read the settings again, keep them for this process and return them.
+
+    For a process that changed ``HAFEN_*`` variables or its ``hafen.toml`` after the first
+    :func:`get_settings`. Processes started later (Dask workers, subprocesses) read their own.
+
+    Examples
+    --------
+    >>> os.environ["HAFEN_RETAIN_VERSIONS"] = "20"  # doctest: +SKIP
+    >>> reload_settings().retain_versions  # doctest: +SKIP
+    20
+    """
+    global _settings
+    _settings = None
+    return get_settings()
+
+
+def _read_settings(env: dict[str, str] | None, toml_path: str | None) -> Settings:
     env = dict(os.environ) if env is None else env
     values: dict[str, Any] = {}
     path = Path(toml_path or env.get("HAFEN_CONFIG") or "hafen.toml")

@@ -225,8 +225,8 @@ def test_the_table_and_the_metrics_show_results_memory_and_overrides():
     from prometheus_client.core import CollectorRegistry
     from rich.console import Console
 
+    from hafen.cli._cluster import render_limits
     from hafen.cluster.limits._metrics import _LimitsCollector
-    from hafen.cluster.limits._table import render_limits
 
     console = Console(width=200, record=True)
     console.print(render_limits({"loads": _row()}))

@@ -8,16 +8,13 @@ from click.testing import CliRunner
 
 import hafen
 from hafen.cli import main
+from hafen.testing import thread_cluster
 
 
 @pytest.fixture(scope="module")
 def scheduler():
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
-    ) as cluster:
-        yield cluster.scheduler_address
+    with thread_cluster(1, threads_per_worker=2) as client:
+        yield client.scheduler.address
 
 
 def test_reshuffle_command(tmp_path, src, sales, scheduler):

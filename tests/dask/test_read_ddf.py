@@ -103,14 +103,9 @@ def test_an_empty_selection_is_one_empty_partition(src):
 
 
 def test_works_on_a_distributed_cluster(src, sales):
-    from distributed import Client, LocalCluster
+    from hafen.testing import thread_cluster
 
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster),
-    ):
+    with thread_cluster(2, threads_per_worker=1):
         assert_same_rows(hafen.read_ddf(src, files_per_partition=2).compute(), sales)
 
 

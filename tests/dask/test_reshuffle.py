@@ -14,6 +14,7 @@ from _ddf_checks import assert_same_rows, check_reshuffled, index_is_exact, no_c
 import hafen
 from hafen.dask import _buckets, _reshuffle
 from hafen.dask._common import ClusterShape, cluster_shape, resolve_budget
+from hafen.datasets._transaction import StagingPlan
 from hafen.errors import (
     ConfigError,
     DatasetExistsError,
@@ -164,7 +165,7 @@ def test_a_failing_task_leaves_the_destination_unchanged(tmp_path, src, sales, m
     dst = str(tmp_path / "dst")
     hafen.write_dataset(sales.head(10), dst, partition_on=["store_id"])
     calls = []
-    real = _buckets.stage_table
+    real = StagingPlan.stage  # what the reduce tasks stage their files with
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -172,7 +173,7 @@ def test_a_failing_task_leaves_the_destination_unchanged(tmp_path, src, sales, m
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_buckets, "stage_table", failing)
+    monkeypatch.setattr(StagingPlan, "stage", failing)
     with pytest.raises(OSError, match="disk full"):
         hafen.reshuffle(src, dst, ["store_id"], num_buckets=2, mode="append")
     ds = hafen.open_dataset(dst)

@@ -150,15 +150,10 @@ def test_not_a_dask_dataframe(tmp_path, sales):
 
 
 def test_on_an_in_process_distributed_cluster(tmp_path, src, sales):
-    from distributed import Client, LocalCluster
+    from hafen.testing import thread_cluster
 
     url = str(tmp_path / "ds")
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster),
-    ):
+    with thread_cluster(2, threads_per_worker=1):
         ddf = hafen.read_ddf(src, files_per_partition=3)
         ds = hafen.write_ddf(ddf, url, partition_on=["region"], indices=["store_id"])
     assert ds.version == 0 and len(ds.history()) == 1
@@ -175,9 +170,9 @@ def test_tasks_do_not_carry_the_datasets_files(tmp_path, sales, monkeypatch):
     seen: list[int] = []
     original = _write._stage_partition
 
-    def recording(part, storage, state, *args):
-        seen.append(len(state.files))
-        return original(part, storage, state, *args)
+    def recording(part, plan, *args):
+        seen.append(len(plan.base.files))
+        return original(part, plan, *args)
 
     monkeypatch.setattr(_write, "_stage_partition", recording)
     with dask.config.set(scheduler="sync"):

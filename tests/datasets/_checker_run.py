@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,9 +40,10 @@ from _checker_report import Report, Snapshot
 from _checker_workload import ENV_PREFIXES, LOG_DIR, table_of
 
 import hafen
-from hafen.datasets import Storage, storage_for
+from hafen.datasets._dataset import storage_for
+from hafen.datasets._storage import Storage
+from hafen.testing import Azurite, free_port, poll_for
 
-HERE = Path(__file__).resolve().parent
 DEFAULT_SECONDS = 25.0
 # How hard the workload pushes: Azurite is one Node process, on a machine whose 2 cores are
 # shared, where a commit takes seconds, not milliseconds. The grace period must outlast most
@@ -75,21 +75,13 @@ def checker_seconds() -> float:
     return float(os.environ.get("HAFEN_CHECKER_SECONDS", DEFAULT_SECONDS))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def poll_until(condition: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
     """Wait for ``condition`` with a deadline; return whether it came true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(every)
+    try:
+        poll_for(condition, timeout, period=every)
+    except AssertionError:
+        return False
+    return True
 
 
 class _Child:
@@ -464,9 +456,6 @@ def _wait_for_reads(
 
 
 def _azurite_url(stack: contextlib.ExitStack) -> str:
-    sys.path.insert(0, str(HERE.parent))  # tests/, for the Azurite helper
-    from _azurite import Azurite
-
     location = Path(tempfile.mkdtemp(prefix="hafen-azurite-"))
     stack.callback(shutil.rmtree, location, ignore_errors=True)
     server = Azurite(location)

@@ -33,7 +33,8 @@ from _checker_journal import (
 )
 
 import hafen
-from hafen.datasets import storage_for
+from hafen.config import reload_settings
+from hafen.datasets._dataset import storage_for
 
 LOG_DIR = "_hafen/log"
 ENV_PREFIXES = ("HAFEN_", "AZURE_STORAGE_")
@@ -307,6 +308,7 @@ def main(role: str, args: dict[str, Any]) -> None:
     for key in [k for k in os.environ if k.startswith(ENV_PREFIXES)]:
         del os.environ[key]
     os.environ.update(args.get("env", {}))
+    reload_settings()  # the fork server may have read them already
     try:
         ROLES[role](args)
     except Exception:

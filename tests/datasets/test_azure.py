@@ -18,10 +18,15 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 from azure.storage.blob.aio import BlobClient
 
 import hafen
-from _azurite import ACCOUNT_KEY, ACCOUNT_NAME
-from hafen.datasets import Storage, commit_staged, open_dataset, stage_table, storage_for
+from hafen.datasets import open_dataset
+from hafen.datasets._dataset import storage_for
+from hafen.datasets._schema import to_arrow
+from hafen.datasets._storage import Storage
 from hafen.datasets._storage import _azure as _storage  # the Azure backend's knobs
+from hafen.datasets._write import stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import CommitOutcomeUnknownError, StorageError
+from hafen.testing._azurite import ACCOUNT_KEY, ACCOUNT_NAME
 
 AZURE_VARIABLES = [
     "AZURE_STORAGE_CONNECTION_STRING",
@@ -133,9 +138,7 @@ def test_a_lost_response_never_commits_twice(az, no_azure_env):
 
 def test_exhausted_retries_are_an_unknown_outcome_and_keep_staged_files(az, no_azure_env):
     before = hafen.write_dataset(frame(), az, partition_on=["part"])
-    staged = stage_table(
-        storage_for(az), hafen.datasets.to_arrow(frame(tag=1)), partition_on=["part"]
-    )
+    staged = stage_table(storage_for(az), to_arrow(frame(tag=1)), partition_on=["part"])
     Faults(no_azure_env, [refused] * _storage.AZURE_RETRY.attempts)
     with pytest.raises(CommitOutcomeUnknownError, match="may or may not have landed"):
         commit_staged(az, [staged], mode="append", base=before.state)
@@ -230,9 +233,7 @@ def test_credentials_follow_the_environment_and_stay_out_of_pickles(azurite, no_
 @pytest.mark.slow
 def test_azurite_stopped_between_staging_and_commit(azurite, az):
     before = hafen.write_dataset(frame(), az, partition_on=["part"])
-    staged = stage_table(
-        storage_for(az), hafen.datasets.to_arrow(frame(tag=1)), partition_on=["part"]
-    )
+    staged = stage_table(storage_for(az), to_arrow(frame(tag=1)), partition_on=["part"])
     azurite.stop()
     try:
         with pytest.raises(CommitOutcomeUnknownError) as caught:

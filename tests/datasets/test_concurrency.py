@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import hafen
-from hafen.datasets import storage_for
+from hafen.datasets._dataset import storage_for
 
 PROCESS_BACKENDS = ["local", "azure", "s3"]
 

@@ -20,15 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import hafen
-from hafen.datasets import (
-    Dataset,
-    StagingWriter,
-    commit_staged,
-    conform,
-    normalize_schema,
-    stage_table,
-    storage_for,
-)
+from hafen.datasets import Dataset
+from hafen.datasets._dataset import storage_for
+from hafen.datasets._schema import conform, normalize_schema
+from hafen.datasets._write import StagingWriter, stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import CorruptDataError, HafenWarning, StorageError
 
 
@@ -357,7 +353,7 @@ def test_a_damaged_file_is_named_on_every_backend(url):
         hafen.open_dataset(url).read_arrow(columns=["qty"])
     assert caught.value.path == where and where in str(caught.value)
     with pytest.raises(CorruptDataError) as caught:
-        list(ds.scan_batches(["qty"], [[("store_id", "==", 1)]]))
+        list(ds.scan_batches(["qty"], predicates=[[("store_id", "==", 1)]]))
     assert caught.value.path == where
     report = ds.verify(max_workers=2)
     assert [(c.kind, c.path) for c in report.bad] == [("data", f.path)]

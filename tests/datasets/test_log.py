@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -272,3 +273,13 @@ def test_the_state_cache_can_be_turned_off(tmp_path, monkeypatch):
         calls = StorageCalls(m)
         hafen.open_dataset(url)
     assert calls.calls["read_bytes log"] >= 3  # every entry, since nothing is remembered
+
+
+def test_a_log_entry_is_a_value():
+    """The commit model is frozen: numbering an entry for an attempt makes a new one."""
+    entry = _actions.Commit(operation="append")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.version = 3  # type: ignore[misc]
+    numbered = dataclasses.replace(entry, version=3)
+    assert (entry.version, numbered.version) == (-1, 3)
+    assert numbered.commit_id == entry.commit_id

@@ -18,8 +18,9 @@ import pyarrow as pa
 import pytest
 
 import hafen
-from hafen.datasets import _actions, _dataset, _logstore
+from hafen.datasets import _actions, _logstore, _transaction
 from hafen.datasets._write import StagedWrite, stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.errors import ConfigError, ConflictError, VersionNotFoundError, VersionVacuumedError
 
 
@@ -42,7 +43,7 @@ def while_staging(monkeypatch: pytest.MonkeyPatch, meanwhile) -> None:
             meanwhile()
         return staged
 
-    monkeypatch.setattr(_dataset, "stage_table", staged_then_interfere)
+    monkeypatch.setattr(_transaction, "stage_table", staged_then_interfere)
 
 
 def age(paths: list[Path], seconds: float) -> None:
@@ -230,7 +231,7 @@ def test_a_writer_with_an_old_base_cannot_land_in_a_freed_version(tmp_path, monk
         ds.storage, pa.Table.from_pandas(rows(100), preserve_index=False), partition_on=["part"]
     )
     base = dataclasses.replace(stale.state, observed=0.0)  # seen to be the latest long ago
-    mine = hafen.datasets.commit_staged(url, [staged], mode="append", base=base)
+    mine = commit_staged(url, [staged], mode="append", base=base)
     assert mine.version == 8  # before: it created version 2 again, below the checkpoint
     assert ids(hafen.open_dataset(url)) == [*range(8), 100]
 

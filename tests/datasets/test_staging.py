@@ -11,10 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import hafen
-from hafen.datasets import StagingWriter, commit_staged, stage_table, storage_for
 from hafen.datasets._actions import file_label
-from hafen.datasets._plateau import encode_index_part
-from hafen.datasets._write import column_stats
+from hafen.datasets._dataset import storage_for
+from hafen.datasets._indices import encode_index_part
+from hafen.datasets._parquet import column_stats
+from hafen.datasets._partitioning import split_by_partition
+from hafen.datasets._schema import partition_label
+from hafen.datasets._write import StagingWriter, stage_table
+from hafen.datasets._write_dataset import commit_staged
 
 
 def odd_table(n: int = 400, seed: int = 0) -> pa.Table:
@@ -67,8 +71,7 @@ def test_staged_files_match_the_split_exactly(url, make, keys):
     storage = storage_for(url)
     staged = stage_table(storage, table, partition_on=keys, indices=["product"])
     expected = {
-        hafen.datasets.partition_label(keys, values): part
-        for values, part in hafen.datasets.split_by_partition(table, keys)
+        partition_label(keys, values): part for values, part in split_by_partition(table, keys)
     }
     assert {f.partition for f in staged.files} == set(expected)
     assert sum(f.num_rows for f in staged.files) == table.num_rows
@@ -185,7 +188,7 @@ def test_rows_keep_their_order_within_a_partition(url):
     ],
 )
 def test_distinct_pairs_of_integers(values, url):
-    from hafen.datasets._write import _distinct_pairs
+    from hafen.datasets._indices import distinct_pairs as _distinct_pairs
 
     codes = np.array([0, 1, 1, 1, 0, 2, 2, 0], dtype=np.int64)
     got_values, got_codes = _distinct_pairs(pa.chunked_array([values]), codes, 3)
@@ -263,7 +266,7 @@ def test_dictionary_encoding_only_where_values_repeat(url, monkeypatch):
 def test_dictionary_choice_takes_every_type():
     import decimal
 
-    from hafen.datasets._write import dictionary_columns
+    from hafen.datasets._parquet import dictionary_columns
 
     n = 10_000
     table = pa.table(
@@ -295,6 +298,6 @@ def test_dictionary_choice_takes_every_type():
     ],
 )
 def test_distinct_per_group_estimate(distinct, sample, total, rows, low, high):
-    from hafen.datasets._write import _distinct_per_group
+    from hafen.datasets._parquet import _distinct_per_group
 
     assert low <= _distinct_per_group(distinct, sample, total, rows) <= high

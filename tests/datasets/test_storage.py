@@ -17,18 +17,19 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from _azurite import ACCOUNT_NAME
-from _moto import ACCESS_KEY, REGION, SECRET_KEY, free_port
-from hafen.datasets import Storage
 from hafen.datasets._storage import (
     AzureStorage,
     LocalStorage,
     MemoryStorage,
     S3Storage,
+    Storage,
     _azure,
     _s3,
 )
 from hafen.errors import StorageError
+from hafen.testing import free_port
+from hafen.testing._azurite import ACCOUNT_NAME
+from hafen.testing._moto import ACCESS_KEY, REGION, SECRET_KEY
 
 RACERS = 8
 
@@ -167,6 +168,15 @@ class StorageTests:
         assert type(copy) is type(storage) is self.backend
         assert copy.url == storage.url and copy.protocol == storage.protocol
         assert copy.read_bytes("x") == b"1"
+
+    def test_arrow_writes_a_deep_file_after_create_parent(self, storage):
+        full = storage.full("a/b/c/file.bin")
+        storage.create_parent(full)
+        with storage.arrow_filesystem.open_output_stream(full) as sink:
+            sink.write(b"arrow")
+        assert storage.read_bytes("a/b/c/file.bin") == b"arrow"
+        assert storage.local is (self.backend in (LocalStorage, MemoryStorage))
+        assert storage.has_directories is (self.backend is LocalStorage)
 
     # -- errors ------------------------------------------------------------------------------
 

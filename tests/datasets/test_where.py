@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hafen.datasets import parse_predicates
 from hafen.datasets._coerce import Numeral
+from hafen.datasets._predicates import parse_predicates
 from hafen.errors import PredicateError
 
 

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pytest
 
 import hafen
+from hafen.datasets._logstore import latest_version
+from hafen.datasets._schema import conform
 from hafen.errors import (
     ConfigError,
     DatasetExistsError,
@@ -130,7 +132,7 @@ def test_index_lookups_across_row_groups_of_the_index_file(url, monkeypatch):
     import pyarrow.parquet as pq
 
     # 3,000 values, each in two of three partitions: index row groups of 1,024 values
-    monkeypatch.setattr("hafen.datasets._plateau._INDEX_GROUP_LABELS", 2048)
+    monkeypatch.setattr("hafen.datasets._indices._INDEX_GROUP_LABELS", 2048)
     n = 6000
     table = pa.table({"k": np.arange(n) % 3, "v": (np.arange(n) // 2) * 7, "seq": np.arange(n)})
     ds = hafen.write_dataset(table, url, partition_on=["k"], indices=["v"])
@@ -284,14 +286,14 @@ def test_latest_follows_new_commits(url):
     newer = hafen.write_dataset(sales(10), url, mode="append")
     assert not ds.is_latest()
     assert ds.latest().version == newer.version == 1
-    assert hafen.datasets.latest_version(ds.storage) == 1
+    assert latest_version(ds.storage) == 1
 
 
 def test_scan_batches_streams_the_same_rows(url):
     df = sales(3000)
     ds = hafen.write_dataset(df, url, partition_on=["date"])
     predicates = [[("store_id", "in", [1, 3])]]
-    batches = list(ds.scan_batches(["store_id", "qty"], predicates, batch_size=100))
+    batches = list(ds.scan_batches(["store_id", "qty"], predicates=predicates, batch_size=100))
     assert batches and max(b.num_rows for b in batches) <= 100
     streamed = pa.Table.from_batches(batches).to_pandas()
     same(streamed, ds.read(columns=["store_id", "qty"], predicates=predicates))
@@ -299,10 +301,11 @@ def test_scan_batches_streams_the_same_rows(url):
 
 
 def test_staging_writer_aborts_on_error(url):
-    from hafen.datasets import StagingWriter, storage_for
+    from hafen.datasets._dataset import storage_for
+    from hafen.datasets._write import StagingWriter
 
     ds = hafen.write_dataset(sales(50), url, partition_on=["date"])
-    table = hafen.datasets.conform(pa.Table.from_pandas(sales(50, seed=3)), ds.schema)
+    table = conform(pa.Table.from_pandas(sales(50, seed=3)), ds.schema)
     storage = storage_for(url)
     with pytest.raises(RuntimeError), StagingWriter(storage, ds.schema, partition_on=["date"]) as w:
         w.write(table)

@@ -1,7 +1,7 @@
 """A small demo run, shared by the pipeline tests: 4 stores x 15 products x 400 days.
 
 The cluster is in-process (threads), which starts in a fraction of the time of worker processes;
-the demo's own command starts a process-based one (tested once, in test_cli.py).
+the demo's own command starts a process-based one (tested once, in test_config_cli.py).
 """
 
 from __future__ import annotations
@@ -11,21 +11,16 @@ from pathlib import Path
 
 import pytest
 
-import hafen
 from hafen.pipeline import SynthParams, demo
+from hafen.testing import thread_cluster
 
 SMALL = SynthParams(stores=4, products=15, days=400, seed=7)
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    client = hafen.connect(
-        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
-    )
-    try:
+    with thread_cluster(2, threads_per_worker=1) as client:
         yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 import hafen
 from hafen.cli import main
 from hafen.serve import create_app
+from hafen.testing import thread_cluster
 
 
 @pytest.mark.slow
@@ -24,15 +25,10 @@ def test_demo_and_api_on_azure(azurite, tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
     root = azurite.url(f"demo-{uuid.uuid4().hex[:8]}/datasets")
     workdir = tmp_path / "demo"
-    client = hafen.connect(
-        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
-    )
-    try:
+    with thread_cluster(2, threads_per_worker=1) as client:
         args = ["demo", "--workdir", str(workdir), "--stores", "2", "--products", "4"]
         args += ["--days", "70", "--scheduler", client.scheduler.address, "--json"]
         result = CliRunner().invoke(main, [*args, "--storage", root])
-    finally:
-        client.close()
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert not (workdir / "datasets").exists()  # only the SQLite source is local

@@ -6,7 +6,6 @@ import csv
 import datetime as dt
 import io
 import threading
-import time
 
 import pandas as pd
 import pytest
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 
 import hafen
 from hafen.serve import create_app
+from hafen.testing import poll_for
 
 
 @pytest.fixture
@@ -163,19 +163,23 @@ def test_new_commits_are_served_without_restart(root):
         hafen.write_dataset(
             forecasts_frame(PRODUCTS, scale=2.0), str(root / "forecasts"), mode="overwrite"
         )
-        deadline = dt.datetime.now() + dt.timedelta(seconds=10)
-        while dt.datetime.now() < deadline:
-            after = client.get("/forecasts", params={"store_id": 1, "product_id": 1}).json()
-            if after["version"] != before["version"]:
-                break
+        seen = []
+
+        def served_a_new_version() -> bool:
+            seen[:] = [client.get("/forecasts", params={"store_id": 1, "product_id": 1}).json()]
+            return bool(seen[0]["version"] != before["version"])
+
+        poll_for(served_a_new_version, 10, what="the new version served")
+        after = seen[0]
         assert after["version"] == before["version"] + 1
         assert after["rows"][0]["forecast"] == pytest.approx(2 * before["rows"][0]["forecast"])
         # a dataset created after start-up is found too
         hafen.write_dataset(forecasts_frame([1]), str(root / "late"))
-        deadline = dt.datetime.now() + dt.timedelta(seconds=10)
-        while dt.datetime.now() < deadline:
-            if "late" in client.get("/healthz").json()["datasets"]:
-                break
+        poll_for(
+            lambda: "late" in client.get("/healthz").json()["datasets"],
+            10,
+            what="the new dataset served",
+        )
         assert "late" in client.get("/healthz").json()["datasets"]
 
 
@@ -275,9 +279,9 @@ def test_new_versions_are_looked_for_off_the_request_path(root, monkeypatch):
     try:
         before = registry.get("forecasts").version
         hafen.write_dataset(forecasts_frame([1]), str(root / "forecasts"), mode="append")
-        deadline = time.monotonic() + 10
-        while registry.get("forecasts").version == before and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll_for(
+            lambda: registry.get("forecasts").version != before, 10, what="the new version seen"
+        )
         assert registry.get("forecasts").version == before + 1
         assert checked_in and set(checked_in) == {"hafen-serve-refresh"}
     finally:
@@ -285,8 +289,12 @@ def test_new_versions_are_looked_for_off_the_request_path(root, monkeypatch):
     assert not any(t.name == "hafen-serve-refresh" for t in threading.enumerate())
     # without the thread, a request checks for itself
     checked_in.clear()
-    time.sleep(0.15)
-    registry.get("forecasts")
+
+    def a_request_checked() -> bool:  # once the refresh interval has passed: only that one
+        registry.get("forecasts")
+        return bool(checked_in)
+
+    poll_for(a_request_checked, 10, what="a request checked")
     assert checked_in == [threading.current_thread().name]
 
 

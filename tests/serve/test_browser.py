@@ -8,16 +8,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
-import time
 
 import pytest
 import uvicorn
 from _serve_data import make_root
 
 from hafen.serve import create_app
+from hafen.testing import free_port, poll_for
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -41,24 +40,15 @@ def _chromium() -> str:
     raise RuntimeError("chromium is not installed: run `bash scripts/test-deps.sh` (as root)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     root = make_root(tmp_path / "datasets")
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(str(root)), host="127.0.0.1", port=port, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    poll_for(lambda: server.started, 30, period=0.05, what="uvicorn started")
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(timeout=10)

@@ -6,7 +6,9 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from hafen.datasets import commit_staged, stage_table, storage_for
+from hafen.datasets._dataset import storage_for
+from hafen.datasets._write import stage_table
+from hafen.datasets._write_dataset import commit_staged
 from hafen.serve import create_app
 
 SECRET = "Zx9-s3cr%40t-Q7w"

@@ -16,6 +16,7 @@ import pytest
 
 import hafen
 from hafen.errors import DatasetExistsError, LimitError, SchemaError, SQLError
+from hafen.testing import thread_cluster
 
 APP = "hafen-extract"
 
@@ -23,11 +24,8 @@ APP = "hafen-extract"
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
     """An in-process cluster with more threads than the limits under test."""
-    c = hafen.connect(processes=False, n_workers=1, threads_per_worker=4, dashboard_address=":0")
-    try:
+    with thread_cluster(1, threads_per_worker=4) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _pg(url: str, sql: str) -> None:

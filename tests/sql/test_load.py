@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 
 import psycopg
 import pyarrow as pa
@@ -11,15 +10,6 @@ import pytest
 
 import hafen
 from hafen.errors import ConfigError, SchemaError, SQLError
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[object]:
-    c = hafen.connect(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0")
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

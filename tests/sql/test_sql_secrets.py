@@ -109,15 +109,6 @@ def all_logs() -> Iterator[_Records]:
             lg.setLevel(level)
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[object]:
-    c = hafen.connect(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0")
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 @pytest.fixture
 def secret_db(postgres, pg_db) -> Iterator[str]:
     """A database with table ``t`` (ids 1 to 6) that role ROLE may read."""

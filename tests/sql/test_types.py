@@ -49,15 +49,6 @@ SQLITE_DDL = {
 SQLITE_WIDENED = {"i32": pa.int64(), "f32": pa.float64()}
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = hafen.connect(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0")
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 def _declared(url: str, table: str) -> dict[str, str]:
     if url.startswith("sqlite"):
         con = sqlite3.connect(url.removeprefix("sqlite:///"))

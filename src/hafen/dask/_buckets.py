@@ -11,8 +11,9 @@ worker died rewrites its own runs instead of adding rows; the task returns the l
 
 Reduce task (:func:`build_groups`): for each group it is given, reads the group's pieces (at most
 ``chunk_bytes`` at a time, only their batches), sorts them, and stages the file with
-:func:`hafen.datasets.stage_table`, which also collects the secondary-index entries. Nothing is
-committed here; the client commits every staged file at once.
+:class:`~hafen.datasets._transaction.StagingPlan` of the write transaction, which also collects
+the secondary-index entries. Nothing is committed here; the client commits every staged file at
+once. No task reads hafen's settings: what staging needs of them is in the plan.
 """
 
 from __future__ import annotations
@@ -26,15 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hafen.datasets import (
-    DataFile,
-    Dataset,
-    StagedWrite,
-    Storage,
-    map_storage_errors,
-    partition_label,
-    stage_table,
-)
+from hafen.datasets._actions import DataFile
+from hafen.datasets._dataset import Dataset
+from hafen.datasets._schema import conform, partition_label
+from hafen.datasets._storage import Storage, map_storage_errors
+from hafen.datasets._transaction import StagingPlan
+from hafen.datasets._write import StagedWrite
 
 __all__ = ["Piece", "ReshuffleSpec", "bucket_of", "build_groups", "split_files"]
 
@@ -47,17 +45,28 @@ class ReshuffleSpec:
 
     source: Storage
     source_state: Any  # the pinned source DatasetState, without its file list
-    target: Storage
-    schema: pa.Schema  # the output schema (source columns selected, conformed to the target)
+    plan: StagingPlan  # how the output is staged: target, schema, layout, settings
     columns: list[str]  # source columns to read (the output's columns)
     predicates: Any  # DNF predicates over the source, or None
-    partition_on: list[str]
     num_buckets: int
     bucket_by: list[str]
     sort_by: list[str]
-    indices: list[str]
     scratch: str  # scratch directory, relative to the target root
     chunk_bytes: int  # the most bytes of rows one task holds before splitting or writing
+
+    @property
+    def target(self) -> Storage:
+        return self.plan.storage
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The output schema (source columns selected, conformed to the target)."""
+        assert self.plan.schema is not None
+        return self.plan.schema
+
+    @property
+    def partition_on(self) -> list[str]:
+        return self.plan.partition_on
 
 
 @dataclass(frozen=True)
@@ -105,13 +114,15 @@ def _group_codes(table: pa.Table, partition_on: Sequence[str], buckets: np.ndarr
 def _scan(spec: ReshuffleSpec, files: Sequence[DataFile]) -> Any:
     """Yield the source files' rows as record batches, a few at a time (bounded memory)."""
     source = Dataset(spec.source, spec.source_state)
-    return source.scan_batches(spec.columns, spec.predicates, files=files, batch_size=_BATCH_ROWS)
+    return source.scan_batches(
+        spec.columns, predicates=spec.predicates, files=files, batch_size=_BATCH_ROWS
+    )
 
 
 def _ipc_options(storage: Storage) -> pa.ipc.IpcWriteOptions:
     # local scratch files are read back at once (from the page cache): compressing costs more
     # CPU than it saves; remote ones cross the network twice
-    return pa.ipc.IpcWriteOptions(compression=None if storage.protocol == "file" else "lz4")
+    return pa.ipc.IpcWriteOptions(compression=None if storage.local else "lz4")
 
 
 def _write_run(
@@ -123,8 +134,7 @@ def _write_run(
     fs = storage.arrow_filesystem
     runs = []
     with map_storage_errors(full):
-        if storage.protocol == "file":
-            fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+        storage.create_parent(full)
         with (
             fs.open_output_stream(full) as sink,
             pa.ipc.new_file(sink, table.schema, options=_ipc_options(storage)) as writer,
@@ -167,8 +177,6 @@ class _Runs:
 def _flush(
     spec: ReshuffleSpec, task: int, flush: int, batches: list[pa.RecordBatch]
 ) -> list[Piece]:
-    from hafen.datasets import conform
-
     table = conform(pa.Table.from_batches(batches), spec.schema)
     batches.clear()
     buckets = bucket_of(table, spec.bucket_by, spec.num_buckets)
@@ -244,11 +252,7 @@ def build_groups(spec: ReshuffleSpec, groups: Sequence[Sequence[Piece]]) -> Stag
                 del batches
                 if spec.sort_by:
                     table = table.sort_by([(c, "ascending") for c in spec.sort_by])
-                staged.append(
-                    stage_table(
-                        spec.target, table, partition_on=spec.partition_on, indices=spec.indices
-                    )
-                )
+                staged.append(spec.plan.stage(table))
                 del table
     finally:
         runs.close()

@@ -10,8 +10,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from hafen.config import get_settings, parse_bytes
-from hafen.errors import ConfigError, DatasetNotFoundError, SchemaError
+from hafen.config import Settings, get_settings, parse_bytes
+from hafen.errors import ConfigError, SchemaError
 
 __all__ = [
     "ClusterShape",
@@ -20,7 +20,6 @@ __all__ = [
     "cluster_shape",
     "compute",
     "to_pandas",
-    "try_open",
 ]
 
 #: Used when neither ``memory_budget``, ``HAFEN_MEMORY_BUDGET`` nor a worker memory limit is known.
@@ -48,16 +47,6 @@ def check_columns(kind: str, columns: Sequence[str], available: Sequence[str]) -
         raise SchemaError(
             f"{kind} columns {unknown} are not in the data (it has {', '.join(available)})"
         )
-
-
-def try_open(url: Any, storage_options: dict[str, Any] | None = None) -> Any:
-    """Return the latest :class:`~hafen.datasets.Dataset` at ``url``, or None when there is none."""
-    from hafen.datasets import open_dataset
-
-    try:
-        return open_dataset(url, storage_options=storage_options)
-    except DatasetNotFoundError:
-        return None
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -106,14 +95,19 @@ def cluster_shape() -> ClusterShape:
     return ClusterShape(None, int(threads), 1, distributed=False)
 
 
-def resolve_budget(memory_budget: str | int | None, shape: ClusterShape) -> int:
+def resolve_budget(
+    memory_budget: str | int | None, shape: ClusterShape, settings: Settings | None = None
+) -> int:
     """Return the per-worker memory budget in bytes.
 
-    ``memory_budget`` first, then the ``memory_budget`` setting (``HAFEN_MEMORY_BUDGET``), then
-    the workers' memory limit, then :data:`DEFAULT_MEMORY_BUDGET`. An explicit budget above a
-    worker's memory limit is lowered to that limit.
+    ``memory_budget`` first, then the ``memory_budget`` setting (``HAFEN_MEMORY_BUDGET``; of
+    ``settings`` when given, else read now), then the workers' memory limit, then
+    :data:`DEFAULT_MEMORY_BUDGET`. An explicit budget above a worker's memory limit is lowered
+    to that limit.
     """
-    explicit = memory_budget if memory_budget is not None else get_settings().memory_budget
+    if memory_budget is None:
+        memory_budget = (get_settings() if settings is None else settings).memory_budget
+    explicit = memory_budget
     if explicit is not None:
         budget = parse_bytes(explicit)
         if shape.memory_limit is not None:

@@ -10,12 +10,14 @@ import pandas as pd
 import pyarrow as pa
 
 from hafen.dask._common import as_column_list, check_columns, to_pandas
+from hafen.datasets._actions import DataFile
+from hafen.datasets._dataset import Dataset, open_dataset
+from hafen.datasets._predicates import normalize_predicates
+from hafen.datasets._storage import Storage
 from hafen.errors import ConfigError
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
-
-    from hafen.datasets import DataFile, Dataset, Storage
 
 __all__ = ["read_ddf"]
 
@@ -42,10 +44,9 @@ def _read_part(
 
     ``columns`` is also how Dask pushes a projection down (``ddf[["a", "b"]]``).
     """
-    from hafen.datasets import Dataset
-
     # ``state`` carries the schema and layout only; the files to read are given explicitly
-    table = Dataset(storage, state).read_arrow(columns, part.predicates, files=list(part.files))
+    ds = Dataset(storage, state)
+    table = ds.read_arrow(columns, predicates=part.predicates, files=list(part.files))
     df = to_pandas(table)
     if part.start is not None:
         df.index = pd.RangeIndex(part.start, part.start + len(df))
@@ -90,7 +91,7 @@ def _dispatch_parts(
         keys = sorted(groups, key=_sort_key)
         return [_Part(tuple(groups[k]), predicates, None) for k in keys]
     # other columns: find the values present, then let each task prune by (index, statistics)
-    values = ds.read_arrow(dispatch_by, predicates)
+    values = ds.read_arrow(dispatch_by, predicates=predicates)
     combos = values.group_by(dispatch_by, use_threads=False).aggregate([]).to_pylist()
     keys = sorted((tuple(c[name] for name in dispatch_by) for c in combos), key=_sort_key)
     parts = []
@@ -106,10 +107,10 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def read_ddf(
-    url: str | Dataset,
+    url: str | Storage | Dataset,
+    *,
     columns: Sequence[str] | None = None,
     predicates: Predicates = None,
-    *,
     version: int | None = None,
     dispatch_by: Sequence[str] | None = None,
     files_per_partition: int | None = None,
@@ -125,7 +126,8 @@ def read_ddf(
     Parameters
     ----------
     url
-        The dataset's URL, or an open :class:`~hafen.datasets.Dataset` (its version is used).
+        The dataset's URL, or an open :class:`~hafen.datasets.Dataset` (its version is used,
+        unless ``version`` says otherwise).
     columns
         Columns to read; all by default.
     predicates
@@ -138,7 +140,7 @@ def read_ddf(
     files_per_partition
         Files per Dask partition; by default files are packed up to 64 MiB (on storage) each.
     storage_options
-        fsspec options for the storage backend.
+        fsspec options for the storage backend (over the ``storage_options`` setting).
 
     Returns
     -------
@@ -157,8 +159,6 @@ def read_ddf(
     """
     import dask
     import dask.dataframe as dd
-
-    from hafen.datasets import Dataset, normalize_predicates, open_dataset
 
     if isinstance(url, Dataset):
         ds = url if version is None else open_dataset(url.storage, version=version)

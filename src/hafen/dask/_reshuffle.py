@@ -9,9 +9,11 @@ The scheme has two phases of Dask tasks and one commit, planned on the client:
 2. **Reduce.** The client groups the listed pieces by (partition, bucket); each task reads the
    pieces of one group at a time, at most ``chunk_bytes`` at once, sorts them by ``sort_by`` and
    stages the output file (secondary-index entries are collected while it is written).
-3. **Commit.** One :func:`~hafen.datasets.commit_staged` from the client; the scratch area is
-   removed whatever happens (if the client itself dies, the next reshuffle into the same
-   destination sweeps that scratch area once it is older than the grace period).
+3. **Commit.** The client commits every staged file at once, in the write transaction
+   (:class:`~hafen.datasets._transaction.WriteTransaction`) that checked the destination before
+   any task ran and gave the tasks their :class:`~hafen.datasets._transaction.StagingPlan`. The
+   scratch area is removed whatever happens (if the client itself dies, the next reshuffle into
+   the same destination sweeps that scratch area once it is older than the grace period).
 
 Memory: a task never holds more than ``chunk_bytes`` of rows plus the copies a split or a sort
 needs (at most about three more), so :data:`TASK_MEMORY_FACTOR` chunks fit in one task's share of
@@ -29,13 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import math
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import pyarrow as pa
 
+from hafen.config import parse_duration
 from hafen.dask._buckets import Piece, ReshuffleSpec, build_groups, split_files
 from hafen.dask._common import (
     as_column_list,
@@ -43,16 +47,19 @@ from hafen.dask._common import (
     cluster_shape,
     compute,
     resolve_budget,
-    try_open,
 )
-from hafen.errors import ConfigError, DatasetExistsError, StorageError
-
-if TYPE_CHECKING:
-    from hafen.datasets import DataFile, Dataset, Storage
+from hafen.datasets._actions import DataFile
+from hafen.datasets._dataset import Dataset, open_dataset, storage_for
+from hafen.datasets._predicates import normalize_predicates
+from hafen.datasets._storage import Storage
+from hafen.datasets._transaction import WriteTransaction
+from hafen.datasets._vacuum import SCRATCH_DIR
+from hafen.datasets._validate import Mode
+from hafen.datasets._write import StagedWrite
+from hafen.errors import ConfigError, StorageError
 
 __all__ = ["reshuffle"]
 
-MODES = ("create", "append", "overwrite")
 #: Resident memory of an idle worker process (Python, Dask, pandas, pyarrow), in bytes.
 WORKER_BASELINE = 256 * 1024 * 1024
 #: The share of the budget a plan fills, leaving headroom for allocator fragmentation.
@@ -62,7 +69,6 @@ TASK_MEMORY_FACTOR = 4
 MIN_CHUNK_BYTES = 4 * 1024 * 1024
 #: Parquet on storage is about this many times smaller than the same rows in Arrow.
 PARQUET_EXPANSION = 3
-SCRATCH_DIR = "_hafen/scratch"
 
 Predicates = Sequence[Sequence[tuple[str, str, Any]]] | None
 
@@ -126,20 +132,14 @@ def _pack_groups(groups: list[list[Piece]], target: int) -> list[list[list[Piece
     return tasks
 
 
-def _remove_stale_scratch(storage: Storage) -> list[str]:
+def _remove_stale_scratch(storage: Storage, grace_period: str) -> list[str]:
     """Remove scratch areas of runs whose client died, once older than the grace period.
 
     A run removes its own scratch area in all cases its client survives; this sweeps what a
     killed client left. Areas with any file younger than ``grace_period`` are kept: they may
     belong to a reshuffle into the same destination that is running now.
     """
-    import datetime as dt
-
-    from hafen.config import get_settings, parse_duration
-
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(
-        seconds=parse_duration(get_settings().grace_period)
-    )
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(grace_period))
     newest: dict[str, dt.datetime | None] = {}
     for info in storage.walk(SCRATCH_DIR):
         run = info.path[len(SCRATCH_DIR) + 1 :].split("/", 1)[0]
@@ -159,7 +159,7 @@ def _remove_scratch(storage: Storage, scratch: str, created_root: bool) -> None:
     """Remove the scratch area, and the directories this run created around it."""
     with contextlib.suppress(FileNotFoundError, StorageError, OSError):
         storage.fs.rm(storage.full(scratch), recursive=True)
-    if storage.protocol != "file":
+    if not storage.has_directories:
         return
     import os
 
@@ -169,19 +169,19 @@ def _remove_scratch(storage: Storage, scratch: str, created_root: bool) -> None:
 
 
 def reshuffle(
-    src: str | Dataset,
-    dst: str,
+    src: str | Storage | Dataset,
+    dst: str | Storage | Dataset,
     partition_on: Sequence[str],
+    *,
     num_buckets: int = 1,
     bucket_by: Sequence[str] | None = None,
     sort_by: Sequence[str] | None = None,
     indices: Sequence[str] | None = None,
     memory_budget: str | int | None = None,
-    *,
     columns: Sequence[str] | None = None,
     predicates: Predicates = None,
     version: int | None = None,
-    mode: Literal["create", "append", "overwrite"] = "create",
+    mode: Mode = "create",
     storage_options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Rewrite a dataset with another partitioning, with bounded memory per worker.
@@ -201,9 +201,11 @@ def reshuffle(
     Parameters
     ----------
     src
-        The source dataset's URL, or an open :class:`~hafen.datasets.Dataset`.
+        The source dataset's URL, or an open :class:`~hafen.datasets.Dataset` (its version is
+        read, unless ``version`` says otherwise).
     dst
-        The destination's URL; a new dataset unless ``mode`` says otherwise.
+        The destination's URL (or its :class:`~hafen.datasets.Dataset`); a new dataset unless
+        ``mode`` says otherwise.
     partition_on
         The output's partition columns (may be empty: one unpartitioned set of buckets).
     num_buckets
@@ -226,7 +228,7 @@ def reshuffle(
         ``"create"`` (the default), ``"append"`` or ``"overwrite"`` (replaces the output
         partitions written), as for :func:`hafen.write_dataset`.
     storage_options
-        fsspec options for both storage backends.
+        fsspec options for both storage backends (over the ``storage_options`` setting).
 
     Returns
     -------
@@ -246,24 +248,10 @@ def reshuffle(
     ...                 num_buckets=4, sort_by=["product_id"], indices=["product_id"])
     ... # doctest: +SKIP
     """
-    from dask import delayed
-
-    from hafen.datasets import (
-        Dataset,
-        StagedWrite,
-        commit_staged,
-        normalize_predicates,
-        open_dataset,
-        prepare_table,
-        storage_for,
-    )
-
     # -- every check before any work -----------------------------------------------------------
     layout_p = as_column_list("partition_on", partition_on)
     if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < 1:
         raise ConfigError(f"num_buckets must be an integer of at least 1, got {num_buckets!r}")
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if isinstance(src, Dataset):
         source = src if version is None else open_dataset(src.storage, version=version)
     else:
@@ -292,83 +280,67 @@ def reshuffle(
     target = storage_for(dst, storage_options)
     if target.url == source.storage.url:
         raise ConfigError(f"reshuffle needs a destination other than its source ({target.url})")
-    existing = try_open(target)
-    if existing is not None and mode == "create":
-        raise DatasetExistsError(f"a dataset already exists at {target.url} (mode='create')")
-    out_schema = pa.schema([source.schema.field(c) for c in selected])
-    _, schema, layout_p, layout_i = prepare_table(
-        out_schema.empty_table(),
-        None if existing is None else existing.state,
-        partition_on=layout_p,
-        indices=layout_i,
-        schema_mode="strict",
-    )
-    shape = cluster_shape()
-    budget = resolve_budget(memory_budget, shape)
-    chunk = chunk_bytes_for(budget, shape.threads_per_worker)
-
-    # -- plan ------------------------------------------------------------------------------------
-    run_id = uuid.uuid4().hex[:16]
-    scratch = f"{SCRATCH_DIR}/reshuffle-{run_id}"
-    spec = ReshuffleSpec(
-        source=source.storage,
-        source_state=dataclasses.replace(source.state, files={}, index_parts=[]),
-        target=target,
-        schema=schema,
-        columns=list(selected),
-        predicates=predicates,
-        partition_on=layout_p,
-        num_buckets=num_buckets,
-        bucket_by=buckets if num_buckets > 1 else [],
-        sort_by=sort,
-        indices=layout_i,
-        scratch=scratch,
-        chunk_bytes=chunk,
-    )
-    files = sorted(source.files(predicates), key=lambda f: (f.partition, f.path))
-    slots = max(1, shape.workers * shape.threads_per_worker)
-    total = sum(f.size for f in files) * PARQUET_EXPANSION
-    per_map = max(1, min(TASK_MEMORY_FACTOR * chunk, math.ceil(total / (2 * slots))))
-    map_inputs = _pack_files(files, per_map)
-    created_root = not target.exists("")
-    if not created_root:
-        _remove_stale_scratch(target)
-
-    split = delayed(split_files, pure=False)
-    build = delayed(build_groups, pure=False)
-    try:
-        maps = [
-            split(spec, i, group, dask_key_name=f"hafen-reshuffle-split-{run_id}-{i}")
-            for i, group in enumerate(map_inputs)
-        ]
-        by_group: dict[tuple[str, int], list[Piece]] = {}
-        for pieces in compute(maps):
-            for p in pieces:
-                by_group.setdefault((p.label, p.bucket), []).append(p)
-        groups = [by_group[k] for k in sorted(by_group)]
-        written = sum(p.nbytes for g in groups for p in g)
-        per_reduce = max(1, min(chunk, math.ceil(written / (2 * slots))))
-        reduces = [
-            build(spec, work, dask_key_name=f"hafen-reshuffle-build-{run_id}-{j}")
-            for j, work in enumerate(_pack_groups(groups, per_reduce))
-        ]
-        staged = compute(reduces) or [StagedWrite(schema=schema)]
-        return commit_staged(
-            target,
-            staged,
-            mode=mode,
-            partition_on=layout_p,
-            indices=layout_i,
-            schema_mode="strict",
-            base=None if existing is None else existing.state,
-            parameters={
+    with WriteTransaction(target, mode=mode, partition_on=layout_p, indices=layout_i) as tx:
+        schema = tx.validate(pa.schema([source.schema.field(c) for c in selected]))
+        shape = cluster_shape()
+        budget = resolve_budget(memory_budget, shape, tx.settings)
+        chunk = chunk_bytes_for(budget, shape.threads_per_worker)
+        run_id = uuid.uuid4().hex[:16]
+        spec = ReshuffleSpec(
+            source=source.storage,
+            source_state=dataclasses.replace(source.state, files={}, index_parts=[]),
+            plan=tx.plan,
+            columns=list(selected),
+            predicates=predicates,
+            num_buckets=num_buckets,
+            bucket_by=buckets if num_buckets > 1 else [],
+            sort_by=sort,
+            scratch=f"{SCRATCH_DIR}/reshuffle-{run_id}",
+            chunk_bytes=chunk,
+        )
+        created_root = not target.exists("")
+        if not created_root:
+            _remove_stale_scratch(target, tx.settings.grace_period)
+        try:
+            staged = _run(spec, source, run_id, shape.workers * shape.threads_per_worker)
+            tx.add(staged or [StagedWrite(schema=schema)])
+            parameters = {
                 "writer": "reshuffle",
                 "source": source.url,
                 "source_version": source.version,
                 "num_buckets": num_buckets,
                 "bucket_by": spec.bucket_by,
                 "sort_by": sort,
-            },
-        )
-    finally:
-        _remove_scratch(target, scratch, created_root)
+            }
+            return Dataset(target, tx.commit(parameters))
+        finally:
+            _remove_scratch(target, spec.scratch, created_root)
+
+
+def _run(spec: ReshuffleSpec, source: Dataset, run_id: str, slots: int) -> list[StagedWrite]:
+    """Plan and run the map and reduce tasks; return what the reduce tasks staged."""
+    from dask import delayed
+
+    files = sorted(source.files(spec.predicates), key=lambda f: (f.partition, f.path))
+    slots = max(1, slots)
+    chunk = spec.chunk_bytes
+    total = sum(f.size for f in files) * PARQUET_EXPANSION
+    per_map = max(1, min(TASK_MEMORY_FACTOR * chunk, math.ceil(total / (2 * slots))))
+    split = delayed(split_files, pure=False)
+    build = delayed(build_groups, pure=False)
+    maps = [
+        split(spec, i, group, dask_key_name=f"hafen-reshuffle-split-{run_id}-{i}")
+        for i, group in enumerate(_pack_files(files, per_map))
+    ]
+    by_group: dict[tuple[str, int], list[Piece]] = {}
+    for pieces in compute(maps):
+        for p in pieces:
+            by_group.setdefault((p.label, p.bucket), []).append(p)
+    groups = [by_group[k] for k in sorted(by_group)]
+    written = sum(p.nbytes for g in groups for p in g)
+    per_reduce = max(1, min(chunk, math.ceil(written / (2 * slots))))
+    reduces = [
+        build(spec, work, dask_key_name=f"hafen-reshuffle-build-{run_id}-{j}")
+        for j, work in enumerate(_pack_groups(groups, per_reduce))
+    ]
+    return compute(reduces)

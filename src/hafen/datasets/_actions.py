@@ -296,9 +296,12 @@ class DatasetState:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Commit:
-    """One log entry: what a commit does (actions) and what it relied on (read set)."""
+    """One log entry: what a commit does (actions) and what it relied on (read set).
+
+    A value: the commit loop numbers a planned entry with :func:`dataclasses.replace`.
+    """
 
     operation: str  # create | append | overwrite | delete | import
     adds: list[DataFile] = field(default_factory=list)
@@ -351,8 +354,34 @@ class Commit:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Commit:
         version = data["version"]
-        c = cls(
+        adds: list[DataFile] = []
+        removes: list[tuple[str, str]] = []
+        index_parts: list[IndexPart] = []
+        schema: pa.Schema | None = None
+        metadata: dict[str, Any] | None = None
+        for action in data["actions"]:
+            ((kind, body),) = action.items()
+            if kind == "add":
+                adds.append(DataFile.from_json(body, version))
+            elif kind == "remove":
+                removes.append((body["path"], body["partition"]))
+            elif kind == "index":
+                index_parts.append(
+                    IndexPart(body["column"], body["path"], version, body.get("files", 0))
+                )
+            elif kind == "schema":
+                schema = schema_from_b64(body)
+            elif kind == "metadata":
+                metadata = dict(body)
+            else:
+                raise ValueError(f"unknown action {kind!r}")
+        return cls(
             operation=data["operation"],
+            adds=adds,
+            removes=removes,
+            index_parts=index_parts,
+            schema=schema,
+            metadata=metadata,
             parameters=dict(data.get("parameters", {})),
             commit_id=data["commit_id"],
             version=version,
@@ -360,23 +389,6 @@ class Commit:
             timestamp=data["timestamp"],
             partitions_read=data.get("partitions_read"),
         )
-        for action in data["actions"]:
-            ((kind, body),) = action.items()
-            if kind == "add":
-                c.adds.append(DataFile.from_json(body, version))
-            elif kind == "remove":
-                c.removes.append((body["path"], body["partition"]))
-            elif kind == "index":
-                c.index_parts.append(
-                    IndexPart(body["column"], body["path"], version, body.get("files", 0))
-                )
-            elif kind == "schema":
-                c.schema = schema_from_b64(body)
-            elif kind == "metadata":
-                c.metadata = dict(body)
-            else:
-                raise ValueError(f"unknown action {kind!r}")
-        return c
 
 
 def replay(state: DatasetState | None, commits: Iterable[Commit]) -> DatasetState:

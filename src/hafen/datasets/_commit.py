@@ -72,9 +72,7 @@ def commit(
     def planned(on: DatasetState | None) -> Commit:
         # the version it was planned on: landing on top of commits it does not conflict with
         # does not make it have read them
-        entry = plan(on)
-        entry.read_version = -1 if on is None else on.version
-        return entry
+        return dataclasses.replace(plan(on), read_version=-1 if on is None else on.version)
 
     entry = planned(state)
     for attempt in range(policy.attempts):
@@ -82,8 +80,9 @@ def commit(
             before_attempt()
         if state is not None and time.time() - state.observed > _logstore.MIN_LOG_RETENTION / 2:
             state, entry = _catch_up(storage, state, entry, planned, retry_conflicts)
-        entry.version = 0 if state is None else state.version + 1
-        entry.timestamp = now()
+        entry = dataclasses.replace(
+            entry, version=0 if state is None else state.version + 1, timestamp=now()
+        )
         payload = json.dumps(entry.to_json(), separators=(",", ":")).encode()
         attempted = time.time()
         try:

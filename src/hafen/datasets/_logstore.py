@@ -355,7 +355,7 @@ def _read_present(
         except absent:
             return None
 
-    if len(versions) == 1 or storage.protocol in _LOCAL:
+    if len(versions) == 1 or storage.local:
         return [one(v) for v in versions]
     with ThreadPoolExecutor(max_workers=len(versions)) as pool:
         return list(pool.map(one, versions))
@@ -437,12 +437,9 @@ _CACHE = _StateCache()
 clear_state_cache = _CACHE.clear
 
 
-_LOCAL = {"file", "memory"}
-
-
 def read_commits(storage: Storage, versions: range | list[int]) -> list[Commit]:
     """Read log entries, in parallel when there are several (remote stores answer slowly)."""
-    if len(versions) <= 2 or storage.protocol in _LOCAL:
+    if len(versions) <= 2 or storage.local:
         return [read_commit(storage, v) for v in versions]
     with ThreadPoolExecutor(max_workers=min(16, len(versions))) as pool:
         return list(pool.map(lambda v: read_commit(storage, v), versions))
@@ -454,7 +451,7 @@ def read_entries_down(storage: Storage, top: int, *, stop: int = 0) -> list[Comm
     Newest first; the list ends at the first entry that is missing or vacuumed.
     """
     found: list[Commit] = []
-    batch = 1 if storage.protocol in _LOCAL else 8
+    batch = 1 if storage.local else 8
     v = top
     while v >= stop:
         versions = range(v, max(stop, v - batch + 1) - 1, -1)

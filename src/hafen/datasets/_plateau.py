@@ -3,9 +3,9 @@
 A plateau dataset ``UUID`` in a store at ``ROOT`` is the hafen dataset at ``ROOT/UUID``: its
 metadata is ``ROOT/UUID.by-dataset-metadata.json`` (format version 4, JSON), its files live under
 ``ROOT/UUID/table/`` without partition columns, its indices are Parquet files of
-``(value, partition: list<label>)``. hafen uses the same file layout and index format, so
-importing is a metadata translation, and after each commit hafen rewrites plateau's metadata file
-as a view of the latest version.
+``(value, partition: list<label>)``. hafen uses the same file layout and index format (the format
+is written and read in :mod:`hafen.datasets._indices`), so importing is a metadata translation,
+and after each commit hafen rewrites plateau's metadata file as a view of the latest version.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.datasets._actions import (
@@ -31,27 +29,22 @@ from hafen.datasets._actions import (
     log_path,
     now,
 )
-from hafen.datasets._integrity import DAMAGE, parquet_format
+from hafen.datasets._indices import read_index_part, write_index_part
 from hafen.datasets._logstore import load_state
 from hafen.datasets._schema import normalize_schema, plateau_label
 from hafen.datasets._storage import Storage, map_storage_errors
-from hafen.datasets._verify import check_index_file, corrupt_file
 from hafen.errors import (
-    CorruptDataError,
     CorruptMetadataError,
     DatasetError,
     DatasetNotFoundError,
-    StorageError,
     VersionNotFoundError,
 )
 
 __all__ = [
     "adopt_plateau",
-    "encode_index_part",
     "import_plateau",
     "open_state",
-    "read_index_part",
-    "write_index_part",
+    "view_references",
     "write_plateau_view",
 ]
 
@@ -194,136 +187,6 @@ def adopt_plateau(storage: Storage, state: DatasetState) -> DatasetState:
     return open_state(storage)
 
 
-_INDEX_GROUP_LABELS = 1 << 16  # labels per row group of an index file
-
-
-def write_index_part(
-    storage: Storage, column: str, entries: pa.Table, type_: pa.DataType, path: str
-) -> None:
-    """Write index entries ``(value, label)`` as a plateau index file at ``path``."""
-    storage.write_bytes(path, encode_index_part(column, entries, type_))
-
-
-def encode_index_part(column: str, entries: pa.Table, type_: pa.DataType) -> bytes:
-    """Return the plateau index file of entries ``(value, label)``."""
-    if pa.types.is_dictionary(type_):
-        type_ = type_.value_type
-    table = index_table(column, entries, type_)
-    sink = pa.BufferOutputStream()
-    # statistics of the value column only: those of millions of labels cost time, prune nothing;
-    # row groups of about _INDEX_GROUP_LABELS labels, so that a lookup decodes one of them
-    labels = max(1, len(entries))
-    rows = min(max(1024, _INDEX_GROUP_LABELS * table.num_rows // labels), 1 << 20)
-    pq.write_table(
-        table, sink, row_group_size=rows, write_statistics=[column], write_page_checksum=True
-    )
-    return sink.getvalue().to_pybytes()
-
-
-def index_table(column: str, entries: pa.Table, type_: pa.DataType) -> pa.Table:
-    """Group ``(value, label)`` rows into plateau's index layout ``(value, [labels])``.
-
-    Entries already sorted by value (as :func:`hafen.datasets.stage_table` collects them) are
-    not sorted again; dictionary-encoded labels stay encoded (plateau reads them as strings).
-    """
-    entries = entries.combine_chunks()
-    values = entries.column("value").cast(type_).combine_chunks()
-    labels = entries.column("label").combine_chunks()
-    if not _is_sorted(values):
-        order = pc.sort_indices(values)
-        values, labels = values.take(order), labels.take(order)
-    n = len(values)
-    if n == 0:
-        starts = np.zeros(0, dtype=np.int32)
-    else:
-        # a new group starts wherever the sorted value differs from the one before it
-        changed = pc.not_equal(values.slice(1), values.slice(0, n - 1))
-        starts = np.concatenate(
-            [[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1]
-        ).astype(np.int32)
-    offsets = pa.array(np.append(starts, n).astype(np.int32))
-    return pa.table(
-        {
-            column: values.take(pa.array(starts)),
-            "partition": pa.ListArray.from_arrays(offsets, labels),
-        }
-    )
-
-
-def _is_sorted(values: pa.Array) -> bool:
-    """True when ``values`` (without nulls) never decrease; NaN counts as unsorted."""
-    n = len(values)
-    if n < 2:
-        return True
-    if values.null_count:
-        return False
-    ordered = pc.less_equal(values.slice(0, n - 1), values.slice(1))
-    return bool(pc.all(ordered).as_py())
-
-
-def read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None) -> pa.Table:
-    """Return ``(value, label)`` rows of an index file, only for ``values`` when given.
-
-    With ``values``, only the row groups whose value statistics admit one of them are read.
-    Raises :class:`CorruptDataError` naming the file when it is missing or damaged (read again
-    whole to tell damage from a failure of the storage).
-    """
-    try:
-        return _read_index_part(storage, part, values)
-    except FileNotFoundError as exc:
-        raise corrupt_file(storage, part.path, "index file", "is missing") from exc
-    except CorruptDataError:
-        raise
-    except DAMAGE as exc:
-        try:
-            storage.read_bytes(part.path)
-        except FileNotFoundError:
-            raise corrupt_file(storage, part.path, "index file", "is missing") from exc
-        except StorageError:
-            raise  # the storage fails to give the bytes at all: an outage, not damage
-        check = check_index_file(storage, part)
-        if check.problem is not None:
-            raise corrupt_file(storage, part.path, "index file", check.problem) from exc
-        if isinstance(exc, StorageError):
-            raise  # sound when read whole: the storage failed this time
-        raise StorageError(
-            f"{storage.full(part.path)}: reading the index file failed: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None) -> pa.Table:
-    full = storage.full(part.path)
-    with map_storage_errors(full):
-        if values is None:
-            table = pq.read_table(
-                full, filesystem=storage.arrow_filesystem, page_checksum_verification=True
-            )
-        else:
-            table = _read_index_values(storage, full, values)
-    if table.num_columns != 2 or table.column_names[1] != "partition":
-        raise pa.ArrowInvalid(f"unexpected columns {table.column_names}")
-    column = table.column(0)
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    if values is not None:
-        mask = pc.is_in(column, value_set=pa.array(values, type=column.type))
-        table = table.filter(mask)
-        column = table.column(0)
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-    lists = table.column("partition").combine_chunks()
-    labels = pc.list_flatten(lists).cast(pa.string())
-    labels.validate(full=True)  # valid UTF-8, or an error rather than a mangled label
-    return pa.table({"value": column.take(pc.list_parent_indices(lists)), "label": labels})
-
-
-def _read_index_values(storage: Storage, full: str, values: list[Any]) -> pa.Table:
-    dataset = pds.dataset(full, format=parquet_format(), filesystem=storage.arrow_filesystem)
-    field_ = dataset.schema.field(0)
-    type_ = field_.type.value_type if pa.types.is_dictionary(field_.type) else field_.type
-    return dataset.to_table(filter=pc.field(field_.name).isin(pa.array(values, type=type_)))
-
-
 def write_plateau_view(storage: Storage, state: DatasetState) -> None:
     """Rewrite plateau's metadata file as a view of ``state``, until it shows the latest version.
 
@@ -374,8 +237,7 @@ def _write_view_once(storage: Storage, state: DatasetState) -> None:
         )
         ordered = _with_pandas_metadata(ordered)
         with map_storage_errors(common):
-            if storage.protocol == "file":
-                storage.arrow_filesystem.create_dir(common.rsplit("/", 1)[0], recursive=True)
+            storage.create_parent(common)
             pq.write_metadata(ordered, common, filesystem=storage.arrow_filesystem)
     storage.write_full(storage.sibling(METADATA_SUFFIX), json.dumps(meta).encode())
 

@@ -27,7 +27,6 @@ from hafen.errors import CorruptDataError, StorageError
 __all__ = ["FileCheck", "VerifyReport", "check_data_file", "check_index_file", "verify_files"]
 
 _BATCH_ROWS = 64 * 1024
-_LOCAL = {"file", "memory"}
 REMOTE_WORKERS = 8
 
 
@@ -175,8 +174,7 @@ def verify_files(
     parts = [p for column in state.indices for p in state.live_index_parts(column)]
     jobs += [functools.partial(check_index_file, storage, p) for p in parts]
     if max_workers is None:
-        local = storage.protocol in _LOCAL
-        max_workers = (os.cpu_count() or 1) if local else REMOTE_WORKERS
+        max_workers = (os.cpu_count() or 1) if storage.local else REMOTE_WORKERS
     results: list[FileCheck | None] = [None] * len(jobs)
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(jobs) or 1))) as pool:
         futures = {pool.submit(job): i for i, job in enumerate(jobs)}

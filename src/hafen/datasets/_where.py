@@ -58,7 +58,7 @@ def _part(node: exp.Expression) -> str:
 
 
 def parse_predicates(text: str) -> list[list[Term]]:
-    """Parse a SQL condition into DNF predicates (see :func:`hafen.datasets.parse_predicates`)."""
+    """Parse a SQL condition into DNF predicates (see :func:`.parse_predicates` in _predicates)."""
     if not isinstance(text, str) or not text.strip():
         raise PredicateError(f'the condition is empty ({text!r}); write e.g. "store_id = 1"')
     deep = f"cannot read {_shown(text)}: parentheses nested too deeply"

@@ -63,9 +63,11 @@ def _implementation(name: str) -> str:
 
 def _connect(cfg: PipelineConfig) -> Any:
     from hafen.cluster import connect
+    from hafen.config import get_settings
 
-    if cfg.scheduler:
-        return connect(cfg.scheduler)
+    address = cfg.scheduler or get_settings().scheduler  # [cluster] scheduler, else the setting
+    if address:
+        return connect(address)
     with warnings.catch_warnings():
         # "Port 8787 is already in use": distributed then picks a free port, printed later
         warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)

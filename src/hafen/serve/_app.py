@@ -29,7 +29,8 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from hafen._version import __version__
-from hafen.datasets import Dataset, storage_for
+from hafen.datasets import Dataset
+from hafen.datasets._dataset import storage_for
 from hafen.errors import HafenError
 from hafen.serve._answers import DEFAULT_BODY_CACHE_BYTES, ForecastBodies
 from hafen.serve._errors import ApiError, api_error, error_responses, install_handlers

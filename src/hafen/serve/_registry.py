@@ -24,7 +24,9 @@ import time
 from typing import Any
 
 from hafen._secrets import get_logger
-from hafen.datasets import Dataset, map_storage_errors, open_dataset, storage_for
+from hafen.datasets import Dataset, open_dataset
+from hafen.datasets._dataset import storage_for
+from hafen.datasets._storage import map_storage_errors
 from hafen.errors import DatasetNotFoundError, HafenError
 
 __all__ = ["DEFAULT_REFRESH", "Registry", "identity"]

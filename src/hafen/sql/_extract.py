@@ -6,8 +6,9 @@ above, so every row lands in exactly one range whatever the bounds. Each range i
 under the cluster-wide limit: it opens its own connection, streams Arrow batches into its own
 staged Parquet files and returns the small :class:`StagedWrite`. A failed attempt removes what it
 staged, and Dask retries it; only successful attempts' files are committed, in one commit at the
-end. If a range keeps failing nothing is committed and the staged files are removed, so the
-dataset is unchanged.
+end, by the write transaction (:class:`~hafen.datasets._transaction.WriteTransaction`) that
+checked the dataset before any range ran and gave the tasks their staging plan. If a range keeps
+failing nothing is committed and the staged files are removed, so the dataset is unchanged.
 """
 
 from __future__ import annotations
@@ -15,29 +16,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from hafen.datasets import (
-    Dataset,
-    StagedWrite,
-    StagingWriter,
-    commit_staged,
-    conform,
-    normalize_schema,
-    open_dataset,
-    storage_for,
-)
-from hafen.errors import (
-    ConfigError,
-    DatasetExistsError,
-    DatasetNotFoundError,
-    HafenError,
-    SchemaError,
-    SQLError,
-    StorageError,
-)
+from hafen.datasets._dataset import Dataset, storage_for
+from hafen.datasets._schema import conform, normalize_schema
+from hafen.datasets._storage import Storage
+from hafen.datasets._transaction import StagingPlan, WriteTransaction, discard
+from hafen.datasets._validate import Mode, check_options
+from hafen.datasets._write import StagedWrite
+from hafen.errors import ConfigError, HafenError, SchemaError, SQLError
 from hafen.sql._source import (
     SUBQUERY_ALIAS,
     InferenceMismatch,
@@ -54,20 +43,17 @@ from hafen.sql._url import DatabaseURL, connect, parse_url, quote_ident
 if TYPE_CHECKING:
     from distributed import Client
 
-    from hafen.datasets import Storage
-
 __all__ = ["extract"]
 
 DEFAULT_CHUNKS = 16
 DEFAULT_RETRIES = 3
-EXTRACT_MODES = ("create", "append", "overwrite")
 _EPOCH = dt.datetime(1970, 1, 1)
 
 
 def extract(
     db_url: str,
     query_or_table: str,
-    dataset_url: str,
+    dataset_url: str | Storage | Dataset,
     *,
     split_on: str | None = None,
     chunks: int = DEFAULT_CHUNKS,
@@ -75,9 +61,10 @@ def extract(
     partition_on: Sequence[str] | None = None,
     indices: Sequence[str] | None = None,
     limit: str | int | None = None,
-    mode: Literal["create", "append", "overwrite"] = "append",
+    mode: Mode = "append",
     retries: int = DEFAULT_RETRIES,
     client: Client | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Extract a query or a table into a dataset, in parallel ranges, in one commit.
 
@@ -88,7 +75,8 @@ def extract(
     query_or_table
         A table name (``sales``, ``shop.sales``) or a ``SELECT`` query.
     dataset_url
-        Where the dataset is (or will be); any URL :func:`hafen.write_dataset` accepts.
+        Where the dataset is (or will be); any URL :func:`hafen.write_dataset` accepts, or the
+        dataset's :class:`~hafen.datasets.Dataset` (the new version goes on top of the latest).
     split_on
         An integer, date or timestamp column of the result to split on; ``None`` reads the whole
         result in one task.
@@ -108,6 +96,8 @@ def extract(
         Times a failed range is run again (a dropped connection, a killed backend).
     client
         The Dask client; defaults to the running one, else an in-process cluster for the call.
+    storage_options
+        fsspec options for the dataset's storage (over the ``storage_options`` setting).
 
     Returns
     -------
@@ -127,14 +117,13 @@ def extract(
     ...               chunks=64, partition_on=["date"], limit="postgres")  # doctest: +SKIP
     """
     db = parse_url(db_url)
-    if mode not in EXTRACT_MODES:
-        raise ConfigError(f"mode must be one of {', '.join(EXTRACT_MODES)}, got {mode!r}")
+    check_options(mode)
     if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
         raise ConfigError(f"chunks must be a positive integer, got {chunks!r}")
     if not isinstance(query_or_table, str) or not query_or_table.strip():
         raise ConfigError("query_or_table must be a table name or a SELECT query")
     query = as_query(query_or_table)
-    storage = storage_for(dataset_url)
+    storage = storage_for(dataset_url, storage_options)
 
     conn = connect(db, "meta")
     try:
@@ -145,102 +134,53 @@ def extract(
         with contextlib.suppress(Exception):
             conn.close()
 
-    state = _current_state(storage)
-    if state is not None and mode == "create":
-        raise DatasetExistsError(f"a dataset already exists at {storage.url} (mode='create')")
-    target, layout_p, layout_i = _target_schema(schema, state, partition_on, indices)
-    queries = [_range_query(db, query, split_on, lo, hi, schema) for lo, hi in ranges]
-
-    with task_client(client) as dask_client, limit_name(dask_client, limit) as name:
-        outcome = run_chunks(
-            dask_client,
-            extract_range,
-            [(db, q, target, storage, layout_p, layout_i) for q in queries],
-            limit=name,
-            retries=retries,
-            name="hafen-extract",
-        )
-    if outcome.errors:
-        _discard(storage, outcome.results)
-        exc = first_error(outcome.errors)
-        failed = len(outcome.errors)
-        if isinstance(exc, HafenError):
-            shown = db.scrub(str(exc))
-            what = f"{failed} of {len(queries)} ranges failed; nothing committed"
-            error = type(exc)(f"{what}: {shown}")
-            raise error from (exc if shown == str(exc) else None)
-        raise SQLError(
-            f"{db.masked}: {failed} of {len(queries)} ranges failed; nothing committed: "
-            f"{db.scrub(str(exc))}"
-        ) from None
-    staged = list(outcome.results)
-    if not any(s.files for s in staged) and state is None:
-        staged.append(StagedWrite(schema=target))
-    return commit_staged(
-        storage,
-        staged,
-        mode=mode,
-        partition_on=layout_p,
-        indices=layout_i,
-        base=state,
-        parameters={
+    with WriteTransaction(storage, mode=mode, partition_on=partition_on, indices=indices) as tx:
+        target = tx.validate(normalize_schema(schema))  # before any range is read
+        queries = [_range_query(db, query, split_on, lo, hi, schema) for lo, hi in ranges]
+        with task_client(client) as dask_client, limit_name(dask_client, limit) as name:
+            outcome = run_chunks(
+                dask_client,
+                extract_range,
+                [(db, q, tx.plan) for q in queries],
+                limit=name,
+                retries=retries,
+                name="hafen-extract",
+            )
+        tx.add(outcome.results)
+        if outcome.errors:  # raised inside the transaction: what the others staged is removed
+            exc = first_error(outcome.errors)
+            failed = len(outcome.errors)
+            if isinstance(exc, HafenError):
+                shown = db.scrub(str(exc))
+                what = f"{failed} of {len(queries)} ranges failed; nothing committed"
+                error = type(exc)(f"{what}: {shown}")
+                raise error from (exc if shown == str(exc) else None)
+            raise SQLError(
+                f"{db.masked}: {failed} of {len(queries)} ranges failed; nothing committed: "
+                f"{db.scrub(str(exc))}"
+            ) from None
+        if not any(s.files for s in outcome.results) and tx.base is None:
+            tx.add(StagedWrite(schema=target))
+        parameters = {
             "source": db.public,  # never a credential in the log
             "query": query if len(query) <= 2000 else query[:2000] + "...",
             "split_on": split_on,
             "ranges": len(queries),
-        },
-    )
+        }
+        return Dataset(storage, tx.commit(parameters))
 
 
-def _current_state(storage: Storage) -> Any:
-    try:
-        return open_dataset(storage).state
-    except DatasetNotFoundError:
-        return None
-
-
-def _target_schema(
-    schema: pa.Schema,
-    state: Any,
-    partition_on: Sequence[str] | None,
-    indices: Sequence[str] | None,
-) -> tuple[pa.Schema, list[str], list[str]]:
-    """The dataset schema and layout the ranges write, checked before any task runs."""
-    from hafen.datasets import prepare_table
-
-    empty = normalize_schema(schema).empty_table()
-    _, target, layout_p, layout_i = prepare_table(
-        empty, state, partition_on=partition_on, indices=indices, schema_mode="strict"
-    )
-    return target, layout_p, layout_i
-
-
-def extract_range(
-    db: DatabaseURL,
-    query: str,
-    schema: pa.Schema,
-    storage: Storage,
-    partition_on: Sequence[str],
-    indices: Sequence[str],
-) -> StagedWrite:
+def extract_range(db: DatabaseURL, query: str, plan: StagingPlan) -> StagedWrite:
     """One range: stream the query's rows into staged files; on failure remove them."""
     try:
-        return _stage_range(db, query, schema, storage, partition_on, indices, fast=True)
+        return _stage_range(db, query, plan, fast=True)
     except InferenceMismatch:  # SQLite values of mixed types: the slower, exact reader
-        return _stage_range(db, query, schema, storage, partition_on, indices, fast=False)
+        return _stage_range(db, query, plan, fast=False)
 
 
-def _stage_range(
-    db: DatabaseURL,
-    query: str,
-    schema: pa.Schema,
-    storage: Storage,
-    partition_on: Sequence[str],
-    indices: Sequence[str],
-    *,
-    fast: bool,
-) -> StagedWrite:
-    writer = StagingWriter(storage, schema, partition_on=partition_on, indices=indices)
+def _stage_range(db: DatabaseURL, query: str, plan: StagingPlan, *, fast: bool) -> StagedWrite:
+    writer = plan.writer()
+    schema = writer.schema
     try:
         conn = connect_reader(db, fast=fast)
         try:
@@ -253,15 +193,8 @@ def _stage_range(
     except BaseException:
         with contextlib.suppress(Exception):
             writer.close()
-        _discard(storage, [writer.staged])
+        discard(plan.storage, [writer.staged])
         raise
-
-
-def _discard(storage: Storage, staged: Sequence[StagedWrite]) -> None:
-    paths = [f.path for s in staged for f in s.files]
-    if paths:
-        with contextlib.suppress(StorageError):  # else vacuum removes them after the grace period
-            storage.delete(paths)
 
 
 # --- ranges ---------------------------------------------------------------------------------

@@ -16,13 +16,16 @@ that committed stay (an upsert can simply be run again).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from hafen.datasets import DataFile, open_dataset
+from hafen.datasets._actions import DataFile, DatasetState
+from hafen.datasets._dataset import Dataset, open_dataset
+from hafen.datasets._storage import Storage
 from hafen.errors import ConfigError, HafenError, SchemaError, SQLError
 from hafen.sql._source import table_exists
 from hafen.sql._tasks import first_error, limit_name, run_chunks, task_client
@@ -40,8 +43,6 @@ from hafen.sql._url import DatabaseURL, connect, map_db_errors, parse_url, quote
 if TYPE_CHECKING:
     from distributed import Client
 
-    from hafen.datasets import Storage
-
 __all__ = ["load"]
 
 LOAD_MODES = ("append", "replace", "upsert")
@@ -51,7 +52,7 @@ DEFAULT_UPSERT_RETRIES = 2
 
 
 def load(
-    dataset_url: str,
+    dataset_url: str | Storage | Dataset,
     db_url: str,
     *,
     table: str,
@@ -61,13 +62,15 @@ def load(
     limit: str | int | None = None,
     version: int | None = None,
     client: Client | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> int:
     """Write a dataset into a database table, in parallel chunks, each its own transaction.
 
     Parameters
     ----------
     dataset_url
-        The dataset to load (its latest version, or ``version``).
+        The dataset to load (its latest version, or ``version``), or an open
+        :class:`~hafen.datasets.Dataset` (its version, unless ``version`` says otherwise).
     db_url
         ``sqlite:///path.db`` (created if missing) or ``postgresql://user:password@host/db``.
     table
@@ -84,8 +87,12 @@ def load(
         Number of tasks; default one per data file, at most 64.
     limit
         A cluster-wide limit each chunk takes a slot of, or a number of slots for this call.
+    version
+        The dataset version to load.
     client
         The Dask client; defaults to the running one, else an in-process cluster for the call.
+    storage_options
+        fsspec options for the dataset's storage (over the ``storage_options`` setting).
 
     Returns
     -------
@@ -110,7 +117,10 @@ def load(
     if not isinstance(table, str) or not table.strip():
         raise ConfigError("table must be a table name")
     keys = _check_key(key, mode)
-    ds = open_dataset(dataset_url, version=version)
+    if isinstance(dataset_url, Dataset):
+        ds = dataset_url if version is None else open_dataset(dataset_url.storage, version=version)
+    else:
+        ds = open_dataset(dataset_url, version=version, storage_options=storage_options)
     schema = pa.schema([f for f in ds.schema])
     missing_keys = [k for k in keys if k not in schema.names]
     if missing_keys:
@@ -138,8 +148,10 @@ def load(
     staging = target != table
 
     groups = _chunk_files(list(ds.files()), chunks)
+    # tasks read the files they are given: the schema and layout, not the file list, travel
+    header = dataclasses.replace(ds.state, files={}, index_parts=[])
     args = [
-        (db, ds.storage, ds.version, group, target, schema.names, cast_types, keys, mode)
+        (db, ds.storage, header, group, target, schema.names, cast_types, keys, mode)
         for group in groups
     ]
     try:
@@ -362,7 +374,7 @@ def _chunk_files(files: list[DataFile], chunks: int | None) -> list[list[DataFil
 def load_chunk(
     db: DatabaseURL,
     storage: Storage,
-    version: int,
+    state: DatasetState,
     files: list[DataFile],
     target: str,
     names: list[str],
@@ -370,8 +382,9 @@ def load_chunk(
     keys: list[str],
     mode: str,
 ) -> int:
-    """One chunk: read its files and write them into ``target`` in one transaction."""
-    data = open_dataset(storage, version=version).read_arrow(files=files).select(names)
+    """One chunk: read its files (of the version ``state`` describes) and write them into
+    ``target`` in one transaction."""
+    data = Dataset(storage, state).read_arrow(files=files).select(names)
     if data.num_rows == 0:
         return 0
     conn = connect(db, "load")

@@ -2,16 +2,21 @@
 
 - :mod:`._poll`: :func:`poll_for` / :func:`async_poll_for`, waiting for a condition with a
   deadline (as distributed's ``utils_test`` helpers, without importing pytest);
-- :mod:`._clusters`: process-based clusters with hafen's extensions, and ``dask`` processes;
+- :mod:`._clusters`: clusters with hafen's extensions (in-process, process-based, and ``dask``
+  processes as in production);
 - :mod:`._tasklog`: tasks that log when they ran, and readers of those logs;
-- :mod:`._tasks`: task functions that worker processes import by name.
+- :mod:`._tasks`: task functions that worker processes import by name;
+- services the tests start for real: :mod:`._postgres` (a PostgreSQL server), :mod:`._azurite`
+  (Azure Blob Storage's emulator), :mod:`._moto` (S3 on moto's server), on ports from
+  :mod:`._net`; ``python -m hafen.testing azurite`` runs one Azurite by hand.
 
-Importing this package never imports pytest; ``tests/cluster/conftest.py`` wraps these helpers
-in fixtures. Benchmarks import it like any module.
+Importing this package never imports pytest (nor the services' client libraries); the
+``conftest.py`` files wrap these helpers in fixtures. Benchmarks import it like any module.
 """
 
 from __future__ import annotations
 
+from hafen.testing._azurite import Azurite, install_azurite, running_azurite
 from hafen.testing._clusters import (
     DASK,
     dask_cli,
@@ -20,9 +25,13 @@ from hafen.testing._clusters import (
     preloaded_cluster,
     process_cluster,
     stop_process,
+    thread_cluster,
     worker_pids,
 )
+from hafen.testing._moto import MotoS3, running_moto_s3
+from hafen.testing._net import free_port, wait_listening
 from hafen.testing._poll import DEADLINE, async_poll_for, poll_for
+from hafen.testing._postgres import PostgresServer, running_postgres
 from hafen.testing._tasklog import (
     ExecLog,
     TaskLog,
@@ -51,15 +60,20 @@ from hafen.testing._tasks import (
 __all__ = [
     "DASK",
     "DEADLINE",
+    "Azurite",
     "ExecLog",
+    "MotoS3",
+    "PostgresServer",
     "TaskLog",
     "async_poll_for",
     "dask_cli",
     "double",
     "flaky",
+    "free_port",
     "gated_sum",
     "holder",
     "holder_semaphore",
+    "install_azurite",
     "leased",
     "log_entry",
     "log_event",
@@ -71,13 +85,18 @@ __all__ = [
     "preloaded_cluster",
     "process_cluster",
     "read_log",
+    "running_azurite",
+    "running_moto_s3",
+    "running_postgres",
     "sleepy",
     "sleepy_semaphore",
     "sleepy_serial",
     "stop_process",
+    "thread_cluster",
     "timed_task",
     "tiny",
     "tiny_semaphore",
     "wait_event",
+    "wait_listening",
     "worker_pids",
 ]

@@ -4,14 +4,16 @@ results or bytes of results alive (choke-holds).
 - :mod:`._spec`: validation of limit names, settings and ``limits=`` annotations;
 - :mod:`._bucket`: the token bucket behind a rate;
 - :mod:`._limit`: one limit's state (slots, tokens, results alive and their bytes);
+- :mod:`._ledger`: who holds and who waits, and who is granted in a round;
 - :mod:`._progress`: whether a limit blocked by its results could see one freed;
-- :mod:`._plugin`: the scheduler extension that holds annotated tasks and grants slots;
+- :mod:`._guard`: the automatic back-pressure guard (watermarks, which tasks produce data);
+- :mod:`._plugin`: the scheduler extension that holds tasks and enacts the grants;
 - :mod:`._metrics`: its state as Prometheus metrics on the scheduler's ``/metrics``;
 - :mod:`._client`: the client API (:func:`set_limit`, :func:`limits`, :func:`lease`,
   :func:`remove_limit`);
-- :mod:`._table`: what ``hafen limits`` prints (imported by the command line only).
 
-Options are dask config keys ``hafen.limits.*`` (see ``hafen/cluster/cluster.yaml``).
+Options are dask config keys ``hafen.limits.*`` and ``hafen.backpressure.*`` (see
+``hafen/cluster/cluster.yaml``).
 """
 
 from __future__ import annotations

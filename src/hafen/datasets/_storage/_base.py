@@ -90,6 +90,12 @@ class Storage:
     schemes: ClassVar[tuple[str, ...]] = ()
     #: how coarse the backend's last-modified times are, in seconds (blob stores: 1)
     modified_resolution: ClassVar[float] = 1.0
+    #: whether the files are on this machine (disk or memory): a read costs no round trip, so
+    #: reading one file at a time is as fast as batching, and scratch files are not compressed
+    local: ClassVar[bool] = False
+    #: whether directories exist apart from the files in them (local disk): a writer creates a
+    #: file's directory first, and empty directories stay behind unless removed
+    has_directories: ClassVar[bool] = False
     _backends: ClassVar[dict[str, type[Storage]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -247,6 +253,10 @@ class Storage:
                 for one in full:
                     with contextlib.suppress(FileNotFoundError):
                         self.fs.rm_file(one)
+
+    def create_parent(self, full: str) -> None:
+        """Create the directory a file at the full path ``full`` is about to be written in,
+        where directories exist."""
 
     def makedirs(self, path: str) -> None:
         """Create directory ``path`` where directories exist (object stores have none)."""

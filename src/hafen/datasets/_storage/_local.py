@@ -17,6 +17,8 @@ class LocalStorage(Storage):
 
     schemes = ("", "file", "local")
     modified_resolution = 0.0
+    local = True
+    has_directories = True
 
     @property
     def arrow_filesystem(self) -> pafs.FileSystem:
@@ -45,6 +47,10 @@ class LocalStorage(Storage):
         finally:
             os.unlink(tmp)
         return True
+
+    def create_parent(self, full: str) -> None:
+        with map_storage_errors(full):
+            os.makedirs(os.path.dirname(full), exist_ok=True)
 
     def makedirs(self, path: str) -> None:
         full = self.full(path)

@@ -16,6 +16,7 @@ class MemoryStorage(Storage):
 
     schemes = ("memory",)
     modified_resolution = 0.0
+    local = True
 
     def _put_if_absent(self, full: str, data: bytes) -> bool:
         with _MEMORY_LOCK:

@@ -1,9 +1,9 @@
-"""moto's S3 server for tests: started in its own process on a free loopback port, stopped.
+"""moto's S3 server: started in its own process on a free loopback port, stopped.
 
-The session fixture :func:`moto_s3` (registered in ``tests/conftest.py``) starts the server and
-stops it at the end of the session; :meth:`MotoS3.bucket` creates a fresh bucket. Clients find it
-as production clients find S3: through the AWS SDK's own variables (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``), see :attr:`MotoS3.environment`.
+:meth:`MotoS3.start` starts the server (``python -m hafen.testing moto PORT``) and
+:meth:`MotoS3.bucket` creates a fresh bucket. Clients find it as production clients find S3:
+through the AWS SDK's own variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL``), see :attr:`MotoS3.environment`.
 
 moto checks ``If-None-Match: *`` and then stores the object in two steps, and its server is
 threaded: two racing conditional PUTs could both succeed, which S3 never allows. This server
@@ -13,29 +13,23 @@ exercise S3's semantics, not a race inside the emulator.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
+from hafen.testing._net import free_port, wait_listening
+
+__all__ = ["ACCESS_KEY", "REGION", "SECRET_KEY", "MotoS3", "running_moto_s3", "serve"]
 
 # moto accepts any credentials; these are placeholders, not secrets
 ACCESS_KEY = "hafen-tests"
 SECRET_KEY = "hafen-tests-secret"
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoS3:
@@ -69,25 +63,20 @@ class MotoS3:
         }
 
     def start(self, timeout: float = 60) -> None:
+        """Start the server process; wait until it listens."""
         assert self.process is None, "moto is already running"
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), str(self.port)],
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hafen.testing", "moto", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code, self.process = self.process.returncode, None
-                raise RuntimeError(f"moto's S3 server exited with code {code}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"moto's S3 server did not listen on port {self.port} in {timeout} s")
+        self.process = process
+        try:
+            wait_listening(self.port, process, timeout=timeout, what="moto's S3 server")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -116,9 +105,9 @@ class MotoS3:
         return name
 
 
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[MotoS3]:
-    """A running moto S3 server; fails (never skips) if it cannot start."""
+@contextlib.contextmanager
+def running_moto_s3() -> Iterator[MotoS3]:
+    """A running moto S3 server, stopped at the end."""
     server = MotoS3()
     try:
         server.start()
@@ -145,9 +134,3 @@ def serve(port: int) -> None:
 
     os.environ.setdefault("MOTO_PORT", str(port))
     run_simple("127.0.0.1", port, serialised, threaded=True, request_handler=MotoRequestHandler)
-
-
-__all__ = ["ACCESS_KEY", "REGION", "SECRET_KEY", "MotoS3", "moto_s3"]
-
-if __name__ == "__main__":  # python tests/_moto.py PORT: the server of MotoS3.start
-    serve(int(sys.argv[1]))

@@ -1,11 +1,10 @@
-"""Azurite, Microsoft's Azure Storage emulator, for tests: installed from npm, started, stopped.
+"""Azurite, Microsoft's Azure Storage emulator: installed from npm, started, stopped.
 
-The session fixture :func:`azurite` (registered in ``tests/conftest.py``) installs
-Azurite into ``.cache/azurite`` when it is missing, starts its blob service on a free loopback
-port with its data in a temporary folder, creates a container and stops the process at the end
-of the session. It never skips: if Azurite cannot be installed or started, the tests that need
-it fail with the reason. :meth:`Azurite.stop` and :meth:`Azurite.start` restart it on the same
-port and location, for outage tests.
+:meth:`Azurite.start` installs the pinned Azurite into ``.cache/azurite`` (see :func:`cache_dir`)
+when it is missing, then starts its blob service on a free loopback port with its data in a
+given folder. It never skips: if Azurite cannot be installed or started, it raises with the
+reason. :meth:`Azurite.stop` and :meth:`Azurite.start` restart it on the same port and location,
+for outage tests. ``python -m hafen.testing azurite`` runs one until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,21 +13,27 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from hafen.testing._net import cache_dir, free_port, wait_listening
+from hafen.testing._poll import poll_for
+
+__all__ = [
+    "ACCOUNT_KEY",
+    "ACCOUNT_NAME",
+    "AZURITE_VERSION",
+    "CONTAINER",
+    "Azurite",
+    "install_azurite",
+    "running_azurite",
+]
 
 # 3.35.0 is the newest release whose declared engines include the Node.js 20 of this machine
 # kind (3.36 asks for Node >= 21, 3.37 for >= 22); scripts/test-deps.sh pins the same version.
 AZURITE_VERSION = "3.35.0"
-REPO = Path(__file__).resolve().parents[1]
-PREFIX = REPO / ".cache" / "azurite"
-MAIN = PREFIX / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
 
 # Azurite's well-known development account: public constants, documented by Microsoft.
 ACCOUNT_NAME = "devstoreaccount1"
@@ -39,16 +44,35 @@ CONTAINER = "hafen-tests"
 _CLOSED = "Azurite Blob service successfully closed"
 
 
-def install() -> Path:
-    """Install the pinned Azurite into ``.cache/azurite`` unless it is there; return its entry."""
-    if MAIN.exists() and installed_version() == AZURITE_VERSION:
-        return MAIN
+def _prefix() -> Path:
+    return cache_dir() / "azurite"
+
+
+def _main_js() -> Path:
+    return _prefix() / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
+
+
+def installed_version() -> str | None:
+    """The version of Azurite in the cache, or None."""
+    try:
+        package = _prefix() / "node_modules" / "azurite" / "package.json"
+        return str(json.loads(package.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def install_azurite() -> Path:
+    """Install the pinned Azurite unless it is there; return its blob service's entry point."""
+    main = _main_js()
+    if main.exists() and installed_version() == AZURITE_VERSION:
+        return main
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError("npm is not installed; Azurite (for the Azure tests) needs Node.js")
-    PREFIX.mkdir(parents=True, exist_ok=True)
+    prefix = _prefix()
+    prefix.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(PREFIX),
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
          f"azurite@{AZURITE_VERSION}"],
         capture_output=True,
         text=True,
@@ -56,22 +80,7 @@ def install() -> Path:
     )  # fmt: skip
     if done.returncode != 0 or installed_version() != AZURITE_VERSION:
         raise RuntimeError(f"npm install azurite@{AZURITE_VERSION} failed:\n{done.stderr[-2000:]}")
-    return MAIN
-
-
-def installed_version() -> str | None:
-    try:
-        return json.loads((PREFIX / "node_modules" / "azurite" / "package.json").read_text())[
-            "version"
-        ]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return main
 
 
 class Azurite:
@@ -102,37 +111,36 @@ class Azurite:
         return f"az://{container}/{path}"
 
     def start(self, timeout: float = 60) -> None:
+        """Start the blob service (installing Azurite first if needed); wait until it listens."""
         assert self.process is None, "Azurite is already running"
-        main = install()
+        main = install_azurite()
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not installed; Azurite needs Node.js")
         data = self.location / "data"
         data.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
+            process = subprocess.Popen(
                 [node, str(main), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
                  "--location", str(data), "--skipApiVersionCheck", "--loose", "--silent"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                self.process = None
-                raise RuntimeError(
-                    f"Azurite exited with code {code} on port {self.port}: "
-                    f"{self.log.read_text(errors='replace')[-2000:]}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Azurite did not listen on port {self.port} within {timeout} s")
+        self.process = process
+        try:
+            wait_listening(
+                self.port,
+                process,
+                timeout=timeout,
+                what="Azurite",
+                details=lambda: self._log_text()[-2000:],
+            )
+        except RuntimeError:
+            if process.poll() is None:
+                self.stop()
+            self.process = None
+            raise
 
     def stop(self) -> None:
         """Stop the process gracefully (SIGINT: Azurite saves its metadata); its data stays.
@@ -144,11 +152,13 @@ class Azurite:
             return
         closed = self._log_text().count(_CLOSED)
         process.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 20
-        while process.poll() is None and time.monotonic() < deadline:
-            if self._log_text().count(_CLOSED) > closed:
-                break
-            time.sleep(0.05)
+        with contextlib.suppress(AssertionError):
+            poll_for(
+                lambda: process.poll() is not None or self._log_text().count(_CLOSED) > closed,
+                20,
+                period=0.05,
+                what="Azurite closed",
+            )
         if process.poll() is None:
             process.kill()
         process.wait(10)
@@ -175,32 +185,18 @@ class Azurite:
             client.create_container(name)
 
 
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[Azurite]:
-    """A running Azurite blob service with the container ``hafen-tests``; fails if it cannot."""
-    location = Path(tempfile.mkdtemp(prefix="hafen-azurite-"))
-    server = Azurite(location)
+@contextlib.contextmanager
+def running_azurite(location: Path | None = None) -> Iterator[Azurite]:
+    """A running Azurite with the container ``hafen-tests``, its data in ``location`` (default:
+    a temporary folder, removed afterwards); stopped at the end."""
+    own = location is None
+    where = Path(tempfile.mkdtemp(prefix="hafen-azurite-")) if location is None else location
+    server = Azurite(where)
     try:
         server.start()
         server.create_container()
         yield server
     finally:
         server.stop()
-        shutil.rmtree(location, ignore_errors=True)
-
-
-__all__ = ["ACCOUNT_KEY", "ACCOUNT_NAME", "CONTAINER", "Azurite", "azurite", "install"]
-
-if __name__ == "__main__":  # python tests/_azurite.py: one Azurite until Ctrl-C
-    server = Azurite(Path(tempfile.mkdtemp(prefix="hafen-azurite-")))
-    server.start()
-    server.create_container()
-    print(f"export AZURE_STORAGE_CONNECTION_STRING='{server.connection_string}'", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        shutil.rmtree(server.location, ignore_errors=True)
+        if own:
+            shutil.rmtree(where, ignore_errors=True)
