@@ -6,6 +6,8 @@
   processes as in production);
 - :mod:`._tasklog`: tasks that log when they ran, and readers of those logs;
 - :mod:`._tasks`: task functions that worker processes import by name;
+- :mod:`._memory`: graphs whose producers pile results up, and a scheduler plugin that watches
+  them (the back-pressure tests and ``benchmarks/memory.py``);
 - services the tests start for real: :mod:`._postgres` (a PostgreSQL server), :mod:`._azurite`
   (Azure Blob Storage's emulator), :mod:`._moto` (S3 on moto's server), on ports from
   :mod:`._net`; ``python -m hafen.testing azurite`` runs one Azurite by hand.
@@ -27,6 +29,15 @@ from hafen.testing._clusters import (
     stop_process,
     thread_cluster,
     worker_pids,
+)
+from hafen.testing._memory import (
+    GroupProbe,
+    consume,
+    fan_in,
+    install_probe,
+    probe_report,
+    produce,
+    total,
 )
 from hafen.testing._moto import MotoS3, running_moto_s3
 from hafen.testing._net import free_port, wait_listening
@@ -62,18 +73,22 @@ __all__ = [
     "DEADLINE",
     "Azurite",
     "ExecLog",
+    "GroupProbe",
     "MotoS3",
     "PostgresServer",
     "TaskLog",
     "async_poll_for",
+    "consume",
     "dask_cli",
     "double",
+    "fan_in",
     "flaky",
     "free_port",
     "gated_sum",
     "holder",
     "holder_semaphore",
     "install_azurite",
+    "install_probe",
     "leased",
     "log_entry",
     "log_event",
@@ -83,7 +98,9 @@ __all__ = [
     "pid_exited",
     "poll_for",
     "preloaded_cluster",
+    "probe_report",
     "process_cluster",
+    "produce",
     "read_log",
     "running_azurite",
     "running_moto_s3",
@@ -96,6 +113,7 @@ __all__ = [
     "timed_task",
     "tiny",
     "tiny_semaphore",
+    "total",
     "wait_event",
     "wait_listening",
     "worker_pids",

@@ -95,6 +95,8 @@ class Guard:
         #: Bytes of results in memory on the cluster, one copy each.
         self.managed = 0
         self.most_managed = 0
+        #: Task groups whose tasks it has held (for inspection).
+        self.held_groups: set[str] = set()
         self._nbytes: dict[Key, int] = {}
 
     # --- watermarks ---------------------------------------------------------------------------

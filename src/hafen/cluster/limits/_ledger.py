@@ -255,6 +255,8 @@ class Ledger:
             if waiter.producer and self.guard is not None and self.guard.guard.engaged:
                 skipped.append(entry)  # a producer: the engaged guard holds it
                 self.guard_blocked[waiter.holder] = waiter
+                if waiter.group is not None:
+                    self.guard.guard.held_groups.add(waiter.group)
                 continue
             others = [self.limit(n) for n in waiter.names if n != limit.spec.name]
             if all(other is not None and self._fits(other, waiter) for other in others):

@@ -378,6 +378,8 @@ class LimitsExtension(SchedulerPlugin):
         names = tuple(n for n in self._names.get(key, ()) if ledger.limit(n) is not None)
         # Tasks under limits that produce data are also held by the guard while it is engaged.
         producer = GUARD_NAME not in names and self.guard.is_producer(ts)
+        if GUARD_NAME in names:
+            self.guard.held_groups.add(ts.group.name)
         # Dask's priority (user priority, then submission, then graph order: siblings feeding
         # one consumer are next to each other), then seniority.
         order = (tuple(ts.priority or (0,)), self._seniority[key])
