@@ -174,3 +174,22 @@ def test_watermarks_are_validated():
     for config, message in bad:
         with dask.config.set(config), pytest.raises(ConfigError, match=message):
             Guard(None)  # type: ignore[arg-type]
+
+
+@gen_cluster(client=True, nthreads=[("", 2), ("", 2)], config=GUARD, timeout=120)
+async def test_anom_mean_under_the_guard_keeps_dasks_queue_valid(c, s, a, b):
+    """Producers with an input (getitem of a climatology) become ready while the guard holds:
+    Dask queues them (a waiting -> waiting transition), the guard takes them back out; every
+    transition is validated (gen_cluster), and the result is right."""
+    import dask.array as da
+    import numpy as np
+
+    ext, _ = _install(s)
+    rows, ngroups, width = 120, 3, MB // 8
+    data = da.random.RandomState(0).random_sample((rows, width), chunks=(1, width))
+    day = np.arange(rows) % ngroups
+    clim = da.stack([data[day == g].mean(axis=0) for g in range(ngroups)])
+    result = await c.compute((data - clim[day]).mean(axis=0))
+    expected = (data - clim[day]).mean(axis=0).compute(scheduler="sync")
+    assert np.allclose(result, expected)
+    assert ext.info()[GUARD_NAME]["engagements"] >= 1

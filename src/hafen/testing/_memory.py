@@ -65,12 +65,13 @@ def fan_in(
     producer_limit: str | None = None,
     consumer_limit: str | None = None,
     producer_resources: dict[str, float] | None = None,
+    consumer_resources: dict[str, float] | None = None,
 ) -> list[Any]:
     """``n`` producers of ``size`` bytes, each consumed by its own consumer: delayed consumers.
 
     ``producer_limit``/``consumer_limit`` annotate each side with a hafen limit;
-    ``producer_resources`` puts the producers under a Dask resource instead (Dask's own way
-    of restricting them).
+    ``producer_resources``/``consumer_resources`` restrict them with Dask resources instead
+    (Dask's own way of restricting them).
     """
     annotations: dict[str, Any] = {}
     if producer_limit:
@@ -79,7 +80,12 @@ def fan_in(
         annotations["resources"] = producer_resources
     with dask.annotate(**annotations):
         parts = [delayed(produce)(i, size, produce_delay) for i in range(n)]
-    with dask.annotate(**({"limits": [consumer_limit]} if consumer_limit else {})):
+    consumer: dict[str, Any] = {}
+    if consumer_limit:
+        consumer["limits"] = [consumer_limit]
+    if consumer_resources:
+        consumer["resources"] = consumer_resources
+    with dask.annotate(**consumer):
         return [delayed(consume)(p, consume_delay) for p in parts]
 
 

@@ -14,8 +14,9 @@ the limits extension's machinery (hold in ``no-worker``, grant in priority order
   (the consumers of results) runs as before;
 - below ``low`` it lets them go, in Dask's priority order and at most ``window`` per worker thread
   at a time, so a backlog of producers is not dropped on the cluster all at once;
-- it never deadlocks: when the cluster is idle (nothing processing or queued) while producers
-  are held, it grants as many as there are threads anyway, counting overrides.
+- it never deadlocks, and never idles the cluster for nothing: when no task that consumes
+  results is running while producers are held (only producers could make progress), it lets as
+  many go as there are idle threads, counting overrides.
 
 A *producer* is a task Dask would call root-ish if it had no restrictions: a task marked as a data
 producer, or one of a task group much larger than the cluster with few, small dependencies. Its

@@ -90,7 +90,7 @@ from hafen.cluster.limits._guard import GUARD_NAME, Guard, GuardLimit
 from hafen.cluster.limits._ledger import Ledger
 from hafen.cluster.limits._limit import Limit, Waiter
 from hafen.cluster.limits._metrics import register_metrics
-from hafen.cluster.limits._progress import cluster_idle, could_free
+from hafen.cluster.limits._progress import consumers_running, could_free
 from hafen.cluster.limits._spec import ANNOTATION, make_spec, parse_annotation
 from hafen.errors import LimitError
 
@@ -284,6 +284,10 @@ class LimitsExtension(SchedulerPlugin):
         if flipped and guard.observe(key, start, finish, ts):
             self._request_grant()
         annotations = ts.annotations
+        if start == finish:
+            # waiting -> waiting: Dask decided where a ready task goes next (queued, no-worker)
+            # and recommended it; the task was held (or not) when it entered waiting
+            return
         if (not annotations or ANNOTATION not in annotations) and key not in self._guarded:
             if finish != "waiting" or not guard.engaged or key in self._granting:
                 return
@@ -421,7 +425,11 @@ class LimitsExtension(SchedulerPlugin):
 
     def _stuck(self, limit: Limit) -> bool:
         if isinstance(limit, GuardLimit):
-            return cluster_idle(self.scheduler)
+            # only producers could run: let them fill the idle threads (work-conserving)
+            scheduler = self.scheduler
+            return self._idle_threads() > 0 and not consumers_running(
+                scheduler, self.guard.is_producer
+            )
         return not could_free(limit, self.scheduler, self._waiting_for)
 
     def _idle_threads(self) -> int:

@@ -15,6 +15,10 @@ one of them can run:
 
 The search is bounded (:data:`SEARCH_BUDGET` tasks); past the budget it assumes progress, and the
 idle backstop still applies.
+
+The back-pressure guard is stuck, more simply, when no task that consumes results is processing
+(:func:`consumers_running`): then only producers can make progress, and it lets as many go as
+there are idle threads.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
     from distributed import Scheduler
     from distributed.scheduler import TaskState
 
-__all__ = ["SEARCH_BUDGET", "cluster_idle", "could_free"]
+__all__ = ["SEARCH_BUDGET", "cluster_idle", "consumers_running", "could_free"]
 
 #: Tasks looked at, at most, per check.
 SEARCH_BUDGET = 2000
@@ -43,6 +47,11 @@ def cluster_idle(scheduler: Scheduler) -> bool:
     if scheduler.queued:
         return False
     return not any(ws.processing for ws in scheduler.workers.values())
+
+
+def consumers_running(scheduler: Scheduler, is_producer: Callable[[TaskState], bool]) -> bool:
+    """Whether a task that is not a producer is processing: it will free memory when it ends."""
+    return any(not is_producer(ts) for ws in scheduler.workers.values() for ts in ws.processing)
 
 
 def could_free(limit: Limit, scheduler: Scheduler, waiting_for: WaitingFor) -> bool:
