@@ -204,14 +204,16 @@ def suite(name: str, contender: str) -> dict[str, float]:
 
 DEMO_CHILD = r"""
 import json, sys, time
+from pathlib import Path
 from distributed.diagnostics import MemorySampler
 from hafen.pipeline import _run
 from hafen.pipeline._config import SynthParams
 
 def run():
-    workdir, stores = sys.argv[1], int(sys.argv[2])
-    cfg = _run.demo_config(workdir)
-    _run.prepare_database(cfg, SynthParams(stores=stores), None)
+    database, datasets, stores = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    Path(database).mkdir(parents=True, exist_ok=True)
+    cfg = _run.demo_config(database, datasets_root=datasets)
+    _run.prepare_database(cfg, SynthParams(stores=stores), None)  # made once, then reused
     client = _run._connect(cfg)
     sampler = MemorySampler()
     began = time.perf_counter()
@@ -240,12 +242,13 @@ def export(revision: str, into: Path) -> Path:
     return into / "src"
 
 
-def demo(src: Path, workdir: Path, stores: int) -> dict[str, float]:
-    script = workdir.parent / "demo_child.py"
+def demo(src: Path, work: Path, name: str, stores: int) -> dict[str, float]:
+    """One demo run in its own process, hafen from ``src``; the database is shared."""
+    script = work / "demo_child.py"
     script.write_text(DEMO_CHILD)
     env = {**os.environ, "PYTHONPATH": str(src), "HAFEN_CONFIG": os.devnull}
     done = subprocess.run(
-        [sys.executable, str(script), str(workdir), str(stores)],
+        [sys.executable, str(script), str(work / "db"), str(work / name / "datasets"), str(stores)],
         env=env,
         capture_output=True,
         text=True,
@@ -326,9 +329,7 @@ def main() -> None:
                 (work / name).mkdir()
             sources = {"before": export(args.demo, work / "before"), "after": ROOT / "src"}
             print(f"(c) demo --stores {args.stores}: {args.demo} vs the working tree", flush=True)
-            runs = {
-                n: (lambda n=n: demo(sources[n], work / n / "demo", args.stores)) for n in sources
-            }
+            runs = {n: (lambda n=n: demo(sources[n], work, n, args.stores)) for n in sources}
             summarize(f"(c) hafen demo --stores {args.stores}", in_turns(runs, args.rounds), None)
 
 

@@ -7,7 +7,8 @@
 - :mod:`._tasklog`: tasks that log when they ran, and readers of those logs;
 - :mod:`._tasks`: task functions that worker processes import by name;
 - :mod:`._memory`: graphs whose producers pile results up, and a scheduler plugin that watches
-  them (the back-pressure tests and ``benchmarks/memory.py``);
+  them (the back-pressure tests and ``benchmarks/memory.py``; loaded on first use, as it imports
+  distributed);
 - services the tests start for real: :mod:`._postgres` (a PostgreSQL server), :mod:`._azurite`
   (Azure Blob Storage's emulator), :mod:`._moto` (S3 on moto's server), on ports from
   :mod:`._net`; ``python -m hafen.testing azurite`` runs one Azurite by hand.
@@ -29,15 +30,6 @@ from hafen.testing._clusters import (
     stop_process,
     thread_cluster,
     worker_pids,
-)
-from hafen.testing._memory import (
-    GroupProbe,
-    consume,
-    fan_in,
-    install_probe,
-    probe_report,
-    produce,
-    total,
 )
 from hafen.testing._moto import MotoS3, running_moto_s3
 from hafen.testing._net import free_port, wait_listening
@@ -118,3 +110,15 @@ __all__ = [
     "wait_listening",
     "worker_pids",
 ]
+
+#: Names of :mod:`._memory`, imported on first use (it imports distributed, which importing this
+#: package does not).
+_MEMORY = {"GroupProbe", "consume", "fan_in", "install_probe", "probe_report", "produce", "total"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MEMORY:
+        from hafen.testing import _memory
+
+        return getattr(_memory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
