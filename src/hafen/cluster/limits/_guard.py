@@ -16,7 +16,9 @@ the limits extension's machinery (hold in ``no-worker``, grant in priority order
   at a time, so a backlog of producers is not dropped on the cluster all at once;
 - it never deadlocks, and never idles the cluster for nothing: when no task that consumes
   results is running while producers are held (only producers could make progress), it lets as
-  many go as there are idle threads, counting overrides.
+  many go as there are idle threads, counting overrides, and stands aside until the results in
+  memory fall below ``low`` (what is in memory then is what the graph needs: holding more
+  producers back would only idle threads, engagement after engagement).
 
 A *producer* is a task Dask would call root-ish if it had no restrictions: a task marked as a data
 producer, or one of a task group much larger than the cluster with few, small dependencies. Its
@@ -93,6 +95,9 @@ class Guard:
         self.scheduler = scheduler
         self.engaged = False
         self.engagements = 0
+        #: Holding was futile (only producers could run): let go until below ``low``.
+        self.suspended = False
+        self.suspensions = 0
         #: Bytes of results in memory on the cluster, one copy each.
         self.managed = 0
         self.most_managed = 0
@@ -140,6 +145,10 @@ class Guard:
             self.engaged = False
             return flip
         high, low = marks
+        if self.suspended:
+            if self.managed <= low:
+                self.suspended = False
+            return False
         if not self.engaged and self.managed >= high:
             self.engaged = True
             self.engagements += 1
@@ -148,6 +157,16 @@ class Guard:
             self.engaged = False
             return True
         return False
+
+    def suspend(self) -> None:
+        """Holding left nothing but producers to run: let them all go until below ``low``.
+
+        The results in memory then are what the graph needs (a climatology over all of its
+        inputs, say): holding producers would only idle threads, engagement after engagement.
+        """
+        self.engaged = False
+        self.suspended = True
+        self.suspensions += 1
 
     # --- producers ----------------------------------------------------------------------------
 
@@ -175,6 +194,8 @@ class Guard:
         return {
             "engaged": self.engaged,
             "engagements": self.engagements,
+            "suspended": self.suspended,
+            "suspensions": self.suspensions,
             "managed": self.managed,
             "high": marks[0],
             "low": marks[1],

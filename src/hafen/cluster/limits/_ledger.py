@@ -354,6 +354,8 @@ class Ledger:
         if granted:
             guard.heap = [e for e in guard.heap if self.waiters.get(e[2].holder) is e[2]]
             heapq.heapify(guard.heap)
+            guard.guard.suspend()  # the rest go through its window from the next round
+            self.on_change()
         return granted
 
     @staticmethod
