@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint docs venv-dev soak clean
+.PHONY: demo test dask-tests lint docs venv-dev soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ docs: venv-dev
 
 test: lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) dask-tests
+
+# Dask's own tests (distributed's steal, scheduler, resources, semaphore and active memory
+# manager tests, vendored in tests/upstream/) with hafen's extensions preloaded on every test
+# scheduler; then the stealing and resources tests again with every task under a hafen limit.
+DASK_TESTS_ARGS ?=
+UPSTREAM := $(BIN)/python -m pytest -c tests/upstream/pytest.ini
+dask-tests: venv-dev
+	$(UPSTREAM) tests/upstream $(DASK_TESTS_ARGS)
+	HAFEN_UPSTREAM_LIMIT=1000 $(UPSTREAM) tests/upstream/test_steal.py \
+		tests/upstream/test_resources.py tests/upstream/test_hafen_preloaded.py $(DASK_TESTS_ARGS)
 
 # The datasets' concurrency checker (tests/datasets/test_checker.py) for as long as asked:
 # `make soak SECONDS=600 BACKEND=local|azure|both`; prints its figures and any anomaly.

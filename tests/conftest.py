@@ -21,6 +21,10 @@ from hafen.config import reload_settings
 from hafen.errors import ConfigError
 from hafen.testing import Azurite, MotoS3, running_azurite, running_moto_s3
 
+# Dask's own tests, vendored, run with their own configuration: `make dask-tests`
+# (tests/upstream/README.md).
+collect_ignore = ["upstream"]
+
 # Tests must not pick up a developer's hafen.toml or HAFEN_* settings, nor reach a real Azure
 # account through AZURE_STORAGE_* or AWS through AWS_* (Azure and S3 tests set their own, per test,
 # with monkeypatch).

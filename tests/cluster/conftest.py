@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
+# hafen's dask config defaults (hafen.*) are in dask config before any test module imports
+# distributed.utils_test, whose snapshot gen_cluster restores after every test.
+import hafen.cluster  # noqa: F401
 from hafen.testing import TaskLog, process_cluster
 
 

@@ -80,6 +80,10 @@ def _cost(ts: Any) -> float:
 BAD: dict[str, tuple[Any, Callable[[], Any]]] = {
     "hafen.limits.burst": (0, lambda: LimitsExtension(None)),  # type: ignore[arg-type]
     "hafen.limits.min-refresh-interval": (0, lambda: LimitsExtension(None)),  # type: ignore[arg-type]
+    "hafen.backpressure.enabled": ("yes", lambda: LimitsExtension(None)),  # type: ignore[arg-type]
+    "hafen.backpressure.high": ("lots", lambda: LimitsExtension(None)),  # type: ignore[arg-type]
+    "hafen.backpressure.low": (0, lambda: LimitsExtension(None)),  # type: ignore[arg-type]
+    "hafen.backpressure.window": (-1, lambda: LimitsExtension(None)),  # type: ignore[arg-type]
     "hafen.replication.replicas": (True, Replication),
     "hafen.replication.min-duration": ("soon", Replication),
     "hafen.replication.max-nbytes": ("big", Replication),

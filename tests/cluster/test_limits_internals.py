@@ -33,14 +33,19 @@ def test_the_transitions_used_exist():
     for edge in [
         ("released", "waiting"),  # where a task is held (hook on -> waiting)
         ("waiting", "no-worker"),  # where it waits
-        ("no-worker", "processing"),  # how a grant sends it to a worker
+        ("no-worker", "released"),  # how a grant sends it on: released -> waiting -> Dask's
         ("no-worker", "erred"),  # how a rejected task fails
-        ("no-worker", "released"),
+        ("waiting", "processing"),  # ... placement, or queued/no-worker as without a limit
+        ("waiting", "queued"),
+        ("queued", "processing"),
         ("processing", "released"),  # retries and dead workers free the slot through here
         ("processing", "memory"),
         ("processing", "erred"),
     ]:
         assert edge in table, edge
+    # a grant asks for no-worker -> waiting, which the scheduler takes through released
+    assert ("no-worker", "waiting") not in table
+    assert '"released" not in (start, finish)' in inspect.getsource(Scheduler._transition)
 
 
 def test_plugin_and_state_interfaces():

@@ -19,26 +19,44 @@ __all__ = ["chaos", "limits_command", "render_limits"]
 
 
 def render_limits(info: dict[str, dict[str, Any]], *, address: str = "") -> Table:
-    """Return the table of ``hafen.limits()``-shaped ``info``."""
+    """Return the table of ``hafen.limits()``-shaped ``info``.
+
+    When a limit has ``results=`` or ``memory=`` (or the back-pressure guard has acted), the
+    table also shows them as "alive / limit" (results counted, or their bytes) and the
+    overrides: grants made over them because nothing could free them.
+    """
+    from dask.utils import format_bytes
     from rich.table import Table
 
     table = Table(title=f"Limits on {address}" if address else "Limits")
-    for column in ("limit", "concurrency", "rate", "in use", "waiting", "granted", "longest wait"):
+    choke = any(
+        row.get("results") is not None or row.get("memory") is not None for row in info.values()
+    )
+    columns = ["limit", "concurrency", "rate"]
+    if choke:
+        columns += ["results", "memory"]
+    columns += ["in use", "waiting", "granted"]
+    if choke:
+        columns.append("overrides")
+    columns.append("longest wait")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("limit", "rate") else "right")
     for name, row in sorted(info.items()):
         conc = row["concurrency"]
         rate = row["rate"]
         if rate is not None and row.get("burst", 1) != 1:
             rate = f"{rate} (burst {row['burst']})"
-        table.add_row(
-            name,
-            "-" if conc is None else str(conc),
-            "-" if rate is None else str(rate),
-            str(row["in_use"]),
-            str(row["waiting"]),
-            str(row["granted"]),
-            f"{row['longest_wait']:.1f}s",
-        )
+        cells = [name, "-" if conc is None else str(conc), "-" if rate is None else str(rate)]
+        if choke:
+            results, memory = row.get("results"), row.get("memory")
+            alive_bytes = format_bytes(row.get("alive_bytes", 0))
+            cells.append("-" if results is None else f"{row.get('alive', 0)}/{results}")
+            cells.append("-" if memory is None else f"{alive_bytes}/{format_bytes(memory)}")
+        cells += [str(row["in_use"]), str(row["waiting"]), str(row["granted"])]
+        if choke:
+            cells.append(str(row.get("overrides", 0)))
+        cells.append(f"{row['longest_wait']:.1f}s")
+        table.add_row(*cells)
     if not info:
         table.caption = "no limits set (hafen.set_limit creates one)"
     return table

@@ -110,8 +110,6 @@ def write_ddf(
     check_columns("partition", given_p or [], columns)
     check_columns("index", given_i or [], columns)
 
-    from dask import delayed
-
     storage = storage_for(url, storage_options)
     with WriteTransaction(
         storage,
@@ -125,8 +123,12 @@ def write_ddf(
         # columns whose type ``meta`` does not know get theirs from the data
         schema = normalize_schema(to_arrow(meta).schema)
         tx.validate(schema, types_known=False)
-        stage = delayed(_stage_partition, pure=False)
         plan = tx.plan  # the schema and layout, not the file list (which grows with the dataset)
-        tasks = [stage(part, plan, schema) for part in ddf.to_delayed()]
+        # Staged in the task that makes the partition (Dask fuses the two): a partition is never
+        # a result waiting in memory for the task that writes it, so producers cannot pile up.
+        staged = ddf.map_partitions(
+            _stage_partition, plan, schema, meta=pd.Series([], dtype=object), enforce_metadata=False
+        )
+        tasks = staged.to_delayed()
         tx.add(compute(tasks))
         return Dataset(storage, tx.commit({"writer": "write_ddf", "partitions": len(tasks)}))

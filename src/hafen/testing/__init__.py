@@ -6,6 +6,9 @@
   processes as in production);
 - :mod:`._tasklog`: tasks that log when they ran, and readers of those logs;
 - :mod:`._tasks`: task functions that worker processes import by name;
+- :mod:`._memory`: graphs whose producers pile results up, and a scheduler plugin that watches
+  them (the back-pressure tests and ``benchmarks/memory.py``; loaded on first use, as it imports
+  distributed);
 - services the tests start for real: :mod:`._postgres` (a PostgreSQL server), :mod:`._azurite`
   (Azure Blob Storage's emulator), :mod:`._moto` (S3 on moto's server), on ports from
   :mod:`._net`; ``python -m hafen.testing azurite`` runs one Azurite by hand.
@@ -64,19 +67,23 @@ __all__ = [
     "DEADLINE",
     "Azurite",
     "ExecLog",
+    "GroupProbe",
     "MotoS3",
     "PostgresServer",
     "TaskLog",
     "async_poll_for",
+    "consume",
     "dask_cli",
     "digest",
     "double",
+    "fan_in",
     "flaky",
     "free_port",
     "gated_sum",
     "holder",
     "holder_semaphore",
     "install_azurite",
+    "install_probe",
     "leased",
     "log_entry",
     "log_event",
@@ -86,7 +93,9 @@ __all__ = [
     "pid_exited",
     "poll_for",
     "preloaded_cluster",
+    "probe_report",
     "process_cluster",
+    "produce",
     "random_block",
     "read_log",
     "running_azurite",
@@ -100,7 +109,20 @@ __all__ = [
     "timed_task",
     "tiny",
     "tiny_semaphore",
+    "total",
     "wait_event",
     "wait_listening",
     "worker_pids",
 ]
+
+#: Names of :mod:`._memory`, imported on first use (it imports distributed, which importing this
+#: package does not).
+_MEMORY = {"GroupProbe", "consume", "fan_in", "install_probe", "probe_report", "produce", "total"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MEMORY:
+        from hafen.testing import _memory
+
+        return getattr(_memory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

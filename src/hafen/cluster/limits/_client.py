@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from hafen.cluster.limits._spec import check_name, make_spec, parse_annotation
@@ -40,21 +40,36 @@ def _has_limits(dask_scheduler: Any) -> bool:
     return "hafen_limits" in dask_scheduler.extensions
 
 
-def _call(client: Client, op: str, **kwargs: Any) -> Any:
+def _missing_extension(client: Client) -> LimitError:
+    return LimitError(
+        f"the scheduler at {client.scheduler.address} has no hafen limits extension: "
+        "connect with hafen.connect() or start it with "
+        "`dask scheduler --preload hafen.cluster`"
+    )
+
+
+def _call(client: Client, op: str, then: Callable[[Any], Any] = lambda r: r, **kwargs: Any) -> Any:
+    """Send one request; an asynchronous client gets an awaitable of the same answer."""
+    if client.asynchronous:
+        return _call_async(client, op, then, **kwargs)
     # A scheduler without the handler drops the request without a reply, so look first.
     if client not in _checked:
         if not client.run_on_scheduler(_has_limits):
-            raise LimitError(
-                f"the scheduler at {client.scheduler.address} has no hafen limits extension: "
-                "connect with hafen.connect() or start it with "
-                "`dask scheduler --preload hafen.cluster`"
-            )
+            raise _missing_extension(client)
         _checked.add(client)
 
     async def request() -> Any:
         return await getattr(client.scheduler, op)(**kwargs)
 
-    return client.sync(request)
+    return then(client.sync(request))
+
+
+async def _call_async(client: Client, op: str, then: Callable[[Any], Any], **kwargs: Any) -> Any:
+    if client not in _checked:
+        if not await client.run_on_scheduler(_has_limits):
+            raise _missing_extension(client)
+        _checked.add(client)
+    return then(await getattr(client.scheduler, op)(**kwargs))
 
 
 def set_limit(
@@ -63,9 +78,17 @@ def set_limit(
     concurrency: int | None = None,
     rate: str | float | None = None,
     burst: int | None = None,
+    results: int | None = None,
+    memory: str | int | None = None,
     client: Client | None = None,
 ) -> None:
     """Create a cluster-wide limit, or change one while tasks run.
+
+    A limit caps what its tasks (``dask.annotate(limits=[name])``) and leases hold: running
+    slots (``concurrency``), grants per unit of time (``rate``), and -- for tasks -- results
+    still in memory (``results``, a "choke-hold": producers never run far ahead of their
+    consumers) or their bytes (``memory``). Any combination applies together; setting a limit
+    again replaces all of its settings.
 
     Parameters
     ----------
@@ -77,26 +100,40 @@ def set_limit(
         A token bucket: ``"20/s"``, ``"100/min"``, ``"5/h"``, ``"1/30s"`` or grants per second.
     burst
         Tokens a rated limit banks while idle (default 1: evenly spaced grants).
+    results
+        Results of the limit's tasks alive in the cluster at most: a task takes one at its
+        grant and gives it back when its result is released (its dependents are done and no
+        client holds it). A task that needs more of them at once than this (a sum over all of
+        them) still finishes: when nothing that frees one can run, the next is granted over
+        the limit, and counted as an override (``hafen.limits()``, metrics, a warning).
+    memory
+        The same for bytes (``"2GiB"`` or a number): the results' ``nbytes`` plus, for running
+        tasks, the mean size of their group's results so far (one of unknown size at a time).
     client
-        Defaults to the default client (``hafen.connect()`` sets it).
+        Defaults to the default client (``hafen.connect()`` sets it). With an asynchronous
+        client, the call returns an awaitable: ``await hafen.set_limit(..., client=c)``.
 
     Raises
     ------
     hafen.errors.LimitError
-        If the name or a setting is invalid, or neither ``concurrency`` nor ``rate`` is given.
+        If the name or a setting is invalid, or no setting is given.
 
     Examples
     --------
     >>> hafen.set_limit("postgres", concurrency=4, rate="20/s")  # doctest: +SKIP
+    >>> hafen.set_limit("loads", concurrency=2, results=8)  # doctest: +SKIP
     """
-    spec = make_spec(name, concurrency, rate, burst)
-    _call(
+    spec = make_spec(name, concurrency, rate, burst, results=results, memory=memory)
+    return _call(  # None, or an awaitable of None
         _client(client),
         "hafen_limits_set",
         name=spec.name,
         concurrency=spec.concurrency,
         rate=rate,
         burst=burst,
+        results=spec.results,
+        memory=spec.memory,
+        then=lambda _: None,
     )
 
 
@@ -112,7 +149,7 @@ def remove_limit(name: str, *, client: Client | None = None) -> bool:
     name
         The limit.
     client
-        Defaults to the default client.
+        Defaults to the default client; with an asynchronous one, returns an awaitable.
 
     Returns
     -------
@@ -125,7 +162,7 @@ def remove_limit(name: str, *, client: Client | None = None) -> bool:
     True
     """
     check_name(name)
-    return bool(_call(_client(client), "hafen_limits_remove", name=name))
+    return _call(_client(client), "hafen_limits_remove", then=bool, name=name)
 
 
 def limits(*, client: Client | None = None) -> dict[str, dict[str, Any]]:
@@ -134,21 +171,25 @@ def limits(*, client: Client | None = None) -> dict[str, dict[str, Any]]:
     Parameters
     ----------
     client
-        Defaults to the default client (``hafen.connect()`` sets it).
+        Defaults to the default client (``hafen.connect()`` sets it). With an asynchronous
+        client, returns an awaitable of the same.
 
     Returns
     -------
     dict of str to dict
-        Each value has ``concurrency``, ``rate`` (as given), ``rate_per_second``, ``burst``,
-        ``in_use`` (slots held), ``waiting`` (tasks and leases waiting), ``granted`` (so far)
-        and ``longest_wait`` (seconds, of the longest current wait).
+        Each value has the settings ``concurrency``, ``rate`` (as given), ``rate_per_second``,
+        ``burst``, ``results``, ``memory`` (bytes) and ``memory_text``; and the state:
+        ``in_use`` (slots held), ``alive`` and ``alive_bytes`` (results counted by
+        ``results``/``memory`` and their bytes), ``waiting`` (tasks and leases waiting),
+        ``granted`` and ``overrides`` (so far: grants over ``results``/``memory`` made because
+        nothing could free them) and ``longest_wait`` (seconds, of the longest current wait).
 
     Examples
     --------
     >>> hafen.limits()["postgres"]["in_use"]  # doctest: +SKIP
     4
     """
-    return dict(_call(_client(client), "hafen_limits_info"))
+    return _call(_client(client), "hafen_limits_info", then=dict)
 
 
 @contextlib.contextmanager
@@ -183,7 +224,8 @@ def lease(
     Raises
     ------
     hafen.errors.LimitError
-        If a limit is unknown.
+        If a limit is unknown, or ``client`` is asynchronous (a lease blocks a thread; from a
+        coroutine, annotate the tasks with ``limits=`` instead).
     hafen.errors.LeaseTimeoutError
         If the lease was not granted within ``timeout``.
 
@@ -229,6 +271,11 @@ def _lease_channel(client: Client | None) -> tuple[Any, str]:
 
             return call_worker, worker.address
     resolved = _client(client)
+    if resolved.asynchronous:
+        raise LimitError(
+            "hafen.lease() blocks its thread and needs a synchronous client; from a coroutine, "
+            "annotate the tasks with limits= instead"
+        )
 
     def call_client(op: str, **kwargs: Any) -> Any:
         return _call(resolved, op, **kwargs)

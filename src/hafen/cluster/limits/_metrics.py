@@ -54,8 +54,31 @@ class _LimitsCollector:
                 "Token-bucket rate of the limit, grants per second (absent: no rate)",
                 labels=["name"],
             ),
+            "results": GaugeMetricFamily(
+                self._name("results"),
+                "Results the limit allows alive (absent: no cap)",
+                labels=["name"],
+            ),
+            "memory": GaugeMetricFamily(
+                self._name("memory_bytes"),
+                "Bytes of results the limit allows (absent: no cap)",
+                labels=["name"],
+            ),
             "in_use": GaugeMetricFamily(
                 self._name("in_use"), "Slots held by running tasks and leases", labels=["name"]
+            ),
+            "alive": GaugeMetricFamily(
+                self._name("alive"), "Results of the limit's tasks alive", labels=["name"]
+            ),
+            "alive_bytes": GaugeMetricFamily(
+                self._name("alive_bytes"),
+                "Bytes of the limit's results alive (running ones estimated)",
+                labels=["name"],
+            ),
+            "overrides": CounterMetricFamily(
+                self._name("overrides"),
+                "Grants over results/memory because nothing could free them",
+                labels=["name"],
             ),
             "waiting": GaugeMetricFamily(
                 self._name("waiting"), "Tasks and leases waiting for the limit", labels=["name"]
@@ -74,7 +97,14 @@ class _LimitsCollector:
                 families["concurrency"].add_metric([name], row["concurrency"])
             if row["rate_per_second"] is not None:
                 families["rate"].add_metric([name], row["rate_per_second"])
+            if row.get("results") is not None:
+                families["results"].add_metric([name], row["results"])
+            if row.get("memory") is not None:
+                families["memory"].add_metric([name], row["memory"])
             families["in_use"].add_metric([name], row["in_use"])
+            families["alive"].add_metric([name], row.get("alive", 0))
+            families["alive_bytes"].add_metric([name], row.get("alive_bytes", 0))
+            families["overrides"].add_metric([name], row.get("overrides", 0))
             families["waiting"].add_metric([name], row["waiting"])
             families["granted"].add_metric([name], row["granted"])
             families["longest_wait"].add_metric([name], row["longest_wait"])

@@ -1,8 +1,12 @@
-"""Cluster-wide limits held on the Dask scheduler.
+"""Cluster-wide limits held on the Dask scheduler, and the automatic back-pressure guard.
 
-A limit has a concurrency (slots) and/or a rate (a token bucket). Tasks annotated with
-``dask.annotate(limits=[...])`` take one slot (and one token) of each named limit while they run;
-:func:`hafen.lease` takes the same from inside a task for part of it.
+A limit has a concurrency (slots), a rate (a token bucket), and a cap on the results of its tasks
+still in memory (``results``) or their bytes (``memory``). Tasks annotated with
+``dask.annotate(limits=[...])`` take one slot (and one token) of each named limit while they run
+and one result from their grant until their result is released; :func:`hafen.lease` takes a slot
+and a token from inside a task for part of it. The bookkeeping and the grant decisions are the
+:class:`~hafen.cluster.limits._ledger.Ledger`'s; the back-pressure guard (``_guard.py``) holds
+data producers with the same machinery while results fill the cluster.
 
 Mechanism
 ---------
@@ -17,14 +21,27 @@ A held task waits on the scheduler, in its ordinary ``no-worker`` state, never o
    worker with the resource, so the scheduler parks it in ``no-worker`` (``Scheduler.unrunnable``).
    The hook sees ``-> no-worker`` and queues the task on each of its limits.
 3. A grant round (scheduled with ``loop.add_callback`` whenever a slot frees, a limit changes or a
-   token is due, never run inside a transition) pops waiters per limit, highest user priority first,
-   then oldest (first seen by the extension; a rerun keeps its seniority). A task that finds a slot
-   and a token in all its limits is granted: its restrictions are restored and the scheduler is
-   asked for ``no-worker -> processing``, the same transition it uses when a worker joins. A
-   waiter blocked by another of its limits is skipped, not waited for, so a limit never idles
-   behind it; under steady contention a task needing several limits can be overtaken.
-4. The slot is freed by the hook when the task leaves ``processing`` for any state (memory, erred,
-   released -- which is how a retry and a dead worker's task go back to waiting --, forgotten).
+   token is due, never run inside a transition) pops waiters per limit in Dask's priority order
+   (user priority, submission, graph order: siblings feeding one consumer go together), then
+   oldest (first seen by the extension; a rerun keeps its seniority). A task that fits all its
+   limits is granted: its restrictions are restored and it is sent
+   ``no-worker -> released -> waiting`` (the path Dask itself takes for a no-worker task whose
+   input was lost), then ``waiting -> processing``, where Dask places it exactly as it would have
+   without the limit: a root-ish task is queued or co-assigned with its siblings, another goes
+   where its inputs and restrictions say, an actor as actors go; work stealing sees it like any
+   other. (``no-worker -> processing`` would place every task as a restricted, non-root one:
+   all on the worker that holds a shared input, no queuing, and it fails Dask's validation for
+   actors.) A waiter blocked by another of its limits is skipped, not waited for, so a limit
+   never idles behind it; under steady contention a task needing several limits can be
+   overtaken.
+4. The slot is taken at the grant and freed by the hook when the task leaves ``processing`` (or
+   ``queued``, where Dask may keep a granted root-ish task until a thread is free) for any other
+   state: memory, erred, released -- which is how a retry and a dead worker's task go back to
+   waiting --, forgotten. A ``results``/``memory`` limit counts the result from the grant until
+   it leaves memory (or the task ends without one). When a limit's results block its next waiter
+   and nothing that could free them can run (``_progress.py``), the waiter is granted over the
+   limit and the override counted, so a consumer that needs more results than the limit allows
+   still finishes.
 
 Because held tasks sit in ``unrunnable``, ``adaptive_target`` counts them as demand and
 ``check_idle`` does not call the scheduler idle. ``no-workers-timeout`` would fail them as having
@@ -41,8 +58,9 @@ Scheduler internals relied on (``tests/cluster/test_limits_internals.py`` pins t
 ``SchedulerPlugin.transition`` being called after each transition, before recommendations that
 follow it are processed; ``TaskState.annotations/resource_restrictions/loose_restrictions/
 priority``; ``SchedulerState.valid_workers`` returning an empty set for an unknown resource and
-``is_rootish`` being false for restricted tasks; the ``no-worker -> processing`` and
-``no-worker -> erred`` transitions; ``Scheduler.unrunnable`` as an insertion-ordered
+``is_rootish`` being false for restricted tasks; the ``no-worker -> released``,
+``released -> waiting`` and ``no-worker -> erred`` transitions (``Scheduler.transition`` taking an
+unlisted pair through ``released``); ``Scheduler.unrunnable`` as an insertion-ordered
 ``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and
 ``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
 
@@ -58,9 +76,6 @@ limit to the same values twice is a no-op and removing a missing limit does noth
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import heapq
-import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -71,9 +86,12 @@ from distributed.protocol.pickle import dumps as pickle_dumps
 from tornado.ioloop import PeriodicCallback
 
 from hafen.cluster._config import UNSET, option
-from hafen.cluster.limits._bucket import TokenBucket
+from hafen.cluster.limits._guard import GUARD_NAME, Guard, GuardLimit
+from hafen.cluster.limits._ledger import Ledger
+from hafen.cluster.limits._limit import Limit, Waiter
 from hafen.cluster.limits._metrics import register_metrics
-from hafen.cluster.limits._spec import ANNOTATION, LimitSpec, make_spec, parse_annotation
+from hafen.cluster.limits._progress import consumers_running, could_free
+from hafen.cluster.limits._spec import ANNOTATION, make_spec, parse_annotation
 from hafen.errors import LimitError
 
 if TYPE_CHECKING:
@@ -97,61 +115,6 @@ PLUGIN_NAME = "hafen-limits"
 #: A resource no worker has: a task restricted to it cannot be placed, so it waits in no-worker.
 HOLD_RESOURCE = "hafen-limits-hold"
 
-Holder = tuple[str, "Key"]  # ("task", key) or ("lease", lease_id)
-
-
-@dataclasses.dataclass(eq=False)
-class _Waiter:
-    holder: Holder
-    names: tuple[str, ...]
-    order: tuple[Any, ...]
-    since: float
-    owner: str | None = None
-    future: asyncio.Future[bool] | None = None
-
-
-@dataclasses.dataclass(eq=False)
-class _Limit:
-    spec: LimitSpec
-    bucket: TokenBucket | None = None
-    granted: int = 0
-    holders: set[Holder] = dataclasses.field(default_factory=set)
-    heap: list[tuple[tuple[Any, ...], int, _Waiter]] = dataclasses.field(default_factory=list)
-
-    def configure(self, spec: LimitSpec, clock: Callable[[], float]) -> None:
-        """Take new settings; a rate keeps the tokens earned so far (a new rate starts full)."""
-        if spec.rate is None:
-            self.bucket = None
-        elif self.bucket is None:
-            self.bucket = TokenBucket(spec.rate, spec.burst, clock=clock)
-        else:
-            self.bucket.reconfigure(spec.rate, spec.burst)
-        self.spec = spec
-
-    def refill(self) -> None:
-        if self.bucket is not None:
-            self.bucket.refill()
-
-    def has_room(self) -> bool:
-        conc = self.spec.concurrency
-        if conc is not None and len(self.holders) >= conc:
-            return False
-        return self.bucket is None or self.bucket.ready()
-
-    def token_due_in(self) -> float | None:
-        """Seconds until the next token, if a token (not a slot) is what is missing."""
-        conc = self.spec.concurrency
-        if self.bucket is None or (conc is not None and len(self.holders) >= conc):
-            return None
-        return self.bucket.due_in()
-
-
-@dataclasses.dataclass(eq=False)
-class _Hold:
-    names: tuple[str, ...]
-    owner: str | None
-    since: float
-
 
 class LimitsExtension(SchedulerPlugin):
     """Scheduler extension and plugin holding cluster-wide limits; see the module docstring.
@@ -168,6 +131,9 @@ class LimitsExtension(SchedulerPlugin):
     min_refresh_interval : str or float, optional
         Smallest interval of the callback that keeps held tasks clear of ``no-workers-timeout``;
         default dask config ``hafen.limits.min-refresh-interval``.
+    backpressure : dict, optional
+        Options of the back-pressure guard (``enabled``, ``high``, ``low``, ``window``); default
+        dask config ``hafen.backpressure.*``.
     clock : callable, optional
         Monotonic time in seconds, for token buckets and waiting times.
 
@@ -185,6 +151,7 @@ class LimitsExtension(SchedulerPlugin):
         *,
         burst: int = UNSET,
         min_refresh_interval: str | float = UNSET,
+        backpressure: dict[str, Any] | None = None,
         clock: Callable[[], float] = monotonic,
     ):
         self.burst: int = option("hafen.limits.burst", burst, argument="burst")
@@ -193,18 +160,20 @@ class LimitsExtension(SchedulerPlugin):
             min_refresh_interval,
             argument="min_refresh_interval",
         )
+        self.guard = Guard(scheduler, **(backpressure or {}))
         self.clock = clock
         self.scheduler = scheduler
-        self._limits: dict[str, _Limit] = {}
-        self._waiters: dict[Holder, _Waiter] = {}
-        self._holds: dict[Holder, _Hold] = {}
+        guard_limit = GuardLimit(self.guard) if self.guard.enabled else None
+        self.ledger = Ledger(clock, self._request_grant, guard_limit)
         self._saved: dict[Key, tuple[dict[str, float] | None, bool]] = {}
         self._names: dict[Key, tuple[str, ...]] = {}
         self._rejected: dict[Key, str] = {}
         self._seniority: dict[Key, int] = {}
         self._to_reject: list[Key] = []
-        self._unconstrained: list[_Waiter] = []
-        self._counter = itertools.count()
+        #: Keys being sent on by a grant round: their no-worker -> released -> waiting is ours.
+        self._granting: set[Key] = set()
+        #: Tasks without a limit that the guard holds (or granted and are not done yet).
+        self._guarded: set[Key] = set()
         self._grant_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -243,50 +212,30 @@ class LimitsExtension(SchedulerPlugin):
         concurrency: int | None = None,
         rate: str | float | None = None,
         burst: int | None = None,
+        results: int | None = None,
+        memory: str | int | None = None,
     ) -> dict[str, Any]:
         """Create or resize a limit (idempotent); takes effect for waiting tasks at once."""
-        spec = make_spec(name, concurrency, rate, burst, default_burst=self.burst)
-        limit = self._limits.get(spec.name)
-        if limit is None:
-            limit = _Limit(spec)
-            self._limits[spec.name] = limit
-        limit.configure(spec, self.clock)
-        self._request_grant()
-        return spec.to_dict()
+        spec = make_spec(
+            name,
+            concurrency,
+            rate,
+            burst,
+            results=results,
+            memory=memory,
+            default_burst=self.burst,
+        )
+        self.ledger.set_limit(spec)
+        return spec.settings()
 
     def remove_limit(self, name: str | None = None) -> bool:
         """Remove a limit; its waiters stop waiting for it. Returns whether it existed."""
-        limit = self._limits.pop(str(name), None)
-        if limit is None:
-            return False
-        for waiter in self._waiters.values():
-            if limit.spec.name in waiter.names:
-                waiter.names = tuple(n for n in waiter.names if n != limit.spec.name)
-                if not waiter.names:
-                    self._unconstrained.append(waiter)
-        self._request_grant()
-        return True
+        return self.ledger.remove_limit(str(name))
 
     def info(self) -> dict[str, dict[str, Any]]:
-        """Return, per limit, its settings, slots in use, waiters, grants and the longest wait."""
-        now = self.clock()
-        waiting = dict.fromkeys(self._limits, 0)
-        longest = dict.fromkeys(self._limits, 0.0)
-        for waiter in self._waiters.values():
-            for name in waiter.names:
-                if name in waiting:
-                    waiting[name] += 1
-                    longest[name] = max(longest[name], now - waiter.since)
-        return {
-            name: {
-                **limit.spec.to_dict(),
-                "in_use": len(limit.holders),
-                "waiting": waiting[name],
-                "granted": limit.granted,
-                "longest_wait": longest[name],
-            }
-            for name, limit in sorted(self._limits.items())
-        }
+        """Per limit: its settings, slots in use, results alive and their bytes, waiters,
+        grants, overrides and the longest wait (and the guard's row once it acted)."""
+        return self.ledger.info()
 
     async def acquire(
         self,
@@ -299,63 +248,94 @@ class LimitsExtension(SchedulerPlugin):
         """Take a lease on one or more limits; idempotent per ``lease_id``. False on timeout."""
         names = parse_annotation(name)
         self._check_known(names, what="a lease")
-        holder: Holder = ("lease", str(lease_id))
-        if holder in self._holds:
+        holder = ("lease", str(lease_id))
+        ledger = self.ledger
+        if holder in ledger.holds:
             return True
-        waiter = self._waiters.get(holder)
+        waiter = ledger.waiters.get(holder)
         if waiter is None:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            order = (-int(priority), next(self._counter))
-            waiter = _Waiter(holder, names, order, self.clock(), owner, future)
-            self._enqueue(waiter)
+            order = ((-int(priority),), next(ledger.counter))
+            waiter = Waiter(holder, names, order, self.clock(), owner, future)
+            ledger.enqueue(waiter)
         assert waiter.future is not None
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
         except TimeoutError:
-            if self._waiters.get(holder) is waiter:
-                self._drop(holder)
-            return holder in self._holds
+            if ledger.waiters.get(holder) is waiter:
+                ledger.drop(holder)
+            return holder in ledger.holds
 
     def release(self, lease_id: str | None = None) -> bool:
         """Release a lease, or stop waiting for it; idempotent. Returns whether it was known."""
-        return self._drop(("lease", str(lease_id)))
+        return self.ledger.drop(("lease", str(lease_id)))
 
     # --- plugin hooks -------------------------------------------------------------------------
 
     def transition(self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        ledger = self.ledger
+        if start == "processing" and ledger.waits_on_memory():
+            self._request_grant()  # something finished: a blocked limit may be stuck now
         ts = self.scheduler.tasks.get(key)
         if ts is None:
             return
+        guard = self.guard
+        flipped = guard.enabled and (finish == "memory" or start == "memory")
+        if flipped and guard.observe(key, start, finish, ts):
+            self._request_grant()
         annotations = ts.annotations
-        if not annotations or ANNOTATION not in annotations:
+        if start == finish:
+            # waiting -> waiting: Dask decided where a ready task goes next (queued, no-worker)
+            # and recommended it; the task was held (or not) when it entered waiting
             return
+        if (not annotations or ANNOTATION not in annotations) and key not in self._guarded:
+            if finish != "waiting" or not guard.engaged or key in self._granting:
+                return
+            if not guard.is_producer(ts):
+                return
+            self._guarded.add(key)  # a producer while the guard is engaged: hold it
+        if key in self._granting and finish in ("released", "waiting"):
+            return  # a grant sending the task on: it keeps its slot
         if finish == "waiting":
             self._hold_task(ts)
         elif finish == "no-worker":
-            if key in self._saved and ("task", key) not in self._waiters:
+            if key in self._saved and ("task", key) not in ledger.waiters:
                 self._enqueue_task(ts)
-        elif finish == "processing":
+        elif finish in ("processing", "queued"):
             return
         else:
-            self._drop(("task", key))
+            ledger.drop(("task", key))
+            if finish == "memory" and start == "processing":
+                ledger.result_landed(key, ts.group.name, ts.nbytes)
+            else:
+                ledger.result_gone(key)
+            if key not in self._saved:
+                self._guarded.discard(key)
             if finish == "forgotten":
                 self._saved.pop(key, None)
                 self._names.pop(key, None)
                 self._rejected.pop(key, None)
                 self._seniority.pop(key, None)
+                self._guarded.discard(key)
+
+    def add_worker(self, scheduler: Scheduler, worker: str) -> None:
+        if self.guard.check():
+            self._request_grant()
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
-        self._drop_owner(worker)
+        self.ledger.drop_owner(worker)
+        if self.guard.check():
+            self._request_grant()
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
-        self._drop_owner(client)
+        self.ledger.drop_owner(client)
 
-    # --- holding and granting -----------------------------------------------------------------
+    # --- holding ------------------------------------------------------------------------------
 
     def _check_known(self, names: tuple[str, ...], *, what: str) -> None:
-        unknown = [n for n in names if n not in self._limits]
+        unknown = [n for n in names if n not in self.ledger.limits]
         if unknown:
-            known = ", ".join(sorted(self._limits)) or "none"
+            known = ", ".join(sorted(self.ledger.limits)) or "none"
             raise LimitError(
                 f"{what} names unknown limit(s) {', '.join(map(repr, unknown))} "
                 f"(known: {known}); create it with hafen.set_limit() first"
@@ -363,9 +343,12 @@ class LimitsExtension(SchedulerPlugin):
 
     def _hold_task(self, ts: TaskState) -> None:
         key = ts.key
-        self._drop(("task", key))
+        self.ledger.drop(("task", key))
+        self.ledger.result_gone(key)
         if key in self._names:
             pass  # admitted before (a retry, a rerun, a recomputation): removed limits are skipped
+        elif key in self._guarded:
+            self._names[key] = (GUARD_NAME,)
         else:
             try:
                 names = parse_annotation((ts.annotations or {}).get(ANNOTATION))
@@ -375,7 +358,7 @@ class LimitsExtension(SchedulerPlugin):
             else:
                 self._names[key] = names
                 self._rejected.pop(key, None)
-        self._seniority.setdefault(key, next(self._counter))
+        self._seniority.setdefault(key, next(self.ledger.counter))
         if key not in self._saved:
             rr = ts.resource_restrictions
             self._saved[key] = (dict(rr) if rr else None, ts.loose_restrictions)
@@ -395,37 +378,20 @@ class LimitsExtension(SchedulerPlugin):
             self._to_reject.append(key)
             self._request_grant()
             return
-        names = tuple(n for n in self._names.get(key, ()) if n in self._limits)
-        order = (ts.priority[0] if ts.priority else 0, self._seniority[key])
-        self._enqueue(_Waiter(("task", key), names, order, self.clock()))
+        ledger = self.ledger
+        names = tuple(n for n in self._names.get(key, ()) if ledger.limit(n) is not None)
+        # Tasks under limits that produce data are also held by the guard while it is engaged.
+        producer = GUARD_NAME not in names and self.guard.is_producer(ts)
+        if GUARD_NAME in names:
+            self.guard.held_groups.add(ts.group.name)
+        # Dask's priority (user priority, then submission, then graph order: siblings feeding
+        # one consumer are next to each other), then seniority.
+        order = (tuple(ts.priority or (0,)), self._seniority[key])
+        waiter = Waiter(("task", key), names, order, self.clock(), group=ts.group.name)
+        waiter.producer = producer
+        ledger.enqueue(waiter)
 
-    def _enqueue(self, waiter: _Waiter) -> None:
-        self._waiters[waiter.holder] = waiter
-        if not waiter.names:
-            self._unconstrained.append(waiter)
-        for name in waiter.names:
-            heapq.heappush(self._limits[name].heap, (waiter.order, next(self._counter), waiter))
-        self._request_grant()
-
-    def _drop(self, holder: Holder) -> bool:
-        """Forget a waiter or free a holder's slots. Returns whether either existed."""
-        waiter = self._waiters.pop(holder, None)
-        if waiter is not None and waiter.future is not None and not waiter.future.done():
-            waiter.future.set_result(False)
-        hold = self._holds.pop(holder, None)
-        if hold is not None:
-            for name in hold.names:
-                limit = self._limits.get(name)
-                if limit is not None:
-                    limit.holders.discard(holder)
-            self._request_grant()
-        return waiter is not None or hold is not None
-
-    def _drop_owner(self, owner: str) -> None:
-        holders = [h for h, hold in self._holds.items() if hold.owner == owner]
-        holders += [h for h, w in self._waiters.items() if w.owner == owner]
-        for holder in holders:
-            self._drop(holder)
+    # --- granting -----------------------------------------------------------------------------
 
     def _request_grant(self) -> None:
         if not self._grant_pending:
@@ -433,49 +399,71 @@ class LimitsExtension(SchedulerPlugin):
             self.scheduler.loop.add_callback(self._grant)
 
     def _grant(self) -> None:
-        """One grant round; runs from the event loop, outside any transition."""
+        """One grant round; runs from the event loop, outside any transition.
+
+        First what fits every limit of a waiter, then, on the state that left, an override for
+        each limit that is stuck (see :class:`~hafen.cluster.limits._ledger.Ledger`).
+        """
         self._grant_pending = False
         now = self.clock()
         stimulus_id = f"hafen-limits-grant-{time()}"
-        granted: list[_Waiter] = []
         if self._to_reject:
             self._reject_tasks(stimulus_id)
-        while self._unconstrained:
-            waiter = self._unconstrained.pop()
-            if self._waiters.get(waiter.holder) is waiter and not waiter.names:
-                self._take(waiter, now)
-                granted.append(waiter)
-        for limit in self._limits.values():
-            if not limit.heap:
-                continue
-            limit.refill()
-            skipped = []
-            while limit.heap and limit.has_room():
-                entry = heapq.heappop(limit.heap)
-                waiter = entry[2]
-                if self._waiters.get(waiter.holder) is not waiter or limit.spec.name not in (
-                    waiter.names
-                ):
-                    continue  # stale entry: granted, dropped or limit removed meanwhile
-                if not self._still_waiting(waiter):
-                    self._drop(waiter.holder)
-                    continue
-                others = [self._limits[n] for n in waiter.names if n != limit.spec.name]
-                for other in others:
-                    other.refill()
-                if all(other.has_room() for other in others):
-                    self._take(waiter, now)
-                    granted.append(waiter)
-                else:
-                    skipped.append(entry)
-            for entry in skipped:
-                heapq.heappush(limit.heap, entry)
-            if limit.heap:
-                due = limit.token_due_in()
-                if due is not None:
-                    self._wake_in(due)
-        recommendations: Recs = {}
-        for waiter in reversed(granted):  # transitions are processed LIFO: best first
+        if self.guard.engaged and self.scheduler.queued:
+            self._take_from_dasks_queue(stimulus_id)
+        ledger = self.ledger
+        self._send_granted(ledger.select(now, self._still_waiting, self._wake_in), stimulus_id)
+        if ledger.waits_on_memory():
+            over = ledger.overrides(now, self._stuck, self._idle_threads, self._on_override)
+            self._send_granted(over, f"{stimulus_id}-override")
+
+    def _take_from_dasks_queue(self, stimulus_id: str) -> None:
+        """The guard engaged: producers in Dask's queue go back to waiting, where it holds them."""
+        keys = [ts.key for ts in self.scheduler.queued if self.guard.is_producer(ts)]
+        if keys:
+            self.scheduler.transitions(dict.fromkeys(keys, "released"), stimulus_id=stimulus_id)
+
+    def _stuck(self, limit: Limit) -> bool:
+        if isinstance(limit, GuardLimit):
+            # only producers could run: let them fill the idle threads (work-conserving)
+            scheduler = self.scheduler
+            return self._idle_threads() > 0 and not consumers_running(
+                scheduler, self.guard.is_producer
+            )
+        return not could_free(limit, self.scheduler, self._waiting_for)
+
+    def _idle_threads(self) -> int:
+        scheduler = self.scheduler
+        busy = sum(len(ws.processing) for ws in scheduler.workers.values())
+        return scheduler.total_nthreads - busy
+
+    def _waiting_for(self, key: Key) -> tuple[str, ...] | None:
+        waiter = self.ledger.waiters.get(("task", key))
+        if waiter is not None:
+            return waiter.names
+        return () if key in self._saved else None
+
+    def _on_override(self, limit: Limit, waiter: Waiter, first: bool) -> None:
+        spec = limit.spec
+        self.scheduler.log_event(
+            "hafen-limits",
+            {"action": "override", "limit": spec.name, "key": waiter.holder[1]},
+        )
+        if first:
+            logger.warning(
+                "limit %r (results=%s, memory=%s): nothing that would free its results can "
+                "run, so %r was granted over the limit; such overrides are counted in "
+                "hafen.limits() ('overrides'). A task that needs more of these results at once "
+                "than the limit allows (a reduction over all of them) causes this.",
+                spec.name,
+                spec.results,
+                spec.settings()["memory_text"],
+                waiter.holder[1],
+            )
+
+    def _send_granted(self, granted: list[Waiter], stimulus_id: str) -> None:
+        tasks: list[TaskState] = []
+        for waiter in sorted(granted, key=lambda w: w.order):
             kind, ident = waiter.holder
             if kind == "lease":
                 assert waiter.future is not None
@@ -484,29 +472,45 @@ class LimitsExtension(SchedulerPlugin):
                 continue
             ts = self.scheduler.tasks.get(ident)
             if ts is None or ts.state != "no-worker":
-                self._drop(waiter.holder)
+                self.ledger.drop(waiter.holder)
+                self.ledger.result_gone(ident)
                 continue
             self._release_task(ts)
-            recommendations[ident] = "processing"
-        if recommendations:
-            self.scheduler.transitions(recommendations, stimulus_id=stimulus_id)
+            tasks.append(ts)
+        if tasks:
+            self._send_on(tasks, stimulus_id)
 
-    def _still_waiting(self, waiter: _Waiter) -> bool:
+    def _send_on(self, tasks: list[TaskState], stimulus_id: str) -> None:
+        """Let granted tasks go on as Dask would have sent them without the limit.
+
+        Each goes ``no-worker -> released -> waiting``, the path Dask takes itself for a
+        no-worker task whose input was lost; then ``waiting -> processing`` places it with Dask's
+        own rules (root-ish queuing or co-assignment, dependencies, restrictions, actors). All of
+        a round's tasks are ``waiting`` before the first is placed, as after ``update_graph``, so
+        co-assignment sees its siblings; they are placed best first.
+        """
+        scheduler = self.scheduler
+        keys = [ts.key for ts in tasks]
+        self._granting.update(keys)
+        try:
+            recommendations: Recs = {}
+            for key in keys:
+                recommendations.update(scheduler.transition(key, "waiting", stimulus_id))
+            # transitions() pops the last entry first: best (first granted) last in the dict
+            ordered: Recs = {k: v for k, v in recommendations.items() if k not in keys}
+            for key in reversed(keys):
+                if key in recommendations:
+                    ordered[key] = recommendations[key]
+            scheduler.transitions(ordered, stimulus_id=stimulus_id)
+        finally:
+            self._granting.difference_update(keys)
+
+    def _still_waiting(self, waiter: Waiter) -> bool:
         kind, ident = waiter.holder
         if kind == "lease":
             return waiter.future is not None and not waiter.future.done()
         ts = self.scheduler.tasks.get(ident)
         return ts is not None and ts.state == "no-worker" and ident in self._saved
-
-    def _take(self, waiter: _Waiter, now: float) -> None:
-        del self._waiters[waiter.holder]
-        for name in waiter.names:
-            limit = self._limits[name]
-            limit.holders.add(waiter.holder)
-            limit.granted += 1
-            if limit.bucket is not None:
-                limit.bucket.take()
-        self._holds[waiter.holder] = _Hold(waiter.names, waiter.owner, now)
 
     def _wake_in(self, delay: float) -> None:
         loop = asyncio.get_running_loop()

@@ -12,20 +12,27 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from dask.utils import format_bytes, parse_bytes
+
 from hafen.cluster._config import UNSET, option
 from hafen.errors import LimitError
 
 __all__ = [
     "ANNOTATION",
+    "RESERVED_PREFIX",
     "LimitSpec",
     "check_name",
     "make_spec",
     "parse_annotation",
+    "parse_memory",
     "parse_rate",
 ]
 
 #: The annotation that puts a task under limits: ``dask.annotate(limits=["postgres"])``.
 ANNOTATION = "limits"
+
+#: Names of hafen's own rows in ``hafen.limits()`` (the back-pressure guard) start with this.
+RESERVED_PREFIX = "hafen."
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 _RATE = re.compile(
@@ -57,6 +64,10 @@ def check_name(name: Any) -> str:
         raise LimitError(
             f"invalid limit name {name!r}: use 1 to 128 letters, digits or '_.:/-', "
             "starting with a letter or digit"
+        )
+    if name.startswith(RESERVED_PREFIX):
+        raise LimitError(
+            f"invalid limit name {name!r}: names starting {RESERVED_PREFIX!r} are hafen's"
         )
     return name
 
@@ -90,6 +101,19 @@ def parse_rate(rate: Any) -> float:
     return per_second
 
 
+def parse_memory(memory: Any, *, what: str = "memory") -> int:
+    """Return a size in bytes from ``"2GiB"``, ``"512MB"`` or a number of bytes (> 0)."""
+    if isinstance(memory, bool) or not isinstance(memory, int | float | str):
+        raise LimitError(f"{what} must be a size like '2GiB' or a number of bytes, got {memory!r}")
+    try:
+        nbytes = parse_bytes(memory) if isinstance(memory, str) else int(memory)
+    except (ValueError, TypeError):
+        raise LimitError(f"invalid size {memory!r} for {what}: expected e.g. '2GiB'") from None
+    if nbytes <= 0:
+        raise LimitError(f"{what} must be positive, got {memory!r}")
+    return nbytes
+
+
 def _check_size(value: Any, *, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise LimitError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
@@ -104,6 +128,8 @@ class LimitSpec:
 
     ``concurrency`` ``None`` means no cap on slots (a pure rate limit); 0 pauses the limit.
     ``rate`` is in grants per second (``None``: no rate), ``rate_text`` as the user gave it.
+    ``results`` caps the results of the limit's tasks alive in the cluster (granted and not yet
+    released), ``memory`` their bytes (``None``: no cap).
     """
 
     name: str
@@ -111,13 +137,30 @@ class LimitSpec:
     rate: float | None
     rate_text: str | None
     burst: int
+    results: int | None = None
+    memory: int | None = None
+
+    @property
+    def counts_results(self) -> bool:
+        """Whether the limit follows its tasks' results (``results=`` or ``memory=``)."""
+        return self.results is not None or self.memory is not None
 
     def to_dict(self) -> dict[str, Any]:
+        """The concurrency and rate settings (what a limit had before results and memory)."""
         return {
             "concurrency": self.concurrency,
             "rate": self.rate_text,
             "rate_per_second": self.rate,
             "burst": self.burst,
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting: :meth:`to_dict` plus ``results``, ``memory`` and ``memory_text``."""
+        return {
+            **self.to_dict(),
+            "results": self.results,
+            "memory": self.memory,
+            "memory_text": None if self.memory is None else format_bytes(self.memory),
         }
 
 
@@ -127,6 +170,8 @@ def make_spec(
     rate: Any = None,
     burst: Any = None,
     *,
+    results: Any = None,
+    memory: Any = None,
     default_burst: Any = UNSET,
 ) -> LimitSpec:
     """Validate the settings of a limit and return them as a :class:`LimitSpec`.
@@ -135,10 +180,15 @@ def make_spec(
     ``hafen.limits.burst``; the scheduler extension passes the value it was built with).
     """
     name = check_name(name)
-    if concurrency is None and rate is None:
-        raise LimitError(f"limit {name!r}: give concurrency=, rate= or both")
+    if concurrency is None and rate is None and results is None and memory is None:
+        raise LimitError(
+            f"limit {name!r}: give concurrency=, rate= or both (and/or results=, memory=)"
+        )
     if concurrency is not None:
         concurrency = _check_size(concurrency, what=f"limit {name!r}: concurrency", minimum=0)
+    if results is not None:
+        results = _check_size(results, what=f"limit {name!r}: results", minimum=1)
+    nbytes = None if memory is None else parse_memory(memory, what=f"limit {name!r}: memory")
     per_second = None if rate is None else parse_rate(rate)
     if burst is None:
         burst = option("hafen.limits.burst", default_burst, argument="default_burst")
@@ -147,7 +197,7 @@ def make_spec(
         if rate is None:
             raise LimitError(f"limit {name!r}: burst= only applies together with rate=")
     rate_text = None if rate is None else (rate if isinstance(rate, str) else f"{rate:g}/s")
-    return LimitSpec(name, concurrency, per_second, rate_text, burst)
+    return LimitSpec(name, concurrency, per_second, rate_text, burst, results, nbytes)
 
 
 def parse_annotation(value: Any) -> tuple[str, ...]:

@@ -225,7 +225,9 @@ class DrainCoordinator:
                     }
                 )
         amm: ActiveMemoryManagerExtension | None = scheduler.extensions.get("amm")
-        if amm is None:
+        if amm is None or not amm.running:
+            # As Scheduler.retire_workers: with Dask's AMM stopped, an ad-hoc one that runs
+            # only this policy (not Dask's other policies, which were meant to stay idle).
             amm = ActiveMemoryManagerExtension(
                 scheduler, policies=set(), register=False, start=False
             )

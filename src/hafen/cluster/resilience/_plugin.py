@@ -4,7 +4,7 @@
 what ``dask scheduler --preload hafen.cluster`` adds. When it starts it
 
 - installs the :class:`~hafen.cluster.resilience.Replication` AMM policy in place of
-  ``ReduceReplicas``;
+  ``ReduceReplicas`` (leaving Dask's AMM running or stopped, as configured);
 - registers the scheduler handlers ``hafen_drain`` (see ``_drain.py``) and
   ``hafen_resilience_counts``;
 - watches transitions to feed the policy (results that landed, their compute time) and to count,
@@ -237,20 +237,24 @@ class ResiliencePlugin(SchedulerPlugin):
         self._kick = None
         full, self._full_pass = self._full_pass, False
         scheduler = self.scheduler
-        if scheduler is None or self.policy is None:
+        if scheduler is None or self.policy is None or self._fresh is None:
             return
-        amm = scheduler.extensions.get("amm")
-        if amm is None or self.policy not in amm.policies:
-            return
-        # With a memory budget only the full pass can decide; otherwise copy just the new ones.
+        # With a memory budget only a full pass can decide; otherwise copy just the new ones.
         if self.policy.memory_budget is not None:
             full = True
-        manager = amm if full else self._side_amm
+        amm = scheduler.extensions.get("amm")
+        manager: ActiveMemoryManagerExtension | None = self._side_amm
+        if full and amm is not None and amm.running and self.policy in amm.policies:
+            manager = amm  # Dask's AMM runs anyway: one of its passes, a little early
+        elif full:
+            # Dask's AMM is stopped (or the policy is not in it): copy, never drop, as Dask
+            # would not drop anything either until someone starts its AMM.
+            self._fresh.everything = True
         if manager is None or hasattr(manager, "pending"):
             return
         try:
             manager.run_once()
-        except Exception:  # the periodic run will try again
+        except Exception:  # the next kick or periodic run will try again
             logger.exception("hafen: Active Memory Manager pass failed")
 
 

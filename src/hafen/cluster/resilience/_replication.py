@@ -20,11 +20,18 @@ would ping-pong. The principled fix, without patching Dask, is to own that decis
 jobs: for protected results it asks for copies up to the target, and for every replicated result it
 drops copies beyond ``max(target, what ReduceReplicas would keep)``, with ``ReduceReplicas``'s own
 rule for pending dependents. Results that are not protected are treated exactly as
-``ReduceReplicas`` treats them. :func:`install_replication` swaps the policy into a running
-scheduler's AMM; a scheduler configured from dask config can list
+``ReduceReplicas`` treats them, so the AMM drops exactly what Dask's would (copies made with
+``client.replicate`` included, as Dask does while its AMM runs). :func:`install_replication` swaps
+the policy into a running scheduler's AMM; a scheduler configured from dask config can list
 ``hafen.cluster.resilience.Replication`` instead of ``ReduceReplicas`` under
 ``distributed.scheduler.active-memory-manager.policies``. Another third-party policy that drops
 copies could still remove ours; hafen installs none.
+
+Installing the policy leaves the rest of Dask's AMM settings alone: it never starts an AMM that
+``distributed.scheduler.active-memory-manager.start`` left stopped, and where the configured
+policies have no ``ReduceReplicas`` it adds nothing to Dask's AMM (the policy then lives in a
+manager of its own that only makes copies). While Dask's AMM is not running, hafen's own passes
+(below) only ever copy protected results; they never drop a copy.
 
 Copies on a worker that is being retired or drained (status ``closing_gracefully``) do not count
 towards the target, so protected results are re-protected while a worker leaves.
@@ -33,7 +40,8 @@ The AMM runs every 2 s by default; a result that lands just before a worker dies
 that window. The resilience scheduler plugin (``_plugin.py``) therefore copies a protected result
 ``delay`` (default 10 ms) after it lands, through :class:`CopyFresh` in a side manager that looks
 only at new results (a full pass per result would cost O(results) each time). A result is still
-unprotected from the moment it lands until its copy has arrived.
+unprotected from the moment it lands until its copy has arrived. The same side manager makes the
+copies of a full pass (after a worker left) when Dask's AMM is not running.
 
 This module reads scheduler internals that Dask does not promise to keep stable: ``TaskState``
 (``annotations``, ``nbytes``, ``who_has``, ``waiters``, ``who_wants``, ``dependencies``,
@@ -320,19 +328,28 @@ class CopyFresh(ActiveMemoryManagerPolicy):
     The full :class:`Replication` pass looks at every protected result and every replicated
     one; running it after each result would cost O(results) per result. This policy only looks
     at the results added to :attr:`fresh` since its last run (no budget, no drops: those are the
-    periodic pass's job), so prompt protection costs O(1) per result.
+    periodic pass's job), so prompt protection costs O(1) per result. With :attr:`everything`
+    set, its next run copies every protected result below target instead (within the budget),
+    still without dropping anything: the full pass of a scheduler whose AMM is not running.
     """
 
     def __init__(self, replication: Replication) -> None:
         self.replication = replication
         self.fresh: set[TaskState] = set()
+        self.everything = False
 
     def run(self) -> SuggestionGenerator:
         fresh, self.fresh = self.fresh, set()
         nworkers = max(len(self.manager.scheduler.running), 1)
         pending = self.manager.pending
-        for ts in fresh:
-            for _ in range(self.replication.target(ts, nworkers) - live_copies(ts, pending)):
+        if self.everything:
+            self.everything = False
+            targets = self.replication.targets()
+            self.replication.last_targets = {ts.key: n for ts, n in targets.items()}
+        else:
+            targets = {ts: self.replication.target(ts, nworkers) for ts in fresh}
+        for ts, target in targets.items():
+            for _ in range(target - live_copies(ts, pending)):
                 choice = yield Suggestion("replicate", ts)
                 if choice is None:
                     break
@@ -350,8 +367,10 @@ def install_replication(scheduler: Scheduler, policy: Replication | None = None)
     """Install :class:`Replication` in the scheduler's AMM, in place of ``ReduceReplicas``.
 
     Idempotent: if a :class:`Replication` policy is installed already it is returned (or
-    replaced by ``policy`` when one is given). Starts the AMM if it is not running, since the
-    policy needs it.
+    replaced by ``policy`` when one is given). Dask's AMM is left as configured: it is not
+    started if it is not running, and where it has no ``ReduceReplicas`` to replace the policy
+    is not added to it but kept in a manager of its own (``policy.manager``), which only the
+    resilience plugin's passes run.
 
     Parameters
     ----------
@@ -376,11 +395,23 @@ def install_replication(scheduler: Scheduler, policy: Replication | None = None)
         policy.candidates |= existing.candidates
         policy.durations = existing.durations
     replaced = {p for p in amm.policies if type(p) is ReduceReplicas}
-    amm.policies -= replaced
     if policy is None:
         policy = Replication(reduce_replicas=bool(replaced) or existing is not None)
-    amm.add_policy(policy)
-    if not amm.running:
-        amm.start()
-    logger.info("hafen: %r installed in the Active Memory Manager", policy)
+    if replaced or existing is not None:
+        amm.policies -= replaced
+        amm.add_policy(policy)
+        where = "in place of ReduceReplicas in the Active Memory Manager"
+    else:
+        # Nothing of Dask's to replace: Dask's AMM keeps exactly the policies it was given.
+        policy.reduce_replicas = False
+        ActiveMemoryManagerExtension(
+            scheduler,
+            policies={policy},
+            measure=amm.measure,
+            register=False,
+            start=False,
+            interval=amm.interval,
+        )
+        where = "beside the Active Memory Manager (no ReduceReplicas configured)"
+    logger.info("hafen: %r installed %s", policy, where)
     return policy
