@@ -183,6 +183,7 @@ def reshuffle(
     version: int | None = None,
     mode: Mode = "create",
     storage_options: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Dataset:
     """Rewrite a dataset with another partitioning, with bounded memory per worker.
 
@@ -229,6 +230,9 @@ def reshuffle(
         partitions written), as for :func:`hafen.write_dataset`.
     storage_options
         fsspec options for both storage backends (over the ``storage_options`` setting).
+    parameters
+        Recorded with the new version's commit, beside hafen's own (see
+        :meth:`~hafen.datasets.Dataset.history`): e.g. the watermark the data covers.
 
     Returns
     -------
@@ -311,6 +315,7 @@ def reshuffle(
                 "num_buckets": num_buckets,
                 "bucket_by": spec.bucket_by,
                 "sort_by": sort,
+                **(parameters or {}),
             }
             return Dataset(target, tx.commit(parameters))
         finally:

@@ -56,6 +56,7 @@ def write_ddf(
     schema_mode: SchemaMode = "strict",
     on_conflict: OnConflict = "raise",
     storage_options: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Dataset:
     """Write a Dask DataFrame as one new version of a dataset: parallel files, one commit.
 
@@ -82,6 +83,9 @@ def write_ddf(
         ``"raise"`` or ``"retry"`` when a concurrent commit touched the same partitions.
     storage_options
         fsspec options for the storage backend (over the ``storage_options`` setting).
+    parameters
+        Recorded with the new version's commit, beside hafen's own (see
+        :meth:`~hafen.datasets.Dataset.history`): e.g. the watermark the data covers.
 
     Returns
     -------
@@ -131,4 +135,7 @@ def write_ddf(
         )
         tasks = staged.to_delayed()
         tx.add(compute(tasks))
-        return Dataset(storage, tx.commit({"writer": "write_ddf", "partitions": len(tasks)}))
+        return Dataset(
+            storage,
+            tx.commit({"writer": "write_ddf", "partitions": len(tasks), **(parameters or {})}),
+        )

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from hafen._secrets import redact
+from hafen.datasets import Dataset
 from hafen.errors import ConfigError
-from hafen.pipeline import _stages
+from hafen.pipeline import _incremental, _stages
 from hafen.pipeline._config import DB_LIMIT, PipelineConfig, SynthParams
+from hafen.pipeline._incremental import IngestSequence
 from hafen.pipeline._progress import StageProgress, peak_rss
 
 __all__ = ["PipelineResult", "StageReport", "demo", "demo_config", "run_pipeline"]
@@ -56,6 +58,12 @@ class PipelineResult:
     #: The P10-P90 ranges on the held-out window: mean pinball loss and coverage, of the model
     #: and of the seasonal naive baseline with its empirical quantiles.
     ranges: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: What each dataset got this run: "rebuild" (whole), "append" (new data only) or "skip".
+    steps: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The stores forecast this run (the others' forecasts were still current).
+    forecast_stores: list[int] = dataclasses.field(default_factory=list)
+    #: The source's ingest sequence number the run covers; None for a source without one.
+    watermark: int | None = None
 
     @property
     def seconds(self) -> float:
@@ -89,8 +97,13 @@ def run_pipeline(
     client: Any = None,
     console: Any = None,
     synth_seconds: float | None = None,
+    full: bool = False,
 ) -> PipelineResult:
     """Run stages 1-5 on ``cfg`` and return the result (stage 6 prints it when ``console``).
+
+    On a database filled through the ingest API the run is incremental: it extracts the batches
+    that arrived since the last run and redoes only what they change (see
+    :mod:`hafen.pipeline._incremental`); other databases are extracted whole every time.
 
     Parameters
     ----------
@@ -101,6 +114,8 @@ def run_pipeline(
         made from ``cfg`` and closed at the end.
     console
         A ``rich.console.Console`` for progress and the summary; None runs silently.
+    full
+        Rebuild every dataset whole, whatever the last run left.
 
     Examples
     --------
@@ -117,7 +132,7 @@ def run_pipeline(
         if console is not None and dashboard:
             console.print(f"Dask dashboard: [link={dashboard}]{dashboard}[/link]")
         with _progress_display(console) as progress:
-            result = _run_stages(cfg, client, progress, dashboard)
+            result = _run_stages(cfg, client, progress, dashboard, full=full)
         result.synth_seconds = synth_seconds
         if console is not None:
             from hafen.pipeline._summary import print_summary
@@ -172,85 +187,198 @@ def _progress_display(console: Any) -> Any:
     )
 
 
-def _run_stages(cfg: PipelineConfig, client: Any, progress: Any, dashboard: str | None) -> Any:
+def _written_rows(ds: Dataset, step: str) -> int:
+    """Rows the step added to ``ds`` this run (all its rows for a rebuild, none for a skip)."""
+    if step == "skip":
+        return 0
+    return ds.num_rows if step == "rebuild" else int(ds.history(limit=1)[0]["rows_added"])
+
+
+def _extract(
+    cfg: PipelineConfig, sequence: IngestSequence | None, full: bool
+) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """Stage 1: each table whole, or (sales) the batches after its watermark, or not at all."""
+    out: dict[str, Dataset] = {}
+    steps: dict[str, str] = {}
+    for table, *_ in _stages.TABLES:
+        current = _incremental.open_latest(cfg.dataset(f"raw/{table}"))
+        own = _incremental.lineage(current) or {}
+        watermark = own.get("watermark")
+        if full or sequence is None or current is None or watermark is None:
+            step = "rebuild"
+        elif not sequence.has_rows(table, watermark):
+            step = "skip"
+        else:  # the small tables are taken whole; the sales from the watermark on
+            step = "append" if table == "sales" else "rebuild"
+        steps[f"raw/{table}"] = step
+        if step == "skip":
+            assert current is not None
+            out[table] = current
+            continue
+        generation = own["generation"] if step == "append" else _incremental.new_generation()
+        number = None if sequence is None else sequence.number
+        out[table] = _stages.extract_table(
+            cfg,
+            table,
+            where=None
+            if sequence is None
+            else sequence.where(watermark if step == "append" else None),
+            mode="append" if step == "append" else "overwrite",
+            parameters={_incremental.KEY: {"generation": generation, "watermark": number}},
+        )
+    return out, steps
+
+
+def _derive(
+    cfg: PipelineConfig, name: str, inputs: dict[str, Dataset], main: str, full: bool
+) -> tuple[Dataset | None, _incremental.Step, dict[str, Any]]:
+    """The latest ``name``, what to do to it given ``inputs``, and the lineage to commit."""
+    refs = {k: _incremental.input_ref(v) for k, v in inputs.items()}
+    current = _incremental.open_latest(cfg.dataset(name))
+    step = _incremental.plan_step(_incremental.lineage(current), refs, main, full=full)
+    return current, step, {"generation": step.generation, "inputs": refs}
+
+
+def _run_stages(
+    cfg: PipelineConfig, client: Any, progress: Any, dashboard: str | None, *, full: bool = False
+) -> Any:
     tracker = StageProgress(client, progress, limit=DB_LIMIT)
     tasks = max(2, 2 * sum(client.nthreads().values()))
     reports: list[StageReport] = []
+    key = _incremental.KEY
 
     began = time.perf_counter()
     with tracker.stage("1. extract (database -> raw/*)", watch_limit=True):
-        raw = _stages.extract(cfg)
+        sequence = None if full else _incremental.source_sequence(cfg.source_url)
+        raw, steps = _extract(cfg, sequence, full)
     reports.append(
         StageReport(
             "extract",
-            raw["sales"].num_rows,
+            _written_rows(raw["sales"], steps["raw/sales"]),
             time.perf_counter() - began,
             _implementation("extract"),
-            ", ".join(f"{k} {v.num_rows:,}" for k, v in raw.items() if k != "sales"),
+            ", ".join(
+                f"{k} {v.num_rows:,}" + ("" if steps[f"raw/{k}"] != "skip" else " (unchanged)")
+                for k, v in raw.items()
+                if k != "sales"
+            )
+            + _mode(steps["raw/sales"]),
         )
     )
 
     began = time.perf_counter()
     with tracker.stage("2. denormalize (-> sales by date)"):
-        sales = _stages.denormalize(cfg, raw, tasks=tasks)
+        inputs = {f"raw/{t}": raw[t] for t, *_ in _stages.TABLES}
+        current, step, lineage = _derive(cfg, "sales", inputs, "raw/sales", full)
+        if step.action == "rebuild":
+            sales = _stages.denormalize(cfg, raw, tasks=tasks, parameters={key: lineage})
+        elif step.action == "append":
+            assert step.since is not None
+            new = _incremental.added_since(raw["sales"], step.since)
+            sales = _stages.denormalize_files(cfg, raw, new, tasks=tasks, parameters={key: lineage})
+        else:
+            assert current is not None
+            sales = current
+        steps["sales"] = step.action
     reports.append(
         StageReport(
             "denormalize",
-            sales.num_rows,
+            _written_rows(sales, step.action),
             time.perf_counter() - began,
             _implementation("denormalize"),
-            f"{len(sales.partitions())} date partitions",
+            f"{len(sales.partitions())} date partitions" + _mode(step.action),
         )
     )
 
     began = time.perf_counter()
     with tracker.stage("3. reshuffle (-> sales_by_store)"):
-        by_store = _stages.reshuffle(cfg, sales)
+        current, step, lineage = _derive(cfg, "sales_by_store", {"sales": sales}, "sales", full)
+        if step.action == "rebuild":
+            by_store = _stages.reshuffle(cfg, sales, parameters={key: lineage})
+        elif step.action == "append":
+            assert step.since is not None
+            new = _incremental.added_since(sales, step.since)
+            by_store = _stages.reshuffle_files(
+                cfg, sales, new, tasks=tasks, parameters={key: lineage}
+            )
+        else:
+            assert current is not None
+            by_store = current
+        steps["sales_by_store"] = step.action
     reports.append(
         StageReport(
             "reshuffle",
-            by_store.num_rows,
+            _written_rows(by_store, step.action),
             time.perf_counter() - began,
             _implementation("reshuffle"),
-            f"{len(by_store.partitions())} store partitions",
+            f"{len(by_store.partitions())} store partitions" + _mode(step.action),
         )
     )
 
     began = time.perf_counter()
     with tracker.stage("4. forecast (one task per store)"):
-        frames, metric_futures = _stages.forecast(
-            cfg, by_store, sales, raw, client, token=uuid.uuid4().hex[:12]
+        inputs = {"sales_by_store": by_store}
+        inputs.update({f"raw/{t}": raw[t] for t in ("products", "holidays", "promotions")})
+        current, step, lineage = _derive(cfg, "forecasts", inputs, "sales_by_store", full)
+        first_day, last_day = _stages.calendar(sales)
+        lineage["calendar"] = [first_day.isoformat(), last_day.isoformat()]
+        own = _incremental.lineage(current) or {}
+        if step.action != "rebuild" and own.get("calendar") != lineage["calendar"]:
+            step = _incremental.Step("rebuild", generation=_incremental.new_generation())
+            lineage["generation"] = step.generation
+        stores: set[int] | None = None  # all
+        if step.action == "append":
+            assert step.since is not None
+            stores = _stores_of(by_store, _incremental.added_since(by_store, step.since))
+        elif step.action == "skip":
+            stores = set()
+        frames: list[Any] = []
+        fresh: list[dict[str, Any]] = []
+        if stores != set():
+            frames, metric_futures = _stages.forecast(
+                cfg, by_store, sales, raw, client, token=uuid.uuid4().hex[:12], stores=stores
+            )
+            fresh = client.gather(metric_futures)
+        kept = (
+            {} if step.action == "rebuild" else {m["store_id"]: m for m in own.get("metrics", [])}
         )
-        store_metrics = client.gather(metric_futures)
+        kept.update({m["store_id"]: m for m in fresh})
+        store_metrics = [kept[s] for s in sorted(kept)]
+        steps["forecasts"] = step.action
     holdout_rows = sum(m["holdout_rows"] for m in store_metrics)
     reports.append(
         StageReport(
             "forecast",
-            holdout_rows,
+            sum(m["holdout_rows"] for m in fresh),
             time.perf_counter() - began,
             _implementation("forecast"),
-            f"{len(store_metrics)} models; rows: held-out rows scored",
+            f"{len(fresh)} of {len(store_metrics)} stores' models; rows: held-out rows scored",
         )
     )
 
     began = time.perf_counter()
     with tracker.stage("5. write forecasts (one commit)"):
-        forecasts = _stages.write_forecasts(cfg, frames)
+        if frames:
+            lineage["metrics"] = store_metrics
+            forecasts = _stages.write_forecasts(cfg, frames, parameters={key: lineage})
+        else:
+            assert current is not None
+            forecasts = current
     del frames
     reports.append(
         StageReport(
             "write forecasts",
-            forecasts.num_rows,
+            sum(f.num_rows for f in forecasts.files() if fresh and f.version == forecasts.version),
             time.perf_counter() - began,
             _implementation("write forecasts"),
-            f"version {forecasts.version}",
+            f"version {forecasts.version}" + ("" if fresh else " (unchanged)"),
         )
     )
 
     actual = sum(m["actual_sum"] for m in store_metrics)
     wape_model = sum(m["abs_error_model"] for m in store_metrics) / max(actual, 1e-12)
     wape_baseline = sum(m["abs_error_baseline"] for m in store_metrics) / max(actual, 1e-12)
-    held = max(sum(m["holdout_rows"] for m in store_metrics), 1)
+    held = max(holdout_rows, 1)
     ranges = {
         f"{what}_{who}": sum(m.get(f"{key}_{who}", 0) for m in store_metrics) / divisor
         for what, key, divisor in (("pinball", "pinball", 3 * held), ("coverage", "covered", held))
@@ -271,9 +399,21 @@ def _run_stages(cfg: PipelineConfig, client: Any, progress: Any, dashboard: str 
         db_concurrency=cfg.concurrency,
         dashboard=dashboard,
         versions=versions,
-        store_metrics=sorted(store_metrics, key=lambda m: m["store_id"]),
+        store_metrics=store_metrics,
         ranges=ranges,
+        steps=steps,
+        forecast_stores=sorted(m["store_id"] for m in fresh),
+        watermark=None if sequence is None else sequence.number,
     )
+
+
+def _mode(step: str) -> str:
+    return {"append": "; incremental (new data only)", "skip": "; up to date"}.get(step, "")
+
+
+def _stores_of(ds: Dataset, files: list[Any]) -> set[int]:
+    """The stores (partition values) ``files`` of ``ds`` belong to."""
+    return {int(ds.state.partition_values(f.partition)["store_id"]) for f in files}
 
 
 # -- the demo --------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
    product, as one commit.
 
 Every write replaces the partitions it writes (``mode="overwrite"``): rerunning adds one version
-to each dataset and duplicates no row.
+to each dataset and duplicates no row. An incremental run (:mod:`hafen.pipeline._incremental`)
+extracts with a ``where`` condition, appends with :func:`denormalize_files` and
+:func:`reshuffle_files`, and forecasts a subset of the stores.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from hafen.pipeline._model import ModelParams, StoreForecast, as_days, forecast_
 __all__ = [
     "IMPLEMENTATION",
     "denormalize",
+    "denormalize_files",
     "extract",
+    "extract_table",
     "forecast",
     "reshuffle",
+    "reshuffle_files",
     "write_forecasts",
 ]
 
@@ -65,21 +70,32 @@ TABLES = [
 
 def extract(cfg: PipelineConfig) -> dict[str, Dataset]:
     """Stage 1: every source table into ``raw/<table>``; returns the new versions."""
+    return {table: extract_table(cfg, table) for table, *_ in TABLES}
+
+
+def extract_table(
+    cfg: PipelineConfig,
+    table: str,
+    *,
+    where: str | None = None,
+    mode: str = "overwrite",
+    parameters: dict[str, Any] | None = None,
+) -> Dataset:
+    """One source table (its rows matching the SQL condition ``where``) into ``raw/<table>``."""
     from hafen.sql import extract as run
 
-    out = {}
-    for table, query, split_on, partition_on in TABLES:
-        out[table] = run(
-            cfg.source_url,
-            query,
-            cfg.dataset(f"raw/{table}"),
-            split_on=split_on,
-            chunks=cfg.chunks if table == "sales" else 2 if split_on else 1,
-            partition_on=partition_on,
-            limit=DB_LIMIT,
-            mode="overwrite",
-        )
-    return out
+    [(query, split_on, partition_on)] = [(q, s, p) for t, q, s, p in TABLES if t == table]
+    return run(
+        cfg.source_url,
+        query if where is None else f"{query} WHERE {where}",
+        cfg.dataset(f"raw/{table}"),
+        split_on=split_on,
+        chunks=cfg.chunks if table == "sales" else 2 if split_on else 1,
+        partition_on=partition_on,
+        limit=DB_LIMIT,
+        mode=mode,  # type: ignore[arg-type]
+        parameters=parameters,
+    )
 
 
 # -- 2. denormalize --------------------------------------------------------------------------
@@ -257,7 +273,13 @@ def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
 PARTITION_ROWS = 2_000_000
 
 
-def denormalize(cfg: PipelineConfig, raw: dict[str, Dataset], *, tasks: int) -> Dataset:
+def denormalize(
+    cfg: PipelineConfig,
+    raw: dict[str, Dataset],
+    *,
+    tasks: int,
+    parameters: dict[str, Any] | None = None,
+) -> Dataset:
     """Stage 2: ``raw/sales`` joined with the dimensions into ``sales``, partitioned by date."""
     from hafen.dask import read_ddf, write_ddf
 
@@ -270,13 +292,61 @@ def denormalize(cfg: PipelineConfig, raw: dict[str, Dataset], *, tasks: int) -> 
     sales = read_ddf(raw["sales"], files_per_partition=per_partition)
     meta = denormalize_part(sales._meta, dims)
     joined = sales.map_partitions(denormalize_part, dims, meta=meta)
-    return write_ddf(joined, cfg.dataset("sales"), partition_on=["date"], mode="overwrite")
+    return write_ddf(
+        joined,
+        cfg.dataset("sales"),
+        partition_on=["date"],
+        mode="overwrite",
+        parameters=parameters,
+    )
+
+
+def _read_files(files: StoreFiles, columns: list[str] | None) -> pd.DataFrame:
+    return files.read(columns)
+
+
+def _files_ddf(ds: Dataset, files: list[DataFile], tasks: int, columns: list[str] | None) -> Any:
+    """The rows of ``files`` of ``ds`` as a Dask DataFrame of at most ``tasks`` partitions."""
+    import dask
+    import dask.dataframe as dd
+
+    state = dataclasses.replace(ds.state, files={}, index_parts=[])
+    ordered = sorted(files, key=lambda f: f.path)
+    n = max(1, min(tasks, len(ordered)))
+    groups = [tuple(ordered[i::n]) for i in range(n)]
+    meta = StoreFiles(ds.storage, state, ()).read(columns)
+    parts = [
+        dask.delayed(_read_files)(StoreFiles(ds.storage, state, group), columns) for group in groups
+    ]
+    return dd.from_delayed(parts, meta=meta, verify_meta=False)
+
+
+def denormalize_files(
+    cfg: PipelineConfig,
+    raw: dict[str, Dataset],
+    files: list[DataFile],
+    *,
+    tasks: int,
+    parameters: dict[str, Any] | None = None,
+) -> Dataset:
+    """Stage 2 for new data: the rows of ``files`` of ``raw/sales`` denormalized and appended to
+    ``sales``."""
+    from hafen.dask import write_ddf
+
+    dims = Dimensions(raw["stores"], raw["products"], raw["holidays"], raw["promotions"])
+    new = _files_ddf(raw["sales"], files, tasks, None)
+    joined = new.map_partitions(denormalize_part, dims, meta=denormalize_part(new._meta, dims))
+    return write_ddf(
+        joined, cfg.dataset("sales"), partition_on=["date"], mode="append", parameters=parameters
+    )
 
 
 # -- 3. reshuffle ----------------------------------------------------------------------------
 
 
-def reshuffle(cfg: PipelineConfig, sales: Dataset) -> Dataset:
+def reshuffle(
+    cfg: PipelineConfig, sales: Dataset, *, parameters: dict[str, Any] | None = None
+) -> Dataset:
     """Stage 3: ``sales`` by store, sorted by product and date, indexed by product."""
     from hafen.dask import reshuffle as run
 
@@ -288,6 +358,34 @@ def reshuffle(cfg: PipelineConfig, sales: Dataset) -> Dataset:
         sort_by=["product_id", "date"],
         indices=["product_id"],
         mode="overwrite",
+        parameters=parameters,
+    )
+
+
+def _sorted_by_product(part: pd.DataFrame) -> pd.DataFrame:
+    return part.sort_values(["store_id", "product_id", "date"], kind="stable")
+
+
+def reshuffle_files(
+    cfg: PipelineConfig,
+    sales: Dataset,
+    files: list[DataFile],
+    *,
+    tasks: int,
+    parameters: dict[str, Any] | None = None,
+) -> Dataset:
+    """Stage 3 for new data: the rows of ``files`` of ``sales`` appended to ``sales_by_store``
+    (a new file per store they touch, sorted by product and date)."""
+    from hafen.dask import write_ddf
+
+    new = _files_ddf(sales, files, tasks, None).map_partitions(_sorted_by_product)
+    return write_ddf(
+        new,
+        cfg.dataset("sales_by_store"),
+        partition_on=["store_id"],
+        indices=["product_id"],
+        mode="append",
+        parameters=parameters,
     )
 
 
@@ -315,7 +413,7 @@ class StoreFiles:
     state: Any  # DatasetState with files={} and index_parts=[]: schema and layout only
     files: tuple[DataFile, ...]
 
-    def read(self, columns: list[str]) -> pd.DataFrame:
+    def read(self, columns: list[str] | None) -> pd.DataFrame:
         table = Dataset(self.storage, self.state).read_arrow(columns, files=list(self.files))
         return table.to_pandas(types_mapper={pa.date32(): _DATE}.get)
 
@@ -389,8 +487,10 @@ def forecast(
     client: Any,
     *,
     token: str,
+    stores: set[int] | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """Stage 4: one task per store; returns futures of forecast frames and of metrics."""
+    """Stage 4: one task per store (of ``stores``, default all); returns futures of forecast
+    frames and of metrics."""
     first_day, last_day = calendar(sales)
     products = raw["products"].read(columns=["product_id", "product_group", "price"])
     holidays = raw["holidays"].read()
@@ -416,6 +516,7 @@ def forecast(
             key=f"forecast-store-{store}-{token}",
         )
         for store in sorted(history)
+        if stores is None or store in stores
     ]
     frames = client.map(_forecasts_of, results, key=[f"frame-{r.key}" for r in results])
     metrics = client.map(_metrics_of, results, key=[f"metrics-{r.key}" for r in results])
@@ -425,8 +526,11 @@ def forecast(
 # -- 5. write --------------------------------------------------------------------------------
 
 
-def write_forecasts(cfg: PipelineConfig, frames: list[Any]) -> Dataset:
-    """Stage 5: every store's forecasts as one version of ``forecasts`` (one commit)."""
+def write_forecasts(
+    cfg: PipelineConfig, frames: list[Any], *, parameters: dict[str, Any] | None = None
+) -> Dataset:
+    """Stage 5: the stores' forecasts as one version of ``forecasts`` (one commit), replacing
+    those stores' partitions."""
     import dask.dataframe as dd
 
     from hafen.dask import write_ddf
@@ -439,4 +543,5 @@ def write_forecasts(cfg: PipelineConfig, frames: list[Any]) -> Dataset:
         partition_on=["store_id"],
         indices=["product_id"],
         mode="overwrite",
+        parameters=parameters,
     )

@@ -13,6 +13,16 @@ inserted in one transaction.
 (table ``hafen_batches``), so a batch either lands with its key or not at all; a retry with the
 same key and body gets the first answer and inserts nothing, also when it arrives while the
 first is being inserted (the key's row is written first and concurrent writers wait on it).
+
+Every batch also takes the tenant's next **ingest sequence number** in its transaction (table
+``hafen_sequence``), and its rows carry it in the column ``hafen_seq``. The number is taken just
+before the rows are inserted, under the counter row's lock, and released by the commit: batches
+therefore become visible in the order of their numbers, and once the counter reads ``N`` every
+batch numbered up to ``N`` has landed. That is the watermark incremental runs
+(:mod:`hafen.pipeline._incremental`) extract from: ``hafen_seq > last run's N``, whatever the
+sales' dates (late data for old days is picked up). The price: on PostgreSQL a tenant's batches
+insert one at a time from that point to their commit (validation and reference checks still run
+side by side); on SQLite every write transaction is serial anyway.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "SEQUENCE_TABLE",
+    "SEQ_COLUMN",
     "TABLES",
     "BatchError",
     "BodyTooLarge",
@@ -155,6 +167,10 @@ _EXPECTED = {
     "str": "is not a string",
 }
 _BATCHES_DDL = "key TEXT PRIMARY KEY, tbl TEXT NOT NULL, digest TEXT NOT NULL, body TEXT NOT NULL"
+#: The ingest sequence: the counter's table, and the column every ingested row carries.
+SEQUENCE_TABLE = "hafen_sequence"
+SEQ_COLUMN = "hafen_seq"
+_SEQUENCE_DDL = "id INTEGER PRIMARY KEY, n BIGINT NOT NULL"
 
 
 class BatchError(Exception):
@@ -199,15 +215,25 @@ class _Db:
         finally:
             cur.close()
 
-    def insert(self, table: _Table, rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``rows`` (values in column order) into ``table``, in the open transaction:
-        ``executemany`` on SQLite, the binary COPY of ADBC's bulk ingest on PostgreSQL."""
+    def next_seq(self) -> int:
+        """The tenant's next ingest sequence number, in the open transaction (its row stays
+        locked until the commit, so numbers become visible in order)."""
+        rows = self.execute(
+            f"UPDATE {self.name(SEQUENCE_TABLE)} SET n = n + 1 WHERE id = 1 RETURNING n"
+        )
+        return int(rows[0][0])
+
+    def insert(self, table: _Table, rows: list[tuple[Any, ...]], seq: int) -> None:
+        """Insert ``rows`` (values in column order) into ``table`` with ingest sequence ``seq``,
+        in the open transaction: ``executemany`` on SQLite, the binary COPY of ADBC's bulk
+        ingest on PostgreSQL."""
+        names = [*table.names, SEQ_COLUMN]
         if self.sqlite:
-            columns = ", ".join(quote_ident(n) for n in table.names)
-            marks = self.marks(len(table.names))
+            columns = ", ".join(quote_ident(n) for n in names)
+            marks = self.marks(len(names))
             self.executemany(
                 f"INSERT INTO {self.name(table.name)} ({columns}) VALUES ({marks})",
-                _for_driver(self, rows),
+                [(*r, seq) for r in _for_driver(self, rows)],
             )
             return
         import pyarrow as pa
@@ -216,7 +242,8 @@ class _Db:
         arrays = [
             pa.array([r[i] for r in rows], types[c.kind]) for i, c in enumerate(table.columns)
         ]
-        data = pa.Table.from_arrays(arrays, names=table.names)
+        arrays.append(pa.array([seq] * len(rows), pa.int64()))
+        data = pa.Table.from_arrays(arrays, names=names)
         cur = self.conn.cursor()
         try:
             cur.adbc_ingest(table.name, data, mode="append", db_schema_name=self.tenant.schema)
@@ -261,8 +288,20 @@ def create_tables(tenant: Tenant) -> None:
         elif db.sqlite:
             db.conn.execute("PRAGMA journal_mode=WAL") if not db.conn.in_transaction else None
         for table in TABLES.values():
-            db.execute(f"CREATE TABLE IF NOT EXISTS {db.name(table.name)} ({table.ddl})")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {db.name(table.name)} "
+                f"({table.ddl}, {SEQ_COLUMN} BIGINT NOT NULL)"
+            )
+        # incremental runs select sales by sequence number
+        db.execute(
+            f"CREATE INDEX IF NOT EXISTS sales_{SEQ_COLUMN} ON {db.name('sales')} ({SEQ_COLUMN})"
+        )
         db.execute(f"CREATE TABLE IF NOT EXISTS {db.name('hafen_batches')} ({_BATCHES_DDL})")
+        db.execute(f"CREATE TABLE IF NOT EXISTS {db.name(SEQUENCE_TABLE)} ({_SEQUENCE_DDL})")
+        db.execute(
+            f"INSERT INTO {db.name(SEQUENCE_TABLE)} (id, n) VALUES (1, 0) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
         db.commit()
     finally:
         db.close()
@@ -546,7 +585,7 @@ def ingest_batch(
         values = typed
         if values:
             try:
-                db.insert(table, values)
+                db.insert(table, values, db.next_seq())
             except Exception as exc:  # a key that exists: say which rows (a rare, slow path)
                 if "IntegrityError" not in type(exc).__name__:
                     raise

@@ -65,6 +65,7 @@ def extract(
     retries: int = DEFAULT_RETRIES,
     client: Client | None = None,
     storage_options: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Dataset:
     """Extract a query or a table into a dataset, in parallel ranges, in one commit.
 
@@ -98,6 +99,9 @@ def extract(
         The Dask client; defaults to the running one, else an in-process cluster for the call.
     storage_options
         fsspec options for the dataset's storage (over the ``storage_options`` setting).
+    parameters
+        Recorded with the new version's commit, beside hafen's own (see
+        :meth:`~hafen.datasets.Dataset.history`): e.g. the watermark the data covers.
 
     Returns
     -------
@@ -166,6 +170,7 @@ def extract(
             "query": query if len(query) <= 2000 else query[:2000] + "...",
             "split_on": split_on,
             "ranges": len(queries),
+            **(parameters or {}),
         }
         return Dataset(storage, tx.commit(parameters))
 
