@@ -1,11 +1,17 @@
 """Incremental runs: ingest, run, ingest, run gives the datasets and forecasts one run over all
 the data gives; late data for old days is picked up and re-forecasts only its store; a run with
-nothing new commits nothing."""
+nothing new commits nothing; a run killed (SIGKILL, in a subprocess) at any step and run again
+gives the same result again."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import pandas as pd
@@ -72,7 +78,21 @@ def _late(cut: dt.date) -> tuple[Any, ...]:
     return (LATE_STORE, (cut - dt.timedelta(30)).isoformat(), (cut - dt.timedelta(20)).isoformat())
 
 
-def test_incremental_runs_equal_one_full_run(retailer, client, tmp_path):
+@pytest.fixture(scope="module")
+def full(retailer, client, tmp_path_factory):
+    """The same retailer's batches posted at once, and one (full) run over them."""
+    root, _cut, _end = retailer
+    b = Customer(tmp_path_factory.mktemp("full"), root / "source.sqlite", "b")
+    b.post("sales", "SELECT * FROM sales")
+    return b, run_pipeline(b.cfg, client=client)
+
+
+def _same(a: Customer, b: Customer) -> None:
+    for name in DATASETS:
+        pd.testing.assert_frame_equal(a.frame(name), b.frame(name))
+
+
+def test_incremental_runs_equal_one_full_run(retailer, full, client, tmp_path):
     root, cut, _end = retailer
     a = Customer(tmp_path / "a", root / "source.sqlite", "a")
     posted = a.post(
@@ -105,10 +125,76 @@ def test_incremental_runs_equal_one_full_run(retailer, client, tmp_path):
     assert set(idle.steps.values()) == {"skip"} and a.versions() == before
 
     # the same batches at once, one full run
-    b = Customer(tmp_path / "b", root / "source.sqlite", "b")
-    b.post("sales", "SELECT * FROM sales")
-    full = run_pipeline(b.cfg, client=client)
-    for name in DATASETS:
-        pd.testing.assert_frame_equal(a.frame(name), b.frame(name), check_like=False)
-    assert idle.store_metrics == full.store_metrics
-    assert idle.ranges == full.ranges and idle.wape_model == full.wape_model
+    b, once = full
+    _same(a, b)
+    assert idle.store_metrics == once.store_metrics
+    assert idle.ranges == once.ranges and idle.wape_model == once.wape_model
+
+
+# A run in a subprocess that SIGKILLs itself at one point: in the middle of extracting the sales
+# (one range staged), once raw/* are committed, once sales_by_store is committed, and with the
+# forecasts staged but not committed.
+KILLED_RUN = """
+import os, signal, sys
+from hafen.datasets._transaction import WriteTransaction
+from hafen.pipeline import PipelineConfig, _stages, run_pipeline
+from hafen.sql import _extract
+from hafen.testing import thread_cluster
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+point = sys.argv[3]
+if point == "extracting":
+    _extract.staged = _extract.extract_range
+    _extract.calls = []  # on the module: the task's function is pickled by value
+    def extract_range(db, query, plan):
+        _extract.calls.append(_extract.staged(db, query, plan))
+        if "FROM sales" in query and len(_extract.calls) >= 2:
+            die()  # one range of the sales staged, another staged or running
+        return _extract.calls[-1]
+    _extract.extract_range = extract_range
+elif point == "extracted":
+    _stages.denormalize = _stages.denormalize_files = die
+elif point == "reshuffled":
+    _stages.forecast = die
+elif point == "writing":
+    commit = WriteTransaction.commit
+    def commit_or_die(self, *args, **kwargs):
+        if self.storage.url.endswith("forecasts"):
+            die()
+        return commit(self, *args, **kwargs)
+    WriteTransaction.commit = commit_or_die
+cfg = PipelineConfig(source_url=sys.argv[1], datasets_root=sys.argv[2], chunks=4)
+with thread_cluster(1, threads_per_worker=1) as client:
+    run_pipeline(cfg, client=client)
+"""
+
+
+def test_a_killed_run_rerun_equals_one_full_run(retailer, full, client, tmp_path):
+    root, cut, _end = retailer
+    a = Customer(tmp_path / "a", root / "source.sqlite", "a")
+    a.post("sales", "SELECT * FROM sales WHERE date <= ?", (cut.isoformat(),))
+    run_pipeline(a.cfg, client=client)
+    week = a.post("sales", "SELECT * FROM sales WHERE date > ?", (cut.isoformat(),))
+    script = tmp_path / "killed_run.py"
+    script.write_text(textwrap.dedent(KILLED_RUN))
+    landed = []
+    for point in ("extracting", "extracted", "reshuffled", "writing"):
+        before = a.versions()
+        done = subprocess.run(
+            [sys.executable, str(script), a.cfg.source_url, a.cfg.datasets_root, point],
+            env=os.environ,
+            capture_output=True,
+            timeout=300,
+        )
+        assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+        after = a.versions()
+        landed.append([name for name in DATASETS if after[name] != before[name]])
+    # each killed run got one step further, and committed nothing past its kill
+    assert landed == [[], ["raw/sales"], ["sales", "sales_by_store"], []]
+    assert open_dataset(a.cfg.dataset("raw/sales")).history(limit=1)[0]["rows_added"] == week
+    last = run_pipeline(a.cfg, client=client)
+    assert last.steps["raw/sales"] == last.steps["sales_by_store"] == "skip"
+    assert last.forecast_stores == [1, 2, 3]
+    _same(a, full[0])
