@@ -21,9 +21,14 @@ def test_the_customer_loop_end_to_end(tmp_path, client):
     )
     before, after = result["before"], result["after"]
     assert after["version"] > before["version"]
+    # the second run was incremental: only the new week was extracted and appended
+    steps = result["second_steps"]
+    assert steps["raw/sales"] == steps["sales"] == steps["sales_by_store"] == "append"
+    assert steps["raw/products"] == "skip"
     first = dt.date.fromisoformat(before["rows"][0]["date"])
     assert dt.date.fromisoformat(after["rows"][0]["date"]) == first + dt.timedelta(days=7)
     for row in after["rows"]:
         assert row["p10"] <= row["p50"] <= row["p90"]
     text = out.getvalue()
     assert "posted one more week" in text and "mean absolute change" in text
+    assert "second run: incremental" in text and "before -> after one more week" in text

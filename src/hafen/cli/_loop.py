@@ -3,8 +3,10 @@
 A synthetic retailer's data is made in a scratch database; a tenant is created in ``DIR/service``
 and the service is started on a free local port; every table is posted to ``/v1/...`` in batches
 (with ``Idempotency-Key``), all sales but the last week; the pipeline runs on the tenant's
-database and dataset root; the last week is posted and the pipeline runs again; the forecasts
-are read back through ``/forecasts`` before and after, and their change is printed.
+database and dataset root; the last week is posted and the pipeline runs again, incrementally
+(it extracts only that week, appends it, and forecasts again the stores it changed); every
+store's forecasts are read back through ``/forecasts`` before and after, from the running service
+(which follows the new version without a restart), and their change is printed as a table.
 """
 
 from __future__ import annotations
@@ -85,6 +87,48 @@ def _post(port: int, key: str, table: str, rows: list[dict[str, Any]], tag: str)
     return inserted
 
 
+def _forecasts(port: int, key: str, store: int) -> Any:
+    return _call(port, key, "GET", f"/forecasts?store_id={store}")
+
+
+def _print_change(
+    console: Any, before: dict[int, Any], after: dict[int, Any], first: Any, second: Any
+) -> float:
+    """A table of every store's forecasts before and after, on the days both cover; returns
+    the mean absolute change per product and day."""
+    import pandas as pd
+    from rich.table import Table
+
+    table = Table(title="forecasts through the API: before -> after one more week")
+    for name in ("store", "version", "days", "mean forecast", "P10-P90 width", "mean |change|"):
+        table.add_column(name, justify="right")
+    changes = []
+    for store in sorted(before):
+        old = pd.DataFrame(before[store]["rows"])
+        new = pd.DataFrame(after[store]["rows"])
+        both = old.merge(new, on=["product_id", "date"], suffixes=("_b", "_a"))
+        diff = (both["forecast_a"] - both["forecast_b"]).abs()
+        changes.append(diff)
+        table.add_row(
+            str(store),
+            f"{before[store]['version']} -> {after[store]['version']}",
+            f"{old['date'].min()}..{old['date'].max()} -> {new['date'].min()}..{new['date'].max()}",
+            f"{old['forecast'].mean():.2f} -> {new['forecast'].mean():.2f}",
+            f"{(old['p90'] - old['p10']).mean():.2f} -> {(new['p90'] - new['p10']).mean():.2f}",
+            f"{diff.mean():.2f}" if len(diff) else "-",
+        )
+    console.print(table)
+    joined = pd.concat(changes) if changes else pd.Series(dtype=float)
+    change = float(joined.mean()) if len(joined) else 0.0
+    console.print(
+        f"on the days both forecast, the mean absolute change is {change:.2f} units; "
+        f"P10-P90 coverage of the held-out days: {first.ranges.get('coverage_model', 0):.0%} "
+        f"then {second.ranges.get('coverage_model', 0):.0%}",
+        highlight=False,
+    )
+    return change
+
+
 def customer_loop(
     workdir: str | Path,
     *,
@@ -94,8 +138,6 @@ def customer_loop(
     client: Any = None,
 ) -> dict[str, Any]:
     """Run the loop in ``workdir`` (see the module docstring); returns what it measured."""
-    import pandas as pd
-
     from hafen.pipeline import PipelineConfig, run_pipeline
     from hafen.pipeline.synth import generate
     from hafen.serve import Tenants, create_service
@@ -131,40 +173,36 @@ def customer_loop(
             )
             cfg = PipelineConfig(source_url=tenant.source_url, datasets_root=tenant.datasets)
             first = run_pipeline(cfg, client=client, console=console)
-            before = _call(server.port, key, "GET", "/forecasts?store_id=1&product_id=1")
+            stores = [r["store_id"] for r in _rows(conn, "SELECT store_id FROM stores")]
+            before = {s: _forecasts(server.port, key, s) for s in stores}
             new = _rows(conn, "SELECT * FROM sales WHERE date > ? ORDER BY sale_id", (cut,))
             n = _post(server.port, key, "sales", new, "sales-2")
             console.print(f"posted one more week: {n:,} rows after {cut}", highlight=False)
             second = run_pipeline(cfg, client=client, console=console)
             # the service follows the new version without a restart
             deadline = time.monotonic() + 30
-            after = _call(server.port, key, "GET", "/forecasts?store_id=1&product_id=1")
-            while after["version"] == before["version"] and time.monotonic() < deadline:
+            after = {stores[0]: _forecasts(server.port, key, stores[0])}
+            while after[stores[0]]["version"] == before[stores[0]]["version"]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the service did not pick up the new version")
                 time.sleep(0.2)
-                after = _call(server.port, key, "GET", "/forecasts?store_id=1&product_id=1")
+                after[stores[0]] = _forecasts(server.port, key, stores[0])
+            after.update({s: _forecasts(server.port, key, s) for s in stores[1:]})
     finally:
         conn.close()
-    old_f = pd.DataFrame(before["rows"])
-    new_f = pd.DataFrame(after["rows"])
+    how = "incremental" if second.steps.get("raw/sales") == "append" else "full"
     console.print(
-        f"forecasts of store 1, product 1 through the API: version {before['version']} "
-        f"({old_f['date'].min()} to {old_f['date'].max()}) -> version {after['version']} "
-        f"({new_f['date'].min()} to {new_f['date'].max()})",
+        f"second run: {how}, +{second.stages[0].rows:,} sales rows extracted, {second.seconds:.1f} s against {first.seconds:.1f} s "
+        f"for the first; stores forecast again: {len(second.forecast_stores)} of {len(stores)}",
         highlight=False,
     )
-    both = old_f.merge(new_f, on="date", suffixes=("_before", "_after"))
-    change = (both["forecast_after"] - both["forecast_before"]).abs().mean() if len(both) else 0
-    console.print(
-        f"on the {len(both)} days both forecast, the mean absolute change is {change:.2f} units; "
-        f"P10-P90 coverage of the held-out days: {first.ranges.get('coverage_model', 0):.0%} "
-        f"then {second.ranges.get('coverage_model', 0):.0%}",
-        highlight=False,
-    )
+    change = _print_change(console, before, after, first, second)
     out.update(
-        before=before,
-        after=after,
+        before=before[stores[0]],
+        after=after[stores[0]],
         first_seconds=first.seconds,
         second_seconds=second.seconds,
-        mean_change=float(change),
+        second_steps=second.steps,
+        mean_change=change,
     )
     return out

@@ -117,6 +117,12 @@ def demo_command(
 )
 @click.option("--home", default="hafen-service", show_default=True, help="With --tenant.")
 @click.option("--database", default=None, metavar="URL", help="With --tenant: PostgreSQL URL.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Rebuild every dataset whole (by default a database filled through the ingest API is "
+    "run incrementally: only what arrived since the last run).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
 @click.option("--serve", "then_serve", is_flag=True, help="Then serve the results over HTTP.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -126,13 +132,19 @@ def run_command(
     tenant: str | None,
     home: str,
     database: str | None,
+    full: bool,
     as_json: bool,
     then_serve: bool,
     host: str,
     port: int,
 ) -> None:
     """Run the reference pipeline on the database and storage named in a pipeline.toml, or on
-    a tenant's (--tenant)."""
+    a tenant's (--tenant).
+
+    A database filled through the ingest API is run incrementally: only the batches that
+    arrived since the last run are extracted, and only the stores they change are forecast
+    again; a run with nothing new commits nothing.
+    """
     import json
 
     from hafen.pipeline import PipelineConfig, load_config, run_pipeline, summary_dict
@@ -151,7 +163,9 @@ def run_command(
     seconds = None
     if cfg.synth is not None:
         seconds = prepare_database(cfg, cfg.synth, None if as_json else console)
-    result = run_pipeline(cfg, console=None if as_json else console, synth_seconds=seconds)
+    result = run_pipeline(
+        cfg, console=None if as_json else console, synth_seconds=seconds, full=full
+    )
     if as_json:
         click.echo(json.dumps(summary_dict(result), indent=2, default=str))
     if then_serve:

@@ -34,6 +34,9 @@ def summary_dict(result: Any) -> dict[str, Any]:
         "db_slots_max": result.db_slots_max,
         "db_concurrency": result.db_concurrency,
         "versions": result.versions,
+        "steps": result.steps,
+        "forecast_stores": result.forecast_stores,
+        "watermark": result.watermark,
         "dashboard": result.dashboard,
     }
 
@@ -81,3 +84,13 @@ def print_summary(result: Any, console: Any) -> None:
     )
     versions = ", ".join(f"{k} v{v}" for k, v in result.versions.items() if "/" not in k)
     console.print(f"Datasets under {result.config.datasets_root}: {versions}")
+    if result.steps and set(result.steps.values()) == {"skip"}:
+        console.print(
+            f"Nothing arrived since the last run (ingest sequence {result.watermark}): "
+            "no dataset got a new version"
+        )
+    elif result.watermark is not None:
+        console.print(
+            f"Covers the ingested batches up to {result.watermark}; stores forecast this run: "
+            f"{len(result.forecast_stores)} of {len(result.store_metrics)}"
+        )
