@@ -192,8 +192,9 @@ def customer_loop(
         conn.close()
     how = "incremental" if second.steps.get("raw/sales") == "append" else "full"
     console.print(
-        f"second run: {how}, +{second.stages[0].rows:,} sales rows extracted, {second.seconds:.1f} s against {first.seconds:.1f} s "
-        f"for the first; stores forecast again: {len(second.forecast_stores)} of {len(stores)}",
+        f"second run: {how}, +{second.stages[0].rows:,} sales rows extracted, "
+        f"{second.seconds:.1f} s against {first.seconds:.1f} s for the first; "
+        f"stores forecast again: {len(second.forecast_stores)} of {len(stores)}",
         highlight=False,
     )
     change = _print_change(console, before, after, first, second)
