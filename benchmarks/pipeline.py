@@ -17,6 +17,15 @@ figure at 10x (``--scale``, stores multiplied) over the anchor's. Usage::
     # issue 7's size, 500 stores x 2000 products, against 5 stores of the same shape:
     nice -n 10 .venv/bin/python benchmarks/pipeline.py --stores 5 --products 2000 --days 120 \
         --scale 100 --out /tmp/bench_pipeline_500.json
+
+``--incremental``: an incremental run after one more week (``--new-days``) against a full rerun
+of the same data. A tenant is filled through the ingest code (in-process, not timed) with all
+but the last week, and run once; that state (database and datasets) is kept. Each round restores
+it, posts the week (not timed), and times ``run_pipeline`` incrementally, then restores again and
+times ``run_pipeline(full=True)``: the two contenders in turns, on one process-based 2-worker
+cluster (1 thread each) started once, ``--rounds`` rounds, median and range::
+
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --incremental --rounds 3
 """
 
 from __future__ import annotations
@@ -128,6 +137,99 @@ def run_demo(workdir: Path, stores: int, products: int, days: int) -> dict[str, 
     }
 
 
+def _post_sales(tenant: Any, source: Path, where: str, params: tuple[Any, ...]) -> int:
+    import sqlite3
+
+    from hafen.serve._ingest import ingest_batch
+
+    conn = sqlite3.connect(source)
+    try:
+        cursor = conn.execute(f"SELECT * FROM sales WHERE {where} ORDER BY sale_id", params)
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cursor]
+    finally:
+        conn.close()
+    for start in range(0, len(rows), 50_000):
+        ingest_batch(tenant, "sales", rows[start : start + 50_000], key=None, digest="")
+    return len(rows)
+
+
+def _median_range(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median": round(ordered[len(ordered) // 2], 2),
+        "min": round(ordered[0], 2),
+        "max": round(ordered[-1], 2),
+    }
+
+
+def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """Incremental after ``--new-days`` against a full rerun, in turns (see the docstring)."""
+    import datetime as dt
+    import sqlite3
+
+    from hafen.cluster import connect
+    from hafen.pipeline import PipelineConfig, run_pipeline
+    from hafen.pipeline.synth import generate
+    from hafen.serve import Tenants
+
+    source = base / "source.sqlite"
+    info = generate(source, stores=args.stores, products=args.products, days=args.days)
+    cut = (info.end - dt.timedelta(days=args.new_days)).isoformat()
+    tenants = Tenants(base / "service")
+    tenants.add("bench")  # the key is not needed: the batches go in through the ingest code
+    tenant = tenants.get("bench")
+    conn = sqlite3.connect(source)
+    try:
+        from hafen.serve._ingest import ingest_batch
+
+        for table in ("stores", "products", "holidays", "promotions"):
+            cursor = conn.execute(f"SELECT * FROM {table}")
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cursor]
+            ingest_batch(tenant, table, rows, key=None, digest="")
+    finally:
+        conn.close()
+    _post_sales(tenant, source, "date <= ?", (cut,))
+    cfg = PipelineConfig(source_url=tenant.source_url, datasets_root=tenant.datasets)
+    folder = Path(tenant.datasets).parent
+    saved = base / "saved"
+    times: dict[str, list[float]] = {"incremental": [], "full": []}
+    stages: dict[str, list[dict[str, float]]] = {"incremental": [], "full": []}
+    load = []
+    client = connect(n_workers=2, threads_per_worker=1, dashboard_address=":0")
+    try:
+        run_pipeline(cfg, client=client)
+        shutil.copytree(folder, saved)
+        new_rows = 0
+        for _ in range(args.rounds):
+            for name in ("incremental", "full"):
+                shutil.rmtree(folder)
+                shutil.copytree(saved, folder)
+                new_rows = _post_sales(tenant, source, "date > ?", (cut,))
+                load.append(os.getloadavg()[0])
+                began = time.perf_counter()
+                result = run_pipeline(cfg, client=client, full=name == "full")
+                times[name].append(time.perf_counter() - began)
+                stages[name].append({s.name: round(s.seconds, 2) for s in result.stages})
+                print(name, round(times[name][-1], 2), stages[name][-1], flush=True)
+    finally:
+        client.close()
+    inc, full = _median_range(times["incremental"]), _median_range(times["full"])
+    return {
+        "size": {"stores": args.stores, "products": args.products, "days": args.days},
+        "new_days": args.new_days,
+        "new_rows": new_rows,
+        "rounds": args.rounds,
+        "utc": _utc(),
+        "load_average": _median_range(load),
+        "incremental_seconds": inc,
+        "full_seconds": full,
+        "ratio_of_medians": round(inc["median"] / full["median"], 3),
+        "stages": stages,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", type=int, default=10)
@@ -140,9 +242,23 @@ def main() -> None:
         default=None,
         help="make the work folders here (default: a temporary folder); removed after each run",
     )
+    parser.add_argument(
+        "--incremental", action="store_true", help="incremental run against a full rerun"
+    )
+    parser.add_argument("--new-days", type=int, default=7, help="with --incremental")
+    parser.add_argument("--rounds", type=int, default=3, help="with --incremental")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="hafen-bench-pipeline-", dir=args.workdir))
+    if args.incremental:
+        try:
+            outcome = run_incremental(args, base)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        print(json.dumps(outcome, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(outcome, indent=2))
+        return
     results = []
     try:
         sizes = [1] if args.scale == 1 else [1, args.scale]
