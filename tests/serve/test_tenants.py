@@ -109,6 +109,29 @@ def test_every_endpoint_but_healthz_needs_a_valid_key(service, method, path):
     assert client.get("/healthz").status_code == 200
 
 
+def test_the_page_is_a_shell_that_names_nothing_and_asks_for_the_key(service):
+    """``GET /`` answers without a key (a browser cannot send one when it navigates): the same
+    bytes for everyone, no tenant, data or path in them; it sends the key as a Bearer header,
+    keeps it out of URLs and cookies, and may contact this origin only."""
+    from hafen.serve._page import PAGE
+
+    app, client, keys = service
+    anonymous = client.get("/")
+    assert anonymous.status_code == 200 and anonymous.text == PAGE
+    assert client.get("/", headers=_auth(keys["bolt"])).content == anonymous.content
+    for secret in (*MARK, *(str(m) for m in MARK.values()), str(app.tenants.home)):
+        assert secret not in anonymous.text
+    assert '"Bearer " + key' in PAGE and "cookie" not in PAGE.lower()
+    assert "sessionStorage" in PAGE and "key=" not in PAGE
+    policy = anonymous.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    assert anonymous.headers["cache-control"] == "no-store"
+    # everything the page fetches needs the key
+    for path in ("/history?store_id=1&product_id=1&last=120", "/forecasts?store_id=1"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=_auth(keys["acme"])).status_code == 200
+
+
 def test_a_key_reaches_its_own_tenant_only(service, tmp_path):
     _app, client, keys = service
     for me, other in (("acme", "bolt"), ("bolt", "acme")):

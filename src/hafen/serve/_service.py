@@ -8,6 +8,15 @@ forecasts API (:func:`hafen.serve.create_app`) over the tenant's dataset root. A
 never reaches another tenant's data: another tenant's dataset, store or product is simply not
 there (404). Each key may make ``rate`` requests per second on average, ``burst`` at once; past
 that it is answered 429 with ``Retry-After``.
+
+``GET /`` (the page) answers without a key too, by design: it is a constant shell (the same bytes
+for every caller, naming no tenant, holding no data, no path), and a browser cannot send an
+``Authorization`` header when it navigates to a page, so demanding the key there would push the
+key into a URL (logged, kept in history, sent as a referrer) or a cookie (sent with every
+request, open to cross-site request forgery). The page asks for the key and sends it as
+``Authorization: Bearer`` on each request it makes, every one of which needs it. It keeps the key
+in the tab's ``sessionStorage`` (gone with the tab), and is served with a Content-Security-Policy
+that lets it load and contact nothing but this origin, so no other script can read the key.
 """
 
 from __future__ import annotations
@@ -44,6 +53,21 @@ __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "RateLimiter", "create_service"]
 DEFAULT_RATE = 200.0
 DEFAULT_BURST = 400
 _TENANT = "hafen.tenant"
+_PAGE = PAGE.encode()
+_PAGE_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"content-length", str(len(_PAGE)).encode()),
+    # its inline script and style, and requests to this origin only: nothing else can run on
+    # the page and read the key it holds
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+]
 
 
 class RateLimiter:
@@ -227,16 +251,9 @@ def create_service(
             return await _send_json(
                 send, 200, {"status": "ok", "version": __version__, "datasets": {}}
             )
-        if path == "/" and scope["method"] == "GET":
-            data = PAGE.encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"text/html; charset=utf-8")],
-                }
-            )
-            return await send({"type": "http.response.body", "body": data})
+        if path == "/" and scope["method"] == "GET":  # the page: a shell, see the docstring
+            await send({"type": "http.response.start", "status": 200, "headers": _PAGE_HEADERS})
+            return await send({"type": "http.response.body", "body": _PAGE})
         key = _bearer(scope)
         tenant = None if key is None else await run_in_threadpool(tenants.authenticate, key)
         if tenant is None or key is None:
