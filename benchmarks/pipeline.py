@@ -26,6 +26,9 @@ times ``run_pipeline(full=True)``: the two contenders in turns, on one process-b
 cluster (1 thread each) started once, ``--rounds`` rounds, median and range::
 
     nice -n 10 .venv/bin/python benchmarks/pipeline.py --incremental --rounds 3
+
+``--incremental --late``: the new batch is late data instead, ten old days of one store (held back
+from the first batch): the incremental run forecasts that store again only.
 """
 
 from __future__ import annotations
@@ -175,7 +178,16 @@ def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
 
     source = base / "source.sqlite"
     info = generate(source, stores=args.stores, products=args.products, days=args.days)
-    cut = (info.end - dt.timedelta(days=args.new_days)).isoformat()
+    if args.late:  # store 1's sales of ten days a month back arrive late
+        old = (
+            (info.end - dt.timedelta(days=40)).isoformat(),
+            (info.end - dt.timedelta(days=31)).isoformat(),
+        )
+        first: tuple[str, tuple[Any, ...]] = ("NOT (store_id = 1 AND date BETWEEN ? AND ?)", old)
+        then: tuple[str, tuple[Any, ...]] = ("store_id = 1 AND date BETWEEN ? AND ?", old)
+    else:
+        cut = (info.end - dt.timedelta(days=args.new_days)).isoformat()
+        first, then = ("date <= ?", (cut,)), ("date > ?", (cut,))
     tenants = Tenants(base / "service")
     tenants.add("bench")  # the key is not needed: the batches go in through the ingest code
     tenant = tenants.get("bench")
@@ -190,7 +202,7 @@ def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             ingest_batch(tenant, table, rows, key=None, digest="")
     finally:
         conn.close()
-    _post_sales(tenant, source, "date <= ?", (cut,))
+    _post_sales(tenant, source, *first)
     cfg = PipelineConfig(source_url=tenant.source_url, datasets_root=tenant.datasets)
     folder = Path(tenant.datasets).parent
     saved = base / "saved"
@@ -206,7 +218,7 @@ def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             for name in ("incremental", "full"):
                 shutil.rmtree(folder)
                 shutil.copytree(saved, folder)
-                new_rows = _post_sales(tenant, source, "date > ?", (cut,))
+                new_rows = _post_sales(tenant, source, *then)
                 load.append(os.getloadavg()[0])
                 began = time.perf_counter()
                 result = run_pipeline(cfg, client=client, full=name == "full")
@@ -218,7 +230,7 @@ def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     inc, full = _median_range(times["incremental"]), _median_range(times["full"])
     return {
         "size": {"stores": args.stores, "products": args.products, "days": args.days},
-        "new_days": args.new_days,
+        "new_data": "10 late days of store 1" if args.late else f"{args.new_days} new days",
         "new_rows": new_rows,
         "rounds": args.rounds,
         "utc": _utc(),
@@ -247,6 +259,9 @@ def main() -> None:
     )
     parser.add_argument("--new-days", type=int, default=7, help="with --incremental")
     parser.add_argument("--rounds", type=int, default=3, help="with --incremental")
+    parser.add_argument(
+        "--late", action="store_true", help="with --incremental: late data of one store instead"
+    )
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="hafen-bench-pipeline-", dir=args.workdir))
