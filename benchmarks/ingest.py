@@ -137,7 +137,7 @@ def run_bulk(tenant: Any, sales: list[dict]) -> float:
     db = _Db(tenant)
     try:
         db.begin()
-        db.insert(table, rows)
+        db.insert(table, rows, db.next_seq())
         db.commit()
     finally:
         db.close()
