@@ -376,15 +376,20 @@ def reshuffle_files(
 ) -> Dataset:
     """Stage 3 for new data: the rows of ``files`` of ``sales`` appended to ``sales_by_store``
     (a new file per store they touch, sorted by product and date)."""
+    new = _files_ddf(sales, files, tasks, None).map_partitions(_sorted_by_product)
+    return _write_by_store(new, cfg.dataset("sales_by_store"), "append", parameters)
+
+
+def _write_by_store(ddf: Any, url: str, mode: str, parameters: dict[str, Any] | None) -> Dataset:
+    """``ddf`` into the dataset at ``url``, partitioned by store, indexed by product."""
     from hafen.dask import write_ddf
 
-    new = _files_ddf(sales, files, tasks, None).map_partitions(_sorted_by_product)
     return write_ddf(
-        new,
-        cfg.dataset("sales_by_store"),
+        ddf,
+        url,
         partition_on=["store_id"],
         indices=["product_id"],
-        mode="append",
+        mode=mode,  # type: ignore[arg-type]
         parameters=parameters,
     )
 
@@ -533,15 +538,6 @@ def write_forecasts(
     those stores' partitions."""
     import dask.dataframe as dd
 
-    from hafen.dask import write_ddf
-
     meta = _to_table(FORECAST_SCHEMA.empty_table().to_pandas(), FORECAST_SCHEMA)
     ddf = dd.from_delayed(frames, meta=meta, verify_meta=False)
-    return write_ddf(
-        ddf,
-        cfg.dataset("forecasts"),
-        partition_on=["store_id"],
-        indices=["product_id"],
-        mode="overwrite",
-        parameters=parameters,
-    )
+    return _write_by_store(ddf, cfg.dataset("forecasts"), "overwrite", parameters)
