@@ -1,7 +1,8 @@
 """The HTTP API over datasets (DESIGN.md section 5): forecasts, dataset metadata, a chart page.
 
 ``hafen serve URL`` runs :func:`serve`; :func:`create_app` returns the FastAPI application for
-tests or another ASGI server.
+tests or another ASGI server. ``hafen serve HOME --tenants`` serves :func:`create_service`: many
+customers (:class:`Tenants`), each with its API keys, ingest API and forecasts.
 """
 
 from __future__ import annotations
