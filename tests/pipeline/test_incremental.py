@@ -1,7 +1,8 @@
 """Incremental runs: ingest, run, ingest, run gives the datasets and forecasts one run over all
-the data gives; late data for old days is picked up and re-forecasts only its store; a run with
-nothing new commits nothing; a run killed (SIGKILL, in a subprocess) at any step and run again
-gives the same result again."""
+the data gives; late data for old days is picked up and re-forecasts only its store; a change to
+a small table rebuilds what depends on it; a run with nothing new commits nothing; a run killed
+(SIGKILL, in a subprocess) at any step and run again gives the same result again; the same on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def _rows(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> l
 class Customer:
     """A tenant fed from a synthetic retailer's database, batch by batch, in-process."""
 
-    def __init__(self, home, source, name: str, database: str | None = None) -> None:
+    def __init__(
+        self, home, source, name: str, database: str | None = None, promotions: str = "1 = 1"
+    ) -> None:
         self.tenants = Tenants(home, database=database)
         self.tenants.add(name)
         self.tenant = self.tenants.get(name)
@@ -44,8 +47,9 @@ class Customer:
         self.cfg = PipelineConfig(
             source_url=self.tenant.source_url, datasets_root=self.tenant.datasets
         )
-        for table in ("stores", "products", "holidays", "promotions"):
+        for table in ("stores", "products", "holidays"):
             self.post(table, f"SELECT * FROM {table}")
+        self.post("promotions", f"SELECT * FROM promotions WHERE {promotions}")
 
     def post(self, table: str, sql: str, params: tuple[Any, ...] = ()) -> int:
         rows = _rows(self.conn, sql, params)
@@ -94,7 +98,7 @@ def _same(a: Customer, b: Customer) -> None:
 
 def test_incremental_runs_equal_one_full_run(retailer, full, client, tmp_path):
     root, cut, _end = retailer
-    a = Customer(tmp_path / "a", root / "source.sqlite", "a")
+    a = Customer(tmp_path / "a", root / "source.sqlite", "a", promotions="promo_id % 5 != 0")
     posted = a.post(
         "sales",
         f"SELECT * FROM sales WHERE date <= ? AND NOT ({LATE})",
@@ -118,6 +122,12 @@ def test_incremental_runs_equal_one_full_run(retailer, full, client, tmp_path):
     third = run_pipeline(a.cfg, client=client)
     assert third.steps["raw/sales"] == "append" and third.stages[0].rows == late
     assert third.forecast_stores == [LATE_STORE] and third.steps["forecasts"] == "append"
+
+    # a small table changes (promotions held back until now): everything after it is rebuilt
+    assert a.post("promotions", "SELECT * FROM promotions WHERE promo_id % 5 = 0") > 0
+    fourth = run_pipeline(a.cfg, client=client)
+    assert fourth.steps["raw/promotions"] == "rebuild" and fourth.steps["raw/sales"] == "skip"
+    assert fourth.steps["sales"] == fourth.steps["forecasts"] == "rebuild"
 
     # nothing new: no dataset gets a version
     before = a.versions()
