@@ -3,7 +3,8 @@
 A synthetic retail database (:mod:`hafen.pipeline.synth`), extracted into datasets, denormalized,
 reshuffled by store, forecast per store with gradient boosting, written back as a dataset, and
 summarized. ``hafen demo`` runs it on embedded defaults; ``hafen run --config pipeline.toml`` on
-real parts.
+real parts. On a database filled through the ingest API, runs are incremental
+(:mod:`hafen.pipeline._incremental`).
 """
 
 from __future__ import annotations

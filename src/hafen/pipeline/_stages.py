@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from hafen.datasets import DataFile, Dataset
+from hafen.datasets._validate import Mode
 from hafen.pipeline._config import DB_LIMIT, PipelineConfig
 from hafen.pipeline._model import ModelParams, StoreForecast, as_days, forecast_store
 
@@ -78,7 +79,7 @@ def extract_table(
     table: str,
     *,
     where: str | None = None,
-    mode: str = "overwrite",
+    mode: Mode = "overwrite",
     parameters: dict[str, Any] | None = None,
 ) -> Dataset:
     """One source table (its rows matching the SQL condition ``where``) into ``raw/<table>``."""
@@ -93,7 +94,7 @@ def extract_table(
         chunks=cfg.chunks if table == "sales" else 2 if split_on else 1,
         partition_on=partition_on,
         limit=DB_LIMIT,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         parameters=parameters,
     )
 
@@ -301,10 +302,6 @@ def denormalize(
     )
 
 
-def _read_files(files: StoreFiles, columns: list[str] | None) -> pd.DataFrame:
-    return files.read(columns)
-
-
 def _files_ddf(ds: Dataset, files: list[DataFile], tasks: int, columns: list[str] | None) -> Any:
     """The rows of ``files`` of ``ds`` as a Dask DataFrame of at most ``tasks`` partitions."""
     import dask
@@ -315,9 +312,7 @@ def _files_ddf(ds: Dataset, files: list[DataFile], tasks: int, columns: list[str
     n = max(1, min(tasks, len(ordered)))
     groups = [tuple(ordered[i::n]) for i in range(n)]
     meta = StoreFiles(ds.storage, state, ()).read(columns)
-    parts = [
-        dask.delayed(_read_files)(StoreFiles(ds.storage, state, group), columns) for group in groups
-    ]
+    parts = [dask.delayed(StoreFiles(ds.storage, state, group).read)(columns) for group in groups]
     return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
 
@@ -380,7 +375,7 @@ def reshuffle_files(
     return _write_by_store(new, cfg.dataset("sales_by_store"), "append", parameters)
 
 
-def _write_by_store(ddf: Any, url: str, mode: str, parameters: dict[str, Any] | None) -> Dataset:
+def _write_by_store(ddf: Any, url: str, mode: Mode, parameters: dict[str, Any] | None) -> Dataset:
     """``ddf`` into the dataset at ``url``, partitioned by store, indexed by product."""
     from hafen.dask import write_ddf
 
@@ -389,7 +384,7 @@ def _write_by_store(ddf: Any, url: str, mode: str, parameters: dict[str, Any] | 
         url,
         partition_on=["store_id"],
         indices=["product_id"],
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         parameters=parameters,
     )
 
