@@ -216,13 +216,14 @@ def _extract(
             out[table] = current
             continue
         generation = own["generation"] if step == "append" else _incremental.new_generation()
-        number = None if sequence is None else sequence.number
+        where, number = None, None
+        if sequence is not None:
+            where = sequence.where(watermark if step == "append" else None)
+            number = sequence.number
         out[table] = _stages.extract_table(
             cfg,
             table,
-            where=None
-            if sequence is None
-            else sequence.where(watermark if step == "append" else None),
+            where=where,
             mode="append" if step == "append" else "overwrite",
             parameters={_incremental.KEY: {"generation": generation, "watermark": number}},
         )
