@@ -92,3 +92,27 @@ def test_page_draws_history_and_forecast(server, tmp_path):
     kept = os.environ.get("CHART_SCREENSHOT")
     if kept:  # for a person to look at
         shutil.copy(screenshot, kept)
+
+
+@pytest.mark.slow
+def test_tenant_page_runs_under_its_content_security_policy(tmp_path):
+    """The service's page (public, with a CSP allowing its inline script and this origin only)
+    runs in a real browser: without a key, its request is refused and it says so."""
+    from hafen.serve import create_service
+
+    app = create_service(tmp_path / "home")
+    app.tenants.add("acme")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        poll_for(lambda: server.started, 30, period=0.05, what="uvicorn started")
+        done = _run_chromium(
+            ["--virtual-time-budget=15000", "--dump-dom", f"http://127.0.0.1:{port}/"],
+            tmp_path / "profile",
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert "error: a valid API key is needed" in done.stdout, done.stderr[-2000:]
