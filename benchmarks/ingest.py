@@ -13,6 +13,11 @@ The contenders take turns, ``--rounds`` times each, each round on a fresh tenant
 and range of the rates are reported. Usage::
 
     .venv/bin/python benchmarks/ingest.py --rows 200000 --clients 20 --rounds 3
+
+``--sequence-cost``: on PostgreSQL only, what the ingest sequence number (the watermark of
+incremental runs, taken under a row lock per tenant) costs: ``--clients`` threads insert the
+batches through the ingest code in-process (no HTTP), with the sequence as it is, against the
+same with ``next_seq`` replaced by a constant (no counter row, no lock), in turns.
 """
 
 from __future__ import annotations
@@ -190,6 +195,53 @@ def bench(database: str | None, label: str, args: argparse.Namespace) -> dict[st
     return out
 
 
+def run_threads(tenant: Any, sales: list[dict], clients: int, batch: int) -> float:
+    from hafen.serve._ingest import ingest_batch
+
+    batches = [sales[i : i + batch] for i in range(0, len(sales), batch)]
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not batches:
+                    return
+                rows = batches.pop()
+            ingest_batch(tenant, "sales", rows, key=None, digest="")
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(sales) / (time.perf_counter() - began)
+
+
+def sequence_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """Rows per second with the ingest sequence against without it, in turns (PostgreSQL)."""
+    dims = _stores_products(10, 100)
+    sales = _sales(args.rows, 10, 100)
+    rates: dict[str, list[float]] = {"sequence": [], "no_sequence": []}
+    real = _Db.next_seq
+    with running_postgres() as pg, tempfile.TemporaryDirectory() as scratch:
+        database = pg.url(pg.create_database())
+        for r in range(args.rounds):
+            for contender in rates:
+                tenant, _ = _prepare(Path(scratch), database, f"{contender}_{r}", dims)
+                _Db.next_seq = real if contender == "sequence" else lambda self: 0  # type: ignore[method-assign]
+                try:
+                    rate = run_threads(tenant, sales, args.clients, args.batch)
+                finally:
+                    _Db.next_seq = real  # type: ignore[method-assign]
+                assert count(tenant) == len(sales)
+                rates[contender].append(rate)
+                print(f"round {r} {contender}: {rate:,.0f} rows/s", flush=True)
+    return {
+        c: {"median": statistics.median(v), "min": min(v), "max": max(v)} for c, v in rates.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -198,7 +250,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--sequence-cost", action="store_true")
     args = parser.parse_args()
+    if args.sequence_cost:
+        outcome = {"args": vars(args), "load": os.getloadavg(), "results": sequence_cost(args)}
+        print(json.dumps(outcome, indent=2))
+        return
     results = {"sqlite": bench(None, "sqlite", args)}
     if not args.skip_postgres:
         with running_postgres() as pg:

@@ -1,11 +1,12 @@
 """Incremental runs: each stage does only what the data that arrived since the last run changes.
 
 **Watermark.** A database filled through the ingest API (:mod:`hafen.serve._ingest`) numbers its
-batches: every row carries its batch's ingest sequence number ``hafen_seq``, and the counter
-``hafen_sequence`` reads ``N`` only once every batch up to ``N`` has landed. A run reads ``N``
+batches: every row carries its batch's ingest sequence number ``hafen_seq``, and the database
+can say a number ``N`` up to which every batch has landed (SQLite: the counter
+``hafen_sequence``; PostgreSQL: the oldest running transaction's id, less one). A run reads ``N``
 first and extracts the sales with ``hafen_seq`` in ``(last run's N, N]``, whatever their dates,
-so late data for old days is picked up. A database without the counter (the synthetic one, or
-any other) is extracted whole on every run.
+so late data for old days is picked up. A database without the counter's table (the synthetic
+one, or any other) is extracted whole on every run.
 
 **Lineage.** Every version the pipeline commits says in its commit's parameters
 (:meth:`~hafen.datasets.Dataset.history`, key ``"pipeline"``) what it covers:
@@ -168,7 +169,11 @@ def source_sequence(url: str) -> IngestSequence | None:
         if not table_exists(db, conn, SEQUENCE_TABLE):
             return None
         with map_db_errors(db, "reading the ingest sequence"):
-            rows = _query(db, conn, f"SELECT n FROM {quote_ident(SEQUENCE_TABLE)} WHERE id = 1")
+            if db.dialect == "sqlite":
+                sql = f"SELECT n FROM {quote_ident(SEQUENCE_TABLE)} WHERE id = 1"
+            else:  # every transaction below the oldest running one has finished
+                sql = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1"
+            rows = _query(db, conn, sql)
     finally:
         with contextlib.suppress(Exception):
             conn.close()

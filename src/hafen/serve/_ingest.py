@@ -14,15 +14,18 @@ inserted in one transaction.
 same key and body gets the first answer and inserts nothing, also when it arrives while the
 first is being inserted (the key's row is written first and concurrent writers wait on it).
 
-Every batch also takes the tenant's next **ingest sequence number** in its transaction (table
-``hafen_sequence``), and its rows carry it in the column ``hafen_seq``. The number is taken just
-before the rows are inserted, under the counter row's lock, and released by the commit: batches
-therefore become visible in the order of their numbers, and once the counter reads ``N`` every
-batch numbered up to ``N`` has landed. That is the watermark incremental runs
-(:mod:`hafen.pipeline._incremental`) extract from: ``hafen_seq > last run's N``, whatever the
-sales' dates (late data for old days is picked up). The price: on PostgreSQL a tenant's batches
-insert one at a time from that point to their commit (validation and reference checks still run
-side by side); on SQLite every write transaction is serial anyway.
+Every batch also takes an **ingest sequence number** in its transaction, and its rows carry it in
+the column ``hafen_seq``: the watermark incremental runs (:mod:`hafen.pipeline._incremental`)
+extract from, ``hafen_seq`` above the last run's, whatever the sales' dates (late data for old
+days is picked up). A run must know a number below which every batch has landed:
+
+- on SQLite, write transactions are serial, so the number is the tenant's counter
+  (``hafen_sequence``) plus one, and once the counter reads N every batch up to N has landed;
+- on PostgreSQL, batches insert side by side and would commit out of the order of any counter
+  they took (or wait on its lock, which cost about a quarter of the ingest rate: see
+  benchmarks/README.md), so the number is the transaction's own id (``pg_current_xact_id()``),
+  which needs no lock; every transaction whose id is below the oldest one still running
+  (``pg_snapshot_xmin``) has finished, so everything below that horizon has landed.
 """
 
 from __future__ import annotations
@@ -216,12 +219,13 @@ class _Db:
             cur.close()
 
     def next_seq(self) -> int:
-        """The tenant's next ingest sequence number, in the open transaction (its row stays
-        locked until the commit, so numbers become visible in order)."""
-        rows = self.execute(
-            f"UPDATE {self.name(SEQUENCE_TABLE)} SET n = n + 1 WHERE id = 1 RETURNING n"
-        )
-        return int(rows[0][0])
+        """The batch's ingest sequence number, in the open transaction (see the module
+        docstring): the counter plus one on SQLite, the transaction's id on PostgreSQL."""
+        if self.sqlite:
+            sql = f"UPDATE {self.name(SEQUENCE_TABLE)} SET n = n + 1 WHERE id = 1 RETURNING n"
+        else:
+            sql = "SELECT pg_current_xact_id()::text::bigint"
+        return int(self.execute(sql)[0][0])
 
     def insert(self, table: _Table, rows: list[tuple[Any, ...]], seq: int) -> None:
         """Insert ``rows`` (values in column order) into ``table`` with ingest sequence ``seq``,
