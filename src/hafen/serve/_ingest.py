@@ -25,7 +25,9 @@ days is picked up). A run must know a number below which every batch has landed:
   they took (or wait on its lock, which cost about a quarter of the ingest rate: see
   benchmarks/README.md), so the number is the transaction's own id (``pg_current_xact_id()``),
   which needs no lock; every transaction whose id is below the oldest one still running
-  (``pg_snapshot_xmin``) has finished, so everything below that horizon has landed.
+  (``pg_snapshot_xmin``) has finished, so everything below that horizon has landed. A long
+  transaction on the database holds the horizon back: what lands after it waits for a later run,
+  and nothing is lost.
 """
 
 from __future__ import annotations
