@@ -2,7 +2,11 @@
 
 Each page runs in a fresh temporary working directory, its Python blocks in one namespace (as a
 reader would type them into one session). In a ```console block, every ``$ hafen ...`` line runs
-through click's CliRunner and must exit 0; other lines (output, other programs) are not run.
+through click's CliRunner and must exit 0 (a line ending in ``\\`` continues on the next, as in
+a shell); other lines (output, other programs) are not run.
+
+Every line of every code block, of any language, fits the page's column (80 characters): a
+wider one is cut off on the page, where a reader cannot see what it says.
 
 Markers, HTML comments a reader does not see:
 
@@ -43,12 +47,30 @@ def _blocks(page: Path) -> list[tuple[str, str]]:
 def _run_console(body: str, page: Path) -> None:
     from hafen.cli import main
 
-    for line in body.splitlines():
+    for line in re.sub(r"\\\n\s*", " ", body).splitlines():
         if not line.startswith("$ hafen "):
             continue
         args = shlex.split(line[len("$ hafen ") :], comments=True)
         result = CliRunner().invoke(main, args, catch_exceptions=False)
         assert result.exit_code == 0, f"{page.name}: {line}\n{result.output}"
+
+
+_FENCE = re.compile(r"^\s*```")
+
+#: The widest code line the site shows without a cut at the narrowest layout with both sidebars.
+COLUMN = 80
+
+
+def test_code_lines_fit_the_column() -> None:
+    wide = []
+    for page in sorted(DOCS.rglob("*.md")):
+        inside = False
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if _FENCE.match(line):
+                inside = not inside
+            elif inside and len(line) > COLUMN:
+                wide.append(f"{page.relative_to(DOCS)}:{number} ({len(line)} characters)")
+    assert not wide, "code lines wider than the column:\n" + "\n".join(wide)
 
 
 def _close_clients(namespace: dict[str, object]) -> None:

@@ -57,7 +57,9 @@ def test_a_large_result_moves_between_workers_intact(hafen_client):
     data = hafen_client.submit(_make, 12_500_000, 7, workers=[a], pure=False)  # 100 MB
     digest = hafen_client.submit(_digest, data, workers=[b], allow_other_workers=False)
     assert digest.result() == _digest(_make(12_500_000, 7))
-    assert hafen_client.who_has([data])[data.key] and b in hafen_client.who_has([data])[data.key]
+    # The digest ran on b, so the 100 MB crossed over hafen://. (Whether b still holds its copy
+    # afterwards is the Active Memory Manager's business: it may drop either replica.)
+    assert hafen_client.who_has([digest])[digest.key] == (b,)
 
 
 def test_a_second_client_connects_by_address(hafen_client):
