@@ -210,19 +210,29 @@ def test_a_killed_run_rerun_equals_one_full_run(retailer, full, client, tmp_path
     _same(a, full[0])
 
 
-def test_incremental_runs_on_postgresql(retailer, full, client, tmp_path):
-    """The same on a real PostgreSQL server, where batches insert concurrently and the ingest
-    sequence's row lock keeps their numbers in commit order."""
+def test_incremental_runs_on_postgresql(retailer, full, client, tmp_path, monkeypatch):
+    """The same on a real PostgreSQL server, where batches insert side by side and the horizon
+    is the oldest running transaction; with a store's files over the compaction threshold, the
+    next run rewrites sales_by_store whole, one file per store."""
+    from hafen.pipeline import _incremental
     from hafen.testing import running_postgres
 
     root, cut, _end = retailer
     with running_postgres() as server:
         url = server.url(server.create_database())
         a = Customer(tmp_path / "pg", root / "source.sqlite", "a", database=url)
-        a.post("sales", "SELECT * FROM sales WHERE date <= ?", (cut.isoformat(),))
+        held_back = f"date <= ? AND NOT ({LATE})"
+        a.post("sales", f"SELECT * FROM sales WHERE {held_back}", (cut.isoformat(), *_late(cut)))
         run_pipeline(a.cfg, client=client)
         a.post("sales", "SELECT * FROM sales WHERE date > ?", (cut.isoformat(),))
         second = run_pipeline(a.cfg, client=client)
         assert second.steps["raw/sales"] == second.steps["sales_by_store"] == "append"
         assert set(run_pipeline(a.cfg, client=client).steps.values()) == {"skip"}
+        # every store's partition has 2 files now: at a threshold of 2, the next run compacts
+        monkeypatch.setattr(_incremental, "COMPACT_FILES", 2)
+        a.post("sales", f"SELECT * FROM sales WHERE {LATE}", _late(cut))
+        third = run_pipeline(a.cfg, client=client)
+        assert third.steps["sales"] == "append" and third.steps["sales_by_store"] == "rebuild"
+        by_store = open_dataset(a.cfg.dataset("sales_by_store"))
+        assert sorted(f.partition for f in by_store.files()) == [f"store_id={s}" for s in (1, 2, 3)]
     _same(a, full[0])  # row for row what SQLite and one full run gave

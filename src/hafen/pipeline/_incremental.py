@@ -22,7 +22,9 @@ commit at all. Only files added to its main input since (same generation; a file
 version that added it): the stage processes just those files and appends, or, for the
 forecasts, forecasts again just the stores those files belong to and replaces their partitions
 in one commit. Anything else (an input rebuilt, a dimension table changed, the calendar moved
-for the forecasts, no lineage): the stage rebuilds whole, as a full run does.
+for the forecasts, no lineage): the stage rebuilds whole, as a full run does. So does
+``sales_by_store`` once a store's partition has gathered :data:`COMPACT_FILES` files, a file per
+run that touched it: the rewrite puts each store in one file again (and forecasts every store).
 
 Because the lineage lands in the same commit as the data it describes, a run killed at any
 point leaves every dataset agreeing with its lineage: the next run picks up where the datasets
@@ -39,10 +41,23 @@ from typing import Any
 from hafen.datasets import Dataset, open_dataset
 from hafen.errors import DatasetNotFoundError
 
-__all__ = ["KEY", "Step", "input_ref", "lineage", "open_latest", "plan_step", "source_sequence"]
+__all__ = [
+    "COMPACT_FILES",
+    "KEY",
+    "Step",
+    "crowded",
+    "input_ref",
+    "lineage",
+    "open_latest",
+    "plan_step",
+    "source_sequence",
+]
 
 #: The key of the pipeline's lineage in a commit's parameters.
 KEY = "pipeline"
+#: Files in one store's partition of ``sales_by_store`` (each incremental run that touches the
+#: store adds one) at which the next run rewrites the dataset whole, one file per store again.
+COMPACT_FILES = 16
 SEQ_COLUMN = "hafen_seq"
 SEQUENCE_TABLE = "hafen_sequence"
 
@@ -103,6 +118,14 @@ def plan_step(
     if inputs[main][1] < since:  # the input went back in time (restored): start over
         return Step("rebuild", generation=new_generation())
     return Step("append", since=since, generation=str(own["generation"]))
+
+
+def crowded(ds: Dataset | None) -> bool:
+    """Whether a partition of ``ds`` has :data:`COMPACT_FILES` files or more."""
+    counts: dict[str, int] = {}
+    for f in [] if ds is None else ds.files():
+        counts[f.partition] = counts.get(f.partition, 0) + 1
+    return max(counts.values(), default=0) >= COMPACT_FILES
 
 
 def added_since(ds: Dataset, version: int) -> list[Any]:

@@ -294,6 +294,9 @@ def _run_stages(
     began = time.perf_counter()
     with tracker.stage("3. reshuffle (-> sales_by_store)"):
         current, step, lineage = _derive(cfg, "sales_by_store", {"sales": sales}, "sales", full)
+        if step.action == "append" and _incremental.crowded(current):  # one file per store again
+            step = _incremental.Step("rebuild", generation=_incremental.new_generation())
+            lineage["generation"] = step.generation
         if step.action == "rebuild":
             by_store = _stages.reshuffle(cfg, sales, parameters={key: lineage})
         elif step.action == "append":
