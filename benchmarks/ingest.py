@@ -100,20 +100,20 @@ def _prepare(
     return tenant, key
 
 
-def run_api(port: int, key: str, sales: list[dict], clients: int, batch: int) -> float:
-    bodies = [json.dumps(sales[i : i + batch]).encode() for i in range(0, len(sales), batch)]
-    todo = list(enumerate(bodies))
+def _in_threads(items: list[Any], clients: int, work: Any) -> float:
+    """Seconds for ``clients`` threads to call ``work`` on every item; the first error raised."""
+    todo = list(items)
     lock = threading.Lock()
     errors: list[BaseException] = []
 
     def worker() -> None:
         while True:
             with lock:
-                if not todo:
+                if not todo or errors:
                     return
-                n, body = todo.pop()
+                item = todo.pop()
             try:
-                _post(port, key, "/v1/sales", body, f"b-{n}")
+                work(item)
             except BaseException as exc:
                 errors.append(exc)
                 return
@@ -124,9 +124,18 @@ def run_api(port: int, key: str, sales: list[dict], clients: int, batch: int) ->
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - began
     if errors:
         raise errors[0]
+    return time.perf_counter() - began
+
+
+def run_api(port: int, key: str, sales: list[dict], clients: int, batch: int) -> float:
+    bodies = [json.dumps(sales[i : i + batch]).encode() for i in range(0, len(sales), batch)]
+    seconds = _in_threads(
+        list(enumerate(bodies)),
+        clients,
+        lambda item: _post(port, key, "/v1/sales", item[1], f"b-{item[0]}"),
+    )
     return len(sales) / seconds
 
 
@@ -199,23 +208,10 @@ def run_threads(tenant: Any, sales: list[dict], clients: int, batch: int) -> flo
     from hafen.serve._ingest import ingest_batch
 
     batches = [sales[i : i + batch] for i in range(0, len(sales), batch)]
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not batches:
-                    return
-                rows = batches.pop()
-            ingest_batch(tenant, "sales", rows, key=None, digest="")
-
-    began = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return len(sales) / (time.perf_counter() - began)
+    seconds = _in_threads(
+        batches, clients, lambda rows: ingest_batch(tenant, "sales", rows, key=None, digest="")
+    )
+    return len(sales) / seconds
 
 
 def sequence_cost(args: argparse.Namespace) -> dict[str, Any]:
