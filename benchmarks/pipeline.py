@@ -208,6 +208,7 @@ def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     saved = base / "saved"
     times: dict[str, list[float]] = {"incremental": [], "full": []}
     stages: dict[str, list[dict[str, float]]] = {"incremental": [], "full": []}
+    fitted: dict[str, list[int]] = {"incremental": [], "full": []}
     load = []
     client = connect(n_workers=2, threads_per_worker=1, dashboard_address=":0")
     try:
@@ -224,7 +225,14 @@ def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                 result = run_pipeline(cfg, client=client, full=name == "full")
                 times[name].append(time.perf_counter() - began)
                 stages[name].append({s.name: round(s.seconds, 2) for s in result.stages})
-                print(name, round(times[name][-1], 2), stages[name][-1], flush=True)
+                fitted[name].append(result.models_fitted)
+                print(
+                    name,
+                    round(times[name][-1], 2),
+                    stages[name][-1],
+                    f"{fitted[name][-1]} models fitted",
+                    flush=True,
+                )
     finally:
         client.close()
     inc, full = _median_range(times["incremental"]), _median_range(times["full"])
@@ -232,6 +240,8 @@ def run_incremental(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         "size": {"stores": args.stores, "products": args.products, "days": args.days},
         "new_data": "10 late days of store 1" if args.late else f"{args.new_days} new days",
         "new_rows": new_rows,
+        "last_day": f"{info.end} ({info.end:%A})",
+        "models_fitted": fitted,
         "rounds": args.rounds,
         "utc": _utc(),
         "load_average": _median_range(load),

@@ -12,6 +12,16 @@ Every lag is at least :data:`MIN_LAG` = 28 days, the horizon: the forecast for a
 days uses only observed history (a direct multi-horizon model, no recursion), and the held-out
 evaluation window of 28 days is forecast exactly as the future is.
 
+**Training cadence.** A model is trained on whole weeks (Monday to Sunday): on the days before
+the last Monday on or before the held-out window's first day, so 0 to 6 days between the two are
+neither trained on nor scored. A new day inside the week moves the held-out window and the
+horizon but not the training data, and the fitted model forecasts them as it is; a new day that
+starts a week retrains. Fitted models are kept (``forecast_models``, beside ``forecasts``)
+under a fingerprint of exactly what they were trained on (the feature matrix, the targets, the
+settings and scikit-learn's version): a task whose training data hashes to a kept fingerprint
+predicts with that model instead of fitting the same one again. Fitting is deterministic, so a
+run that reuses a model forecasts exactly what a run that fits it does.
+
 The baseline is the seasonal naive forecast: the same weekday of the last observed week (if that
 day is missing, the week before, up to four weeks back, else 0).
 
@@ -32,7 +42,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Callable
+import hashlib
+import pickle
+from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -48,6 +60,7 @@ __all__ = [
     "ModelParams",
     "StoreForecast",
     "as_days",
+    "fingerprint",
     "forecast_store",
     "pinball",
     "seasonal_naive",
@@ -96,10 +109,14 @@ class ModelParams:
 
 @dataclasses.dataclass
 class StoreForecast:
-    """What one store's task returns: forecasts of the horizon and held-out error sums."""
+    """What one store's task returns: forecasts of the horizon and held-out error sums, and the
+    fitted models it forecast with (pickled, by :func:`fingerprint`)."""
 
     forecasts: pd.DataFrame  # store_id, product_id, date (Arrow date32), forecast, baseline
     metrics: dict[str, Any]
+    models: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    #: How many of ``models`` were fitted by this task (the others were given to it).
+    fitted: int = 0
 
 
 def as_days(values: Any) -> np.ndarray:
@@ -223,6 +240,59 @@ def _fit(x: np.ndarray, y: np.ndarray, params: ModelParams) -> _Model:
     return _Model(regressor.fit(x[:, keep], y), keep)
 
 
+def fingerprint(params: ModelParams, *inputs: Any) -> str:
+    """A digest of everything a fit depends on: its ``inputs`` (the arrays the training rows'
+    features and targets are made of), the settings, the code that makes and fits the feature
+    matrix, and scikit-learn's version."""
+    digest = hashlib.blake2b(_code_digest(), digest_size=16)
+    digest.update(repr(dataclasses.astuple(params)).encode())
+    for value in inputs:
+        array = np.asarray(value)
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def _code_digest() -> bytes:
+    import marshal
+
+    import sklearn
+
+    digest = hashlib.blake2b(sklearn.__version__.encode(), digest_size=16)
+    digest.update(repr((FEATURES, CATEGORICAL, LAGS, WINDOWS, MIN_LAG)).encode())
+    for fn in (_features, _rolling_mean, _shift, _matrix, _fit, forecast_store):
+        digest.update(marshal.dumps(fn.__code__))  # functools.wraps: the wrapped one
+    return digest.digest()
+
+
+class _Fitter:
+    """Fits models, or takes a kept one (pickled, by :func:`fingerprint`) for the same inputs."""
+
+    def __init__(self, params: ModelParams, kept: Mapping[str, bytes]) -> None:
+        self.params = params
+        self.kept = kept
+        self.used: dict[str, bytes] = {}
+        self.fitted = 0
+
+    def __call__(self, key: str, data: Callable[[], tuple[np.ndarray, np.ndarray]]) -> _Model:
+        """The model for ``key`` (a :func:`fingerprint`), kept or fitted on ``data()``."""
+        if key in self.kept:
+            self.used[key] = self.kept[key]
+            model: _Model = pickle.loads(self.kept[key])  # written by the pipeline
+            return model
+        model = _fit(*data(), self.params)
+        self.used[key] = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        self.fitted += 1
+        return model
+
+
+def period_start(first_day: np.datetime64, index: int) -> int:
+    """The day index (from ``first_day``) of the Monday on or before day ``index``."""
+    day = int((first_day + index).astype("datetime64[D]").astype(np.int64))
+    return index - (day + 3) % 7  # 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -287,6 +357,7 @@ def forecast_store(
     horizon: int = HORIZON,
     holdout: int = HOLDOUT,
     params: ModelParams | None = None,
+    models: Mapping[str, bytes] | None = None,
 ) -> StoreForecast:
     """Evaluate on the held-out window, then forecast ``horizon`` days, for one store.
 
@@ -303,6 +374,9 @@ def forecast_store(
         ``date``, ``name`` over the history and the horizon.
     first_day, last_day
         The history's calendar (the same for every store, so missing days stay missing).
+    models
+        Models fitted before, pickled, by :func:`fingerprint`: one whose fingerprint matches
+        the training data is used instead of fitting it again.
 
     Returns
     -------
@@ -311,6 +385,7 @@ def forecast_store(
         ``holdout`` window, with the sum of actual sales there.
     """
     params = params or ModelParams()
+    fit = _Fitter(params, models or {})
     products = products.sort_values("product_id").reset_index(drop=True)
     product_ids = products["product_id"].to_numpy(dtype=np.int64)
     n_hist = (last_day - first_day).days + 1
@@ -352,13 +427,20 @@ def forecast_store(
     cut = n_hist - holdout
     first_train = MIN_LAG + 7  # from the first day with a week of lagged history
 
-    # 1. evaluation: train before the held-out window, forecast it, compare with the baseline
-    train = observed & (t >= first_train) & (t < cut)
+    # 1. evaluation: train on the whole weeks before the held-out window, forecast it, compare
+    # with the baseline
+    train_end = period_start(start, cut)
+    train = observed & (t >= first_train) & (t < train_end)
     held = observed & (t >= cut) & (t < n_hist)
     baseline = np.full(y.shape, np.nan)
     baseline[:, cut:n_hist] = seasonal_naive(y, cut - 1, holdout)
     naive = seasonal_naive(y, n_hist - 1, horizon)
-    model = _fit(_matrix(grid, train), y[train], params) if train.sum() >= MIN_TRAIN_ROWS else None
+    # the training rows' features and targets are made of these (lags and means look back)
+    inputs = (y, discount, holiday_code[None, :], days[None, :])
+    key = fingerprint(params, *(a[:, :train_end] for a in inputs), group_code, price)
+    model = None
+    if train.sum() >= MIN_TRAIN_ROWS:
+        model = fit(key, lambda: (_matrix(grid, train), y[train]))
     future = t >= n_hist
     predicted = np.full(y.shape, np.nan)
     if model is None:
@@ -400,10 +482,12 @@ def forecast_store(
     }
 
     # 2. the future: its features only use history (lags >= 28), so the evaluated model can
-    # forecast it as is; with refit, retrain on all history first
+    # forecast it as is; with refit, retrain on all history's whole weeks first
     if params.refit and model is not None:
-        train = observed & (t >= first_train)
-        model = _fit(_matrix(grid, train), y[train], params)
+        train_end = period_start(start, n_hist)
+        train = observed & (t >= first_train) & (t < train_end)
+        key = fingerprint(params, *(a[:, :train_end] for a in inputs), group_code, price, "refit")
+        model = fit(key, lambda: (_matrix(grid, train), y[train]))
         predicted[future] = model.predict(_matrix(grid, future))
     forecast = naive if model is None else predicted[:, n_hist:]
     ranges = _quantiles(forecast, z_model).reshape(-1, len(QUANTILES))
@@ -420,4 +504,4 @@ def forecast_store(
             **{c: np.round(ranges[:, i], 4) for i, c in enumerate(QUANTILE_COLUMNS)},
         }
     )
-    return StoreForecast(frame, metrics)
+    return StoreForecast(frame, metrics, fit.used, fit.fitted)

@@ -27,6 +27,9 @@ from hafen.pipeline._progress import StageProgress, peak_rss
 
 __all__ = ["PipelineResult", "StageReport", "demo", "demo_config", "run_pipeline"]
 
+#: The dataset beside ``forecasts`` that keeps each store's fitted models.
+MODELS = "forecast_models"
+
 
 @dataclasses.dataclass
 class StageReport:
@@ -64,6 +67,9 @@ class PipelineResult:
     forecast_stores: list[int] = dataclasses.field(default_factory=list)
     #: The source's ingest sequence number the run covers; None for a source without one.
     watermark: int | None = None
+    #: Models fitted this run; the other stores forecast with the models kept from an earlier
+    #: run for the same training data (see :mod:`hafen.pipeline._model`).
+    models_fitted: int = 0
 
     @property
     def seconds(self) -> float:
@@ -337,12 +343,27 @@ def _run_stages(
         elif step.action == "skip":
             stores = set()
         frames: list[Any] = []
+        model_frames: list[Any] = []
         fresh: list[dict[str, Any]] = []
+        fitted = 0
         if stores != set():
-            frames, metric_futures = _stages.forecast(
-                cfg, by_store, sales, raw, client, token=uuid.uuid4().hex[:12], stores=stores
+            kept_models = None if full else _incremental.open_latest(cfg.dataset(MODELS))
+            futures = _stages.forecast(
+                cfg,
+                by_store,
+                sales,
+                raw,
+                client,
+                token=uuid.uuid4().hex[:12],
+                stores=stores,
+                models=kept_models,
             )
-            fresh = client.gather(metric_futures)
+            frames = futures.frames
+            lineage["models"] = None if kept_models is None else kept_models.version
+            fresh, counts = client.gather([futures.metrics, futures.fitted])
+            fitted = sum(counts)
+            # the models of the stores that fitted any: kept for the next runs
+            model_frames = [m for m, n in zip(futures.models, counts, strict=True) if n]
         kept = (
             {} if step.action == "rebuild" else {m["store_id"]: m for m in own.get("metrics", [])}
         )
@@ -356,19 +377,24 @@ def _run_stages(
             sum(m["holdout_rows"] for m in fresh),
             time.perf_counter() - began,
             _implementation("forecast"),
-            f"{len(fresh)} of {len(store_metrics)} stores' models; rows: held-out rows scored",
+            f"{len(fresh)} of {len(store_metrics)} stores forecast, {fitted} model(s) fitted; "
+            "rows: held-out rows scored",
         )
     )
 
     began = time.perf_counter()
     with tracker.stage("5. write forecasts (one commit)"):
+        if model_frames:  # before the forecasts: they name the version of the models they used
+            calendar = {"calendar": lineage["calendar"]}
+            models = _stages.write_models(cfg, model_frames, parameters={key: calendar})
+            lineage["models"] = models.version
         if frames:
             lineage["metrics"] = store_metrics
             forecasts = _stages.write_forecasts(cfg, frames, parameters={key: lineage})
         else:
             assert current is not None
             forecasts = current
-    del frames
+    del frames, model_frames
     reports.append(
         StageReport(
             "write forecasts",
@@ -408,6 +434,7 @@ def _run_stages(
         steps=steps,
         forecast_stores=sorted(m["store_id"] for m in fresh),
         watermark=None if sequence is None else sequence.number,
+        models_fitted=fitted,
     )
 
 

@@ -5,9 +5,11 @@
 2. :func:`denormalize`: sales joined with products, stores, promotions and holidays into
    ``sales``, partitioned by date.
 3. :func:`reshuffle`: ``sales`` into ``sales_by_store``, partitioned by store, indexed by product.
-4. :func:`forecast`: one task per store: evaluate and forecast (:mod:`hafen.pipeline._model`).
+4. :func:`forecast`: one task per store: evaluate and forecast (:mod:`hafen.pipeline._model`),
+   with the models kept in ``forecast_models`` where they fit the training data.
 5. :func:`write_forecasts`: the forecasts into ``forecasts``, partitioned by store, indexed by
-   product, as one commit.
+   product, as one commit (after :func:`write_models`: the models of the stores that fitted
+   new ones into ``forecast_models``, partitioned by store).
 
 Every write replaces the partitions it writes (``mode="overwrite"``): rerunning adds one version
 to each dataset and duplicates no row. An incremental run (:mod:`hafen.pipeline._incremental`)
@@ -40,6 +42,7 @@ __all__ = [
     "reshuffle",
     "reshuffle_files",
     "write_forecasts",
+    "write_models",
 ]
 
 #: The hafen capability behind each stage, for the summary.
@@ -436,6 +439,7 @@ def files_by_store(ds: Dataset, column: str = "store_id") -> dict[int, StoreFile
 def _forecast_task(
     history_files: StoreFiles,
     promotion_files: StoreFiles,
+    model_files: StoreFiles | None,
     store_id: int,
     products: pd.DataFrame,
     holidays: pd.DataFrame,
@@ -445,6 +449,10 @@ def _forecast_task(
 ) -> StoreForecast:
     history = history_files.read(["product_id", "date", "qty"])
     promos = promotion_files.read(["product_id", "start_date", "end_date", "discount"])
+    models: dict[str, bytes] = {}
+    if model_files is not None:
+        kept = model_files.read(["fingerprint", "model"])
+        models = dict(zip(kept["fingerprint"], kept["model"], strict=True))
     return forecast_store(
         history,
         store_id=store_id,
@@ -454,6 +462,7 @@ def _forecast_task(
         first_day=first_day,
         last_day=last_day,
         params=params,
+        models=models,
     )
 
 
@@ -463,6 +472,28 @@ def _forecasts_of(result: StoreForecast) -> pd.DataFrame:
 
 def _metrics_of(result: StoreForecast) -> dict[str, Any]:
     return result.metrics
+
+
+def _fitted_of(result: StoreForecast) -> int:
+    return result.fitted
+
+
+def _models_of(result: StoreForecast) -> pd.DataFrame:
+    store = int(result.metrics["store_id"])
+    table = pa.table(
+        {
+            "store_id": pa.array([store] * len(result.models), pa.int64()),
+            "fingerprint": pa.array(list(result.models), pa.string()),
+            "model": pa.array(list(result.models.values()), pa.binary()),
+        },
+        schema=MODEL_SCHEMA,
+    )
+    return _models_frame(table)
+
+
+def _models_frame(table: pa.Table) -> pd.DataFrame:
+    # Arrow bytes: as Python objects Dask would decode them into strings
+    return table.to_pandas(types_mapper={pa.binary(): pd.ArrowDtype(pa.binary())}.get)
 
 
 FORECAST_SCHEMA = pa.schema(
@@ -479,6 +510,22 @@ FORECAST_SCHEMA = pa.schema(
 )
 
 
+MODEL_SCHEMA = pa.schema(
+    [("store_id", pa.int64()), ("fingerprint", pa.string()), ("model", pa.binary())]
+)
+
+
+@dataclasses.dataclass
+class Forecasts:
+    """Stage 4's futures, one per store: forecast frames, metrics, models fitted (a count), and
+    the models used (frames for ``forecast_models``)."""
+
+    frames: list[Any]
+    metrics: list[Any]
+    fitted: list[Any]
+    models: list[Any]
+
+
 def forecast(
     cfg: PipelineConfig,
     by_store: Dataset,
@@ -488,9 +535,10 @@ def forecast(
     *,
     token: str,
     stores: set[int] | None = None,
-) -> tuple[list[Any], list[Any]]:
-    """Stage 4: one task per store (of ``stores``, default all); returns futures of forecast
-    frames and of metrics."""
+    models: Dataset | None = None,
+) -> Forecasts:
+    """Stage 4: one task per store (of ``stores``, default all), with the kept ``models`` where
+    they fit; returns the tasks' futures."""
     first_day, last_day = calendar(sales)
     products = raw["products"].read(columns=["product_id", "product_group", "price"])
     holidays = raw["holidays"].read()
@@ -501,12 +549,14 @@ def forecast(
         dataclasses.replace(raw["promotions"].state, files={}, index_parts=[]),
         (),
     )
+    kept = {} if models is None else files_by_store(models)
     [products_f, holidays_f] = client.scatter([products, holidays], broadcast=True)
     results = [
         client.submit(
             _forecast_task,
             history[store],
             promotions.get(store, no_promotions),
+            kept.get(store),
             store,
             products_f,
             holidays_f,
@@ -518,9 +568,16 @@ def forecast(
         for store in sorted(history)
         if stores is None or store in stores
     ]
-    frames = client.map(_forecasts_of, results, key=[f"frame-{r.key}" for r in results])
-    metrics = client.map(_metrics_of, results, key=[f"metrics-{r.key}" for r in results])
-    return frames, metrics
+
+    def each(fn: Any, prefix: str) -> list[Any]:
+        return list(client.map(fn, results, key=[f"{prefix}-{r.key}" for r in results]))
+
+    return Forecasts(
+        each(_forecasts_of, "frame"),
+        each(_metrics_of, "metrics"),
+        each(_fitted_of, "fitted"),
+        each(_models_of, "models"),
+    )
 
 
 # -- 5. write --------------------------------------------------------------------------------
@@ -536,3 +593,23 @@ def write_forecasts(
     meta = _to_table(FORECAST_SCHEMA.empty_table().to_pandas(), FORECAST_SCHEMA)
     ddf = dd.from_delayed(frames, meta=meta, verify_meta=False)
     return _write_by_store(ddf, cfg.dataset("forecasts"), "overwrite", parameters)
+
+
+def write_models(
+    cfg: PipelineConfig, frames: list[Any], *, parameters: dict[str, Any] | None = None
+) -> Dataset:
+    """The models the stores of ``frames`` forecast with, replacing those stores' partitions of
+    ``forecast_models`` (one commit)."""
+    import dask.dataframe as dd
+
+    from hafen.dask import write_ddf
+
+    meta = _models_frame(MODEL_SCHEMA.empty_table())
+    ddf = dd.from_delayed(frames, meta=meta, verify_meta=False)
+    return write_ddf(
+        ddf,
+        cfg.dataset("forecast_models"),
+        partition_on=["store_id"],
+        mode="overwrite",
+        parameters=parameters,
+    )
