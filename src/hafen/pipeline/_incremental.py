@@ -34,6 +34,7 @@ are, and nothing is counted twice.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import uuid
 from typing import Any
@@ -74,13 +75,25 @@ def open_latest(url: str) -> Dataset | None:
         return None
 
 
+#: Lineage read before, by commit id (a commit never changes; its id is drawn per commit).
+_SEEN: dict[str, dict[str, Any] | None] = {}
+
+
 def lineage(ds: Dataset | None) -> dict[str, Any] | None:
     """What version ``ds`` covers (see the module docstring); None without lineage."""
     if ds is None:
         return None
+    commit = ds.state.commit_id
+    if commit and commit in _SEEN:  # a run asks several times: a commit's JSON costs ms to read
+        return copy.deepcopy(_SEEN[commit])
     entries = ds.history(limit=1)
     found = entries[0]["parameters"].get(KEY) if entries else None
-    return found if isinstance(found, dict) else None
+    found = found if isinstance(found, dict) else None
+    if commit:
+        if len(_SEEN) >= 1024:
+            _SEEN.pop(next(iter(_SEEN)))
+        _SEEN[commit] = copy.deepcopy(found)
+    return found
 
 
 def input_ref(ds: Dataset) -> list[Any]:
