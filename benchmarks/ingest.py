@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hafen.serve import Tenants
-from hafen.serve._ingest import TABLES, _Db
+from hafen.serve._ingest import TABLES, _as_table, _Db
 from hafen.testing import free_port, running_postgres, wait_listening
 
 
@@ -151,7 +151,7 @@ def run_bulk(tenant: Any, sales: list[dict]) -> float:
     db = _Db(tenant)
     try:
         db.begin()
-        db.insert(table, rows, db.next_seq())
+        db.insert(table, _as_table(table, rows), db.next_seq())
         db.commit()
     finally:
         db.close()
