@@ -32,6 +32,7 @@ days is picked up). A run must know a number below which every batch has landed:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -40,7 +41,9 @@ import io
 import itertools
 import json
 import math
+import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -200,9 +203,28 @@ class _Db:
         self.url = parse_url(tenant.database)
         self.tenant = tenant
         self.sqlite = self.url.dialect == "sqlite"
-        self.conn = connect(self.url, "ingest", create=create)
-        if self.sqlite:
-            self.conn.execute("PRAGMA busy_timeout = 60000")
+        pooled = None if create else _POOL.take(tenant.database, self._identity())
+        self.conn: Any = pooled
+        if pooled is None:
+            self.conn = connect(self.url, "ingest", create=create)
+            if self.sqlite:
+                self.conn.execute("PRAGMA busy_timeout = 60000")
+
+    def _identity(self) -> Any:
+        """What a pooled connection must still match: on SQLite, the database file (a file
+        replaced at the same path is another database)."""
+        if not self.sqlite:
+            return None
+        assert self.url.path is not None
+        try:
+            found = os.stat(self.url.path)
+        except OSError:
+            return ()
+        return (found.st_dev, found.st_ino)
+
+    def release(self) -> None:
+        """Hand the connection (no transaction open) back to the pool, for the next batch."""
+        _POOL.give(self.tenant.database, self._identity(), self.conn)
 
     def name(self, table: str) -> str:
         return quote_ident(self.tenant.table(table))
@@ -282,6 +304,41 @@ class _Db:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class _Pool:
+    """Idle ingest connections by database URL: a batch reuses one instead of connecting
+    (on PostgreSQL, a connection costs a round trip and authentication; on SQLite, closing the
+    last connection checkpoints the write-ahead log)."""
+
+    SIZE = 8  # idle connections kept per database
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[tuple[Any, Any]]] = {}
+
+    def take(self, url: str, identity: Any) -> Any:
+        while True:
+            with self._lock:
+                idle = self._idle.get(url)
+                if not idle:
+                    return None
+                conn, was = idle.pop()
+            if was == identity:
+                return conn
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def give(self, url: str, identity: Any, conn: Any) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(url, [])
+            if len(idle) < self.SIZE:
+                idle.append((conn, identity))
+                return
+        conn.close()
+
+
+_POOL = _Pool()
 
 
 def create_tables(tenant: Tenant) -> None:
@@ -651,7 +708,10 @@ def ingest_batch(
             )
             if not claimed:  # landed before (or just now, by a concurrent retry)
                 db.rollback()
-                return _replay(db, key, table_name, digest)
+                answer = _replay(db, key, table_name, digest)
+                db.rollback()
+                db.release()
+                return answer
         errors = _check_database(db, table, data, numbers, keys=False)
         if errors:
             raise _invalid(table_name, errors)
@@ -675,12 +735,17 @@ def ingest_batch(
                 [json.dumps(answer), key],
             )
         db.commit()
-        return answer
-    except BaseException:
+    except BatchError:  # refused: the connection is fine
         db.rollback()
+        db.release()
         raise
-    finally:
+    except BaseException:
+        with contextlib.suppress(Exception):
+            db.rollback()
         db.close()
+        raise
+    db.release()
+    return answer
 
 
 def _replay(db: _Db, key: str, table: str, digest: str) -> dict[str, Any]:
