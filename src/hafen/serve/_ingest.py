@@ -38,7 +38,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
-import itertools
 import json
 import math
 import os
@@ -252,23 +251,36 @@ class _Db:
             sql = "SELECT pg_current_xact_id()::text::bigint"
         return int(self.execute(sql)[0][0])
 
-    def insert(self, table: _Table, data: Any, seq: int) -> None:
-        """Insert ``data`` (an Arrow table of ``table``'s columns) with ingest sequence ``seq``,
-        in the open transaction: ``executemany`` on SQLite (dates as ISO text: SQLite has no
-        date type), the binary COPY of ADBC's bulk ingest on PostgreSQL."""
+    def driver_rows(self, data: Any) -> list[tuple[Any, ...]] | None:
+        """On SQLite, ``data`` (an Arrow table) as the rows ``executemany`` binds (dates as ISO
+        text: SQLite has no date type), made before the write lock is taken; None otherwise."""
+        if not self.sqlite:
+            return None
+        import pyarrow as pa
+
+        columns = [
+            (c.cast(pa.string()) if pa.types.is_date32(c.type) else c).to_pylist()
+            for c in data.columns
+        ]
+        return list(zip(*columns, strict=True))
+
+    def insert(
+        self, table: _Table, data: Any, seq: int, rows: list[tuple[Any, ...]] | None = None
+    ) -> None:
+        """Insert ``data`` (an Arrow table of ``table``'s columns; on SQLite, ``rows`` are its
+        :meth:`driver_rows` when made already) with ingest sequence ``seq``, in the open
+        transaction: ``executemany`` on SQLite, the binary COPY of ADBC's bulk ingest on
+        PostgreSQL."""
         import pyarrow as pa
 
         names = [*table.names, SEQ_COLUMN]
         if self.sqlite:
-            columns = [
-                (c.cast(pa.string()) if pa.types.is_date32(c.type) else c).to_pylist()
-                for c in data.columns
-            ]
-            marks = self.marks(len(names))
+            rows = self.driver_rows(data) if rows is None else rows
+            assert rows is not None
             self.executemany(
                 f"INSERT INTO {self.name(table.name)} ({', '.join(map(quote_ident, names))}) "
-                f"VALUES ({marks})",
-                list(zip(*columns, itertools.repeat(seq, data.num_rows), strict=False)),
+                f"VALUES ({self.marks(len(table.names))}, {int(seq)})",
+                rows,
             )
             return
         data = data.append_column(SEQ_COLUMN, pa.array([seq] * data.num_rows, pa.int64()))
@@ -699,6 +711,7 @@ def ingest_batch(
         data = _as_table(table, typed)
     db = _Db(tenant)
     try:
+        prepared = db.driver_rows(data)  # outside the transaction: SQLite's writers queue
         db.begin()
         if key is not None:
             claimed = db.execute(
@@ -717,7 +730,7 @@ def ingest_batch(
             raise _invalid(table_name, errors)
         if data.num_rows:
             try:
-                db.insert(table, data, db.next_seq())
+                db.insert(table, data, db.next_seq(), prepared)
             except Exception as exc:  # a key that exists: say which rows (a rare, slow path)
                 if "IntegrityError" not in type(exc).__name__:
                     raise
