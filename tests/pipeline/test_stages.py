@@ -20,7 +20,7 @@ import pytest
 
 import hafen
 from hafen.pipeline import _stages
-from hafen.pipeline._model import ModelParams, as_days, forecast_store
+from hafen.pipeline._model import ModelParams, StoreForecast, as_days, forecast_store
 
 DAY0 = dt.date(2024, 3, 1)
 
@@ -261,3 +261,31 @@ def test_forecast_store_fits_on_one_openmp_thread(monkeypatch):
     monkeypatch.setattr(_model, "_fit", fit)
     forecast_store(**_one_store(), params=ModelParams())  # type: ignore[arg-type]
     assert seen and set(seen) == {1}
+
+
+def test_a_new_day_inside_the_training_week_predicts_with_the_kept_model():
+    """Models train on whole weeks: a day that does not start a week forecasts with the model
+    kept from the day before, exactly as fitting it again would; a day that starts one fits."""
+    from hafen.pipeline._model import period_start
+
+    def run(days: int, models: dict[str, bytes] | None = None) -> StoreForecast:
+        args = _one_store(days=150)  # the first `days` of it
+        last = args["first_day"] + dt.timedelta(days=days - 1)  # type: ignore[operator]
+        history = args["history"]
+        args.update(history=history[history["date"] <= last], last_day=last)  # type: ignore[index]
+        return forecast_store(**args, models=models)  # type: ignore[arg-type]
+
+    def moves(days: int) -> bool:  # whether one more day moves the training week's end
+        start = np.datetime64("2024-01-01")
+        return period_start(start, days - 28) != period_start(start, days + 1 - 28)
+
+    same = next(d for d in range(130, 140) if not moves(d))
+    before = run(same)
+    assert before.fitted == 1 and len(before.models) == 1
+    kept, fresh = run(same + 1, before.models), run(same + 1)
+    assert kept.fitted == 0 and fresh.fitted == 1 and set(kept.models) == set(fresh.models)
+    pd.testing.assert_frame_equal(kept.forecasts, fresh.forecasts)
+    assert kept.metrics == fresh.metrics
+
+    starts = next(d for d in range(130, 140) if moves(d))
+    assert run(starts + 1, run(starts).models).fitted == 1
