@@ -378,7 +378,13 @@ def reshuffle_files(
     return _write_by_store(new, cfg.dataset("sales_by_store"), "append", parameters)
 
 
-def _write_by_store(ddf: Any, url: str, mode: Mode, parameters: dict[str, Any] | None) -> Dataset:
+def _write_by_store(
+    ddf: Any,
+    url: str,
+    mode: Mode,
+    parameters: dict[str, Any] | None,
+    indices: tuple[str, ...] = ("product_id",),
+) -> Dataset:
     """``ddf`` into the dataset at ``url``, partitioned by store, indexed by product."""
     from hafen.dask import write_ddf
 
@@ -386,7 +392,7 @@ def _write_by_store(ddf: Any, url: str, mode: Mode, parameters: dict[str, Any] |
         ddf,
         url,
         partition_on=["store_id"],
-        indices=["product_id"],
+        indices=list(indices),
         mode=mode,
         parameters=parameters,
     )
@@ -602,14 +608,6 @@ def write_models(
     ``forecast_models`` (one commit)."""
     import dask.dataframe as dd
 
-    from hafen.dask import write_ddf
-
     meta = _models_frame(MODEL_SCHEMA.empty_table())
     ddf = dd.from_delayed(frames, meta=meta, verify_meta=False)
-    return write_ddf(
-        ddf,
-        cfg.dataset("forecast_models"),
-        partition_on=["store_id"],
-        mode="overwrite",
-        parameters=parameters,
-    )
+    return _write_by_store(ddf, cfg.dataset("forecast_models"), "overwrite", parameters, ())
