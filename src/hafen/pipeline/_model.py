@@ -262,7 +262,7 @@ def _code_digest() -> bytes:
     digest = hashlib.blake2b(sklearn.__version__.encode(), digest_size=16)
     digest.update(repr((FEATURES, CATEGORICAL, LAGS, WINDOWS, MIN_LAG)).encode())
     for fn in (_features, _rolling_mean, _shift, _matrix, _fit, forecast_store):
-        digest.update(marshal.dumps(fn.__code__))  # functools.wraps: the wrapped one
+        digest.update(marshal.dumps(getattr(fn, "__wrapped__", fn).__code__))
     return digest.digest()
 
 
@@ -307,13 +307,20 @@ def _one_openmp_thread(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-        import sklearn.ensemble  # noqa: F401 - loads OpenMP first: limits apply to loaded libraries
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
-        with threadpool_limits(limits=1, user_api="openmp"):
+        with _openmp().limit(limits=1, user_api="openmp"):
             return fn(*args, **kwargs)
 
     return limited
+
+
+@functools.cache
+def _openmp() -> Any:
+    """The process's thread pools, found once (finding them scans the loaded libraries: about
+    10 ms, a third of a forecast that reuses its model)."""
+    import sklearn.ensemble  # noqa: F401 - loads OpenMP first: limits apply to loaded libraries
+    from threadpoolctl import ThreadpoolController  # installed with scikit-learn
+
+    return ThreadpoolController()
 
 
 def _scale(level: np.ndarray) -> np.ndarray:
