@@ -251,14 +251,17 @@ class _Db:
             sql = "SELECT pg_current_xact_id()::text::bigint"
         return int(self.execute(sql)[0][0])
 
-    def driver_rows(self, data: Any) -> list[tuple[Any, ...]] | None:
-        """On SQLite, ``data`` (an Arrow table) as the rows ``executemany`` binds (dates as ISO
-        text: SQLite has no date type), made before the write lock is taken; None otherwise."""
+    def driver_rows(
+        self, data: Any, values: list[list[Any]] | None = None
+    ) -> list[tuple[Any, ...]] | None:
+        """On SQLite, ``data`` (an Arrow table; or its columns' ``values`` when at hand) as the
+        rows ``executemany`` binds (dates as ISO text: SQLite has no date type), made before the
+        write lock is taken; None otherwise."""
         if not self.sqlite:
             return None
         import pyarrow as pa
 
-        columns = [
+        columns = values or [
             (c.cast(pa.string()) if pa.types.is_date32(c.type) else c).to_pylist()
             for c in data.columns
         ]
@@ -533,10 +536,11 @@ def _column(kind: str, values: list[Any]) -> Any:
     return days if pc.min(days.cast(pa.int32())).as_py() >= _FIRST_DAY else None
 
 
-def _columnar(table: _Table, rows: list[Any]) -> Any:
-    """The batch as an Arrow table (the columns' types, in order) if every row is plainly
-    valid, else None: the row-by-row path (:func:`_validate`) then finds and names what is
-    wrong. Valid batches cost a few passes over each column instead of Python per value."""
+def _columnar(table: _Table, rows: list[Any]) -> tuple[Any, list[list[Any]]] | None:
+    """The batch as an Arrow table (the columns' types, in order) and as the column values a
+    driver binds (dates as their ISO text), if every row is plainly valid; else None: the
+    row-by-row path (:func:`_validate`) then finds and names what is wrong. Valid batches cost
+    a few passes over each column instead of Python per value."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -545,15 +549,18 @@ def _columnar(table: _Table, rows: list[Any]) -> Any:
     if not rows or not all(type(r) is dict and len(r) == width for r in rows):
         return None
     arrays = []
+    values = []
     try:
         for column in table.columns:
-            array = _column(column.kind, [r[column.name] for r in rows])
+            given = [r[column.name] for r in rows]
+            array = _column(column.kind, given)
             if array is None:
                 return None
             check = _VECTOR_CHECKS[column.check] if column.check else None
             if check is not None and not bool(check(array.to_numpy()).all()):
                 return None
             arrays.append(array)
+            values.append(array.to_pylist() if column.kind == "float" else given)  # ints too
     except (KeyError, TypeError, ValueError, OverflowError, pa.ArrowException):
         return None
     data = pa.table(arrays, names=table.names)
@@ -565,7 +572,7 @@ def _columnar(table: _Table, rows: list[Any]) -> Any:
     keys = data.column(0).to_numpy()
     if len(np.unique(keys)) != len(keys):  # a key repeats: say which rows
         return None
-    return data
+    return data, values
 
 
 def _as_table(table: _Table, rows: list[tuple[Any, ...]]) -> Any:
@@ -702,22 +709,26 @@ def ingest_batch(
     :class:`BatchError` for a refused batch, with nothing inserted.
     """
     table = TABLES[table_name]
-    data = _columnar(table, rows)
+    checked = _columnar(table, rows)
     numbers: Sequence[int] = range(len(rows))
-    if data is None:  # something to convert or to refuse: row by row
+    values = None
+    if checked is None:  # something to convert or to refuse: row by row
         typed, numbers, errors = _validate(table, rows)
         if errors:
             raise _invalid(table_name, errors)
         data = _as_table(table, typed)
+    else:
+        data, values = checked
+    answer = {"table": table_name, "inserted": data.num_rows, "idempotency_key": key}
     db = _Db(tenant)
     try:
-        prepared = db.driver_rows(data)  # outside the transaction: SQLite's writers queue
+        prepared = db.driver_rows(data, values)  # outside the transaction: writers queue
         db.begin()
-        if key is not None:
+        if key is not None:  # the answer lands with the rows, or neither does
             claimed = db.execute(
                 f"INSERT INTO {db.name('hafen_batches')} (key, tbl, digest, body) "
                 f"VALUES ({db.marks(4)}) ON CONFLICT (key) DO NOTHING RETURNING key",
-                [key, table_name, digest, ""],
+                [key, table_name, digest, json.dumps(answer)],
             )
             if not claimed:  # landed before (or just now, by a concurrent retry)
                 db.rollback()
@@ -740,13 +751,6 @@ def ingest_batch(
                 raise _invalid(
                     table_name, errors or [{"row": None, "column": None, "error": str(exc)}]
                 ) from None
-        answer = {"table": table_name, "inserted": data.num_rows, "idempotency_key": key}
-        if key is not None:
-            db.execute(
-                f"UPDATE {db.name('hafen_batches')} SET body = {db.marks(1)} WHERE key = "
-                + ("?" if db.sqlite else "$2"),
-                [json.dumps(answer), key],
-            )
         db.commit()
     except BatchError:  # refused: the connection is fine
         db.rollback()
