@@ -40,6 +40,7 @@ import hashlib
 import io
 import json
 import math
+import operator
 import os
 import tempfile
 import threading
@@ -546,13 +547,13 @@ def _columnar(table: _Table, rows: list[Any]) -> tuple[Any, list[list[Any]]] | N
     import pyarrow.compute as pc
 
     width = len(table.columns)
-    if not rows or not all(type(r) is dict and len(r) == width for r in rows):
+    if not rows or set(map(type, rows)) != {dict} or set(map(len, rows)) != {width}:
         return None
     arrays = []
     values = []
     try:
         for column in table.columns:
-            given = [r[column.name] for r in rows]
+            given = list(map(operator.itemgetter(column.name), rows))
             array = _column(column.kind, given)
             if array is None:
                 return None
@@ -665,10 +666,17 @@ def _check_database(
 ) -> list[dict[str, Any]]:
     """Rows (``data``, an Arrow table; ``numbers``, their rows in the batch) naming stores or
     products that do not exist, and (with ``keys``) rows whose key exists already."""
+    import pyarrow.compute as pc
+
     errors = []
     for position, column in enumerate(table.columns):
         if not (position == 0 and keys) and column.references is None:
             continue
+        if column.references is not None:
+            # the common case: every referenced id exists (a few distinct ids, checked once)
+            distinct = set(pc.unique(data.column(position)).to_pylist())
+            if _existing(db, column.references, column.name, distinct) == distinct:
+                continue
         values = data.column(position).to_pylist()
         if position == 0 and keys:
             taken = _existing(db, table.name, table.key, set(values))
