@@ -360,10 +360,12 @@ def _run_stages(
             )
             frames = futures.frames
             lineage["models"] = None if kept_models is None else kept_models.version
-            fresh, counts = client.gather([futures.metrics, futures.fitted])
-            fitted = sum(counts)
+            outcomes = client.gather(futures.outcomes)
+            fresh = [metrics for metrics, _ in outcomes]
+            fitted = sum(n for _, n in outcomes)
             # the models of the stores that fitted any: kept for the next runs
-            model_frames = [m for m, n in zip(futures.models, counts, strict=True) if n]
+            model_frames = futures.models(client, [i for i, (_, n) in enumerate(outcomes) if n])
+            del futures  # the tasks' results go once their frames and models are taken
         kept = (
             {} if step.action == "rebuild" else {m["store_id"]: m for m in own.get("metrics", [])}
         )

@@ -476,12 +476,8 @@ def _forecasts_of(result: StoreForecast) -> pd.DataFrame:
     return _to_table(result.forecasts, FORECAST_SCHEMA)
 
 
-def _metrics_of(result: StoreForecast) -> dict[str, Any]:
-    return result.metrics
-
-
-def _fitted_of(result: StoreForecast) -> int:
-    return result.fitted
+def _outcome_of(result: StoreForecast) -> tuple[dict[str, Any], int]:
+    return result.metrics, result.fitted
 
 
 def _models_of(result: StoreForecast) -> pd.DataFrame:
@@ -523,13 +519,18 @@ MODEL_SCHEMA = pa.schema(
 
 @dataclasses.dataclass
 class Forecasts:
-    """Stage 4's futures, one per store: forecast frames, metrics, models fitted (a count), and
-    the models used (frames for ``forecast_models``)."""
+    """Stage 4's futures, one per store: the tasks' results, their forecast frames, and their
+    metrics with the number of models each fitted."""
 
+    results: list[Any]
     frames: list[Any]
-    metrics: list[Any]
-    fitted: list[Any]
-    models: list[Any]
+    outcomes: list[Any]
+
+    def models(self, client: Any, stores: list[int]) -> list[Any]:
+        """Futures of the frames (for ``forecast_models``) of the models the tasks at positions
+        ``stores`` forecast with."""
+        chosen = [self.results[i] for i in stores]
+        return list(client.map(_models_of, chosen, key=[f"models-{r.key}" for r in chosen]))
 
 
 def forecast(
@@ -578,12 +579,7 @@ def forecast(
     def each(fn: Any, prefix: str) -> list[Any]:
         return list(client.map(fn, results, key=[f"{prefix}-{r.key}" for r in results]))
 
-    return Forecasts(
-        each(_forecasts_of, "frame"),
-        each(_metrics_of, "metrics"),
-        each(_fitted_of, "fitted"),
-        each(_models_of, "models"),
-    )
+    return Forecasts(results, each(_forecasts_of, "frame"), each(_outcome_of, "outcome"))
 
 
 # -- 5. write --------------------------------------------------------------------------------
