@@ -18,8 +18,8 @@ figure at 10x (``--scale``, stores multiplied) over the anchor's. Usage::
     nice -n 10 .venv/bin/python benchmarks/pipeline.py --stores 5 --products 2000 --days 120 \
         --scale 100 --out /tmp/bench_pipeline_500.json
 
-``--incremental``: an incremental run after one more week (``--new-days``) against a full rerun
-of the same data. A tenant is filled through the ingest code (in-process, not timed) with all
+``--incremental``: an incremental run after ``--new-days`` more days (default a week) against a
+full rerun of the same data. A tenant is filled through the ingest code (in-process, not timed) with all
 but the last week, and run once; that state (database and datasets) is kept. Each round restores
 it, posts the week (not timed), and times ``run_pipeline`` incrementally, then restores again and
 times ``run_pipeline(full=True)``: the two contenders in turns, on one process-based 2-worker
@@ -29,6 +29,13 @@ cluster (1 thread each) started once, ``--rounds`` rounds, median and range::
 
 ``--incremental --late``: the new batch is late data instead, ten old days of one store (held back
 from the first batch): the incremental run forecasts that store again only.
+
+Models train on whole weeks (see ``hafen.pipeline._model``): a new last day that is a Sunday
+completes a training week and every store trains again; any other day predicts with the kept
+models. The output gives the last day and weekday, and the models each run fitted. At the default
+730 days the last day is a Tuesday; ``--days 728`` makes it a Sunday::
+
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --incremental --new-days 1 --days 728
 """
 
 from __future__ import annotations
