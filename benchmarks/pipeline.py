@@ -21,9 +21,9 @@ figure at 10x (``--scale``, stores multiplied) over the anchor's. Usage::
 ``--incremental``: an incremental run after ``--new-days`` more days (default a week) against a
 full rerun of the same data. A tenant is filled through the ingest code (in-process, not timed)
 with all but those days, and run once; that state (database and datasets) is kept. Each round
-restores it, posts the days (not timed), and times ``run_pipeline`` incrementally, then restores again and
-times ``run_pipeline(full=True)``: the two contenders in turns, on one process-based 2-worker
-cluster (1 thread each) started once, ``--rounds`` rounds, median and range::
+restores it, posts the days (not timed), and times ``run_pipeline`` incrementally, then restores
+again and times ``run_pipeline(full=True)``: the two contenders in turns, on one process-based
+2-worker cluster (1 thread each) started once, ``--rounds`` rounds, median and range::
 
     nice -n 10 .venv/bin/python benchmarks/pipeline.py --incremental --rounds 3
 
