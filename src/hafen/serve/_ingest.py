@@ -716,33 +716,6 @@ def ingest_batch(
     Returns the answer's body (the first answer again for a retried ``key``); raises
     :class:`BatchError` for a refused batch, with nothing inserted.
     """
-    if tenant.schema is not None:  # PostgreSQL: batches insert side by side
-        return _ingest_batch(tenant, table_name, rows, key=key, digest=digest)
-    # SQLite's writers are serial anyway; a batch checked while another one inserts only takes
-    # the GIL from it, by turns (this process's threads checking batches ran 10-15% slower
-    # together than one at a time)
-    with _SERIAL.lock(tenant.database):
-        return _ingest_batch(tenant, table_name, rows, key=key, digest=digest)
-
-
-class _Locks:
-    """One lock per name, made on first use."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-
-    def lock(self, name: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(name, threading.Lock())
-
-
-_SERIAL = _Locks()
-
-
-def _ingest_batch(
-    tenant: Tenant, table_name: str, rows: list[Any], *, key: str | None, digest: str
-) -> dict[str, Any]:
     table = TABLES[table_name]
     checked = _columnar(table, rows)
     numbers: Sequence[int] = range(len(rows))
