@@ -249,3 +249,45 @@ def test_body_over_the_limit_or_cut_off_inserts_nothing(service):
     sent = asyncio.run(cut_off())
     assert _count(app, "sales") == 0
     assert sent[0]["status"] == 400
+
+
+def test_a_pooled_server_connection_is_tried_before_reuse(monkeypatch):
+    """An idle PostgreSQL connection is reused only if it still answers (a server restarted
+    meanwhile would fail the next batches); a SQLite one only while its file is the same."""
+    from hafen.serve import _ingest
+
+    class Cursor:
+        def execute(self, sql):
+            assert sql == "SELECT 1"
+
+        def fetchall(self):
+            return [(1,)]
+
+        def close(self):
+            pass
+
+    class Conn:
+        def __init__(self, answers: bool) -> None:
+            self.answers, self.closed = answers, False
+
+        def cursor(self):
+            if not self.answers:
+                raise OSError("server closed the connection")
+            return Cursor()
+
+        def rollback(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(_ingest._Pool, "FRESH", 0.0)  # every idle connection is tried
+    pool = _ingest._Pool()
+    dead, live = Conn(False), Conn(True)
+    pool.give("pg", None, live)
+    pool.give("pg", None, dead)
+    assert pool.take("pg", None) is live and dead.closed and not live.closed
+    assert pool.take("pg", None) is None
+    replaced = Conn(True)
+    pool.give("file.sqlite", (1, 2), replaced)
+    assert pool.take("file.sqlite", (1, 3)) is None and replaced.closed

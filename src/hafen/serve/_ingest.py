@@ -32,6 +32,7 @@ days is picked up). A run must know a number below which every batch has landed:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import dataclasses
@@ -44,6 +45,7 @@ import operator
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -328,10 +330,13 @@ class _Pool:
     last connection checkpoints the write-ahead log)."""
 
     SIZE = 8  # idle connections kept per database
+    #: A server connection idle longer than this is tried (``SELECT 1``) before it is reused: a
+    #: server restarted meanwhile would otherwise fail the next batches.
+    FRESH = 1.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[str, list[tuple[Any, Any]]] = {}
+        self._idle: dict[str, list[tuple[Any, Any, float]]] = {}
 
     def take(self, url: str, identity: Any) -> Any:
         while True:
@@ -339,8 +344,10 @@ class _Pool:
                 idle = self._idle.get(url)
                 if not idle:
                     return None
-                conn, was = idle.pop()
-            if was == identity:
+                conn, was, since = idle.pop()
+            if was == identity and (
+                identity is not None or time.monotonic() - since < self.FRESH or _alive(conn)
+            ):
                 return conn
             with contextlib.suppress(Exception):
                 conn.close()
@@ -349,12 +356,37 @@ class _Pool:
         with self._lock:
             idle = self._idle.setdefault(url, [])
             if len(idle) < self.SIZE:
-                idle.append((conn, identity))
+                idle.append((conn, identity, time.monotonic()))
                 return
         conn.close()
 
+    def close(self) -> None:
+        """Close every idle connection (at exit: before the drivers' modules are torn down)."""
+        with self._lock:
+            idle = [entry[0] for entries in self._idle.values() for entry in entries]
+            self._idle.clear()
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _alive(conn: Any) -> bool:
+    """Whether a PostgreSQL connection still answers."""
+    try:
+        cur = conn.cursor()
+        try:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+        finally:
+            cur.close()
+        conn.rollback()
+    except Exception:
+        return False
+    return True
+
 
 _POOL = _Pool()
+atexit.register(_POOL.close)
 
 
 def create_tables(tenant: Tenant) -> None:
