@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,3 +116,26 @@ def test_a_string_like_the_null_marker_means_that_string_both_ways(store):
     hafen.write_dataset(df, f"{root}/ours", partition_on=["s"])
     back = read_table("ours", factory)
     assert sorted(back.loc[back["s"] == marker, "v"]) == [1, 3]
+
+
+def test_a_plateau_view_notices_its_metadata_deleted_or_rewritten(store):
+    """A hafen view of a plateau dataset is the newest only while plateau's metadata is the one
+    it read: found by a server that caught a dataset half-deleted (its directory gone, its
+    metadata file not yet) and served that view for ever."""
+    root, factory = store
+    df = frame()
+    store_dataframes_as_dataset(dfs=[df], store=factory, dataset_uuid="sales")
+    ds = hafen.open_dataset(f"{root}/sales")
+    assert ds.is_latest() and ds.latest() is ds
+
+    store_dataframes_as_dataset(
+        dfs=[frame(seed=1)], store=factory, dataset_uuid="sales", overwrite=True
+    )
+    assert not ds.is_latest()
+    rewritten = ds.latest()
+    pd.testing.assert_frame_equal(canon(rewritten.read()), canon(frame(seed=1)), check_dtype=False)
+
+    (Path(root) / "sales.by-dataset-metadata.json").unlink()
+    assert not rewritten.is_latest()
+    with pytest.raises(hafen.errors.DatasetNotFoundError):
+        rewritten.latest()
