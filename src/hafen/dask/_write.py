@@ -56,6 +56,8 @@ def write_ddf(
     schema_mode: SchemaMode = "strict",
     on_conflict: OnConflict = "raise",
     storage_options: dict[str, Any] | None = None,
+    sort_by: Sequence[str] | None = None,
+    row_group_size: int | None = None,
 ) -> Dataset:
     """Write a Dask DataFrame as one new version of a dataset: parallel files, one commit.
 
@@ -82,6 +84,9 @@ def write_ddf(
         ``"raise"`` or ``"retry"`` when a concurrent commit touched the same partitions.
     storage_options
         fsspec options for the storage backend (over the ``storage_options`` setting).
+    sort_by, row_group_size
+        Sort each file's rows by these columns; rows per Parquet row group. As for
+        :func:`hafen.write_dataset`.
 
     Returns
     -------
@@ -118,6 +123,8 @@ def write_ddf(
         indices=given_i,
         schema_mode=schema_mode,
         on_conflict=on_conflict,
+        sort_by=sort_by,
+        row_group_size=row_group_size,
     ) as tx:
         # the layout and the columns' types checked against the dataset, before any work;
         # columns whose type ``meta`` does not know get theirs from the data

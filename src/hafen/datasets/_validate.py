@@ -31,6 +31,7 @@ __all__ = [
     "prepare_table",
     "staged_schema",
     "validate_layout",
+    "validate_sort_by",
 ]
 
 Mode = Literal["create", "append", "overwrite"]
@@ -49,6 +50,22 @@ def check_options(mode: str, schema_mode: str = "strict", on_conflict: str = "ra
         raise ConfigError(f"schema_mode must be 'strict' or 'merge', got {schema_mode!r}")
     if on_conflict not in ON_CONFLICT:
         raise ConfigError(f"on_conflict must be 'raise' or 'retry', got {on_conflict!r}")
+
+
+def validate_sort_by(schema: pa.Schema, sort_by: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` for a ``sort_by`` that is not a list of distinct column names,
+    :class:`SchemaError` for a column not in ``schema``."""
+    if (
+        isinstance(sort_by, str)
+        or not all(isinstance(c, str) for c in sort_by)
+        or len(set(sort_by)) != len(sort_by)
+    ):
+        raise ConfigError(f"sort_by must be a list of distinct column names, got {sort_by!r}")
+    missing = [c for c in sort_by if schema.get_field_index(c) < 0]
+    if missing:
+        raise SchemaError(
+            f"sort_by columns {missing} are not in the data ({', '.join(schema.names)})"
+        )
 
 
 def validate_layout(
