@@ -279,7 +279,6 @@ class Dataset:
             self._partition_values,
             columns=columns,
             expression=expression,
-            filtered_on=sorted({lit.column for c in literals for lit in c}) if literals else (),
         )
 
     def read(

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
-import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState
 from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
@@ -38,14 +36,8 @@ def read_table(
     *,
     columns: list[str] | None,
     expression: pc.Expression | None,
-    filtered_on: Sequence[str] = (),
 ) -> pa.Table:
-    """The rows of ``files`` matching ``expression`` (on the columns ``filtered_on``), with
-    ``columns``, as one table."""
-    if expression is not None and filtered_on and _plain_layout(state):
-        return _read_selective(
-            storage, state, files, partition_values, columns, expression, filtered_on
-        )
+    """The rows of ``files`` matching ``expression``, with ``columns``, as one table."""
     dataset = _arrow_dataset(storage, state, files, partition_values)
     try:
         table = dataset.to_table(columns=columns, filter=expression)
@@ -66,113 +58,6 @@ def read_table(
             storage, state, files, StorageError(f"{storage.url}: read {table.num_rows} rows")
         )
     return table
-
-
-# -- filtered reads: only the row groups that may match, file by file ----------------------------
-#
-# A filtered read (a lookup) decodes few rows of each file: then Arrow's dataset scanner costs
-# more than the decoding, about 40% of the wall time of a point lookup of 100 files. Each file is
-# read on its own instead, on a thread pool: its footer (checked against the log), the row groups
-# whose statistics and partition values may satisfy the filter (Arrow's ``subset``), only the
-# columns needed, then filtered. Files whose columns differ from the dataset's (an older schema)
-# go through the scanner, which conforms them.
-
-
-def _plain_layout(state: DatasetState) -> bool:
-    """Whether the partition columns' values can be filled in as they are (not dictionaries)."""
-    return not any(pa.types.is_dictionary(state.schema.field(c).type) for c in state.partition_on)
-
-
-_Read = tuple[DataFile, pds.ParquetFileFragment, "pa.Table | None"]
-
-
-def _read_selective(
-    storage: Storage,
-    state: DatasetState,
-    files: Sequence[DataFile],
-    partition_values: PartitionValues,
-    columns: list[str] | None,
-    expression: pc.Expression,
-    filtered_on: Sequence[str],
-) -> pa.Table:
-    schema = state.schema
-    wanted = list(schema.names) if columns is None else columns
-    needed = sorted(set(wanted) | set(filtered_on), key=schema.get_field_index)
-    expected = file_schema(state)
-    in_files = [n for n in expected.names if n in needed]
-    fmt = parquet_format()
-    filesystem = storage.arrow_filesystem
-
-    def read(f: DataFile) -> _Read:
-        values = partition_values(f.partition)
-        key = tuple((c, v, schema.field(c).type) for c, v in values.items())
-        full = storage.full(f.path)
-        fragment = fmt.make_fragment(
-            full, filesystem, partition_expression=_partition_expression(key)
-        )
-        groups = [g.id for g in fragment.subset(expression, schema=schema).row_groups]
-        if not groups or fragment.physical_schema != expected:
-            return f, fragment, None
-        with filesystem.open_input_file(full) as source:
-            parquet = pq.ParquetFile(
-                source,
-                metadata=fragment.metadata,
-                page_checksum_verification=True,
-                pre_buffer=True,  # the chunks of the groups read in few requests
-            )
-            table = parquet.read_row_groups(groups, columns=in_files, use_threads=False)
-        n = table.num_rows
-        arrays = [
-            _constant(values[name], schema.field(name).type, n)
-            if name in values
-            else table.column(name)
-            for name in needed
-        ]
-        part = pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(n) for n in needed]))
-        return f, fragment, part.filter(expression).select(wanted)
-
-    try:
-        if len(files) == 1:
-            results = [read(files[0])]
-        else:
-            with ThreadPoolExecutor(min(len(files), _READERS)) as pool:
-                results = list(pool.map(read, files))
-    except FileNotFoundError as exc:
-        raise _missing_file(storage, state, exc) from exc
-    except DAMAGE as exc:
-        raise _read_error(storage, state, files, exc) from exc
-    tables = []
-    others = []
-    for f, fragment, table in results:
-        problem = fragment_problem(fragment, f, expected)
-        if problem is not None:
-            raise corrupt_file(storage, f.path, "data file", problem)
-        if table is not None:
-            tables.append(table)
-        elif fragment.physical_schema != expected:
-            others.append(f)
-    if others:  # files of an older schema: Arrow's scanner conforms them
-        dataset = _arrow_dataset(storage, state, others, partition_values)
-        try:
-            tables.append(dataset.to_table(columns=wanted, filter=expression))
-        except FileNotFoundError as exc:
-            raise _missing_file(storage, state, exc) from exc
-        except DAMAGE as exc:
-            raise _read_error(storage, state, others, exc) from exc
-    target = pa.schema([schema.field(n) for n in wanted])
-    if not tables:
-        return target.empty_table()
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
-
-_READERS = 8  # files read at once: decoding releases the GIL, remote reads wait on the network
-
-
-def _constant(value: Any, type_: pa.DataType, n: int) -> pa.Array:
-    """A partition column of ``n`` rows holding ``value``."""
-    if value is None:
-        return pa.nulls(n, type_)
-    return pa.repeat(pa.scalar(value, type=type_), n)
 
 
 def scan_batches(
