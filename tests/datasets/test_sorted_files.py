@@ -123,6 +123,19 @@ def test_bad_sort_options(tmp_path, kwargs, error):
     assert not (tmp_path / "ds").exists() or not list((tmp_path / "ds").rglob("*.parquet"))
 
 
+def test_sorting_by_a_categorical_sorts_by_its_values(tmp_path):
+    df = pd.DataFrame({"c": pd.Categorical(["b", "a", "c", "a"], categories=["c", "b", "a"])})
+    ds = hafen.write_dataset(df, str(tmp_path / "ds"), sort_by=["c"])
+    assert list(ds.read()["c"]) == ["a", "a", "b", "c"]
+
+
+def test_a_column_that_cannot_be_sorted_is_refused_before_any_file(tmp_path):
+    table = pa.table({"x": pa.array([[1], [2]]), "y": [1, 2]})
+    with pytest.raises(SchemaError, match="cannot be sorted"):
+        hafen.write_dataset(table, str(tmp_path / "ds"), sort_by=["x"])
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
 def test_write_ddf_sorts_each_file(tmp_path):
     df = _table().to_pandas()
     ddf = dd.from_pandas(df, npartitions=3)

@@ -17,7 +17,7 @@ from hafen.datasets._schema import (
     normalize_schema,
     validate_partition_type,
 )
-from hafen.datasets._write import StagedWrite
+from hafen.datasets._write import StagedWrite, sort_order
 from hafen.errors import ConfigError, SchemaError
 
 __all__ = [
@@ -66,6 +66,16 @@ def validate_sort_by(schema: pa.Schema, sort_by: Sequence[str]) -> None:
         raise SchemaError(
             f"sort_by columns {missing} are not in the data ({', '.join(schema.names)})"
         )
+    for name in sort_by:
+        type_ = schema.field(name).type
+        if type_ == pa.null():
+            continue  # a type not known yet (Dask's meta): checked when the rows are sorted
+        try:
+            sort_order(schema.empty_table(), [name])
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise SchemaError(
+                f"sort_by column {name!r} is of type {type_}, which cannot be sorted"
+            ) from None
 
 
 def validate_layout(

@@ -224,8 +224,20 @@ def sort_rows(table: pa.Table, sort_by: Sequence[str]) -> pa.Table:
         return table
     order = _radix_order(table, sort_by)
     if order is None:
-        return table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in sort_by]))
+        return table.take(sort_order(table, sort_by))
     return table.take(pa.array(order))
+
+
+def sort_order(table: pa.Table, sort_by: Sequence[str]) -> pa.Array:
+    """Arrow's stable sort order of ``table`` by ``sort_by``; dictionary columns (categoricals)
+    by their values. Raises an ``ArrowException`` for a type Arrow cannot sort."""
+    keys = {}
+    for i, name in enumerate(sort_by):
+        column = table.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        keys[f"k{i}"] = column
+    return pc.sort_indices(pa.table(keys), sort_keys=[(k, "ascending") for k in keys])
 
 
 _DIGIT = 1 << 16
