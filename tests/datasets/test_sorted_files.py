@@ -53,6 +53,7 @@ def test_each_file_is_sorted_and_says_so(tmp_path):
         assert names == ["key", "row"]
         assert f.metadata.row_group(0).num_rows == 100
     assert ds.read_arrow().sort_by("row").equals(table.select(ds.schema.names))
+    assert ds.history()[0]["parameters"]["sort_by"] == ["part", "key", "row"]
 
 
 def test_lookups_on_sorted_files_find_the_same_rows(tmp_path):

@@ -138,4 +138,7 @@ def write_ddf(
         )
         tasks = staged.to_delayed()
         tx.add(compute(tasks))
-        return Dataset(storage, tx.commit({"writer": "write_ddf", "partitions": len(tasks)}))
+        parameters: dict[str, Any] = {"writer": "write_ddf", "partitions": len(tasks)}
+        if tx.sort_by:
+            parameters["sort_by"] = tx.sort_by
+        return Dataset(storage, tx.commit(parameters))

@@ -95,7 +95,8 @@ def write_dataset(
         row_group_size=row_group_size,
     ) as tx:
         tx.stage(tx.prepare(to_arrow(data)), encode_index=True)
-        return Dataset(storage, tx.commit())
+        # the history says which files of the dataset were written sorted
+        return Dataset(storage, tx.commit({"sort_by": tx.sort_by} if tx.sort_by else None))
 
 
 def commit_staged(
