@@ -76,13 +76,16 @@ def test_plateau_dataset_opens_reads_and_appends_in_hafen(store):
     )
 
 
-def test_hafen_dataset_reads_in_plateau(store):
+@pytest.mark.parametrize("sort_by", [None, ["product_id"]])
+def test_hafen_dataset_reads_in_plateau(store, sort_by):
     root, factory = store
     df = frame()
     url = f"{root}/forecasts"
-    hafen.write_dataset(df, url, partition_on=["store_id"], indices=["product_id"])
-    hafen.write_dataset(frame(20, seed=2), url, mode="append")
-    ds = hafen.write_dataset(frame(10, seed=3).assign(store_id=1), url, mode="overwrite")
+    # files sorted, in row groups of 4 rows: plateau reads them and their index the same way
+    options = {"sort_by": sort_by, "row_group_size": 4 if sort_by else None}
+    hafen.write_dataset(df, url, partition_on=["store_id"], indices=["product_id"], **options)
+    hafen.write_dataset(frame(20, seed=2), url, mode="append", **options)
+    ds = hafen.write_dataset(frame(10, seed=3).assign(store_id=1), url, mode="overwrite", **options)
     expected = ds.read()
     back = read_table("forecasts", factory)
     pd.testing.assert_frame_equal(canon(back), canon(expected), check_dtype=False)
