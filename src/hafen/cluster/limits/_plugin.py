@@ -274,7 +274,7 @@ class LimitsExtension(SchedulerPlugin):
 
     def transition(self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         ledger = self.ledger
-        if start == "processing" and ledger.waits_on_memory():
+        if start == "processing" and (ledger.waits_on_memory() or ledger.guard_waits()):
             self._request_grant()  # something finished: a blocked limit may be stuck now
         ts = self.scheduler.tasks.get(key)
         if ts is None:
@@ -283,15 +283,22 @@ class LimitsExtension(SchedulerPlugin):
         flipped = guard.enabled and (finish == "memory" or start == "memory")
         if flipped and guard.observe(key, start, finish, ts):
             self._request_grant()
+        if guard.enabled and finish == "memory" and start != "memory":
+            # its dependents that are ready now go to Dask's placement next: hold the loaders
+            for dts in ts.dependents:
+                if dts.state == "waiting" and not dts.waiting_on:
+                    self._hold_loader(dts)
         annotations = ts.annotations
         if start == finish:
             # waiting -> waiting: Dask decided where a ready task goes next (queued, no-worker)
             # and recommended it; the task was held (or not) when it entered waiting
             return
         if (not annotations or ANNOTATION not in annotations) and key not in self._guarded:
-            if finish != "waiting" or not guard.engaged or key in self._granting:
+            if finish != "waiting" or key in self._granting:
                 return
-            if not guard.is_producer(ts):
+            if not guard.engaged or not guard.is_producer(ts):
+                if not ts.waiting_on:
+                    self._hold_loader(ts)  # ready at once (its inputs were in memory)
                 return
             self._guarded.add(key)  # a producer while the guard is engaged: hold it
         if key in self._granting and finish in ("released", "waiting"):
@@ -367,6 +374,18 @@ class LimitsExtension(SchedulerPlugin):
         ts.resource_restrictions = restrictions
         ts.loose_restrictions = False
 
+    def _hold_loader(self, ts: TaskState) -> None:
+        """Hold ``ts`` if it is a loader Dask would not queue (``Guard.is_loader``)."""
+        key = ts.key
+        if key in self._saved or key in self._granting or key in self._guarded:
+            return
+        annotations = ts.annotations
+        if (annotations and ANNOTATION in annotations) or not self.guard.is_loader(ts):
+            return
+        self.guard.loaders += 1
+        self._guarded.add(key)
+        self._hold_task(ts)
+
     def _release_task(self, ts: TaskState) -> None:
         saved = self._saved.pop(ts.key, None)
         if saved is not None:
@@ -428,9 +447,12 @@ class LimitsExtension(SchedulerPlugin):
             # only producers could run: let them fill the idle threads (work-conserving)
             scheduler = self.scheduler
             return self._idle_threads() > 0 and not consumers_running(
-                scheduler, self.guard.is_producer
+                scheduler, self._is_producer
             )
         return not could_free(limit, self.scheduler, self._waiting_for)
+
+    def _is_producer(self, ts: TaskState) -> bool:
+        return ts.key in self._guarded or self.guard.is_producer(ts)
 
     def _idle_threads(self) -> int:
         scheduler = self.scheduler
