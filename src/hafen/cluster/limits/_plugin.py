@@ -446,9 +446,7 @@ class LimitsExtension(SchedulerPlugin):
         if isinstance(limit, GuardLimit):
             # only producers could run: let them fill the idle threads (work-conserving)
             scheduler = self.scheduler
-            return self._idle_threads() > 0 and not consumers_running(
-                scheduler, self._is_producer
-            )
+            return self._idle_threads() > 0 and not consumers_running(scheduler, self._is_producer)
         return not could_free(limit, self.scheduler, self._waiting_for)
 
     def _is_producer(self, ts: TaskState) -> bool:
