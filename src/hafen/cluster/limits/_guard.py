@@ -12,8 +12,13 @@ the limits extension's machinery (hold in ``no-worker``, grant in priority order
   are producers wait for their grant, new producers are held as they become ready, and the
   producers waiting in Dask's own queue are taken out of it and held -- while every other task
   (the consumers of results) runs as before;
-- below ``low`` it lets them go, in Dask's priority order and at most ``window`` per worker thread
-  at a time, so a backlog of producers is not dropped on the cluster all at once;
+- below ``low`` it lets them go, in Dask's priority order and while fewer than ``window`` tasks
+  per worker thread are processing (counting all of them, as Dask's queue does), so a backlog of
+  producers is not dropped on the cluster all at once;
+- it queues, engaged or not, the *loaders* Dask does not queue (:meth:`Guard.is_loader`): a task
+  without restrictions that becomes ready with few, small inputs (a file handle) and whose kind
+  makes much larger results, but which Dask does not call root-ish -- its group depends on many
+  tasks (one open per file), or is small (one group per ``from_delayed`` chunk);
 - it never deadlocks, and never idles the cluster for nothing: when no task that consumes
   results is running while producers are held (only producers could make progress), it lets as
   many go as there are idle threads, counting overrides, and stands aside until the results in
@@ -21,9 +26,9 @@ the limits extension's machinery (hold in ``no-worker``, grant in priority order
   producers back would only idle threads, engagement after engagement).
 
 A *producer* is a task Dask would call root-ish if it had no restrictions: a task marked as a data
-producer, or one of a task group much larger than the cluster with few, small dependencies. Its
-inputs are few and small; its output is data. A task whose inputs are many or large (a consumer:
-a write, a reduction) is never one.
+producer, or one of a task group much larger than the cluster with few, small dependencies; or a
+loader it holds. Its inputs are few and small; its output is data. A task whose inputs are many or
+large (a consumer: a write, a reduction) is never one.
 
 Tasks with restrictions that are not under a hafen limit go straight to their workers when Dask
 sees them ready; the guard holds those that become ready while it is engaged, not those already
@@ -202,14 +207,17 @@ class Guard:
     def is_loader(self, ts: TaskState) -> bool:
         """Whether ``ts``, ready to run, loads data from a small input Dask does not queue.
 
-        A task whose few inputs (a file handle, a path) are small and whose prefix makes results
-        much larger than that -- or has made none yet -- is a producer, but Dask queues it only
-        if it is root-ish, which it is not when its group depends on many tasks (one open per
-        file) or is small (one group per ``from_delayed`` chunk), or when it is restricted. The
-        guard queues it instead: held, then let go at most ``window`` per thread at a time.
+        A task without restrictions whose few inputs (a file handle, a path) are small and
+        whose prefix makes results much larger than that -- or has made none yet, and its
+        inputs are shared with other tasks -- is a producer, but Dask queues it only if it is
+        root-ish, which it is not when its group depends on many tasks (one open per file) or
+        is small (one group per ``from_delayed`` chunk). The guard queues it instead: held, then
+        let go while fewer than ``window`` tasks per thread are processing.
         """
         if not self.enabled or ts.actor or not ts.dependencies:
             return False
+        if ts.resource_restrictions or ts.worker_restrictions or ts.host_restrictions:
+            return False  # sent where it was asked to go, as Dask sends it
         scheduler = self.scheduler
         if len(ts.dependencies) >= scheduler.rootish_tg_threshold or scheduler.is_rootish(ts):
             return False
@@ -223,7 +231,11 @@ class Guard:
         seen = self._outputs.get(ts.prefix.name)
         if not seen:
             # none finished yet: a loader if many of its kind come (a Dask root-ish group's size)
-            return len(ts.prefix) > scheduler.total_nthreads * 2
+            # and its inputs are shared (handles to files each read in several chunks), not
+            # results each made for it (a chain of small tasks)
+            return len(ts.prefix) > scheduler.total_nthreads * 2 and all(
+                len(dts.dependents) > 1 for dts in ts.dependencies
+            )
         expected = seen[1] / seen[0]
         return expected >= LOADER_OUTPUT and expected >= LOADER_GROWTH * inputs
 
