@@ -15,10 +15,14 @@ the median and the range (min-max) over the rounds, and the ideal computed for e
     hafen's automatic guard only (no annotation): ``align`` (``test_dataframe_align``: two
     timeseries of different date ranges subtracted and averaged) and ``anom_mean``
     (``test_anom_mean``'s graph -- climatology per day-of-cycle, anomalies, their mean -- written
-    with dask.array, xarray not being a dependency). Workers have 1 GiB each and Dask's
-    spill/pause/terminate thresholds off for every contender, so memory is what the schedule
-    makes it (the guard's watermarks are its defaults: 40 %/30 % of the 2 GiB). Ideal: the
-    working set of a depth-first schedule without recomputation (see ``GRAPHS``).
+    with dask.array, xarray not being a dependency); and, with their inputs read per file
+    through ``dask.delayed`` opens and ``da.from_delayed`` reads (:func:`files_array`) instead of
+    ``da.random`` -- reads Dask does not call root-ish, so does not queue --, ``quadratic_mean``
+    (``test_quadratic_mean``), ``double_diff`` (``test_double_diff``) and ``vorticity``
+    (``test_vorticity``). Workers have 1 GiB each and Dask's spill/pause/terminate thresholds off
+    for every contender, so memory is what the schedule makes it (the guard's watermarks are its
+    defaults: 40 %/30 % of the 2 GiB). Ideal: the working set of a depth-first schedule without
+    recomputation (see ``GRAPHS``).
 (c) ``--demo REV``: ``hafen demo --stores 100`` end to end, hafen at git revision ``REV`` (exported
     with ``git archive``) against the working tree, each in its own process.
 
@@ -27,7 +31,7 @@ within 1.05x; (b) peak at most half of vanilla Dask's on at least two graphs, wa
 1.1x; (c) lower peak than before at the same wall time.
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/memory.py [--rounds 3]
-[--graphs fanin,align,anom_mean] [--demo main]``.
+[--graphs fanin,align,anom_mean,quadratic_mean,double_diff,vorticity] [--demo main]``.
 """
 
 from __future__ import annotations
