@@ -16,7 +16,9 @@ A held task waits on the scheduler, in its ordinary ``no-worker`` state, never o
    died, a recomputation of lost data), the :class:`LimitsExtension` -- a ``SchedulerPlugin`` --
    sees the transition in its ``transition`` hook and adds a resource restriction on a resource no
    worker has (:data:`HOLD_RESOURCE`), with ``loose_restrictions`` off. The task's own
-   restrictions are saved and restored later.
+   restrictions are saved and restored later. A loader the guard queues (``_guard.py``) gets the
+   same restriction when it becomes ready: in the hook of the transition that put its last input
+   in memory, before Dask acts on its recommendation to place it.
 2. When its dependencies are in memory the scheduler tries to place it; ``valid_workers`` finds no
    worker with the resource, so the scheduler parks it in ``no-worker`` (``Scheduler.unrunnable``).
    The hook sees ``-> no-worker`` and queues the task on each of its limits.
@@ -57,12 +59,12 @@ default), which tests replace to drive token buckets without waiting.
 Scheduler internals relied on (``tests/cluster/test_limits_internals.py`` pins them):
 ``SchedulerPlugin.transition`` being called after each transition, before recommendations that
 follow it are processed; ``TaskState.annotations/resource_restrictions/loose_restrictions/
-priority``; ``SchedulerState.valid_workers`` returning an empty set for an unknown resource and
-``is_rootish`` being false for restricted tasks; the ``no-worker -> released``,
-``released -> waiting`` and ``no-worker -> erred`` transitions (``Scheduler.transition`` taking an
-unlisted pair through ``released``); ``Scheduler.unrunnable`` as an insertion-ordered
-``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and
-``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
+priority/waiting_on/dependents/nbytes/prefix``; ``SchedulerState.valid_workers`` returning an empty
+set for an unknown resource and ``is_rootish`` being false for restricted tasks; the ``no-worker ->
+released``, ``released -> waiting`` and ``no-worker -> erred`` transitions (``Scheduler.transition``
+taking an unlisted pair through ``released``); ``Scheduler.unrunnable`` as an insertion-ordered
+``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and ``adaptive_target``;
+``Scheduler.running`` and ``no_workers_timeout``.
 
 A task naming an unknown limit, or with a malformed annotation, is held like the others and failed
 with a :class:`~hafen.errors.LimitError` as soon as it is ready to run (at submission for a task
