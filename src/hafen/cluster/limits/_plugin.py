@@ -60,11 +60,11 @@ Scheduler internals relied on (``tests/cluster/test_limits_internals.py`` pins t
 ``SchedulerPlugin.transition`` being called after each transition, before recommendations that
 follow it are processed; ``TaskState.annotations/resource_restrictions/loose_restrictions/
 priority/waiting_on/dependents/nbytes/prefix``; ``SchedulerState.valid_workers`` returning an empty
-set for an unknown resource and ``is_rootish`` being false for restricted tasks; the ``no-worker ->
-released``, ``released -> waiting`` and ``no-worker -> erred`` transitions (``Scheduler.transition``
-taking an unlisted pair through ``released``); ``Scheduler.unrunnable`` as an insertion-ordered
-``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and ``adaptive_target``;
-``Scheduler.running`` and ``no_workers_timeout``.
+set for an unknown resource and ``is_rootish`` being false for restricted tasks; the
+``no-worker -> released``, ``released -> waiting`` and ``no-worker -> erred`` transitions
+(``Scheduler.transition`` taking an unlisted pair through ``released``); ``Scheduler.unrunnable``
+as an insertion-ordered ``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts``
+and ``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
 
 A task naming an unknown limit, or with a malformed annotation, is held like the others and failed
 with a :class:`~hafen.errors.LimitError` as soon as it is ready to run (at submission for a task
