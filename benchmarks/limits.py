@@ -84,11 +84,8 @@ def bench_tiny(client: Client, repeat: int, *, semaphore: bool = True) -> dict[s
         client.gather(client.map(tiny_semaphore, range(TINY_TASKS), sem=sem, pure=False))
 
     unlimited()  # warm up: imports, connections
-    for _ in range(repeat):
-        results["unlimited"].append(timed(unlimited))
-        results["hafen"].append(timed(limited))
-        if "semaphore" in results:
-            results["semaphore"].append(timed(semaphore_run))
+    runs = {"unlimited": unlimited, "hafen": limited, "semaphore": semaphore_run}
+    in_turns({name: runs[name] for name in results}, results, repeat)
     return results
 
 
@@ -128,12 +125,32 @@ def bench_mixed(client: Client, repeat: int) -> dict[str, list[float]]:
         return client.map(sleepy_semaphore, range(n), duration=d, sem=sem, pure=False)
 
     unlimited_done_after(None)  # warm up
-    for _ in range(repeat):
-        results["unlimited alone"].append(unlimited_done_after(None))
-        results["perfect limiter"].append(unlimited_done_after(perfect_limiter))
-        results["hafen"].append(unlimited_done_after(hafen_limited))
-        results["semaphore"].append(unlimited_done_after(semaphore_limited))
+    runs: dict[str, Callable[[], float]] = {
+        "unlimited alone": lambda: unlimited_done_after(None),
+        "perfect limiter": lambda: unlimited_done_after(perfect_limiter),
+        "hafen": lambda: unlimited_done_after(hafen_limited),
+        "semaphore": lambda: unlimited_done_after(semaphore_limited),
+    }
+    for r in range(repeat):
+        names = list(runs)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name].append(runs[name]())
     return results
+
+
+def in_turns(
+    runs: dict[str, Callable[[], object]], results: dict[str, list[float]], rounds: int
+) -> None:
+    """Time each of ``runs`` in turns ``rounds`` times, the order rotating each round."""
+    names = list(runs)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name].append(timed(runs[name]))
+
+
+def spread(values: list[float]) -> str:
+    """``median s (min-max)``."""
+    return f"{statistics.median(values):7.3f} s ({min(values):.3f}-{max(values):.3f})"
 
 
 def _regrant_after_kill(client: Client, submit: Callable[[str, str], object]) -> float:
@@ -190,9 +207,13 @@ def bench_kill() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs of (a) and (b); median")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of (a) and (b) in turns (at least 3)"
+    )
     parser.add_argument("--skip-kill", action="store_true", help="skip (c), which takes ~45 s")
     args = parser.parse_args()
+    if args.repeat < 3:
+        parser.error("--repeat must be at least 3: one or two runs are noise on a shared machine")
     print(f"hafen limits benchmark: {WORKERS} workers x {THREADS} threads, cpus={os.cpu_count()}")
 
     client = new_client()
@@ -211,20 +232,24 @@ def main() -> None:
         client.close()
 
     med = {k: statistics.median(v) for k, v in a.items()}
-    print(f"\n(a) {TINY_TASKS} tiny tasks, limit {LIMIT}; median of {args.repeat} (s, ratio):")
+    print(
+        f"\n(a) {TINY_TASKS} tiny tasks, limit {LIMIT}; median (range) of {args.repeat} rounds "
+        "in turns, and the ratio of medians:"
+    )
     for name, value in med.items():
-        print(f"    {name:<16} {value:7.3f} s   x{value / med['unlimited']:.2f}")
+        print(f"    {name:<16} {spread(a[name])}   x{value / med['unlimited']:.2f}")
     med = {k: statistics.median(v) for k, v in a2.items()}
     print(f"(a') same on 1 worker x {LIMIT} threads, worker-saturation 1.0 (4 in flight):")
     for name, value in med.items():
-        print(f"    {name:<16} {value:7.3f} s   x{value / med['unlimited']:.2f}")
+        print(f"    {name:<16} {spread(a2[name])}   x{value / med['unlimited']:.2f}")
     med = {k: statistics.median(v) for k, v in b.items()}
     print(
         f"\n(b) {MIXED_TASKS} limited ({LIMIT}) + {MIXED_TASKS} unlimited tasks of "
-        f"{MIXED_DURATION * 1000:.0f} ms; unlimited all done after (median of {args.repeat}):"
+        f"{MIXED_DURATION * 1000:.0f} ms; unlimited all done after (median (range) of "
+        f"{args.repeat} rounds in turns):"
     )
     for name, value in med.items():
-        print(f"    {name:<16} {value:7.3f} s   x{value / med['unlimited alone']:.2f}")
+        print(f"    {name:<16} {spread(b[name])}   x{value / med['unlimited alone']:.2f}")
     if not args.skip_kill:
         c = bench_kill()
         print("\n(c) SIGKILLed holder of a limit of 1: seconds until the slot is held again:")

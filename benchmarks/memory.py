@@ -15,10 +15,14 @@ the median and the range (min-max) over the rounds, and the ideal computed for e
     hafen's automatic guard only (no annotation): ``align`` (``test_dataframe_align``: two
     timeseries of different date ranges subtracted and averaged) and ``anom_mean``
     (``test_anom_mean``'s graph -- climatology per day-of-cycle, anomalies, their mean -- written
-    with dask.array, xarray not being a dependency). Workers have 1 GiB each and Dask's
-    spill/pause/terminate thresholds off for every contender, so memory is what the schedule
-    makes it (the guard's watermarks are its defaults: 40 %/30 % of the 2 GiB). Ideal: the
-    working set of a depth-first schedule without recomputation (see ``GRAPHS``).
+    with dask.array, xarray not being a dependency); and, with their inputs read per file
+    through ``dask.delayed`` opens and ``da.from_delayed`` reads (:func:`files_array`) instead of
+    ``da.random`` -- reads Dask does not call root-ish, so does not queue --, ``quadratic_mean``
+    (``test_quadratic_mean``), ``double_diff`` (``test_double_diff``) and ``vorticity``
+    (``test_vorticity``). Workers have 1 GiB each and Dask's spill/pause/terminate thresholds off
+    for every contender, so memory is what the schedule makes it (the guard's watermarks are its
+    defaults: 40 %/30 % of the 2 GiB). Ideal: the working set of a depth-first schedule without
+    recomputation (see ``GRAPHS``).
 (c) ``--demo REV``: ``hafen demo --stores 100`` end to end, hafen at git revision ``REV`` (exported
     with ``git archive``) against the working tree, each in its own process.
 
@@ -27,7 +31,7 @@ within 1.05x; (b) peak at most half of vanilla Dask's on at least two graphs, wa
 1.1x; (c) lower peak than before at the same wall time.
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/memory.py [--rounds 3]
-[--graphs fanin,align,anom_mean] [--demo main]``.
+[--graphs fanin,align,anom_mean,quadratic_mean,double_diff,vorticity] [--demo main]``.
 """
 
 from __future__ import annotations
@@ -182,13 +186,103 @@ def anom_mean_graph() -> Any:
     return anom.mean(axis=0)
 
 
+# The suite's array graphs build their inputs with ``da.random``, whose tasks Dask queues as
+# root-ish; read from files with ``dask.delayed`` (one open per file, one read per chunk:
+# ``da.from_delayed``), the same graphs' reads are not root-ish -- their group depends on the
+# opens (or holds a single task), and they are not marked as data producers -- so Dask sends
+# every read to the workers as soon as its file is open.
+
+FILES = 10
+
+
+def _open_file(number: int) -> dict[str, int]:
+    """A file handle: small (what ``open`` returns), needed by every read of the file."""
+    return {"seed": number}
+
+
+def _read(handle: dict[str, int], index: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """One chunk of the file (random numbers stand in for its contents)."""
+    return np.random.default_rng([handle["seed"], *index]).random(shape)
+
+
+def files_array(shape: tuple[int, ...], chunks: Any, files: int = FILES) -> Any:
+    """A float array read chunk by chunk from ``files`` files, as users write it with delayed."""
+    import dask.array as da
+
+    normal = da.core.normalize_chunks(chunks, shape, dtype=float)
+    numblocks = tuple(len(c) for c in normal)
+    total = int(np.prod(numblocks))
+    handles = [dask.delayed(_open_file)(f) for f in range(files)]
+
+    def block(index: tuple[int, ...]) -> Any:
+        if len(index) < len(numblocks):
+            return [block((*index, i)) for i in range(numblocks[len(index)])]
+        flat = int(np.ravel_multi_index(index, numblocks))
+        shape = tuple(normal[axis][i] for axis, i in enumerate(index))
+        read = dask.delayed(_read)(handles[flat * files // total], index, shape)
+        return da.from_delayed(read, shape, dtype=float)
+
+    return da.block(block(()))
+
+
+class DevNull:
+    """A store target that drops what it is given (coiled/benchmarks' ``arr_to_devnull``)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def quadratic_mean_graph() -> Any:
+    """coiled/benchmarks test_quadratic_mean (array backend) on inputs read per file:
+    u**2, v**2 and u*v averaged over time, 2 x 60 chunks of 14.5 MiB."""
+    u = files_array((600, 1, 987, 192), (10, 1, -1, -1))
+    v = files_array((600, 1, 987, 192), (10, 1, -1, -1))
+    return [(u**2).mean(axis=0), (v**2).mean(axis=0), (u * v).mean(axis=0)]
+
+
+def double_diff_graph() -> Any:
+    """coiled/benchmarks test_double_diff on inputs read per file: ``a[1:, 1:] - b[:-1, :-1]``
+    stored to nowhere, 2 x 64 chunks of 20 MiB."""
+    import dask.array as da
+
+    a = files_array((8 * 1619, 8 * 1619), 1619)
+    b = files_array((8 * 1619, 8 * 1619), 1619)
+    return da.store(a[1:, 1:] - b[:-1, :-1], DevNull(), lock=False, compute=False)
+
+
+def vorticity_graph() -> Any:
+    """coiled/benchmarks test_vorticity on inputs read per file: u and v padded by one row and
+    rechunked back, ``dx * u - dy * v`` stored to nowhere, 2 x 100 chunks of 7.6 MiB."""
+    import dask.array as da
+
+    shape, chunks = (1000, 1000, 100), (1000, 1000, 1)
+    u, v = files_array(shape, chunks), files_array(shape, chunks)
+    rng = da.random.default_rng(0)
+    dx = rng.random((1001, 1000), chunks=(1001, 1000))
+    dy = rng.random((1001, 1000), chunks=(1001, 1000))
+
+    def pad_rechunk(arr: Any) -> Any:
+        padded = da.pad(arr, pad_width=[(0, 1), (0, 0), (0, 0)], mode="wrap")
+        return padded.rechunk((1001, *padded.chunks[1:]))
+
+    result = dx[..., None] * pad_rechunk(u) - dy[..., None] * pad_rechunk(v)
+    return da.store(result, DevNull(), lock=False, compute=False)
+
+
 #: graph builder, ideal managed MiB: for align, two ~55 MiB partitions per thread (the working
 #: set of a depth-first schedule); for anom_mean, all of the data (3000 MiB): every chunk is
 #: needed again after its group's climatology, which needs the whole group, so without
-#: recomputing chunks nothing can be released before the climatologies are done
+#: recomputing chunks nothing can be released before the climatologies are done; for
+#: quadratic_mean, a u and a v chunk per thread (the partial means are small); for
+#: double_diff, a row of chunks of each input and the next chunk (each chunk is needed by the
+#: outputs of its row and of the row above); for vorticity, dx and dy, and per thread u and v
+#: and their padded copies
 GRAPHS: dict[str, tuple[Callable[[], Any], float]] = {
     "align": (align_graph, 4 * 2 * 55 + 2 * 2),
     "anom_mean": (anom_mean_graph, 300 * 10),
+    "quadratic_mean": (quadratic_mean_graph, 4 * 2 * 14.5),
+    "double_diff": (double_diff_graph, 2 * 9 * 20),
+    "vorticity": (vorticity_graph, 2 * 7.6 + 4 * 4 * 7.6),
 }
 
 
@@ -308,7 +402,7 @@ def summarize(title: str, results: dict[str, list[dict[str, float]]], ideal: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--graphs", default="fanin,align,anom_mean")
+    parser.add_argument("--graphs", default=",".join(["fanin", *GRAPHS]))
     parser.add_argument("--demo", metavar="REV", help="also (c): the demo at REV vs the tree")
     parser.add_argument("--stores", type=int, default=100)
     args = parser.parse_args()

@@ -14,7 +14,9 @@ runs):
   at most 4 files, as with 4 buckets)
 
 The anchors read the source with ``hafen.read_ddf(src, files_per_partition=days // 10)``: 10 Dask
-partitions. Peak RSS is sampled every 50 ms for each worker process (psutil). Usage::
+partitions. Peak RSS is sampled every 50 ms for each worker process (psutil). The contenders run
+in turns, ``--rounds`` times (at least 3), the order rotating each round; each figure is the
+median and the range of its rounds, and the speedups are ratios of medians. Usage::
 
     .venv/bin/python benchmarks/reshuffle.py --rows 10_000_000
     .venv/bin/python benchmarks/reshuffle.py --rows 50_000_000 --only hafen \\
@@ -28,6 +30,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -155,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="1GiB", help="hafen's memory_budget per worker")
     parser.add_argument("--only", default="hafen,plateau,dask")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds in turns (at least 3)")
     args = parser.parse_args(argv)
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3: one or two runs are noise on a shared machine")
 
     from distributed import Client, LocalCluster
 
@@ -172,13 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{size / 2**20:.0f} MiB"
     )
 
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {}  # name -> (wall s, peak RSS MiB) per round
     runners = {
         "hafen": lambda dst: run_hafen(src, dst, args.budget),
         "plateau": lambda dst: run_plateau(src, dst, args.days),
         "dask": lambda dst: run_dask(src, dst, args.days),
     }
-    for name in args.only.split(","):
+    names = args.only.split(",")
+    order = [names[r % len(names) :] + names[: r % len(names)] for r in range(args.rounds)]
+    for name in (n for turn in order for n in turn):
         # a fresh cluster per run: same starting point, and nothing left over from the last one
         with (
             LocalCluster(
@@ -199,19 +207,33 @@ def main(argv: list[str] | None = None) -> int:
                 runners[name](dst)
                 wall = time.perf_counter() - t0
             peak = max(sampler.peaks.values())
-            results[name] = {"wall_s": round(wall, 2), "peak_rss_mib": round(peak / 2**20)}
+            runs.setdefault(name, []).append((wall, peak / 2**20))
             print(
                 f"{name:8s} wall {wall:7.1f} s   peak worker RSS {peak / 2**20:6.0f} MiB "
                 f"(idle {baseline / 2**20:.0f} MiB)",
                 flush=True,
             )
             remove(dst)
+    results: dict[str, dict[str, Any]] = {}
+    for name, got in runs.items():
+        walls, peaks = [w for w, _ in got], [p for _, p in got]
+        results[name] = {
+            "wall_s": round(statistics.median(walls), 2),
+            "wall_range_s": [round(min(walls), 2), round(max(walls), 2)],
+            "peak_rss_mib": round(statistics.median(peaks)),
+            "peak_rss_range_mib": [round(min(peaks)), round(max(peaks))],
+        }
+        print(
+            f"{name:8s} wall {statistics.median(walls):7.1f} s ({min(walls):.1f}-{max(walls):.1f}),"
+            f" peak worker RSS {statistics.median(peaks):6.0f} MiB "
+            f"({min(peaks):.0f}-{max(peaks):.0f}); median (range) of {len(got)} rounds in turns"
+        )
     if "hafen" in results:
         for anchor in ("plateau", "dask"):
             if anchor in results:
                 ratio = results[anchor]["wall_s"] / results["hafen"]["wall_s"]
                 results[f"speedup_vs_{anchor}"] = {"ratio": round(ratio, 2)}
-                print(f"hafen is {ratio:.2f}x as fast as {anchor}")
+                print(f"hafen is {ratio:.2f}x as fast as {anchor} (medians)")
     print(
         json.dumps(
             {
@@ -221,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": args.workers,
                 "memory_limit": args.memory_limit,
                 "budget": args.budget,
+                "rounds": args.rounds,
                 "results": results,
             }
         )

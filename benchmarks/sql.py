@@ -32,6 +32,7 @@ import argparse
 import concurrent.futures
 import io
 import shutil
+import statistics
 import tempfile
 import time
 import warnings
@@ -159,14 +160,38 @@ def driver_copy_binary(url: str, query: str) -> int:
     return pa.table([pa.array(c) for c in columns], names=names).num_rows
 
 
+def in_turns(
+    methods: list[tuple[str, Callable[[], int]]], rounds: int, rows: int
+) -> dict[str, list[float]]:
+    """Seconds of every run of each method, in turns ``rounds`` times, the order rotating each
+    round; each run must give ``rows`` rows."""
+    times: dict[str, list[float]] = {name: [] for name, _ in methods}
+    for r in range(rounds):
+        for name, method in methods[r % len(methods) :] + methods[: r % len(methods)]:
+            seconds, got = timed(method)
+            assert got == rows, (name, got)
+            times[name].append(seconds)
+            print(f"  round {r + 1}: {name}: {seconds:.2f} s", flush=True)
+    return times
+
+
+def spread(times: list[float]) -> str:
+    """``median (min-max)`` of ``times``."""
+    return f"{statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
     parser.add_argument("--db-url", default=None, help="an existing database (default: start one)")
     parser.add_argument("--skip-pandas", action="store_true")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per method; best is kept")
+    parser.add_argument(
+        "--rounds", "--repeat", type=int, default=3, help="rounds in turns (at least 3)"
+    )
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3: one or two runs are noise on a shared machine")
     warnings.simplefilter("ignore")
 
     server = None
@@ -208,21 +233,21 @@ def main() -> None:
                 ("pandas.read_sql chunked + write_dataset",
                  lambda: run_pandas(url, str(work / "p"), n, args.rows))
             )  # fmt: skip
-        results: list[tuple[str, float, int]] = []
         try:
-            for name, method in methods:
-                runs = [timed(method) for _ in range(args.repeat)]
-                seconds, rows = min(runs)
-                results.append((name, seconds, rows))
-                print(f"  {name}: {', '.join(f'{r[0]:.1f}' for r in runs)} s", flush=True)
+            runs = in_turns(methods, args.rounds, args.rows)
         finally:
             client.close()
-        anchor = results[0][1]
-        print(f"\nwhole path, {n} connections each")
-        print(f"{'method':<42} {'seconds':>8} {'rows/s':>12} {'time / hafen':>14}")
-        for name, seconds, rows in results:
-            assert rows == args.rows, (name, rows)
-            print(f"{name:<42} {seconds:8.1f} {rows / seconds:12,.0f} {seconds / anchor:14.2f}")
+        anchor = statistics.median(runs[methods[0][0]])
+        print(
+            f"\nwhole path, {n} connections each; seconds: median (range) of {args.rounds} rounds"
+        )
+        print(f"{'method':<42} {'seconds':>16} {'rows/s':>12} {'time / hafen':>14}")
+        for name, times in runs.items():
+            seconds = statistics.median(times)
+            print(
+                f"{name:<42} {spread(times):>16} {args.rows / seconds:12,.0f} "
+                f"{seconds / anchor:14.2f}"
+            )
 
         query = f"SELECT * FROM {TABLE} WHERE id <= {min(DRIVER_ROWS, args.rows)}"
         drivers = [
@@ -231,14 +256,18 @@ def main() -> None:
             ("psycopg COPY csv -> pyarrow.csv", driver_copy_csv),
             ("psycopg COPY binary (rows)", driver_copy_binary),
         ]
+        driver_runs = in_turns(
+            [(name, lambda fn=fn: fn(url, query)) for name, fn in drivers],
+            args.rounds,
+            min(DRIVER_ROWS, args.rows),
+        )
         print(f"\ndrivers, one connection, {min(DRIVER_ROWS, args.rows):,} rows into Arrow")
-        print(f"{'driver':<42} {'seconds':>8} {'rows/s':>12} {'ratio to ADBC':>18}")
-        base = None
-        for name, fn in drivers:
-            best = min(timed(lambda fn=fn: fn(url, query))[0] for _ in range(2))
-            base = base or best
-            rate = min(DRIVER_ROWS, args.rows) / best
-            print(f"{name:<42} {best:8.2f} {rate:12,.0f} {best / base:18.2f}")
+        print(f"{'driver':<42} {'seconds':>16} {'rows/s':>12} {'ratio to ADBC':>18}")
+        base = statistics.median(driver_runs[drivers[0][0]])
+        for name, times in driver_runs.items():
+            seconds = statistics.median(times)
+            rate = min(DRIVER_ROWS, args.rows) / seconds
+            print(f"{name:<42} {spread(times):>16} {rate:12,.0f} {seconds / base:18.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if server is not None:

@@ -53,8 +53,11 @@ def test_plugin_and_state_interfaces():
     assert list(params)[:4] == ["self", "key", "start", "finish"]
     for hook in ("remove_worker", "remove_client"):
         assert hook in vars(SchedulerPlugin)
-    for attr in ("annotations", "resource_restrictions", "loose_restrictions", "priority"):
+    attrs = ("annotations", "resource_restrictions", "loose_restrictions", "priority")
+    loaders = ("waiting_on", "dependents", "nbytes", "prefix")  # the guard's loaders
+    for attr in attrs + loaders:
         assert attr in TaskState.__slots__ or hasattr(TaskState, attr), attr
+    assert "self.rootish_tg_threshold =" in inspect.getsource(SchedulerState.__init__)
     assert inspect.get_annotations(SchedulerState)["unrunnable"] == "dict[TaskState, float]"
     for name in ("valid_workers", "is_rootish", "adaptive_target", "transition", "transitions"):
         assert callable(getattr(Scheduler, name)), name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,13 +76,16 @@ def test_plateau_dataset_opens_reads_and_appends_in_hafen(store):
     )
 
 
-def test_hafen_dataset_reads_in_plateau(store):
+@pytest.mark.parametrize("sort_by", [None, ["product_id"]])
+def test_hafen_dataset_reads_in_plateau(store, sort_by):
     root, factory = store
     df = frame()
     url = f"{root}/forecasts"
-    hafen.write_dataset(df, url, partition_on=["store_id"], indices=["product_id"])
-    hafen.write_dataset(frame(20, seed=2), url, mode="append")
-    ds = hafen.write_dataset(frame(10, seed=3).assign(store_id=1), url, mode="overwrite")
+    # files sorted, in row groups of 4 rows: plateau reads them and their index the same way
+    options = {"sort_by": sort_by, "row_group_size": 4 if sort_by else None}
+    hafen.write_dataset(df, url, partition_on=["store_id"], indices=["product_id"], **options)
+    hafen.write_dataset(frame(20, seed=2), url, mode="append", **options)
+    ds = hafen.write_dataset(frame(10, seed=3).assign(store_id=1), url, mode="overwrite", **options)
     expected = ds.read()
     back = read_table("forecasts", factory)
     pd.testing.assert_frame_equal(canon(back), canon(expected), check_dtype=False)
@@ -115,3 +119,26 @@ def test_a_string_like_the_null_marker_means_that_string_both_ways(store):
     hafen.write_dataset(df, f"{root}/ours", partition_on=["s"])
     back = read_table("ours", factory)
     assert sorted(back.loc[back["s"] == marker, "v"]) == [1, 3]
+
+
+def test_a_plateau_view_notices_its_metadata_deleted_or_rewritten(store):
+    """A hafen view of a plateau dataset is the newest only while plateau's metadata is the one
+    it read: found by a server that caught a dataset half-deleted (its directory gone, its
+    metadata file not yet) and served that view for ever."""
+    root, factory = store
+    df = frame()
+    store_dataframes_as_dataset(dfs=[df], store=factory, dataset_uuid="sales")
+    ds = hafen.open_dataset(f"{root}/sales")
+    assert ds.is_latest() and ds.latest() is ds
+
+    store_dataframes_as_dataset(
+        dfs=[frame(seed=1)], store=factory, dataset_uuid="sales", overwrite=True
+    )
+    assert not ds.is_latest()
+    rewritten = ds.latest()
+    pd.testing.assert_frame_equal(canon(rewritten.read()), canon(frame(seed=1)), check_dtype=False)
+
+    (Path(root) / "sales.by-dataset-metadata.json").unlink()
+    assert not rewritten.is_latest()
+    with pytest.raises(hafen.errors.DatasetNotFoundError):
+        rewritten.latest()

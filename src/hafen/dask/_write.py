@@ -57,6 +57,8 @@ def write_ddf(
     on_conflict: OnConflict = "raise",
     storage_options: dict[str, Any] | None = None,
     parameters: dict[str, Any] | None = None,
+    sort_by: Sequence[str] | None = None,
+    row_group_size: int | None = None,
 ) -> Dataset:
     """Write a Dask DataFrame as one new version of a dataset: parallel files, one commit.
 
@@ -86,6 +88,9 @@ def write_ddf(
     parameters
         Recorded with the new version's commit, beside hafen's own (see
         :meth:`~hafen.datasets.Dataset.history`): e.g. the watermark the data covers.
+    sort_by, row_group_size
+        Sort each file's rows by these columns; rows per Parquet row group. As for
+        :func:`hafen.write_dataset`.
 
     Returns
     -------
@@ -122,6 +127,8 @@ def write_ddf(
         indices=given_i,
         schema_mode=schema_mode,
         on_conflict=on_conflict,
+        sort_by=sort_by,
+        row_group_size=row_group_size,
     ) as tx:
         # the layout and the columns' types checked against the dataset, before any work;
         # columns whose type ``meta`` does not know get theirs from the data
@@ -135,7 +142,7 @@ def write_ddf(
         )
         tasks = staged.to_delayed()
         tx.add(compute(tasks))
-        return Dataset(
-            storage,
-            tx.commit({"writer": "write_ddf", "partitions": len(tasks), **(parameters or {})}),
-        )
+        recorded: dict[str, Any] = {"writer": "write_ddf", "partitions": len(tasks)}
+        if tx.sort_by:
+            recorded["sort_by"] = tx.sort_by
+        return Dataset(storage, tx.commit({**recorded, **(parameters or {})}))

@@ -233,6 +233,8 @@ class DatasetState:
     dataset_id: str
     origin: str = "hafen"  # "plateau" for a plateau dataset hafen has not committed to yet
     commit_id: str = ""  # the id of the log entry of ``version`` ("" when unknown)
+    # origin "plateau": the SHA-256 of the plateau metadata file this state was read from
+    source: str = field(default="", compare=False)
     # when (time.time()) the entry after ``version`` was last seen absent: 0.0 = never
     observed: float = field(default=0.0, compare=False)
 

@@ -19,7 +19,7 @@ from hafen.config import Settings, get_settings
 from hafen.datasets import _commit, _logstore
 from hafen.datasets._actions import Commit, DataFile, DatasetState, file_label, log_path
 from hafen.datasets._indices import allowed_labels, index_lookup
-from hafen.datasets._plateau import open_state
+from hafen.datasets._plateau import metadata_digest, open_state
 from hafen.datasets._predicates import Literal, could_match, normalize_predicates, to_expression
 from hafen.datasets._scan import read_table, scan_batches
 from hafen.datasets._schema import decode_partition_value
@@ -123,9 +123,13 @@ class Dataset:
 
         False when a newer version was committed, and also when this version's log entry is
         gone or no longer its own (the dataset was vacuumed past it, or deleted and recreated).
+        A plateau dataset hafen has not committed to is the newest while its plateau metadata
+        is the one it was read from and hafen's log is still empty.
         """
         if self._state.origin == "plateau":
-            return not _logstore.list_versions(self._storage)
+            return metadata_digest(self._storage) == self._state.source and not (
+                _logstore.list_versions(self._storage)
+            )
         if self._storage.exists(log_path(self.version + 1)):
             return False
         return not self._state.commit_id or _logstore.holds_commit(

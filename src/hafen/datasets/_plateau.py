@@ -11,6 +11,7 @@ and after each commit hafen rewrites plateau's metadata file as a view of the la
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -142,7 +143,17 @@ def import_plateau(storage: Storage) -> DatasetState | None:
         index_parts=parts,
         dataset_id=meta.get("dataset_uuid", dataset_uuid(storage)),
         origin="plateau",
+        source=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def metadata_digest(storage: Storage) -> str | None:
+    """The SHA-256 of the plateau metadata file at ``storage`` now (None: there is none)."""
+    try:
+        raw = storage.read_full(storage.sibling(METADATA_SUFFIX))
+    except FileNotFoundError:
+        return None
+    return hashlib.sha256(raw).hexdigest()
 
 
 def open_state(storage: Storage, version: int | None = None) -> DatasetState:

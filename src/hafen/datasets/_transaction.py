@@ -46,10 +46,12 @@ from hafen.datasets._validate import (
     prepare_table,
     staged_schema,
     validate_layout,
+    validate_sort_by,
 )
 from hafen.datasets._write import (
     DEFAULT_MAX_ROWS_PER_FILE,
     DEFAULT_ROW_GROUP_SIZE,
+    SORTED_ROW_GROUP_SIZE,
     StagedWrite,
     StagingWriter,
     stage_table,
@@ -106,6 +108,7 @@ class StagingPlan:
     schema_mode: SchemaMode
     dictionary: str  # the parquet_dictionary setting
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
+    sort_by: tuple[str, ...] = ()  # rows sorted by these columns in each staged file
     max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE
 
     def prepare(self, table: pa.Table) -> pa.Table:
@@ -128,6 +131,7 @@ class StagingPlan:
             table,
             partition_on=self.partition_on,
             indices=self.indices,
+            sort_by=self.sort_by,
             max_rows_per_file=self.max_rows_per_file,
             row_group_size=self.row_group_size,
             max_workers=max_workers,
@@ -139,6 +143,8 @@ class StagingPlan:
         """A streaming writer of batches conformed to :attr:`schema` into staged files."""
         if self.schema is None:
             raise ConfigError("a streaming writer needs the dataset schema; validate first")
+        if self.sort_by:
+            raise ConfigError("a streaming writer cannot sort its files: stage tables instead")
         return StagingWriter(
             self.storage,
             self.schema,
@@ -165,6 +171,11 @@ class WriteTransaction:
     before any work; files are staged with :meth:`stage` (on the client) or with :attr:`plan`
     (in tasks, then :meth:`add`); :meth:`commit` lands them as one version.
 
+    ``sort_by`` sorts the rows of each staged file by those columns (for this write only: it is
+    not part of the dataset's layout); ``row_group_size`` is the rows per Parquet row group
+    (default: :data:`~hafen.datasets._write.SORTED_ROW_GROUP_SIZE` with ``sort_by``, else
+    :data:`~hafen.datasets._write.DEFAULT_ROW_GROUP_SIZE`).
+
     Raises :class:`ConfigError` (options), :class:`DatasetExistsError` (``mode="create"``).
     """
 
@@ -179,8 +190,22 @@ class WriteTransaction:
         on_conflict: OnConflict = "raise",
         base: DatasetState | _Latest | None = LATEST,
         settings: Settings | None = None,
+        sort_by: Sequence[str] | None = None,
+        row_group_size: int | None = None,
     ) -> None:
         check_options(mode, schema_mode, on_conflict)
+        if isinstance(sort_by, str):
+            raise ConfigError(f"sort_by must be a list of column names, got the string {sort_by!r}")
+        self.sort_by = list(sort_by or [])
+        if row_group_size is not None and (
+            isinstance(row_group_size, bool)
+            or not isinstance(row_group_size, int)
+            or row_group_size < 1
+        ):
+            raise ConfigError(f"row_group_size must be a positive integer, got {row_group_size!r}")
+        if row_group_size is None:
+            row_group_size = SORTED_ROW_GROUP_SIZE if sort_by else DEFAULT_ROW_GROUP_SIZE
+        self.row_group_size = row_group_size
         self.storage = storage
         self.mode: Mode = mode
         self.schema_mode: SchemaMode = schema_mode
@@ -223,6 +248,7 @@ class WriteTransaction:
             schema_mode=self.schema_mode,
         )
         self.schema, self.partition_on, self.indices = schema, layout_p, layout_i
+        validate_sort_by(schema, self.sort_by)
         return conformed
 
     def validate(self, schema: pa.Schema, *, types_known: bool = True) -> pa.Schema | None:
@@ -237,6 +263,7 @@ class WriteTransaction:
         partition_on, indices = self._given
         layout_p, layout_i = list(partition_on or []), list(indices or [])
         validate_layout(normalize_schema(schema), layout_p, layout_i, types_known=False)
+        validate_sort_by(schema, self.sort_by)
         self.partition_on, self.indices = layout_p, layout_i
         return None
 
@@ -254,6 +281,8 @@ class WriteTransaction:
             indices=list(self.indices),
             schema_mode=self.schema_mode,
             dictionary=self.settings.parquet_dictionary,
+            row_group_size=self.row_group_size,
+            sort_by=tuple(self.sort_by),
         )
 
     # -- staging -------------------------------------------------------------------------------

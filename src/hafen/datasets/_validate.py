@@ -17,7 +17,7 @@ from hafen.datasets._schema import (
     normalize_schema,
     validate_partition_type,
 )
-from hafen.datasets._write import StagedWrite
+from hafen.datasets._write import StagedWrite, sort_order
 from hafen.errors import ConfigError, SchemaError
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "prepare_table",
     "staged_schema",
     "validate_layout",
+    "validate_sort_by",
 ]
 
 Mode = Literal["create", "append", "overwrite"]
@@ -51,6 +52,37 @@ def check_options(mode: str, schema_mode: str = "strict", on_conflict: str = "ra
         raise ConfigError(f"on_conflict must be 'raise' or 'retry', got {on_conflict!r}")
 
 
+def _check_present(kind: str, columns: Sequence[str], schema: pa.Schema) -> None:
+    """Raise :class:`SchemaError` naming the ``columns`` that are not in ``schema``."""
+    missing = [c for c in columns if schema.get_field_index(c) < 0]
+    if missing:
+        raise SchemaError(
+            f"{kind} columns {missing} are not in the data ({', '.join(schema.names)})"
+        )
+
+
+def validate_sort_by(schema: pa.Schema, sort_by: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` for a ``sort_by`` that is not a list of distinct column names,
+    :class:`SchemaError` for a column not in ``schema``."""
+    if (
+        isinstance(sort_by, str)
+        or not all(isinstance(c, str) for c in sort_by)
+        or len(set(sort_by)) != len(sort_by)
+    ):
+        raise ConfigError(f"sort_by must be a list of distinct column names, got {sort_by!r}")
+    _check_present("sort_by", sort_by, schema)
+    for name in sort_by:
+        type_ = schema.field(name).type
+        if type_ == pa.null():
+            continue  # a type not known yet (Dask's meta): checked when the rows are sorted
+        try:
+            sort_order(schema.empty_table(), [name])
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise SchemaError(
+                f"sort_by column {name!r} is of type {type_}, which cannot be sorted"
+            ) from None
+
+
 def validate_layout(
     schema: pa.Schema,
     partition_on: Sequence[str],
@@ -66,11 +98,7 @@ def validate_layout(
     for kind, columns in (("partition", partition_on), ("index", indices)):
         if isinstance(columns, str):
             raise ConfigError(f"{kind} columns must be a list, got the string {columns!r}")
-        missing = [c for c in columns if schema.get_field_index(c) < 0]
-        if missing:
-            raise SchemaError(
-                f"{kind} columns {missing} are not in the data ({', '.join(schema.names)})"
-            )
+        _check_present(kind, columns, schema)
     for column in partition_on:
         type_ = schema.field(column).type
         if types_known or type_ != pa.null():

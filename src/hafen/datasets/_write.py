@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
@@ -36,6 +37,8 @@ from hafen.datasets._partitioning import (
     hashed_codes,
     hive_names_like_hafen,
     key_codes,
+    offsets,
+    one_chunk,
     split_by_partition,
 )
 from hafen.datasets._schema import NULL_PARTITION, partition_label
@@ -45,12 +48,18 @@ from hafen.errors import StorageError
 __all__ = [
     "DEFAULT_MAX_ROWS_PER_FILE",
     "DEFAULT_ROW_GROUP_SIZE",
+    "SORTED_ROW_GROUP_SIZE",
     "StagedWrite",
     "StagingWriter",
+    "sort_rows",
     "stage_table",
 ]
 
 DEFAULT_ROW_GROUP_SIZE = 256 * 1024
+
+#: Rows per row group of files sorted by ``sort_by``: a lookup of one value of the first sort
+#: column decodes one such group per file (Arrow skips the others by their statistics).
+SORTED_ROW_GROUP_SIZE = 8 * 1024
 
 
 DEFAULT_MAX_ROWS_PER_FILE = 8 * 1024 * 1024
@@ -130,6 +139,7 @@ def stage_table(
     *,
     partition_on: Sequence[str] = (),
     indices: Sequence[str] = (),
+    sort_by: Sequence[str] = (),
     max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE,
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     max_workers: int | None = None,
@@ -139,7 +149,8 @@ def stage_table(
     """Write ``table`` (already conformed to the dataset schema) as staged files.
 
     Arrow's dataset writer splits the rows by partition and encodes the files on its own
-    threads (``max_workers=1`` keeps it to one); rows keep their order within a partition.
+    threads (``max_workers=1`` keeps it to one); rows keep their order within a partition, or
+    are sorted by ``sort_by`` (each file then records that order in its Parquet metadata).
     Each file's row count and column statistics come from the Parquet footer it wrote.
     With ``encode_index`` the index files are also encoded, ready for a commit of this write
     alone (:func:`hafen.datasets.write_dataset`); writes combined before their commit skip it.
@@ -151,6 +162,8 @@ def stage_table(
     dictionary = _dictionary_choice(dictionary)
     if table.num_rows == 0:
         return _stage_empty(storage, table, partition_on, dictionary)
+    if sort_by:  # grouped by partition too: Arrow's writer then splits contiguous runs
+        table = sort_rows(table, [*partition_on, *sort_by])
     keys = table.select(partition_on)
     coded: Codes | None = None
     partitioning: pds.Partitioning | None = None
@@ -188,6 +201,7 @@ def stage_table(
             partitioning,
             basename,
             dictionary_columns(table.drop_columns(partition_on), row_group_size, dictionary),
+            _sorting_columns(table.drop_columns(partition_on).schema, sort_by),
             max_rows_per_file,
             row_group_size,
             max_workers,
@@ -202,6 +216,67 @@ def stage_table(
     if index is not None:
         staged.index_entries, staged.encoded_indices = index.complete(storage, staged.files)
     return staged
+
+
+def sort_rows(table: pa.Table, sort_by: Sequence[str]) -> pa.Table:
+    """``table`` ordered by ``sort_by`` (ascending, nulls last; equal keys keep their order)."""
+    if not sort_by or table.num_rows < 2:
+        return table
+    order = _radix_order(table, sort_by)
+    if order is None:
+        return table.take(sort_order(table, sort_by))
+    return table.take(pa.array(order))
+
+
+def sort_order(table: pa.Table, sort_by: Sequence[str]) -> pa.Array:
+    """Arrow's stable sort order of ``table`` by ``sort_by``; dictionary columns (categoricals)
+    by their values. Raises an ``ArrowException`` for a type Arrow cannot sort."""
+    keys = {}
+    for i, name in enumerate(sort_by):
+        column = table.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        keys[f"k{i}"] = column
+    return pc.sort_indices(pa.table(keys), sort_keys=[(k, "ascending") for k in keys])
+
+
+_DIGIT = 1 << 16
+
+
+def _radix_order(table: pa.Table, sort_by: Sequence[str]) -> np.ndarray | None:
+    """The stable sort order of ``table`` by ``sort_by`` as 16-bit digits, least significant
+    first (numpy sorts 16-bit integers by radix, several times faster than a comparison sort),
+    or None unless every key is an integer column without nulls spanning under 2**32 values."""
+    digits: list[np.ndarray] = []
+    for name in reversed(sort_by):
+        column = table.column(name)
+        if not pa.types.is_integer(column.type) or column.null_count:
+            return None
+        bounds = pc.min_max(column)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if hi - lo >= _DIGIT * _DIGIT:
+            return None
+        ints = one_chunk(column).to_numpy()
+        offset: np.ndarray[Any, np.dtype[np.int64]] = np.empty(len(ints), dtype=np.int64)
+        offsets(ints, lo, offset)
+        digits.append((offset & (_DIGIT - 1)).astype(np.uint16))
+        if hi - lo >= _DIGIT:
+            digits.append((offset >> 16).astype(np.uint16))
+    order = np.argsort(digits[0], kind="stable")
+    for digit in digits[1:]:
+        order = order[np.argsort(digit[order], kind="stable")]
+    return order
+
+
+def _sorting_columns(schema: pa.Schema, sort_by: Sequence[str]) -> list[pq.SortingColumn] | None:
+    """The Parquet ``sorting_columns`` of files of ``schema`` sorted by ``sort_by``; partition
+    columns, which are not in the files, hold one value per file and are left out."""
+    columns = [
+        pq.SortingColumn(schema.get_field_index(name))
+        for name in sort_by
+        if schema.get_field_index(name) >= 0
+    ]
+    return columns or None
 
 
 def _dictionary_choice(dictionary: str | None) -> str:
@@ -230,6 +305,7 @@ def _write_partitioned(
     partitioning: pds.Partitioning | None,
     basename: str,
     dictionary: list[str] | bool,
+    sorting: list[pq.SortingColumn] | None,
     max_rows_per_file: int,
     row_group_size: int,
     max_workers: int | None,
@@ -268,7 +344,10 @@ def _write_partitioned(
             base,
             format=fmt,
             file_options=fmt.make_write_options(
-                compression=COMPRESSION, use_dictionary=dictionary, write_page_checksum=True
+                compression=COMPRESSION,
+                use_dictionary=dictionary,
+                write_page_checksum=True,
+                sorting_columns=sorting,
             ),
             filesystem=storage.arrow_filesystem if hashing is None else hashing.filesystem,
             partitioning=partitioning,

@@ -12,8 +12,13 @@ the limits extension's machinery (hold in ``no-worker``, grant in priority order
   are producers wait for their grant, new producers are held as they become ready, and the
   producers waiting in Dask's own queue are taken out of it and held -- while every other task
   (the consumers of results) runs as before;
-- below ``low`` it lets them go, in Dask's priority order and at most ``window`` per worker thread
-  at a time, so a backlog of producers is not dropped on the cluster all at once;
+- below ``low`` it lets them go, in Dask's priority order and while fewer than ``window`` tasks
+  per worker thread are processing (counting all of them, as Dask's queue does), so a backlog of
+  producers is not dropped on the cluster all at once;
+- it queues, engaged or not, the *loaders* Dask does not queue (:meth:`Guard.is_loader`): a task
+  without restrictions that becomes ready with few, small inputs (a file handle) and whose kind
+  makes much larger results, but which Dask does not call root-ish -- its group depends on many
+  tasks (one open per file), or is small (one group per ``from_delayed`` chunk);
 - it never deadlocks, and never idles the cluster for nothing: when no task that consumes
   results is running while producers are held (only producers could make progress), it lets as
   many go as there are idle threads, counting overrides, and stands aside until the results in
@@ -21,9 +26,9 @@ the limits extension's machinery (hold in ``no-worker``, grant in priority order
   producers back would only idle threads, engagement after engagement).
 
 A *producer* is a task Dask would call root-ish if it had no restrictions: a task marked as a data
-producer, or one of a task group much larger than the cluster with few, small dependencies. Its
-inputs are few and small; its output is data. A task whose inputs are many or large (a consumer:
-a write, a reduction) is never one.
+producer, or one of a task group much larger than the cluster with few, small dependencies; or a
+loader it holds. Its inputs are few and small; its output is data. A task whose inputs are many or
+large (a consumer: a write, a reduction) is never one.
 
 Tasks with restrictions that are not under a hafen limit go straight to their workers when Dask
 sees them ready; the guard holds those that become ready while it is engaged, not those already
@@ -47,10 +52,16 @@ if TYPE_CHECKING:
     from distributed import Scheduler
     from distributed.scheduler import TaskState
 
-__all__ = ["GUARD_NAME", "Guard", "GuardLimit"]
+__all__ = ["GUARD_NAME", "LOADER_INPUTS", "Guard", "GuardLimit"]
 
 #: The guard's row in ``hafen.limits()`` (names starting ``hafen.`` are not users' to take).
 GUARD_NAME = "hafen.backpressure"
+#: A loader's inputs, at most: a file handle, a path, a chunk's coordinates -- not data.
+LOADER_INPUTS = 64 * 1024
+#: A loader's output, at least (as its prefix's finished tasks show), and at least this many
+#: times its inputs.
+LOADER_OUTPUT = 1024 * 1024
+LOADER_GROWTH = 8
 
 
 class Guard:
@@ -103,7 +114,11 @@ class Guard:
         self.most_managed = 0
         #: Task groups whose tasks it has held (for inspection).
         self.held_groups: set[str] = set()
+        #: Loaders it has held (see :meth:`is_loader`), counted.
+        self.loaders = 0
         self._nbytes: dict[Key, int] = {}
+        #: Per task prefix: results landed and their bytes (a loader's expected output).
+        self._outputs: dict[str, list[int]] = {}
 
     # --- watermarks ---------------------------------------------------------------------------
 
@@ -126,6 +141,10 @@ class Guard:
         """Follow a transition into or out of memory; return whether the guard flipped."""
         if finish == "memory" and start != "memory" and ts is not None:
             nbytes = max(ts.nbytes, 0)
+            if start == "processing":
+                seen = self._outputs.setdefault(ts.prefix.name, [0, 0])
+                seen[0] += 1
+                seen[1] += nbytes
             self.managed += nbytes - self._nbytes.get(key, 0)
             self._nbytes[key] = nbytes
             self.most_managed = max(self.most_managed, self.managed)
@@ -185,6 +204,41 @@ class Guard:
             and sum(map(len, tg.dependencies)) < scheduler.rootish_tg_dependencies_threshold
         )
 
+    def is_loader(self, ts: TaskState) -> bool:
+        """Whether ``ts``, ready to run, loads data from a small input Dask does not queue.
+
+        A task without restrictions whose few inputs (a file handle, a path) are small and
+        whose prefix makes results much larger than that -- or has made none yet, and its
+        inputs are shared with other tasks -- is a producer, but Dask queues it only if it is
+        root-ish, which it is not when its group depends on many tasks (one open per file) or
+        is small (one group per ``from_delayed`` chunk). The guard queues it instead: held, then
+        let go while fewer than ``window`` tasks per thread are processing.
+        """
+        if not self.enabled or ts.actor or not ts.dependencies:
+            return False
+        if ts.resource_restrictions or ts.worker_restrictions or ts.host_restrictions:
+            return False  # sent where it was asked to go, as Dask sends it
+        scheduler = self.scheduler
+        if len(ts.dependencies) >= scheduler.rootish_tg_threshold or scheduler.is_rootish(ts):
+            return False
+        inputs = 0
+        for dts in ts.dependencies:
+            if dts.state != "memory":
+                return False
+            inputs += max(dts.nbytes, 0)
+        if inputs > LOADER_INPUTS:
+            return False
+        seen = self._outputs.get(ts.prefix.name)
+        if not seen:
+            # none finished yet: a loader if many of its kind come (a Dask root-ish group's size)
+            # and its inputs are shared (handles to files each read in several chunks), not
+            # results each made for it (a chain of small tasks)
+            return len(ts.prefix) > scheduler.total_nthreads * 2 and all(
+                len(dts.dependents) > 1 for dts in ts.dependencies
+            )
+        expected = seen[1] / seen[0]
+        return expected >= LOADER_OUTPUT and expected >= LOADER_GROWTH * inputs
+
     def slots(self) -> int:
         """Held tasks that may be out (granted, not finished) at once while it lets them go."""
         return max(1, math.ceil(self.window * max(self.scheduler.total_nthreads, 1)))
@@ -196,6 +250,7 @@ class Guard:
             "engagements": self.engagements,
             "suspended": self.suspended,
             "suspensions": self.suspensions,
+            "loaders": self.loaders,
             "managed": self.managed,
             "high": marks[0],
             "low": marks[1],
@@ -209,9 +264,26 @@ class GuardLimit(Limit):
     def __init__(self, guard: Guard) -> None:
         super().__init__(LimitSpec(GUARD_NAME, None, None, None, 1))
         self.guard = guard
+        #: Tasks processing on the workers that it did not let go (taken at each round's start).
+        self.others = 0
+
+    def refill(self) -> None:
+        """At a round's start: count the other tasks the workers are processing."""
+        scheduler = self.guard.scheduler
+        tasks = scheduler.tasks
+        processing = sum(len(ws.processing) for ws in scheduler.workers.values())
+        mine = 0
+        for kind, key in self.holders:
+            ts = tasks.get(key) if kind == "task" else None
+            mine += ts is not None and ts.state == "processing"
+        self.others = processing - mine
 
     def has_slot(self) -> bool:
-        return not self.guard.engaged and len(self.holders) < self.guard.slots()
+        """Not engaged, and fewer than ``window`` tasks per thread processing, counting all of
+        them (as Dask's queue counts a worker's tasks): consumers first."""
+        if self.guard.engaged:
+            return False
+        return len(self.holders) + self.others < self.guard.slots()
 
     def has_result_room(self, group: str | None, sizes: Sizes) -> bool:
         return True

@@ -77,6 +77,10 @@ class Ledger:
         held = guard is not None and guard.guard.engaged and bool(guard.heap or self.guard_blocked)
         return bool(self.blocked) or held
 
+    def guard_waits(self) -> bool:
+        """Whether the guard holds tasks (a thread that frees may let one go)."""
+        return self.guard is not None and bool(self.guard.heap)
+
     def limit(self, name: str) -> Limit | None:
         if self.guard is not None and name == GUARD_NAME:
             return self.guard

@@ -16,7 +16,9 @@ A held task waits on the scheduler, in its ordinary ``no-worker`` state, never o
    died, a recomputation of lost data), the :class:`LimitsExtension` -- a ``SchedulerPlugin`` --
    sees the transition in its ``transition`` hook and adds a resource restriction on a resource no
    worker has (:data:`HOLD_RESOURCE`), with ``loose_restrictions`` off. The task's own
-   restrictions are saved and restored later.
+   restrictions are saved and restored later. A loader the guard queues (``_guard.py``) gets the
+   same restriction when it becomes ready: in the hook of the transition that put its last input
+   in memory, before Dask acts on its recommendation to place it.
 2. When its dependencies are in memory the scheduler tries to place it; ``valid_workers`` finds no
    worker with the resource, so the scheduler parks it in ``no-worker`` (``Scheduler.unrunnable``).
    The hook sees ``-> no-worker`` and queues the task on each of its limits.
@@ -57,12 +59,12 @@ default), which tests replace to drive token buckets without waiting.
 Scheduler internals relied on (``tests/cluster/test_limits_internals.py`` pins them):
 ``SchedulerPlugin.transition`` being called after each transition, before recommendations that
 follow it are processed; ``TaskState.annotations/resource_restrictions/loose_restrictions/
-priority``; ``SchedulerState.valid_workers`` returning an empty set for an unknown resource and
-``is_rootish`` being false for restricted tasks; the ``no-worker -> released``,
-``released -> waiting`` and ``no-worker -> erred`` transitions (``Scheduler.transition`` taking an
-unlisted pair through ``released``); ``Scheduler.unrunnable`` as an insertion-ordered
-``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts`` and
-``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
+priority/waiting_on/dependents/nbytes/prefix``; ``SchedulerState.valid_workers`` returning an empty
+set for an unknown resource and ``is_rootish`` being false for restricted tasks; the
+``no-worker -> released``, ``released -> waiting`` and ``no-worker -> erred`` transitions
+(``Scheduler.transition`` taking an unlisted pair through ``released``); ``Scheduler.unrunnable``
+as an insertion-ordered ``{TaskState: monotonic time}`` read by ``_check_unrunnable_task_timeouts``
+and ``adaptive_target``; ``Scheduler.running`` and ``no_workers_timeout``.
 
 A task naming an unknown limit, or with a malformed annotation, is held like the others and failed
 with a :class:`~hafen.errors.LimitError` as soon as it is ready to run (at submission for a task
@@ -274,7 +276,7 @@ class LimitsExtension(SchedulerPlugin):
 
     def transition(self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         ledger = self.ledger
-        if start == "processing" and ledger.waits_on_memory():
+        if start == "processing" and (ledger.waits_on_memory() or ledger.guard_waits()):
             self._request_grant()  # something finished: a blocked limit may be stuck now
         ts = self.scheduler.tasks.get(key)
         if ts is None:
@@ -283,15 +285,22 @@ class LimitsExtension(SchedulerPlugin):
         flipped = guard.enabled and (finish == "memory" or start == "memory")
         if flipped and guard.observe(key, start, finish, ts):
             self._request_grant()
+        if guard.enabled and finish == "memory" and start != "memory":
+            # its dependents that are ready now go to Dask's placement next: hold the loaders
+            for dts in ts.dependents:
+                if dts.state == "waiting" and not dts.waiting_on:
+                    self._hold_loader(dts)
         annotations = ts.annotations
         if start == finish:
             # waiting -> waiting: Dask decided where a ready task goes next (queued, no-worker)
             # and recommended it; the task was held (or not) when it entered waiting
             return
         if (not annotations or ANNOTATION not in annotations) and key not in self._guarded:
-            if finish != "waiting" or not guard.engaged or key in self._granting:
+            if finish != "waiting" or key in self._granting:
                 return
-            if not guard.is_producer(ts):
+            if not guard.engaged or not guard.is_producer(ts):
+                if not ts.waiting_on:
+                    self._hold_loader(ts)  # ready at once (its inputs were in memory)
                 return
             self._guarded.add(key)  # a producer while the guard is engaged: hold it
         if key in self._granting and finish in ("released", "waiting"):
@@ -367,6 +376,18 @@ class LimitsExtension(SchedulerPlugin):
         ts.resource_restrictions = restrictions
         ts.loose_restrictions = False
 
+    def _hold_loader(self, ts: TaskState) -> None:
+        """Hold ``ts`` if it is a loader Dask would not queue (``Guard.is_loader``)."""
+        key = ts.key
+        if key in self._saved or key in self._granting or key in self._guarded:
+            return
+        annotations = ts.annotations
+        if (annotations and ANNOTATION in annotations) or not self.guard.is_loader(ts):
+            return
+        self.guard.loaders += 1
+        self._guarded.add(key)
+        self._hold_task(ts)
+
     def _release_task(self, ts: TaskState) -> None:
         saved = self._saved.pop(ts.key, None)
         if saved is not None:
@@ -427,10 +448,11 @@ class LimitsExtension(SchedulerPlugin):
         if isinstance(limit, GuardLimit):
             # only producers could run: let them fill the idle threads (work-conserving)
             scheduler = self.scheduler
-            return self._idle_threads() > 0 and not consumers_running(
-                scheduler, self.guard.is_producer
-            )
+            return self._idle_threads() > 0 and not consumers_running(scheduler, self._is_producer)
         return not could_free(limit, self.scheduler, self._waiting_for)
+
+    def _is_producer(self, ts: TaskState) -> bool:
+        return ts.key in self._guarded or self.guard.is_producer(ts)
 
     def _idle_threads(self) -> int:
         scheduler = self.scheduler
