@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -236,3 +237,33 @@ def test_incremental_runs_on_postgresql(retailer, full, client, tmp_path, monkey
         by_store = open_dataset(a.cfg.dataset("sales_by_store"))
         assert sorted(f.partition for f in by_store.files()) == [f"store_id={s}" for s in (1, 2, 3)]
     _same(a, full[0])  # row for row what SQLite and one full run gave
+
+
+def _vacuum_everything(root: Path) -> None:
+    """What a routine maintenance job does between runs, at its harshest: every dataset of the
+    tenant keeps only its newest version, with no grace period."""
+    for marker in sorted(root.rglob("_hafen")):
+        open_dataset(str(marker.parent)).vacuum(retain_versions=1, grace_period=0)
+
+
+def test_incremental_runs_with_vacuum_between_them_equal_one_full_run(
+    retailer, full, client, tmp_path
+):
+    root, cut, _end = retailer
+    a = Customer(tmp_path / "a", root / "source.sqlite", "a")
+    a.post("sales", "SELECT * FROM sales WHERE date <= ? AND NOT (" + LATE + ")",
+           (cut.isoformat(), *_late(cut)))  # fmt: skip
+    run_pipeline(a.cfg, client=client)
+    _vacuum_everything(Path(a.cfg.datasets_root))
+    a.post("sales", "SELECT * FROM sales WHERE date > ?", (cut.isoformat(),))
+    second = run_pipeline(a.cfg, client=client)
+    assert second.steps["raw/sales"] == "append"
+    _vacuum_everything(Path(a.cfg.datasets_root))
+    a.post("sales", f"SELECT * FROM sales WHERE {LATE}", _late(cut))
+    third = run_pipeline(a.cfg, client=client)
+    assert third.steps["raw/sales"] == "append" and third.forecast_stores == [LATE_STORE]
+    _vacuum_everything(Path(a.cfg.datasets_root))
+    before = a.versions()
+    idle = run_pipeline(a.cfg, client=client)
+    assert set(idle.steps.values()) == {"skip"} and a.versions() == before
+    _same(a, full[0])
