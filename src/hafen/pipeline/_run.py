@@ -283,7 +283,9 @@ def _run_stages(
         elif step.action == "append":
             assert step.since is not None
             new = _incremental.added_since(raw["sales"], step.since)
-            sales = _stages.denormalize_files(cfg, raw, new, tasks=tasks, parameters={key: lineage})
+            sales = _stages.denormalize_files(
+                cfg, raw, new, tasks=tasks, parameters={key: lineage}, base=current
+            )
         else:
             assert current is not None
             sales = current
@@ -310,7 +312,7 @@ def _run_stages(
             assert step.since is not None
             new = _incremental.added_since(sales, step.since)
             by_store = _stages.reshuffle_files(
-                cfg, sales, new, tasks=tasks, parameters={key: lineage}
+                cfg, sales, new, tasks=tasks, parameters={key: lineage}, base=current
             )
         else:
             assert current is not None

@@ -328,17 +328,18 @@ def denormalize_files(
     *,
     tasks: int,
     parameters: dict[str, Any] | None = None,
+    base: Dataset | None = None,
 ) -> Dataset:
     """Stage 2 for new data: the rows of ``files`` of ``raw/sales`` denormalized and appended to
-    ``sales`` (on the client when they are few, see :data:`LOCAL_ROWS`)."""
+    ``sales`` (its latest version ``base`` if given; on the client when they are few, see
+    :data:`LOCAL_ROWS`)."""
     from hafen.dask import write_ddf
 
     dims = Dimensions(raw["stores"], raw["products"], raw["holidays"], raw["promotions"])
     if _few(files):
         part = StoreFiles.of(raw["sales"], files).read(None)
-        return _write_here(
-            denormalize_table(part, dims), cfg.dataset("sales"), ["date"], [], parameters
-        )
+        table = denormalize_table(part, dims)
+        return _write_here(table, cfg.dataset("sales"), ["date"], [], parameters, base)
     new = _files_ddf(raw["sales"], files, tasks, None)
     joined = new.map_partitions(denormalize_part, dims, meta=denormalize_part(new._meta, dims))
     return write_ddf(
@@ -363,12 +364,18 @@ def _write_here(
     partition_on: list[str],
     indices: list[str],
     parameters: dict[str, Any] | None,
+    base: Dataset | None,
 ) -> Dataset:
-    """Append ``table`` to the dataset at ``url`` from the client, in one commit."""
+    """Append ``table`` to the dataset at ``url`` (on ``base``, its latest version, if given:
+    opening it again reads its log again) from the client, in one commit."""
     from hafen.datasets._dataset import storage_for
 
     with WriteTransaction(
-        storage_for(url), mode="append", partition_on=partition_on, indices=indices
+        storage_for(url),
+        mode="append",
+        partition_on=partition_on,
+        indices=indices,
+        base=LATEST if base is None else base.state,
     ) as tx:
         tx.stage(tx.prepare(table))
         recorded = {"writer": "client", "partitions": 1, **(parameters or {})}
@@ -407,15 +414,16 @@ def reshuffle_files(
     *,
     tasks: int,
     parameters: dict[str, Any] | None = None,
+    base: Dataset | None = None,
 ) -> Dataset:
     """Stage 3 for new data: the rows of ``files`` of ``sales`` appended to ``sales_by_store``
-    (a new file per store they touch, sorted by product and date; on the client when they are
-    few, see :data:`LOCAL_ROWS`)."""
+    (its latest version ``base`` if given; a new file per store they touch, sorted by product
+    and date; on the client when they are few, see :data:`LOCAL_ROWS`)."""
     if _few(files):
         part = _sorted_by_product(StoreFiles.of(sales, files).read(None))
         table = pa.Table.from_pandas(part, preserve_index=False)
         url = cfg.dataset("sales_by_store")
-        return _write_here(table, url, ["store_id"], ["product_id"], parameters)
+        return _write_here(table, url, ["store_id"], ["product_id"], parameters, base)
     new = _files_ddf(sales, files, tasks, None).map_partitions(_sorted_by_product)
     return _write_by_store(new, cfg.dataset("sales_by_store"), "append", parameters)
 
