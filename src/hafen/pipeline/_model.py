@@ -155,20 +155,25 @@ def seasonal_naive(y: np.ndarray, origin: int, steps: int) -> np.ndarray:
     return out
 
 
-def _rolling_mean(y: np.ndarray, window: int, lag: int, start: int = 0) -> np.ndarray:
-    """Mean of the non-missing values in ``[t - lag - window + 1, t - lag]``, for every t from
-    ``start`` on."""
+def _rolling_means(
+    y: np.ndarray, windows: tuple[int, ...], lag: int, start: int = 0
+) -> list[np.ndarray]:
+    """For each window ``w``: the mean of the non-missing values in ``[t - lag - w + 1, t - lag]``,
+    for every t from ``start`` on."""
     filled = np.nan_to_num(y)
     seen = (~np.isnan(y)).astype(np.float64)
     csum = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(filled, axis=1)], axis=1)
     ccnt = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(seen, axis=1)], axis=1)
     t = np.arange(start, y.shape[1])
     hi = np.clip(t - lag + 1, 0, y.shape[1])
-    lo = np.clip(t - lag - window + 1, 0, y.shape[1])
-    total = csum[:, hi] - csum[:, lo]
-    count = ccnt[:, hi] - ccnt[:, lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    means = []
+    for window in windows:
+        lo = np.clip(t - lag - window + 1, 0, y.shape[1])
+        total = csum[:, hi] - csum[:, lo]
+        count = ccnt[:, hi] - ccnt[:, lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means.append(np.where(count > 0, total / np.maximum(count, 1), np.nan))
+    return means
 
 
 def _shift(y: np.ndarray, k: int, start: int = 0) -> np.ndarray:
@@ -200,8 +205,8 @@ def _features(
     grid: dict[str, np.ndarray] = {}
     for k in LAGS:
         grid[f"lag_{k}"] = _shift(y, k, start)
-    for w in WINDOWS:
-        grid[f"mean_{w}"] = _rolling_mean(y, w, MIN_LAG, start)
+    for w, mean in zip(WINDOWS, _rolling_means(y, WINDOWS, MIN_LAG, start), strict=True):
+        grid[f"mean_{w}"] = mean
     ones = np.ones((n_products, 1))
     grid["dow"] = ones * dow[None, :]
     grid["doy_sin"] = ones * np.sin(2 * np.pi * doy / 365.25)[None, :]
@@ -269,7 +274,7 @@ def _code_digest() -> bytes:
 
     digest = hashlib.blake2b(sklearn.__version__.encode(), digest_size=16)
     digest.update(repr((FEATURES, CATEGORICAL, LAGS, WINDOWS, MIN_LAG)).encode())
-    for fn in (_features, _rolling_mean, _shift, _matrix, _fit, forecast_store):
+    for fn in (_features, _rolling_means, _shift, _matrix, _fit, forecast_store):
         digest.update(marshal.dumps(getattr(fn, "__wrapped__", fn).__code__))
     return digest.digest()
 
