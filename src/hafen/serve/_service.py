@@ -54,6 +54,8 @@ __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "RateLimiter", "create_service"]
 DEFAULT_RATE = 200.0
 DEFAULT_BURST = 400
 _TENANT = "hafen.tenant"
+#: Ingest batches read and checked at once (the others wait their turn, holding no thread).
+_READING = 2
 _PAGE = PAGE.encode()
 _PAGE_HEADERS = [
     (b"content-type", b"text/html; charset=utf-8"),
@@ -98,7 +100,11 @@ def _ingest_app(max_body: int) -> FastAPI:
     names = sorted(TABLES)
     # batches read and checked at once: the work is Python's (one core at a time), and more
     # at once only slowed the batch holding a SQLite database's write lock (benchmarks/README.md)
-    reading = asyncio.Semaphore(int(os.environ.get("HAFEN_SLOTS", "1")))
+    reading = asyncio.Semaphore(_READING)
+    # loaded now rather than by the first batch
+    import numpy  # noqa: F401
+    import pyarrow.compute
+    import pyarrow.json  # noqa: F401
 
     @app.post(
         "/v1/{table}",
