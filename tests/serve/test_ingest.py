@@ -341,6 +341,7 @@ def test_json_read_into_arrow_agrees_with_the_row_path():
 
     bodies = [(t, json.dumps(rows).encode()) for t, rows in JSON_BATCHES.items()]
     bodies.append(("sales", json.dumps(JSON_BATCHES["sales"], indent=2).encode()))
+    bodies.append(("sales", json.dumps([_sale(i) for i in range(15_000)]).encode()))  # > 1 MB
     for table, body in bodies:
         read = _json_columns(TABLES[table], body)
         columnar = _columnar(TABLES[table], json.loads(body))

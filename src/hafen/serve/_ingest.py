@@ -655,10 +655,12 @@ def _json_columns(table: _Table, body: bytes) -> Any:
         unexpected_field_behavior="error",
         newlines_in_values=True,
     )
+    wrapped = b'{"rows": ' + body + b"}"  # one JSON object: Arrow's reader reads objects
     try:
         read = pj.read_json(
-            io.BytesIO(b'{"rows": ' + body + b"}"),
-            read_options=pj.ReadOptions(use_threads=False),
+            io.BytesIO(wrapped),
+            # the object in one block (a block boundary inside it would refuse it)
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(wrapped) + 1),
             parse_options=options,
         )
         rows = pc.list_flatten(read.column(0)).combine_chunks()
