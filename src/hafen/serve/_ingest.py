@@ -9,6 +9,11 @@ that repeat in the batch or already exist, and references to stores and products
 exist. Any error refuses the whole batch with 422 and the rows at fault; a valid batch is
 inserted in one transaction.
 
+A JSON array whose rows are all plainly valid is read straight into Arrow columns and checked a
+column at a time (:func:`read_batch`); anything else is read into Python objects and checked row
+by row, which names the row and column at fault. On SQLite the server's batches take turns at the
+database's write lock in the server (:func:`insert_batch`), not in SQLite's sleeping busy handler.
+
 ``Idempotency-Key`` makes a retry safe: the key is recorded in the same transaction as the rows
 (table ``hafen_batches``), so a batch either lands with its key or not at all; a retry with the
 same key and body gets the first answer and inserts nothing, also when it arrives while the
