@@ -640,7 +640,11 @@ class ForecastWrite:
     """Stage 5's two transactions, opened before stage 4 so its tasks stage into them: the
     stores' models (``forecast_models``) and their forecasts (``forecasts``), each replacing
     those stores' partitions in one commit. Leaving the ``with`` block on an error removes
-    what was staged."""
+    what was staged.
+
+    The first store's files wait for the last store's: a forecast stage longer than 80 % of
+    vacuum's grace period (``HAFEN_GRACE_PERIOD``, 1 h by default) cannot commit them safely
+    and fails with :class:`~hafen.errors.ConflictError`, committing nothing."""
 
     def __init__(
         self, cfg: PipelineConfig, forecasts: Dataset | None, models: Dataset | None
