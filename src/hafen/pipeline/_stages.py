@@ -547,7 +547,10 @@ def _forecast_task(
         models=models,
     )
     # the task stages its own files: the client commits them without another round trip
-    table = pa.Table.from_pandas(result.forecasts, schema=FORECAST_SCHEMA, preserve_index=False)
+    frame = result.forecasts
+    table = pa.table(
+        [pa.array(frame[f.name].array, f.type) for f in FORECAST_SCHEMA], FORECAST_SCHEMA
+    )
     staged = plans.forecasts.stage(plans.forecasts.prepare(table))
     staged_models = None
     if result.fitted:  # the models it forecast with, kept for the next runs
@@ -586,6 +589,11 @@ MODEL_SCHEMA = pa.schema(
 )
 
 
+#: Bytes of the products and holidays tables, times the tasks, up to which each forecast task is
+#: given its own copy: a broadcast costs a round trip to every worker first.
+SCATTER_BYTES = 4 * 2**20
+
+
 def forecast(
     cfg: PipelineConfig,
     by_store: Dataset,
@@ -612,7 +620,9 @@ def forecast(
         (),
     )
     kept = {} if models is None else files_by_store(models)
-    [products_f, holidays_f] = client.scatter([products, holidays], broadcast=True)
+    small = products.memory_usage(deep=True).sum() + holidays.memory_usage(deep=True).sum()
+    if small * len(history) > SCATTER_BYTES:  # sent once to every worker, not in every task
+        [products, holidays] = client.scatter([products, holidays], broadcast=True)
     return [
         client.submit(
             _forecast_task,
@@ -620,8 +630,8 @@ def forecast(
             promotions.get(store, no_promotions),
             kept.get(store),
             store,
-            products_f,
-            holidays_f,
+            products,
+            holidays,
             first_day,
             last_day,
             cfg.model,
