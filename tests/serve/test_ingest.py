@@ -291,3 +291,72 @@ def test_a_pooled_server_connection_is_tried_before_reuse(monkeypatch):
     replaced = Conn(True)
     pool.give("file.sqlite", (1, 2), replaced)
     assert pool.take("file.sqlite", (1, 3)) is None and replaced.closed
+
+
+PROMOTION = {
+    "promo_id": 1,
+    "store_id": 1,
+    "product_id": 2,
+    "start_date": "2025-01-01",
+    "end_date": "2025-01-09",
+    "discount": 0.25,
+}
+JSON_BATCHES = {  # plainly valid batches: read straight into Arrow
+    "sales": [_sale(i) for i in range(5)],
+    "stores": STORES,
+    "products": [*PRODUCTS, {"product_id": 4, "name": "é", "product_group": "x", "price": 3}],
+    "holidays": [{"date": "2025-12-25", "name": "Christmas"}],
+    "promotions": [PROMOTION, PROMOTION | {"promo_id": 2, "discount": 0}],
+}
+JSON_ODD = [  # anything else is left to the row path, which converts or names the row
+    ("sales", [_sale(1, qty=1.0)]),
+    ("sales", [_sale(1, qty="3")]),
+    ("sales", [_sale(1, qty=True)]),
+    ("sales", [_sale(1, qty=None)]),
+    ("sales", [_sale(1, qty=-1)]),
+    ("sales", [_sale(1, qty=2**63)]),
+    ("sales", [_sale(1, qty=-(2**63))]),
+    ("sales", [_sale(1, colour="red")]),
+    ("sales", [{k: v for k, v in _sale(1).items() if k != "qty"}]),
+    ("sales", [_sale(1, date="")]),
+    ("sales", [_sale(1, date="2025-02-30")]),
+    ("sales", [_sale(1, date="2025-1-2")]),
+    ("sales", [_sale(1, date={"day": 1})]),
+    ("sales", [_sale(1), _sale(1)]),
+    ("sales", [_sale(1), None]),
+    ("sales", [_sale(1), 5]),
+    ("sales", []),
+    ("stores", [STORES[0] | {"name": ""}]),
+    ("stores", [STORES[0] | {"name": 5}]),
+    ("stores", [STORES[0] | {"size": 0}]),
+    ("promotions", [PROMOTION | {"end_date": "2024-12-31"}]),
+    ("promotions", [PROMOTION | {"discount": 1}]),
+]
+
+
+def test_json_read_into_arrow_agrees_with_the_row_path():
+    import json
+
+    from hafen.serve._ingest import TABLES, _columnar, _json_columns
+
+    bodies = [(t, json.dumps(rows).encode()) for t, rows in JSON_BATCHES.items()]
+    bodies.append(("sales", json.dumps(JSON_BATCHES["sales"], indent=2).encode()))
+    bodies.append(("sales", json.dumps([_sale(i) for i in range(15_000)]).encode()))  # > 1 MB
+    for table, body in bodies:
+        read = _json_columns(TABLES[table], body)
+        columnar = _columnar(TABLES[table], json.loads(body))
+        assert read is not None and columnar is not None, table
+        assert read.equals(columnar[0]), table
+    odd = [(t, json.dumps(rows).encode()) for t, rows in JSON_ODD]
+    odd += [
+        ("sales", b'[{"sale_id": 1, "sale_id": 2, "date": "2025-01-01", "store_id": 1}]'),
+        (
+            "sales",
+            b'[{"sale_id": 1, "date": "2025-01-01", "store_id": 1, "product_id": 2, "qty": NaN}]',
+        ),
+        ("sales", b'{"rows": ' + json.dumps([_sale(1)]).encode() + b"}"),
+        ("sales", json.dumps([_sale(1)]).encode() + b" trailing"),
+        ("sales", b"[{"),
+    ]
+    for table, body in odd:
+        assert _json_columns(TABLES[table], body) is None, body

@@ -155,24 +155,34 @@ def seasonal_naive(y: np.ndarray, origin: int, steps: int) -> np.ndarray:
     return out
 
 
-def _rolling_mean(y: np.ndarray, window: int, lag: int) -> np.ndarray:
-    """Mean of the non-missing values in ``[t - lag - window + 1, t - lag]``, for every t."""
+def _rolling_means(
+    y: np.ndarray, windows: tuple[int, ...], lag: int, start: int = 0
+) -> list[np.ndarray]:
+    """For each window ``w``: the mean of the non-missing values in ``[t - lag - w + 1, t - lag]``,
+    for every t from ``start`` on."""
     filled = np.nan_to_num(y)
     seen = (~np.isnan(y)).astype(np.float64)
     csum = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(filled, axis=1)], axis=1)
     ccnt = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(seen, axis=1)], axis=1)
-    t = np.arange(y.shape[1])
+    t = np.arange(start, y.shape[1])
     hi = np.clip(t - lag + 1, 0, y.shape[1])
-    lo = np.clip(t - lag - window + 1, 0, y.shape[1])
-    total = csum[:, hi] - csum[:, lo]
-    count = ccnt[:, hi] - ccnt[:, lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    means = []
+    for window in windows:
+        lo = np.clip(t - lag - window + 1, 0, y.shape[1])
+        total = csum[:, hi] - csum[:, lo]
+        count = ccnt[:, hi] - ccnt[:, lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means.append(np.where(count > 0, total / np.maximum(count, 1), np.nan))
+    return means
 
 
-def _shift(y: np.ndarray, k: int) -> np.ndarray:
-    out = np.full_like(y, np.nan)
-    out[:, k:] = y[:, :-k]
+def _shift(y: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """``y`` ``k`` days back (NaN before the first day), for every day from ``start`` on."""
+    n_days = y.shape[1]
+    out = np.full((y.shape[0], n_days - start), np.nan)
+    first = max(start, k)  # the first day with a value k days back
+    if first < n_days:
+        out[:, first - start :] = y[:, first - k : n_days - k]
     return out
 
 
@@ -183,26 +193,29 @@ def _features(
     holiday_code: np.ndarray,
     group_code: np.ndarray,
     price: np.ndarray,
+    start: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Feature grids (products x days) for every cell."""
-    n_products, n_days = y.shape
+    """Feature grids (products x days) for every cell of the days from ``start`` on (each cell
+    the same whatever ``start``: a forecast with a kept model needs the last days only)."""
+    n_products = y.shape[0]
+    days = days[start:]
     doy = (days - days.astype("datetime64[Y]")).astype(np.int64)
     month = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
     dow = (days.astype(np.int64) + 3) % 7
     grid: dict[str, np.ndarray] = {}
     for k in LAGS:
-        grid[f"lag_{k}"] = _shift(y, k)
-    for w in WINDOWS:
-        grid[f"mean_{w}"] = _rolling_mean(y, w, MIN_LAG)
+        grid[f"lag_{k}"] = _shift(y, k, start)
+    for w, mean in zip(WINDOWS, _rolling_means(y, WINDOWS, MIN_LAG, start), strict=True):
+        grid[f"mean_{w}"] = mean
     ones = np.ones((n_products, 1))
     grid["dow"] = ones * dow[None, :]
     grid["doy_sin"] = ones * np.sin(2 * np.pi * doy / 365.25)[None, :]
     grid["doy_cos"] = ones * np.cos(2 * np.pi * doy / 365.25)[None, :]
     grid["month"] = ones * month[None, :]
-    grid["holiday"] = ones * holiday_code[None, :]
-    grid["discount"] = discount
-    grid["group"] = group_code[:, None] * np.ones((1, n_days))
-    grid["price"] = price[:, None] * np.ones((1, n_days))
+    grid["holiday"] = ones * holiday_code[None, start:]
+    grid["discount"] = discount[:, start:]
+    grid["group"] = group_code[:, None] * np.ones((1, len(days)))
+    grid["price"] = price[:, None] * np.ones((1, len(days)))
     return grid
 
 
@@ -261,7 +274,7 @@ def _code_digest() -> bytes:
 
     digest = hashlib.blake2b(sklearn.__version__.encode(), digest_size=16)
     digest.update(repr((FEATURES, CATEGORICAL, LAGS, WINDOWS, MIN_LAG)).encode())
-    for fn in (_features, _rolling_mean, _shift, _matrix, _fit, forecast_store):
+    for fn in (_features, _rolling_means, _shift, _matrix, _fit, forecast_store):
         digest.update(marshal.dumps(getattr(fn, "__wrapped__", fn).__code__))
     return digest.digest()
 
@@ -428,10 +441,12 @@ def forecast_store(
     group_code = np.array([group_names.index(g) for g in products["product_group"]], dtype=float)
     price = products["price"].to_numpy(dtype=np.float64)
 
-    grid = _features(y, discount, days, holiday_code, group_code, price)
+    cut = n_hist - holdout
+    features = (y, discount, days, holiday_code, group_code, price)
+    scored_from = max(cut, 0)  # features of the days predicted (those of training: if it fits)
+    grid = _features(*features, start=scored_from)
     t = np.broadcast_to(np.arange(n_days)[None, :], y.shape)
     observed = ~np.isnan(y)
-    cut = n_hist - holdout
     first_train = MIN_LAG + 7  # from the first day with a week of lagged history
 
     # 1. evaluation: train on the whole weeks before the held-out window, forecast it, compare
@@ -447,7 +462,7 @@ def forecast_store(
     key = fingerprint(params, *(a[:, :train_end] for a in inputs), group_code, price)
     model = None
     if train.sum() >= MIN_TRAIN_ROWS:
-        model = fit(key, lambda: (_matrix(grid, train), y[train]))
+        model = fit(key, lambda: (_matrix(_features(*features), train), y[train]))
     future = t >= n_hist
     predicted = np.full(y.shape, np.nan)
     if model is None:
@@ -457,7 +472,7 @@ def forecast_store(
         # the held-out window and the future in one call (one pass of sklearn's preprocessing);
         # with refit, the future is predicted again below by the refitted model
         scored = held | future
-        predicted[scored] = model.predict(_matrix(grid, scored))
+        predicted[scored] = model.predict(_matrix(grid, scored[:, scored_from:]))
     actual = y[held]
     # ranges, split-conformal: on the held-out window, the quantiles of each half's scaled
     # errors widen the other half's forecasts (scored there, out of sample); the future's use
@@ -494,8 +509,8 @@ def forecast_store(
         train_end = period_start(start, n_hist)
         train = observed & (t >= first_train) & (t < train_end)
         key = fingerprint(params, *(a[:, :train_end] for a in inputs), group_code, price, "refit")
-        model = fit(key, lambda: (_matrix(grid, train), y[train]))
-        predicted[future] = model.predict(_matrix(grid, future))
+        model = fit(key, lambda: (_matrix(_features(*features), train), y[train]))
+        predicted[future] = model.predict(_matrix(grid, future[:, scored_from:]))
     forecast = naive if model is None else predicted[:, n_hist:]
     ranges = _quantiles(forecast, z_model).reshape(-1, len(QUANTILES))
     frame = pd.DataFrame(

@@ -7,6 +7,7 @@ folder. Both print progress and the summary (stage 6) when given a console.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -282,7 +283,9 @@ def _run_stages(
         elif step.action == "append":
             assert step.since is not None
             new = _incremental.added_since(raw["sales"], step.since)
-            sales = _stages.denormalize_files(cfg, raw, new, tasks=tasks, parameters={key: lineage})
+            sales = _stages.denormalize_files(
+                cfg, raw, new, tasks=tasks, parameters={key: lineage}, base=current
+            )
         else:
             assert current is not None
             sales = current
@@ -309,7 +312,7 @@ def _run_stages(
             assert step.since is not None
             new = _incremental.added_since(sales, step.since)
             by_store = _stages.reshuffle_files(
-                cfg, sales, new, tasks=tasks, parameters={key: lineage}
+                cfg, sales, new, tasks=tasks, parameters={key: lineage}, base=current
             )
         else:
             assert current is not None
@@ -325,87 +328,93 @@ def _run_stages(
         )
     )
 
-    began = time.perf_counter()
-    with tracker.stage("4. forecast (one task per store)"):
-        inputs = {"sales_by_store": by_store}
-        inputs.update({f"raw/{t}": raw[t] for t in ("products", "holidays", "promotions")})
-        current, step, lineage = _derive(cfg, "forecasts", inputs, "sales_by_store", full)
-        first_day, last_day = _stages.calendar(sales)
-        lineage["calendar"] = [first_day.isoformat(), last_day.isoformat()]
-        own = _incremental.lineage(current) or {}
-        if step.action != "rebuild" and own.get("calendar") != lineage["calendar"]:
-            step = _incremental.Step("rebuild", generation=_incremental.new_generation())
-            lineage["generation"] = step.generation
-        stores: set[int] | None = None  # all
-        if step.action == "append":
-            assert step.since is not None
-            stores = _stores_of(by_store, _incremental.added_since(by_store, step.since))
-        elif step.action == "skip":
-            stores = set()
-        frames: list[Any] = []
-        model_frames: list[Any] = []
-        fresh: list[dict[str, Any]] = []
-        fitted = 0
-        if stores != set():
-            kept_models = None if full else _incremental.open_latest(cfg.dataset(MODELS))
-            futures = _stages.forecast(
-                cfg,
-                by_store,
-                sales,
-                raw,
-                client,
-                token=uuid.uuid4().hex[:12],
-                stores=stores,
-                models=kept_models,
+    # stage 5's transactions: opened in stage 4, whose tasks stage into them; an error removes
+    # what was staged
+    with contextlib.ExitStack() as exits:
+        began = time.perf_counter()
+        with tracker.stage("4. forecast (one task per store)"):
+            inputs = {"sales_by_store": by_store}
+            inputs.update({f"raw/{t}": raw[t] for t in ("products", "holidays", "promotions")})
+            current, step, lineage = _derive(cfg, "forecasts", inputs, "sales_by_store", full)
+            first_day, last_day = _stages.calendar(sales)
+            lineage["calendar"] = [first_day.isoformat(), last_day.isoformat()]
+            own = _incremental.lineage(current) or {}
+            if step.action != "rebuild" and own.get("calendar") != lineage["calendar"]:
+                step = _incremental.Step("rebuild", generation=_incremental.new_generation())
+                lineage["generation"] = step.generation
+            stores: set[int] | None = None  # all
+            if step.action == "append":
+                assert step.since is not None
+                stores = _stores_of(by_store, _incremental.added_since(by_store, step.since))
+            elif step.action == "skip":
+                stores = set()
+            outcomes: list[_stages.StoreOutcome] = []
+            if stores != set():
+                kept_models = None if full else _incremental.open_latest(cfg.dataset(MODELS))
+                # the tasks stage their files into stage 5's transactions (open until it commits)
+                writer = exits.enter_context(_stages.ForecastWrite(cfg, current, kept_models))
+                futures = _stages.forecast(
+                    cfg,
+                    by_store,
+                    sales,
+                    raw,
+                    client,
+                    token=uuid.uuid4().hex[:12],
+                    plans=writer.plans,
+                    stores=stores,
+                    models=kept_models,
+                )
+                lineage["models"] = None if kept_models is None else kept_models.version
+                outcomes = client.gather(futures)
+                del futures
+            fresh = [o.metrics for o in outcomes]
+            fitted = sum(o.fitted for o in outcomes)
+            kept = (
+                {}
+                if step.action == "rebuild"
+                else {m["store_id"]: m for m in own.get("metrics", [])}
             )
-            frames = futures.frames
-            lineage["models"] = None if kept_models is None else kept_models.version
-            outcomes = client.gather(futures.outcomes)
-            fresh = [metrics for metrics, _ in outcomes]
-            fitted = sum(n for _, n in outcomes)
-            # the models of the stores that fitted any: kept for the next runs
-            model_frames = futures.models(client, [i for i, (_, n) in enumerate(outcomes) if n])
-            del futures  # the tasks' results go once their frames and models are taken
-        kept = (
-            {} if step.action == "rebuild" else {m["store_id"]: m for m in own.get("metrics", [])}
+            kept.update({m["store_id"]: m for m in fresh})
+            store_metrics = [kept[s] for s in sorted(kept)]
+            steps["forecasts"] = step.action
+        holdout_rows = sum(m["holdout_rows"] for m in store_metrics)
+        reports.append(
+            StageReport(
+                "forecast",
+                sum(m["holdout_rows"] for m in fresh),
+                time.perf_counter() - began,
+                _implementation("forecast"),
+                f"{len(fresh)} of {len(store_metrics)} stores forecast, {fitted} model(s) fitted; "
+                "rows: held-out rows scored",
+            )
         )
-        kept.update({m["store_id"]: m for m in fresh})
-        store_metrics = [kept[s] for s in sorted(kept)]
-        steps["forecasts"] = step.action
-    holdout_rows = sum(m["holdout_rows"] for m in store_metrics)
-    reports.append(
-        StageReport(
-            "forecast",
-            sum(m["holdout_rows"] for m in fresh),
-            time.perf_counter() - began,
-            _implementation("forecast"),
-            f"{len(fresh)} of {len(store_metrics)} stores forecast, {fitted} model(s) fitted; "
-            "rows: held-out rows scored",
-        )
-    )
 
-    began = time.perf_counter()
-    with tracker.stage("5. write forecasts (one commit)"):
-        if model_frames:  # before the forecasts: they name the version of the models they used
-            calendar = {"calendar": lineage["calendar"]}
-            models = _stages.write_models(cfg, model_frames, parameters={key: calendar})
-            lineage["models"] = models.version
-        if frames:
-            lineage["metrics"] = store_metrics
-            forecasts = _stages.write_forecasts(cfg, frames, parameters={key: lineage})
-        else:
-            assert current is not None
-            forecasts = current
-    del frames, model_frames
-    reports.append(
-        StageReport(
-            "write forecasts",
-            sum(f.num_rows for f in forecasts.files() if fresh and f.version == forecasts.version),
-            time.perf_counter() - began,
-            _implementation("write forecasts"),
-            f"version {forecasts.version}" + ("" if fresh else " (unchanged)"),
+        began = time.perf_counter()
+        with tracker.stage("5. write forecasts (one commit)"):
+            if outcomes:
+                # the models first: the forecasts name the version of the models they used
+                calendar = {"calendar": lineage["calendar"]}
+                models = writer.models(outcomes, {key: calendar})
+                if models is not None:
+                    lineage["models"] = models.version
+                lineage["metrics"] = store_metrics
+                forecasts = writer.forecasts(outcomes, {key: lineage})
+            else:
+                assert current is not None
+                forecasts = current
+        reports.append(
+            StageReport(
+                "write forecasts",
+                sum(
+                    f.num_rows
+                    for f in forecasts.files()
+                    if fresh and f.version == forecasts.version
+                ),
+                time.perf_counter() - began,
+                _implementation("write forecasts"),
+                f"version {forecasts.version}" + ("" if fresh else " (unchanged)"),
+            )
         )
-    )
 
     actual = sum(m["actual_sum"] for m in store_metrics)
     wape_model = sum(m["abs_error_model"] for m in store_metrics) / max(actual, 1e-12)

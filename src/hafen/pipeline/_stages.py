@@ -6,10 +6,11 @@
    ``sales``, partitioned by date.
 3. :func:`reshuffle`: ``sales`` into ``sales_by_store``, partitioned by store, indexed by product.
 4. :func:`forecast`: one task per store: evaluate and forecast (:mod:`hafen.pipeline._model`),
-   with the models kept in ``forecast_models`` where they fit the training data.
-5. :func:`write_forecasts`: the forecasts into ``forecasts``, partitioned by store, indexed by
-   product, as one commit (after :func:`write_models`: the models of the stores that fitted
-   new ones into ``forecast_models``, partitioned by store).
+   with the models kept in ``forecast_models`` where they fit the training data; each task
+   stages its store's files.
+5. :class:`ForecastWrite`: the files the tasks staged committed as one version of ``forecasts``
+   (partitioned by store, indexed by product), after the models of the stores that fitted new
+   ones as one version of ``forecast_models`` (partitioned by store).
 
 Every write replaces the partitions it writes (``mode="overwrite"``): rerunning adds one version
 to each dataset and duplicates no row. An incremental run (:mod:`hafen.pipeline._incremental`)
@@ -28,12 +29,15 @@ import pandas as pd
 import pyarrow as pa
 
 from hafen.datasets import DataFile, Dataset
+from hafen.datasets._transaction import LATEST, StagingPlan, WriteTransaction
 from hafen.datasets._validate import Mode
+from hafen.datasets._write import StagedWrite
 from hafen.pipeline._config import DB_LIMIT, PipelineConfig
 from hafen.pipeline._model import ModelParams, StoreForecast, as_days, forecast_store
 
 __all__ = [
     "IMPLEMENTATION",
+    "ForecastWrite",
     "denormalize",
     "denormalize_files",
     "extract",
@@ -41,8 +45,6 @@ __all__ = [
     "forecast",
     "reshuffle",
     "reshuffle_files",
-    "write_forecasts",
-    "write_models",
 ]
 
 #: The hafen capability behind each stage, for the summary.
@@ -51,7 +53,7 @@ IMPLEMENTATION = {
     "denormalize": "hafen.read_ddf + write_ddf",
     "reshuffle": "hafen.reshuffle",
     "forecast": "gradient boosting, a task per store",
-    "write forecasts": "hafen.write_ddf, one commit",
+    "write forecasts": "staged by the forecast tasks, one commit",
 }
 
 
@@ -326,17 +328,58 @@ def denormalize_files(
     *,
     tasks: int,
     parameters: dict[str, Any] | None = None,
+    base: Dataset | None = None,
 ) -> Dataset:
     """Stage 2 for new data: the rows of ``files`` of ``raw/sales`` denormalized and appended to
-    ``sales``."""
+    ``sales`` (its latest version ``base`` if given; on the client when they are few, see
+    :data:`LOCAL_ROWS`)."""
     from hafen.dask import write_ddf
 
     dims = Dimensions(raw["stores"], raw["products"], raw["holidays"], raw["promotions"])
+    if _few(files):
+        part = StoreFiles.of(raw["sales"], files).read(None)
+        table = denormalize_table(part, dims)
+        return _write_here(table, cfg.dataset("sales"), ["date"], [], parameters, base)
     new = _files_ddf(raw["sales"], files, tasks, None)
     joined = new.map_partitions(denormalize_part, dims, meta=denormalize_part(new._meta, dims))
     return write_ddf(
         joined, cfg.dataset("sales"), partition_on=["date"], mode="append", parameters=parameters
     )
+
+
+#: New rows up to which an incremental stage (:func:`denormalize_files`,
+#: :func:`reshuffle_files`) runs on the client instead of in tasks: a day of the demo's default
+#: size is 1,000 rows, a few milliseconds of work, where the tasks' round trips to the cluster
+#: (graph, scheduling, staging, results) took about a tenth of a second per stage.
+LOCAL_ROWS = 50_000
+
+
+def _few(files: list[DataFile]) -> bool:
+    return sum(f.num_rows for f in files) <= LOCAL_ROWS
+
+
+def _write_here(
+    table: pa.Table,
+    url: str,
+    partition_on: list[str],
+    indices: list[str],
+    parameters: dict[str, Any] | None,
+    base: Dataset | None,
+) -> Dataset:
+    """Append ``table`` to the dataset at ``url`` (on ``base``, its latest version, if given:
+    opening it again reads its log again) from the client, in one commit."""
+    from hafen.datasets._dataset import storage_for
+
+    with WriteTransaction(
+        storage_for(url),
+        mode="append",
+        partition_on=partition_on,
+        indices=indices,
+        base=LATEST if base is None else base.state,
+    ) as tx:
+        tx.stage(tx.prepare(table))
+        recorded = {"writer": "client", "partitions": 1, **(parameters or {})}
+        return Dataset(tx.storage, tx.commit(recorded))
 
 
 # -- 3. reshuffle ----------------------------------------------------------------------------
@@ -371,9 +414,16 @@ def reshuffle_files(
     *,
     tasks: int,
     parameters: dict[str, Any] | None = None,
+    base: Dataset | None = None,
 ) -> Dataset:
     """Stage 3 for new data: the rows of ``files`` of ``sales`` appended to ``sales_by_store``
-    (a new file per store they touch, sorted by product and date)."""
+    (its latest version ``base`` if given; a new file per store they touch, sorted by product
+    and date; on the client when they are few, see :data:`LOCAL_ROWS`)."""
+    if _few(files):
+        part = _sorted_by_product(StoreFiles.of(sales, files).read(None))
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        url = cfg.dataset("sales_by_store")
+        return _write_here(table, url, ["store_id"], ["product_id"], parameters, base)
     new = _files_ddf(sales, files, tasks, None).map_partitions(_sorted_by_product)
     return _write_by_store(new, cfg.dataset("sales_by_store"), "append", parameters)
 
@@ -422,6 +472,12 @@ class StoreFiles:
     state: Any  # DatasetState with files={} and index_parts=[]: schema and layout only
     files: tuple[DataFile, ...]
 
+    @classmethod
+    def of(cls, ds: Dataset, files: list[DataFile]) -> StoreFiles:
+        """``files`` of ``ds``, in the order of their paths."""
+        state = dataclasses.replace(ds.state, files={}, index_parts=[])
+        return cls(ds.storage, state, tuple(sorted(files, key=lambda f: f.path)))
+
     def read(self, columns: list[str] | None) -> pd.DataFrame:
         table = Dataset(self.storage, self.state).read_arrow(columns, files=list(self.files))
         return table.to_pandas(types_mapper={pa.date32(): _DATE}.get)
@@ -442,6 +498,25 @@ def files_by_store(ds: Dataset, column: str = "store_id") -> dict[int, StoreFile
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class ForecastPlans:
+    """Where the forecast tasks stage their files: ``forecasts`` and ``forecast_models``."""
+
+    forecasts: StagingPlan
+    models: StagingPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOutcome:
+    """What one store's forecast task returns: its held-out metrics, the models it fitted, and
+    the files it staged (its forecasts; its models when it fitted any)."""
+
+    metrics: dict[str, Any]
+    fitted: int
+    forecasts: StagedWrite
+    models: StagedWrite | None
+
+
 def _forecast_task(
     history_files: StoreFiles,
     promotion_files: StoreFiles,
@@ -452,14 +527,15 @@ def _forecast_task(
     first_day: dt.date,
     last_day: dt.date,
     params: ModelParams,
-) -> StoreForecast:
+    plans: ForecastPlans,
+) -> StoreOutcome:
     history = history_files.read(["product_id", "date", "qty"])
     promos = promotion_files.read(["product_id", "start_date", "end_date", "discount"])
     models: dict[str, bytes] = {}
     if model_files is not None:
         kept = model_files.read(["fingerprint", "model"])
         models = dict(zip(kept["fingerprint"], kept["model"], strict=True))
-    return forecast_store(
+    result = forecast_store(
         history,
         store_id=store_id,
         products=products,
@@ -470,19 +546,21 @@ def _forecast_task(
         params=params,
         models=models,
     )
-
-
-def _forecasts_of(result: StoreForecast) -> pd.DataFrame:
-    return _to_table(result.forecasts, FORECAST_SCHEMA)
-
-
-def _outcome_of(result: StoreForecast) -> tuple[dict[str, Any], int]:
-    return result.metrics, result.fitted
-
-
-def _models_of(result: StoreForecast) -> pd.DataFrame:
-    store = int(result.metrics["store_id"])
+    # the task stages its own files: the client commits them without another round trip
+    frame = result.forecasts
     table = pa.table(
+        [pa.array(frame[f.name].array, f.type) for f in FORECAST_SCHEMA], FORECAST_SCHEMA
+    )
+    staged = plans.forecasts.stage(plans.forecasts.prepare(table))
+    staged_models = None
+    if result.fitted:  # the models it forecast with, kept for the next runs
+        staged_models = plans.models.stage(plans.models.prepare(_models_table(result)))
+    return StoreOutcome(result.metrics, result.fitted, staged, staged_models)
+
+
+def _models_table(result: StoreForecast) -> pa.Table:
+    store = int(result.metrics["store_id"])
+    return pa.table(
         {
             "store_id": pa.array([store] * len(result.models), pa.int64()),
             "fingerprint": pa.array(list(result.models), pa.string()),
@@ -490,12 +568,6 @@ def _models_of(result: StoreForecast) -> pd.DataFrame:
         },
         schema=MODEL_SCHEMA,
     )
-    return _models_frame(table)
-
-
-def _models_frame(table: pa.Table) -> pd.DataFrame:
-    # Arrow bytes: as Python objects Dask would decode them into strings
-    return table.to_pandas(types_mapper={pa.binary(): pd.ArrowDtype(pa.binary())}.get)
 
 
 FORECAST_SCHEMA = pa.schema(
@@ -517,20 +589,9 @@ MODEL_SCHEMA = pa.schema(
 )
 
 
-@dataclasses.dataclass
-class Forecasts:
-    """Stage 4's futures, one per store: the tasks' results, their forecast frames, and their
-    metrics with the number of models each fitted."""
-
-    results: list[Any]
-    frames: list[Any]
-    outcomes: list[Any]
-
-    def models(self, client: Any, stores: list[int]) -> list[Any]:
-        """Futures of the frames (for ``forecast_models``) of the models the tasks at positions
-        ``stores`` forecast with."""
-        chosen = [self.results[i] for i in stores]
-        return list(client.map(_models_of, chosen, key=[f"models-{r.key}" for r in chosen]))
+#: Bytes of the products and holidays tables, times the tasks, up to which each forecast task is
+#: given its own copy: a broadcast costs a round trip to every worker first.
+SCATTER_BYTES = 4 * 2**20
 
 
 def forecast(
@@ -541,11 +602,13 @@ def forecast(
     client: Any,
     *,
     token: str,
+    plans: ForecastPlans,
     stores: set[int] | None = None,
     models: Dataset | None = None,
-) -> Forecasts:
+) -> list[Any]:
     """Stage 4: one task per store (of ``stores``, default all), with the kept ``models`` where
-    they fit; returns the tasks' futures."""
+    they fit, each staging its files by ``plans``; returns the tasks' futures (of
+    :class:`StoreOutcome`)."""
     first_day, last_day = calendar(sales)
     products = raw["products"].read(columns=["product_id", "product_group", "price"])
     holidays = raw["holidays"].read()
@@ -557,53 +620,86 @@ def forecast(
         (),
     )
     kept = {} if models is None else files_by_store(models)
-    [products_f, holidays_f] = client.scatter([products, holidays], broadcast=True)
-    results = [
+    small = products.memory_usage(deep=True).sum() + holidays.memory_usage(deep=True).sum()
+    if small * len(history) > SCATTER_BYTES:  # sent once to every worker, not in every task
+        [products, holidays] = client.scatter([products, holidays], broadcast=True)
+    return [
         client.submit(
             _forecast_task,
             history[store],
             promotions.get(store, no_promotions),
             kept.get(store),
             store,
-            products_f,
-            holidays_f,
+            products,
+            holidays,
             first_day,
             last_day,
             cfg.model,
+            plans,
             key=f"forecast-store-{store}-{token}",
         )
         for store in sorted(history)
         if stores is None or store in stores
     ]
 
-    def each(fn: Any, prefix: str) -> list[Any]:
-        return list(client.map(fn, results, key=[f"{prefix}-{r.key}" for r in results]))
-
-    return Forecasts(results, each(_forecasts_of, "frame"), each(_outcome_of, "outcome"))
-
 
 # -- 5. write --------------------------------------------------------------------------------
 
 
-def write_forecasts(
-    cfg: PipelineConfig, frames: list[Any], *, parameters: dict[str, Any] | None = None
-) -> Dataset:
-    """Stage 5: the stores' forecasts as one version of ``forecasts`` (one commit), replacing
-    those stores' partitions."""
-    import dask.dataframe as dd
+class ForecastWrite:
+    """Stage 5's two transactions, opened before stage 4 so its tasks stage into them: the
+    stores' models (``forecast_models``) and their forecasts (``forecasts``), each replacing
+    those stores' partitions in one commit. Leaving the ``with`` block on an error removes
+    what was staged.
 
-    meta = _to_table(FORECAST_SCHEMA.empty_table().to_pandas(), FORECAST_SCHEMA)
-    ddf = dd.from_delayed(frames, meta=meta, verify_meta=False)
-    return _write_by_store(ddf, cfg.dataset("forecasts"), "overwrite", parameters)
+    The first store's files wait for the last store's: a forecast stage longer than 80 % of
+    vacuum's grace period (``HAFEN_GRACE_PERIOD``, 1 h by default) cannot commit them safely
+    and fails with :class:`~hafen.errors.ConflictError`, committing nothing."""
+
+    def __init__(
+        self, cfg: PipelineConfig, forecasts: Dataset | None, models: Dataset | None
+    ) -> None:
+        self._forecasts = _transaction(cfg.dataset("forecasts"), forecasts, ["product_id"])
+        self._models = _transaction(cfg.dataset("forecast_models"), models, [])
+        self._forecasts.validate(FORECAST_SCHEMA)
+        self._models.validate(MODEL_SCHEMA)
+        self.plans = ForecastPlans(self._forecasts.plan, self._models.plan)
+
+    def __enter__(self) -> ForecastWrite:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self._models.discard()
+            self._forecasts.discard()
+
+    def models(self, outcomes: list[StoreOutcome], parameters: dict[str, Any]) -> Dataset | None:
+        """Commit the models the stores that fitted any forecast with; None if none did."""
+        staged = [o.models for o in outcomes if o.models is not None]
+        if not staged:
+            return None
+        self._models.add(staged)
+        return Dataset(self._models.storage, self._models.commit(_recorded(staged, parameters)))
+
+    def forecasts(self, outcomes: list[StoreOutcome], parameters: dict[str, Any]) -> Dataset:
+        """Commit the stores' forecasts as one version of ``forecasts``."""
+        staged = [o.forecasts for o in outcomes]
+        self._forecasts.add(staged)
+        state = self._forecasts.commit(_recorded(staged, parameters))
+        return Dataset(self._forecasts.storage, state)
 
 
-def write_models(
-    cfg: PipelineConfig, frames: list[Any], *, parameters: dict[str, Any] | None = None
-) -> Dataset:
-    """The models the stores of ``frames`` forecast with, replacing those stores' partitions of
-    ``forecast_models`` (one commit)."""
-    import dask.dataframe as dd
+def _transaction(url: str, current: Dataset | None, indices: list[str]) -> WriteTransaction:
+    from hafen.datasets._dataset import storage_for
 
-    meta = _models_frame(MODEL_SCHEMA.empty_table())
-    ddf = dd.from_delayed(frames, meta=meta, verify_meta=False)
-    return _write_by_store(ddf, cfg.dataset("forecast_models"), "overwrite", parameters, ())
+    return WriteTransaction(
+        storage_for(url),
+        mode="overwrite",
+        partition_on=["store_id"],
+        indices=indices,
+        base=LATEST if current is None else current.state,
+    )
+
+
+def _recorded(staged: list[StagedWrite], parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"writer": "forecast tasks", "partitions": len(staged), **parameters}

@@ -9,6 +9,11 @@ that repeat in the batch or already exist, and references to stores and products
 exist. Any error refuses the whole batch with 422 and the rows at fault; a valid batch is
 inserted in one transaction.
 
+A JSON array whose rows are all plainly valid is read straight into Arrow columns and checked a
+column at a time (:func:`read_batch`); anything else is read into Python objects and checked row
+by row, which names the row and column at fault. On SQLite the server's batches take turns at the
+database's write lock in the server (:func:`insert_batch`), not in SQLite's sleeping busy handler.
+
 ``Idempotency-Key`` makes a retry safe: the key is recorded in the same transaction as the rows
 (table ``hafen_batches``), so a batch either lands with its key or not at all; a retry with the
 same key and body gets the first answer and inserts nothing, also when it arrives while the
@@ -61,9 +66,13 @@ __all__ = [
     "TABLES",
     "BatchError",
     "BodyTooLarge",
+    "CheckedBatch",
+    "check_batch",
     "create_tables",
     "ingest_batch",
+    "insert_batch",
     "parse_body",
+    "read_batch",
     "read_body",
 ]
 
@@ -71,6 +80,7 @@ __all__ = [
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 MAX_ERRORS = 100  # row errors listed in a 422 (the total is given too)
 _SPOOL = 1024 * 1024
+_BUSY_SECONDS = 60  # a SQLite writer waits this long for another one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +220,7 @@ class _Db:
         if pooled is None:
             self.conn = connect(self.url, "ingest", create=create)
             if self.sqlite:
-                self.conn.execute("PRAGMA busy_timeout = 60000")
+                self.conn.execute(f"PRAGMA busy_timeout = {_BUSY_SECONDS * 1000}")
 
     def _identity(self) -> Any:
         """What a pooled connection must still match: on SQLite, the database file (a file
@@ -265,7 +275,11 @@ class _Db:
         import pyarrow as pa
 
         columns = values or [
-            (c.cast(pa.string()) if pa.types.is_date32(c.type) else c).to_pylist()
+            c.cast(pa.string()).to_pylist()
+            if pa.types.is_date32(c.type)
+            else c.to_pylist()
+            if pa.types.is_string(c.type)
+            else c.to_numpy().tolist()  # int64, float64: the same Python values, faster
             for c in data.columns
         ]
         return list(zip(*columns, strict=True))
@@ -545,21 +559,27 @@ _FIRST_DAY = -719_162  # 0001-01-01 in days since 1970-01-01: Python has no year
 def _column(kind: str, values: list[Any]) -> Any:
     """``values`` as an Arrow array of the column's type if every one is plainly valid (the
     row-by-row path would accept it as is), else None."""
+    import pyarrow as pa
+
+    if not set(map(type, values)) <= _KINDS[kind]:
+        return None
+    if kind in ("str", "date") and not all(values):  # "" is a missing value
+        return None
+    types = {"int": pa.int64(), "float": pa.float64()}
+    return _typed(kind, pa.array(values, types.get(kind, pa.string())))
+
+
+def _typed(kind: str, array: Any) -> Any:
+    """``array`` (int64, float64 or, for strings and dates, non-empty strings; no nulls) as the
+    column's type if every value is plainly valid, else None."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not set(map(type, values)) <= _KINDS[kind]:
-        return None
     if kind == "int":
-        array = pa.array(values, pa.int64())  # OverflowError past int64
-        return array if pc.min(array).as_py() > -(2**63) else None
+        return array if not len(array) or pc.min(array).as_py() > -(2**63) else None
     if kind == "float":
-        array = pa.array(values, pa.float64())
         return array if bool(np.isfinite(array.to_numpy()).all()) else None
-    if not all(values):  # "" is a missing value
-        return None
-    array = pa.array(values, pa.string())
     if kind == "str":
         return array
     # YYYY-MM-DD exactly (what date.fromisoformat reads, and writes back), a real day
@@ -574,9 +594,7 @@ def _columnar(table: _Table, rows: list[Any]) -> tuple[Any, list[list[Any]]] | N
     driver binds (dates as their ISO text), if every row is plainly valid; else None: the
     row-by-row path (:func:`_validate`) then finds and names what is wrong. Valid batches cost
     a few passes over each column instead of Python per value."""
-    import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     width = len(table.columns)
     if not rows or set(map(type, rows)) != {dict} or set(map(len, rows)) != {width}:
@@ -589,13 +607,26 @@ def _columnar(table: _Table, rows: list[Any]) -> tuple[Any, list[list[Any]]] | N
             array = _column(column.kind, given)
             if array is None:
                 return None
-            check = _VECTOR_CHECKS[column.check] if column.check else None
-            if check is not None and not bool(check(array.to_numpy()).all()):
-                return None
             arrays.append(array)
             values.append(array.to_pylist() if column.kind == "float" else given)  # ints too
     except (KeyError, TypeError, ValueError, OverflowError, pa.ArrowException):
         return None
+    data = _whole(table, arrays)
+    return None if data is None else (data, values)
+
+
+def _whole(table: _Table, arrays: list[Any]) -> Any:
+    """The checks of :func:`_columnar` over whole columns (typed ``arrays``, a row each): the
+    columns' value checks, the row check and the key's uniqueness; the batch as an Arrow table
+    if they pass, else None."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for column, array in zip(table.columns, arrays, strict=True):
+        check = _VECTOR_CHECKS[column.check] if column.check else None
+        if check is not None and not bool(check(array.to_numpy()).all()):
+            return None
     data = pa.table(arrays, names=table.names)
     if table.row_check is _promo_dates:
         if not pc.all(pc.greater_equal(data["end_date"], data["start_date"])).as_py():
@@ -605,7 +636,55 @@ def _columnar(table: _Table, rows: list[Any]) -> tuple[Any, list[list[Any]]] | N
     keys = data.column(0).to_numpy()
     if len(np.unique(keys)) != len(keys):  # a key repeats: say which rows
         return None
-    return data, values
+    return data
+
+
+def _json_columns(table: _Table, body: bytes) -> Any:
+    """The Arrow table :func:`_columnar` gives for the JSON array of objects ``body``, read
+    straight into Arrow columns (no Python object per value) when every row is plainly valid;
+    else None (then the body is read as before, and checked row by row).
+
+    Arrow's reader refuses what :func:`_columnar` would: a value of another JSON type than the
+    column's (a float or a string for an integer, a number for a string), a key not a column,
+    a key given twice; a missing column or a null leaves a null, refused below."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    if body.lstrip()[:1] != b"[":
+        return None
+    native = {"int": pa.int64(), "float": pa.float64()}
+    row = pa.struct([(c.name, native.get(c.kind, pa.string())) for c in table.columns])
+    options = pj.ParseOptions(
+        explicit_schema=pa.schema([("rows", pa.list_(row))]),
+        unexpected_field_behavior="error",
+        newlines_in_values=True,
+    )
+    wrapped = b'{"rows": ' + body + b"}"  # one JSON object: Arrow's reader reads objects
+    try:
+        read = pj.read_json(
+            io.BytesIO(wrapped),
+            # the object in one block (a block boundary inside it would refuse it)
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(wrapped) + 1),
+            parse_options=options,
+        )
+        rows = pc.list_flatten(read.column(0)).combine_chunks()
+        if not len(rows) or rows.null_count:
+            return None
+        arrays = []
+        for position, column in enumerate(table.columns):
+            given = rows.field(position)
+            if given.null_count:
+                return None
+            if column.kind in ("str", "date") and pc.min(pc.utf8_length(given)).as_py() == 0:
+                return None  # "" is a missing value
+            array = _typed(column.kind, given)
+            if array is None:
+                return None
+            arrays.append(array)
+    except (pa.ArrowException, ValueError, OverflowError):
+        return None
+    return _whole(table, arrays)
 
 
 def _as_table(table: _Table, rows: list[tuple[Any, ...]]) -> Any:
@@ -740,6 +819,42 @@ def _invalid(table: str, errors: list[dict[str, Any]]) -> BatchError:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckedBatch:
+    """A batch that passed the checks of its rows alone (:func:`check_batch`): what
+    :func:`insert_batch` inserts after the checks against the database."""
+
+    table: str
+    data: Any  # an Arrow table of the table's columns
+    numbers: Sequence[int]  # each row's number in the batch, from 0
+    values: list[list[Any]] | None = None  # the columns' values as a SQLite driver binds them
+
+
+def check_batch(table_name: str, rows: list[Any]) -> CheckedBatch:
+    """Check the rows of one batch on their own; raises :class:`BatchError` (422, the rows
+    named) if any is wrong."""
+    table = TABLES[table_name]
+    checked = _columnar(table, rows)
+    if checked is not None:
+        return CheckedBatch(table_name, checked[0], range(len(rows)), checked[1])
+    typed, numbers, errors = _validate(table, rows)  # something to convert or to refuse
+    if errors:
+        raise _invalid(table_name, errors)
+    return CheckedBatch(table_name, _as_table(table, typed), numbers)
+
+
+def read_batch(table_name: str, body: IO[bytes], content_type: str) -> CheckedBatch:
+    """Read and check one batch's body (JSON, CSV or Parquet): :func:`parse_body`, then
+    :func:`check_batch`; a JSON array of plainly valid rows goes straight into Arrow columns."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind in ("", "application/json"):
+        data = _json_columns(TABLES[table_name], body.read())
+        if data is not None:
+            return CheckedBatch(table_name, data, range(data.num_rows))
+        body.seek(0)
+    return check_batch(table_name, parse_body(body, content_type))
+
+
 def ingest_batch(
     tenant: Tenant, table_name: str, rows: list[Any], *, key: str | None, digest: str
 ) -> dict[str, Any]:
@@ -748,50 +863,51 @@ def ingest_batch(
     Returns the answer's body (the first answer again for a retried ``key``); raises
     :class:`BatchError` for a refused batch, with nothing inserted.
     """
+    return insert_batch(tenant, check_batch(table_name, rows), key=key, digest=digest)
+
+
+#: One lock per SQLite database, held from a batch's BEGIN to its COMMIT: SQLite runs one
+#: writer at a time anyway, and a writer waiting in SQLite's busy handler sleeps in steps of up
+#: to 100 ms, so the database sat idle between batches while the next one slept.
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _writer(db: _Db) -> Any:
+    """Hold the lock of ``db``'s SQLite database (nothing on PostgreSQL); past SQLite's own
+    busy timeout (another process writing), go on and let SQLite wait or refuse, as before."""
+    if not db.sqlite:
+        yield
+        return
+    with _WRITERS_LOCK:
+        lock = _WRITERS.setdefault(db.tenant.database, threading.Lock())
+    held = lock.acquire(timeout=_BUSY_SECONDS)
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
+
+
+def insert_batch(
+    tenant: Tenant, batch: CheckedBatch, *, key: str | None, digest: str
+) -> dict[str, Any]:
+    """Insert a checked batch into the tenant's database in one transaction, after checking
+    its references (and keys) there; returns the answer's body, as :func:`ingest_batch`."""
+    table_name, data, numbers = batch.table, batch.data, batch.numbers
     table = TABLES[table_name]
-    checked = _columnar(table, rows)
-    numbers: Sequence[int] = range(len(rows))
-    values = None
-    if checked is None:  # something to convert or to refuse: row by row
-        typed, numbers, errors = _validate(table, rows)
-        if errors:
-            raise _invalid(table_name, errors)
-        data = _as_table(table, typed)
-    else:
-        data, values = checked
     answer = {"table": table_name, "inserted": data.num_rows, "idempotency_key": key}
     db = _Db(tenant)
     try:
-        prepared = db.driver_rows(data, values)  # outside the transaction: writers queue
-        db.begin()
-        if key is not None:  # the answer lands with the rows, or neither does
-            claimed = db.execute(
-                f"INSERT INTO {db.name('hafen_batches')} (key, tbl, digest, body) "
-                f"VALUES ({db.marks(4)}) ON CONFLICT (key) DO NOTHING RETURNING key",
-                [key, table_name, digest, json.dumps(answer)],
-            )
-            if not claimed:  # landed before (or just now, by a concurrent retry)
-                db.rollback()
-                answer = _replay(db, key, table_name, digest)
-                db.rollback()
-                db.release()
-                return answer
-        errors = _check_database(db, table, data, numbers, keys=False)
-        if errors:
-            raise _invalid(table_name, errors)
-        if data.num_rows:
+        prepared = db.driver_rows(data, batch.values)  # outside the transaction: writers queue
+        with _writer(db):
             try:
-                db.insert(table, data, db.next_seq(), prepared)
-            except Exception as exc:  # a key that exists: say which rows (a rare, slow path)
-                if "IntegrityError" not in type(exc).__name__:
-                    raise
-                db.rollback()
-                db.begin()
-                errors = _check_database(db, table, data, numbers, keys=True)
-                raise _invalid(
-                    table_name, errors or [{"row": None, "column": None, "error": str(exc)}]
-                ) from None
-        db.commit()
+                replayed = _insert(db, table, data, numbers, prepared, key, digest, answer)
+            except BaseException:  # rolled back before the next writer begins
+                with contextlib.suppress(Exception):
+                    db.rollback()
+                raise
     except BatchError:  # refused: the connection is fine
         db.rollback()
         db.release()
@@ -802,7 +918,50 @@ def ingest_batch(
         db.close()
         raise
     db.release()
-    return answer
+    return answer if replayed is None else replayed
+
+
+def _insert(
+    db: _Db,
+    table: _Table,
+    data: Any,
+    numbers: Sequence[int],
+    prepared: list[tuple[Any, ...]] | None,
+    key: str | None,
+    digest: str,
+    answer: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The transaction of :func:`insert_batch`; the first answer for a replayed ``key``, else
+    None (committed)."""
+    db.begin()
+    if key is not None:  # the answer lands with the rows, or neither does
+        claimed = db.execute(
+            f"INSERT INTO {db.name('hafen_batches')} (key, tbl, digest, body) "
+            f"VALUES ({db.marks(4)}) ON CONFLICT (key) DO NOTHING RETURNING key",
+            [key, table.name, digest, json.dumps(answer)],
+        )
+        if not claimed:  # landed before (or just now, by a concurrent retry)
+            db.rollback()
+            replayed = _replay(db, key, table.name, digest)
+            db.rollback()
+            return replayed
+    errors = _check_database(db, table, data, numbers, keys=False)
+    if errors:
+        raise _invalid(table.name, errors)
+    if data.num_rows:
+        try:
+            db.insert(table, data, db.next_seq(), prepared)
+        except Exception as exc:  # a key that exists: say which rows (a rare, slow path)
+            if "IntegrityError" not in type(exc).__name__:
+                raise
+            db.rollback()
+            db.begin()
+            errors = _check_database(db, table, data, numbers, keys=True)
+            raise _invalid(
+                table.name, errors or [{"row": None, "column": None, "error": str(exc)}]
+            ) from None
+    db.commit()
+    return None
 
 
 def _replay(db: _Db, key: str, table: str, digest: str) -> dict[str, Any]:
