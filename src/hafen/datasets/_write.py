@@ -210,7 +210,7 @@ def _partition_order(table: pa.Table, coded: Codes, sort_by: Sequence[str]) -> n
     keys = table.select(list(sort_by)).append_column(_CODE_COLUMN, pa.array(codes, pa.int32()))
     order = _radix_order(keys, [_CODE_COLUMN, *sort_by])
     if order is None:
-        return np.asarray(sort_order(keys, [_CODE_COLUMN, *sort_by]))
+        return np.asarray(sort_order(keys, [_CODE_COLUMN, *sort_by])).astype(np.int64)
     return order
 
 
