@@ -257,14 +257,18 @@ def read_matching(
             metadata=footer.metadata,
             filesystem=storage.arrow_filesystem,
             page_checksum_verification=True,
+            # reads coalesced ahead pay off over a network; on local disk they cost a fifth
+            pre_buffer=not storage.local,
         )
         table = parquet.read_row_groups(groups, columns=stored, use_threads=False)
+        if simple:  # partition literals are answered per file: filter, then add the columns
+            mask = _row_mask(table, literals, partition)
+            table = table if mask is None else table.filter(mask)
         for name in partition_on:
-            if name in needed:
+            if name in (wanted if simple else needed):
                 value = pa.scalar(partition.get(name), schema.field(name).type)
                 table = table.append_column(schema.field(name), pa.repeat(value, table.num_rows))
-        mask = _row_mask(table, literals, partition) if simple else expression
-        return (table if mask is None else table.filter(mask)).select(wanted)
+        return (table if simple else table.filter(expression)).select(wanted)
 
     def read_some(some: Sequence[DataFile]) -> list[pa.Table | None]:
         return [read(f) for f in some]
