@@ -175,8 +175,7 @@ def _groups(footer: _Footer, literals: list[list[Literal]], partition: dict[str,
                 continue
             lo, hi, known = bounds
             try:
-                with np.errstate(invalid="ignore"):
-                    mask &= ~known | _may_hold(lit, lo, hi)
+                mask &= ~known | _may_hold(lit, lo, hi)
             except (TypeError, OverflowError):  # not comparable as numbers: not pruned
                 continue
         chosen |= mask
@@ -190,13 +189,13 @@ def _may_hold(lit: Literal, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
             out |= (lo <= v) & (v <= hi)
         return out
     v = lit.value
-    return {
-        "==": lambda: (lo <= v) & (v <= hi),
-        "<": lambda: lo < v,
-        "<=": lambda: lo <= v,
-        ">": lambda: hi > v,
-        ">=": lambda: hi >= v,
-    }[lit.op]()
+    if lit.op == "==":
+        return (lo <= v) & (v <= hi)
+    if lit.op == "<":
+        return lo < v
+    if lit.op == "<=":
+        return lo <= v
+    return hi > v if lit.op == ">" else hi >= v
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -252,15 +251,15 @@ def read_matching(
         groups = _groups(footer, literals, partition)
         if not groups:
             return None
-        parquet = pq.ParquetFile(
-            storage.full(f.path),
-            metadata=footer.metadata,
-            filesystem=storage.arrow_filesystem,
-            page_checksum_verification=True,
-            # reads coalesced ahead pay off over a network; on local disk they cost a fifth
-            pre_buffer=not storage.local,
-        )
-        table = parquet.read_row_groups(groups, columns=stored, use_threads=False)
+        with storage.arrow_filesystem.open_input_file(storage.full(f.path)) as source:
+            parquet = pq.ParquetFile(
+                source,
+                metadata=footer.metadata,
+                page_checksum_verification=True,
+                # reads coalesced ahead pay off over a network; on local disk they cost a fifth
+                pre_buffer=not storage.local,
+            )
+            table = parquet.read_row_groups(groups, columns=stored, use_threads=False)
         if simple:  # partition literals are answered per file: filter, then add the columns
             mask = _row_mask(table, literals, partition)
             table = table if mask is None else table.filter(mask)
