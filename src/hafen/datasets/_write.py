@@ -170,8 +170,10 @@ def stage_table(
         return StagedIndex.build(table, indices, coded, basename, encode_index)
 
     data = table.drop_columns(partition_on)
-    # the index is built (and encoded) while the files are written
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    if max_workers is None:
+        max_workers = (os.cpu_count() or 1) if storage.local else REMOTE_WORKERS
+    # the index is built (and encoded) on the threads writing the files, first: the longest job
+    with ThreadPoolExecutor(max(1, max_workers)) as pool:
         future = pool.submit(build_index) if indices else None
         written = _write_partitioned(
             storage,
@@ -185,7 +187,7 @@ def stage_table(
                 max(1, min(row_group_size, max_rows_per_file)),
             ),
             max_rows_per_file,
-            max_workers,
+            pool,
         )
         index = future.result() if future else None
     staged = StagedWrite(schema=table.schema, started=started)
@@ -319,12 +321,12 @@ def _write_partitioned(
     basename: str,
     options: _FileOptions,
     max_rows_per_file: int,
-    max_workers: int | None,
+    pool: ThreadPoolExecutor,
 ) -> list[tuple[str, int, int, pq.FileMetaData, str]]:
     """Write the rows of ``data`` in ``order`` (grouped by partition code) as one file per
     partition (more past ``max_rows_per_file``), ``table/<label>/<basename>-<i>.parquet``,
-    the files encoded in parallel; return each file's path, rows, size, footer and checksum.
-    The files written are deleted again when one of them fails."""
+    the files encoded in parallel on ``pool``; return each file's path, rows, size, footer and
+    checksum. The files written are deleted again when one of them fails."""
     codes, num_codes, label_of = coded
     counts = np.bincount(codes, minlength=num_codes)
     ends = np.cumsum(counts)
@@ -349,13 +351,10 @@ def _write_partitioned(
         part = data.slice(int(rows[0]), len(rows)) if contiguous else data.take(pa.array(rows))
         return (path, *_write_file_buffered(storage, path, part, options))
 
-    if max_workers is None:
-        max_workers = (os.cpu_count() or 1) if storage.local else REMOTE_WORKERS
     done: list[tuple[str, int, int, pq.FileMetaData, str]] = []
     try:
-        with ThreadPoolExecutor(max(1, min(max_workers, len(jobs)))) as pool:
-            for result in pool.map(write, jobs):
-                done.append(result)
+        for result in pool.map(write, jobs):
+            done.append(result)
     except BaseException:
         with contextlib.suppress(StorageError):
             storage.delete([path for path, _ in jobs])
