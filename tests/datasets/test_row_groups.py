@@ -30,6 +30,10 @@ def _table(n: int = 4000, seed: int = 0) -> pa.Table:
     )
 
 
+def _write(tmp_path, **options) -> hafen.Dataset:
+    return hafen.write_dataset(_table(), str(tmp_path / "ds"), partition_on=["part"], **options)
+
+
 def _scanned(ds: hafen.Dataset, predicates, columns=None) -> pa.Table:
     """What Arrow's dataset scanner reads for the same query."""
     with pytest.MonkeyPatch.context() as patch:
@@ -54,15 +58,7 @@ QUERIES = [
 
 @pytest.mark.parametrize("sort_by", [None, ["key"]])
 def test_lookups_read_the_rows_the_scanner_reads(tmp_path, sort_by):
-    table = _table()
-    ds = hafen.write_dataset(
-        table,
-        str(tmp_path / "ds"),
-        partition_on=["part"],
-        indices=["key"],
-        sort_by=sort_by,
-        row_group_size=200,
-    )
+    ds = _write(tmp_path, indices=["key"], sort_by=sort_by, row_group_size=200)
     hits = 0
     for predicates in QUERIES:
         for columns in (None, ["row", "key"], ["x"]):
@@ -77,9 +73,7 @@ def test_lookups_read_the_rows_the_scanner_reads(tmp_path, sort_by):
 
 
 def test_sorted_files_read_only_the_matching_row_groups(tmp_path, monkeypatch):
-    ds = hafen.write_dataset(
-        _table(), str(tmp_path / "ds"), partition_on=["part"], sort_by=["key"], row_group_size=200
-    )
+    ds = _write(tmp_path, sort_by=["key"], row_group_size=200)
     read: list[list[int]] = []
     original = _row_groups.pq.ParquetFile.read_row_groups
 
@@ -105,7 +99,7 @@ def test_a_column_added_later_falls_back_to_the_scanner(tmp_path):
 
 
 def test_a_damaged_or_missing_file_is_named(tmp_path):
-    ds = hafen.write_dataset(_table(), str(tmp_path / "ds"), partition_on=["part"])
+    ds = _write(tmp_path)
     predicates = [[("key", "==", 7)]]
     f = sorted(ds.files(predicates), key=lambda f: f.path)[0]
     path = tmp_path / "ds" / f.path
