@@ -283,6 +283,7 @@ class Dataset:
             self._partition_values,
             columns=columns,
             expression=expression,
+            literals=literals,
         )
 
     def read(

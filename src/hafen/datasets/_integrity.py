@@ -30,21 +30,17 @@ would be faster only through another dependency.
 from __future__ import annotations
 
 import functools
-import threading
 import zlib
 from collections.abc import Iterable
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pds
-import pyarrow.fs as pafs
 
 from hafen.datasets._actions import DataFile
 from hafen.datasets._schema import _normalize_type
 
 __all__ = [
     "DAMAGE",
-    "HashingFileSystem",
     "HashingSink",
     "checksum_of",
     "footer_problem",
@@ -123,86 +119,6 @@ class HashingSink:
     def stream(self) -> pa.NativeFile:
         """This sink as an Arrow output stream."""
         return pa.PythonFile(self, mode="w")
-
-
-class _HashingHandler(pafs.FileSystemHandler):
-    """A filesystem passing everything on to ``fs``, hashing the files it writes."""
-
-    def __init__(self, fs: pafs.FileSystem) -> None:
-        self.fs = fs
-        self.sinks: dict[str, HashingSink] = {}
-        self._lock = threading.Lock()
-
-    def get_type_name(self) -> str:
-        return f"hafen-hashing+{self.fs.type_name}"
-
-    def equals(self, other: Any) -> bool:
-        return self is other
-
-    def normalize_path(self, path: str) -> str:
-        return str(self.fs.normalize_path(path))
-
-    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return list(self.fs.get_file_info(paths))
-
-    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
-        return list(self.fs.get_file_info(selector))
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        self.fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path: str) -> None:
-        self.fs.delete_dir(path)
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self) -> None:
-        raise NotImplementedError("hafen never empties a filesystem's root")
-
-    def delete_file(self, path: str) -> None:
-        self.fs.delete_file(path)
-
-    def move(self, src: str, dest: str) -> None:
-        self.fs.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        self.fs.copy_file(src, dest)
-
-    def open_input_stream(self, path: str) -> pa.NativeFile:
-        return self.fs.open_input_stream(path)
-
-    def open_input_file(self, path: str) -> pa.NativeFile:
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path: str, metadata: Any) -> pa.NativeFile:
-        sink = HashingSink(self.fs.open_output_stream(path, metadata=metadata))
-        with self._lock:
-            self.sinks[path] = sink
-        return sink.stream()
-
-    def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
-        raise NotImplementedError("appending would change a file's checksum")
-
-
-class HashingFileSystem:
-    """An Arrow filesystem over ``fs`` that records the checksum of every file written through it.
-
-    >>> hashing = HashingFileSystem(storage.arrow_filesystem)  # doctest: +SKIP
-    >>> pds.write_dataset(..., filesystem=hashing.filesystem)  # doctest: +SKIP
-    >>> hashing.checksum(path)  # doctest: +SKIP
-    """
-
-    def __init__(self, fs: pafs.FileSystem) -> None:
-        self._handler = _HashingHandler(fs)
-        self.filesystem = pafs.PyFileSystem(self._handler)
-
-    def checksum(self, path: str) -> str:
-        """The checksum of the file written (and closed) at ``path``."""
-        sink = self._handler.sinks[path]
-        if not sink.closed:
-            raise RuntimeError(f"{path} is still being written")
-        return sink.checksum
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ which partition each row went to, without a second pass over the data.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +19,6 @@ from hafen.datasets._schema import partition_label
 __all__ = [
     "Codes",
     "hashed_codes",
-    "hive_names_like_hafen",
     "key_codes",
     "offsets",
     "one_chunk",
@@ -84,13 +82,6 @@ def split_by_partition(
     return [
         (combos[code], pa.concat_tables(pieces[code]).combine_chunks()) for code in sorted(pieces)
     ]
-
-
-def hive_names_like_hafen(field_: pa.Field) -> bool:
-    """True when Arrow's Hive directory names for this key are hafen's partition labels."""
-    return pa.types.is_integer(field_.type) and urllib.parse.quote(field_.name, safe="") == (
-        field_.name
-    )
 
 
 # a code per row for its partition, the number of codes, and the partition label of a code

@@ -18,6 +18,8 @@ import pyarrow.dataset as pds
 
 from hafen.datasets._actions import DataFile, DatasetState
 from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
+from hafen.datasets._predicates import Literal
+from hafen.datasets._row_groups import read_matching
 from hafen.datasets._storage import Storage
 from hafen.datasets._verify import corrupt_file, damaged_file, file_schema
 from hafen.errors import StorageError
@@ -36,8 +38,31 @@ def read_table(
     *,
     columns: list[str] | None,
     expression: pc.Expression | None,
+    literals: list[list[Literal]] | None = None,
 ) -> pa.Table:
-    """The rows of ``files`` matching ``expression``, with ``columns``, as one table."""
+    """The rows of ``files`` matching ``expression``, with ``columns``, as one table.
+
+    A lookup (``literals`` on a numeric column of the files) reads only the row groups whose
+    statistics may match (:mod:`hafen.datasets._row_groups`); other reads go through Arrow's
+    dataset scanner.
+    """
+    if literals and expression is not None:
+        try:
+            found = read_matching(
+                storage,
+                state,
+                files,
+                partition_values,
+                literals,
+                columns=columns,
+                expression=expression,
+            )
+        except FileNotFoundError as exc:
+            raise _missing_file(storage, state, exc) from exc
+        except DAMAGE as exc:
+            raise _read_error(storage, state, files, exc) from exc
+        if found is not None:
+            return found
     dataset = _arrow_dataset(storage, state, files, partition_values)
     try:
         table = dataset.to_table(columns=columns, filter=expression)

@@ -15,33 +15,32 @@ on the client (left ``None``, it is read where the call runs).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, file_label
 from hafen.datasets._indices import StagedIndex, file_entries, unique_values
-from hafen.datasets._integrity import HashingFileSystem, HashingSink, checksum_of
+from hafen.datasets._integrity import HashingSink, checksum_of
 from hafen.datasets._parquet import COMPRESSION, column_stats, dictionary_columns, file_stats
 from hafen.datasets._partitioning import (
     Codes,
-    hashed_codes,
-    hive_names_like_hafen,
     key_codes,
     offsets,
     one_chunk,
     split_by_partition,
 )
-from hafen.datasets._schema import NULL_PARTITION, partition_label
+from hafen.datasets._schema import partition_label
 from hafen.datasets._storage import Storage, map_storage_errors
 from hafen.errors import StorageError
 
@@ -130,9 +129,6 @@ def _write_file(
     return sink.size, sink.checksum
 
 
-_LABEL_COLUMN = "__hafen_partition__"
-
-
 def stage_table(
     storage: Storage,
     table: pa.Table,
@@ -148,9 +144,10 @@ def stage_table(
 ) -> StagedWrite:
     """Write ``table`` (already conformed to the dataset schema) as staged files.
 
-    Arrow's dataset writer splits the rows by partition and encodes the files on its own
-    threads (``max_workers=1`` keeps it to one); rows keep their order within a partition, or
-    are sorted by ``sort_by`` (each file then records that order in its Parquet metadata).
+    The rows are grouped by partition (and sorted by ``sort_by`` within each; each file then
+    records that order in its Parquet metadata), and the files are encoded and written on
+    ``max_workers`` threads (by default the cores for local files, more for remote stores;
+    ``max_workers=1`` keeps it to one). Rows keep their order within a partition otherwise.
     Each file's row count and column statistics come from the Parquet footer it wrote.
     With ``encode_index`` the index files are also encoded, ready for a commit of this write
     alone (:func:`hafen.datasets.write_dataset`); writes combined before their commit skip it.
@@ -162,60 +159,59 @@ def stage_table(
     dictionary = _dictionary_choice(dictionary)
     if table.num_rows == 0:
         return _stage_empty(storage, table, partition_on, dictionary)
-    if sort_by:  # grouped by partition too: Arrow's writer then splits contiguous runs
-        table = sort_rows(table, [*partition_on, *sort_by])
     keys = table.select(partition_on)
-    coded: Codes | None = None
-    partitioning: pds.Partitioning | None = None
-    data = table
-    if not partition_on:
-        coded = np.zeros(table.num_rows, dtype=np.int32), 1, lambda code: ""
-    elif all(hive_names_like_hafen(field_) for field_ in keys.schema):
-        # Arrow names these directories exactly as partition_label does: no codes to compute
-        partitioning = pds.HivePartitioning(
-            keys.schema, null_fallback=NULL_PARTITION, segment_encoding="none"
-        )
-    else:  # a dictionary column of hafen's labels becomes the directory path
-        coded = codes, _, label_of = hashed_codes(keys, partition_on)
-        labels = [label_of(code) for code in range(coded[1])]
-        data = table.drop_columns(partition_on).append_column(
-            _LABEL_COLUMN,
-            pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(labels)),
-        )
-        partitioning = pds.DirectoryPartitioning(
-            pa.schema([data.schema.field(_LABEL_COLUMN)]), segment_encoding="none"
-        )
+    coded: Codes = (
+        key_codes(keys, partition_on)
+        if partition_on
+        else (np.zeros(table.num_rows, dtype=np.int32), 1, lambda code: "")
+    )
     basename = uuid.uuid4().hex
 
     def build_index() -> StagedIndex:
-        return StagedIndex.build(
-            table, indices, coded or key_codes(keys, partition_on), basename, encode_index
-        )
+        return StagedIndex.build(table, indices, coded, basename, encode_index)
 
-    # the index is built (and encoded) while Arrow writes the files
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    data = table.drop_columns(partition_on)
+    if max_workers is None:
+        max_workers = (os.cpu_count() or 1) if storage.local else REMOTE_WORKERS
+    # the index is built (and encoded) on the threads writing the files, first: the longest job
+    with ThreadPoolExecutor(max(1, max_workers)) as pool:
         future = pool.submit(build_index) if indices else None
         written = _write_partitioned(
             storage,
             data,
-            partitioning,
+            _partition_order(table, coded, sort_by) if sort_by else None,
+            coded,
             basename,
-            dictionary_columns(table.drop_columns(partition_on), row_group_size, dictionary),
-            _sorting_columns(table.drop_columns(partition_on).schema, sort_by),
+            _FileOptions(
+                dictionary_columns(data, row_group_size, dictionary),
+                _sorting_columns(data.schema, sort_by),
+                max(1, min(row_group_size, max_rows_per_file)),
+            ),
             max_rows_per_file,
-            row_group_size,
-            max_workers,
+            pool,
         )
         index = future.result() if future else None
-    file_schema = table.drop_columns(partition_on).schema
     staged = StagedWrite(schema=table.schema, started=started)
     for path, num_rows, size, metadata, checksum in sorted(written):
         label = path[len("table/") :].rsplit("/", 1)[0] if partition_on else ""
-        stats = file_stats(metadata, file_schema)
+        stats = file_stats(metadata, data.schema)
         staged.files.append(DataFile(path, label, num_rows, size, -1, stats, checksum))
     if index is not None:
         staged.index_entries, staged.encoded_indices = index.complete(storage, staged.files)
     return staged
+
+
+def _partition_order(table: pa.Table, coded: Codes, sort_by: Sequence[str]) -> np.ndarray:
+    """The rows of ``table`` grouped by partition code, sorted by ``sort_by`` within."""
+    codes = coded[0]
+    keys = table.select(list(sort_by)).append_column(_CODE_COLUMN, pa.array(codes, pa.int32()))
+    order = _radix_order(keys, [_CODE_COLUMN, *sort_by])
+    if order is None:
+        return np.asarray(sort_order(keys, [_CODE_COLUMN, *sort_by])).astype(np.int64)
+    return order
+
+
+_CODE_COLUMN = "__hafen_partition_code__"
 
 
 def sort_rows(table: pa.Table, sort_by: Sequence[str]) -> pa.Table:
@@ -299,77 +295,151 @@ def _stage_empty(
     return staged
 
 
+#: A staged file's path, rows, size, footer and checksum.
+_Written = tuple[str, int, int, pq.FileMetaData, str]
+
+
+@dataclass(frozen=True)
+class _FileOptions:
+    """How each staged file is encoded."""
+
+    dictionary: list[str] | bool
+    sorting: list[pq.SortingColumn] | None
+    row_group_size: int
+
+
+#: Threads writing staged files to a remote store (the uploads wait on the network).
+REMOTE_WORKERS = 8
+
+
 def _write_partitioned(
     storage: Storage,
     data: pa.Table,
-    partitioning: pds.Partitioning | None,
+    order: np.ndarray | None,
+    coded: Codes,
     basename: str,
-    dictionary: list[str] | bool,
-    sorting: list[pq.SortingColumn] | None,
+    options: _FileOptions,
     max_rows_per_file: int,
-    row_group_size: int,
-    max_workers: int | None,
-) -> list[tuple[str, int, int, pq.FileMetaData, str]]:
-    """Write ``data`` with Arrow's dataset writer; return each file's path, rows, size, footer
-    and checksum (computed from the bytes as they are written)."""
-    base = storage.full("table")
-    written: list[tuple[str, int, int, pq.FileMetaData]] = []
-    # On local disk and in memory, Arrow writes natively and each file is hashed from the page
-    # cache as soon as it is closed, beside the files still being written: a Python sink under
-    # Arrow's writer threads costs a third of the write. Remote stores hash the bytes on their
-    # way out rather than download them again.
-    read_back = storage.modified_resolution == 0
-    hashing = None if read_back else HashingFileSystem(storage.arrow_filesystem)
-    hashers = ThreadPoolExecutor(1) if read_back else None
-    hashed: dict[str, Future[str]] = {}
+    pool: ThreadPoolExecutor,
+) -> list[_Written]:
+    """Write the rows of ``data`` grouped by partition code (in ``order`` when given, else in
+    their own order within each partition) as one file per partition (more past
+    ``max_rows_per_file``), ``table/<label>/<basename>-<i>.parquet``, the files encoded in
+    parallel on ``pool``; return each file's path, rows, size, footer and checksum. The files
+    written are deleted again when one of them fails."""
+    codes, num_codes, label_of = coded
+    jobs: list[tuple[str, Callable[[], pa.Table]]] = []
 
-    def visit(f: pds.WrittenFile) -> None:
-        if not f.path.startswith(base + "/"):
-            raise StorageError(f"{f.path}: written outside {base}")
-        path = f"table/{f.path[len(base) + 1 :]}"
-        written.append((path, f.metadata.num_rows, f.size, f.metadata))
-        if hashers is not None:
-            hashed[path] = hashers.submit(lambda: checksum_of(storage.read_bytes(path)))
+    def add(code: int, rows: int, part: Callable[[int, int], pa.Table]) -> None:
+        label = label_of(code)
+        for i, start in enumerate(range(0, rows, max_rows_per_file)):
+            name = f"{basename}-{i}.parquet"  # as StagedIndex guesses for a partition's first
+            path = f"table/{label}/{name}" if label else f"table/{name}"
+            jobs.append((path, partial(part, start, min(max_rows_per_file, rows - start))))
 
-    group = max(1, min(row_group_size, max_rows_per_file))
-    fmt = pds.ParquetFileFormat()
-    with map_storage_errors(base), hashers or contextlib.nullcontext():
-        pds.write_dataset(
-            # whole chunks, not Arrow's default 128Ki-row slices: a single chunk reaches its
-            # files in order by itself, and preserve_order (which costs a sixth of the write)
-            # is needed only to keep several chunks in order
-            pds.dataset(data).scanner(
-                batch_size=max(data.num_rows, 1), use_threads=max_workers != 1
-            ),
-            base,
-            format=fmt,
-            file_options=fmt.make_write_options(
-                compression=COMPRESSION,
-                use_dictionary=dictionary,
-                write_page_checksum=True,
-                sorting_columns=sorting,
-            ),
-            filesystem=storage.arrow_filesystem if hashing is None else hashing.filesystem,
-            partitioning=partitioning,
-            basename_template=basename + "-{i}.parquet",  # {i} counts files per directory
-            existing_data_behavior="overwrite_or_ignore",
-            max_rows_per_file=max_rows_per_file,
-            min_rows_per_group=group,
-            max_rows_per_group=group,
-            preserve_order=len(data.to_batches()) > 1,
-            max_partitions=max(1024, data.num_rows),  # Arrow's default is 1024
-            create_dir=storage.has_directories,
-            file_visitor=visit,
-        )
-    if hashing is None:
-        return [
-            (path, rows, size, metadata, hashed[path].result())
-            for path, rows, size, metadata in written
-        ]
-    return [
-        (path, rows, size, metadata, hashing.checksum(storage.full(path)))
-        for path, rows, size, metadata in written
-    ]
+    grouped = _grouped(data, coded, pool) if order is None else None
+    if grouped is not None:
+        for code, pieces in sorted(grouped.items()):
+            whole = pa.concat_tables(pieces)
+            add(code, whole.num_rows, partial(_rows_of, whole, None))
+    else:
+        if order is None and num_codes == 1:
+            order = np.arange(len(codes))
+        elif order is None:  # many partitions: one stable order of them all
+            narrow = codes.astype(np.uint16) if num_codes <= _DIGIT else codes
+            order = np.argsort(narrow, kind="stable")  # radix for 16-bit integers
+        if any(column.num_chunks > 1 for column in data.columns):
+            data = data.combine_chunks()  # a take from several chunks first concatenates them
+        counts = np.bincount(codes, minlength=num_codes)
+        ends = np.cumsum(counts)
+        for code in np.flatnonzero(counts).tolist():
+            rows = order[ends[code] - counts[code] : ends[code]]
+            add(code, len(rows), partial(_rows_of, data, rows))
+
+    def write(job: tuple[str, Callable[[], pa.Table]]) -> _Written:
+        path, part = job
+        return (path, *_write_file_buffered(storage, path, part(), options))
+
+    done: list[_Written] = []
+    try:
+        for result in pool.map(write, jobs):
+            done.append(result)
+    except BaseException:
+        with contextlib.suppress(StorageError):
+            storage.delete([path for path, _ in jobs])
+        raise
+    return done
+
+
+def _rows_of(data: pa.Table, order: np.ndarray | None, start: int, n: int) -> pa.Table:
+    """Rows ``start`` to ``start + n`` of ``data`` (in ``order`` when given) as one chunk."""
+    if order is None:
+        return data.slice(start, n).combine_chunks()
+    rows = order[start : start + n]
+    if rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(rows[1:] > rows[:-1])):
+        return data.slice(int(rows[0]), len(rows))  # one ascending run
+    return data.take(pa.array(rows))
+
+
+_BLOCK_ROWS = 1 << 16  # rows reordered at a time: small enough for the gather to stay in cache
+_MAX_BLOCK_CODES = 4096  # more partitions than this: one global order (fewer, larger pieces)
+
+
+def _grouped(
+    data: pa.Table, coded: Codes, pool: ThreadPoolExecutor
+) -> dict[int, list[pa.Table]] | None:
+    """Each partition code's rows of ``data`` in their order, as pieces reordered a block of
+    rows at a time on ``pool`` (about half the CPU of one gather over the whole table, whose
+    reads miss the cache); None for a single partition or too many to split this way."""
+    codes, num_codes, _ = coded
+    if num_codes == 1 or num_codes > _MAX_BLOCK_CODES:
+        return None
+    narrow = codes.astype(np.uint16)
+
+    def split(start: int) -> list[tuple[int, pa.Table]]:
+        block = narrow[start : start + _BLOCK_ROWS]
+        order = np.argsort(block, kind="stable")  # a radix sort for 16-bit integers
+        counts = np.bincount(block, minlength=num_codes)
+        reordered = data.slice(start, len(block)).take(pa.array(order))
+        found, offset = [], 0
+        for code in np.flatnonzero(counts).tolist():
+            found.append((code, reordered.slice(offset, int(counts[code]))))
+            offset += int(counts[code])
+        return found
+
+    grouped: dict[int, list[pa.Table]] = {}
+    for found in pool.map(split, range(0, len(codes), _BLOCK_ROWS)):
+        for code, piece in found:
+            grouped.setdefault(code, []).append(piece)
+    return grouped
+
+
+def _write_file_buffered(
+    storage: Storage, path: str, table: pa.Table, options: _FileOptions
+) -> tuple[int, int, pq.FileMetaData, str]:
+    """Encode ``table`` as a Parquet file in memory, hash it and store it at ``path``; return
+    its rows, size, footer and checksum. (Arrow encodes, and zlib hashes, without the GIL.)"""
+    buffer = pa.BufferOutputStream()
+    footer: list[pq.FileMetaData] = []
+    pq.write_table(
+        table,
+        buffer,
+        row_group_size=options.row_group_size,
+        compression=COMPRESSION,
+        use_dictionary=options.dictionary,
+        write_statistics=True,
+        write_page_checksum=True,
+        sorting_columns=options.sorting,
+        metadata_collector=footer,
+    )
+    data = buffer.getvalue()
+    checksum = checksum_of(memoryview(data))
+    full = storage.full(path)
+    with map_storage_errors(full):
+        storage.create_parent(full)
+        with storage.arrow_filesystem.open_output_stream(full) as out:
+            out.write(data)
+    return table.num_rows, data.size, footer[0], checksum
 
 
 class StagingWriter:

@@ -1,0 +1,129 @@
+"""Lookups that read only the row groups that may match, with footers kept per process: the same
+rows as Arrow's dataset scanner, errors naming damaged and missing files, and the fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import hafen
+from hafen.datasets import _row_groups, _scan
+from hafen.errors import CorruptDataError, StorageError
+
+
+def _table(n: int = 4000, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    key = rng.integers(-300, 300, n)
+    return pa.table(
+        {
+            "part": pa.array(
+                [None if i % 97 == 0 else int(v) for i, v in enumerate(rng.integers(0, 3, n))],
+                pa.int64(),
+            ),
+            "key": pa.array(key, mask=rng.random(n) < 0.05),
+            "big": pa.array(rng.integers(0, 2**64 - 1, n, dtype=np.uint64), pa.uint64()),
+            "x": rng.normal(size=n),
+            "name": pa.array(rng.choice(["b", "a", None, "c"], n).tolist(), pa.string()),
+            "row": np.arange(n),
+        }
+    )
+
+
+def _write(tmp_path, **options) -> hafen.Dataset:
+    return hafen.write_dataset(_table(), str(tmp_path / "ds"), partition_on=["part"], **options)
+
+
+def _scanned(ds: hafen.Dataset, predicates, columns=None) -> pa.Table:
+    """What Arrow's dataset scanner reads for the same query."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_scan, "read_matching", lambda *a, **k: None)
+        return ds.read_arrow(columns, predicates=predicates)
+
+
+QUERIES = [
+    [[("key", "==", 7)]],
+    [[("key", "==", 7)], [("key", "==", -250)]],
+    [[("key", ">=", 100), ("key", "<", 120)]],
+    [[("key", "in", [3, 5, 299, 1000])]],
+    [[("key", "==", 7), ("part", "==", 1)]],
+    [[("key", "<=", -290)], [("part", "==", None), ("key", ">", 0)]],
+    [[("key", "==", 5), ("name", "==", "a")]],  # a string literal beside: Arrow's filter
+    [[("key", "==", 5), ("part", "!=", 1)]],
+    [[("x", ">", 2.5)]],
+    [[("big", ">", 2**64 - 2**60)]],
+    [[("key", "==", 100_000)]],  # in no row group
+]
+
+
+@pytest.mark.parametrize("sort_by", [None, ["key"]])
+def test_lookups_read_the_rows_the_scanner_reads(tmp_path, sort_by):
+    ds = _write(tmp_path, indices=["key"], sort_by=sort_by, row_group_size=200)
+    hits = 0
+    for predicates in QUERIES:
+        for columns in (None, ["row", "key"], ["x"]):
+            hits += _row_groups.footer_cache_info()["hits"]
+            _row_groups.clear_footers()
+            want = _scanned(ds, predicates, columns)
+            for _ in range(2):  # the footers read, then kept
+                got = ds.read_arrow(columns, predicates=predicates)
+                assert got.schema == want.schema, predicates
+                assert got.equals(want), (predicates, columns)
+    assert hits > 0
+
+
+def test_sorted_files_read_only_the_matching_row_groups(tmp_path, monkeypatch):
+    ds = _write(tmp_path, sort_by=["key"], row_group_size=200)
+    read: list[list[int]] = []
+    original = _row_groups.pq.ParquetFile.read_row_groups
+
+    def spy(self, groups, *args, **kwargs):
+        read.append(list(groups))
+        return original(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(_row_groups.pq.ParquetFile, "read_row_groups", spy)
+    got = ds.read_arrow(predicates=[[("key", "==", 7)]])
+    assert got.num_rows == _scanned(ds, [[("key", "==", 7)]]).num_rows > 0
+    assert read and all(len(groups) <= 2 for groups in read)  # of about 7 per file
+
+
+def test_a_column_added_later_falls_back_to_the_scanner(tmp_path):
+    url = str(tmp_path / "ds")
+    table = _table(500)
+    hafen.write_dataset(table.drop_columns(["x"]), url, partition_on=["part"])
+    ds = hafen.write_dataset(table, url, mode="append", schema_mode="merge")
+    predicates = [[("key", ">", 200)]]
+    got = ds.read_arrow(predicates=predicates)
+    assert got.equals(_scanned(ds, predicates))
+    assert got.column("x").null_count > 0
+
+
+def test_a_damaged_or_missing_file_is_named(tmp_path):
+    ds = _write(tmp_path)
+    predicates = [[("key", "==", 7)]]
+    f = sorted(ds.files(predicates), key=lambda f: f.path)[0]
+    path = tmp_path / "ds" / f.path
+    original = path.read_bytes()
+    where = f"{ds.url}/{f.path}"
+    # a damaged footer, before it was kept
+    _row_groups.clear_footers()
+    path.write_bytes(original[:-8] + (len(original) * 2).to_bytes(4, "little") + original[-4:])
+    with pytest.raises(CorruptDataError) as caught:
+        ds.read_arrow(predicates=predicates)
+    assert caught.value.path == where
+    # a damaged page after the footer was kept: an error, never other values
+    path.write_bytes(original)
+    want = ds.read_arrow(predicates=predicates)
+    meta = _row_groups.pq.ParquetFile(path).metadata
+    chunk = meta.row_group(0).column(meta.schema.names.index("x"))
+    damaged = bytearray(original)
+    damaged[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0x04
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptDataError) as caught:
+        ds.read_arrow(predicates=predicates)
+    assert caught.value.path == where
+    path.unlink()
+    with pytest.raises(StorageError, match="missing file"):
+        ds.read_arrow(predicates=predicates)
+    path.write_bytes(original)
+    assert ds.read_arrow(predicates=predicates).equals(want)
