@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# the suite's processes: each test file runs whole on one of them
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test dask-tests lint docs venv-dev soak clean
 
@@ -35,7 +37,7 @@ docs: venv-dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint docs
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) dask-tests
 
 # Dask's own tests (distributed's steal, scheduler, resources, semaphore and active memory
