@@ -164,3 +164,12 @@ def test_a_version_too_big_for_anything_is_one_line(tmp_path):
             "VersionNotFoundError" in result.output and "versions are below 2**63" in result.output
         )
         assert "Traceback" not in result.output
+
+
+def test_a_long_path_is_printed_on_one_line(tmp_path):
+    deep = tmp_path / ("a-directory-with-a-long-name-" * 3)
+    url = make(deep)
+    shown = run("dataset", "show", url)
+    assert f"{url}  version 1  (" in shown
+    verified = run("dataset", "verify", url)
+    assert f"{url} version 1: 6 data files" in verified

@@ -31,8 +31,10 @@ __all__ = [
     "scheduler_option",
 ]
 
-console = Console()
-err_console = Console(stderr=True)
+# Lines of text are never broken by the console (the terminal wraps them): a path, a URL or a
+# key printed on one line stays one piece to copy or grep. Tables still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: Seconds a command that only reads from a scheduler waits to reach it.
 CONNECT_TIMEOUT = 10
