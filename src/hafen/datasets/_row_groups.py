@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState
+from hafen.datasets._indices import clear_index_footers
 from hafen.datasets._integrity import DAMAGE, footer_problem
 from hafen.datasets._predicates import Literal
 from hafen.datasets._storage import Storage
@@ -114,10 +115,11 @@ _stats = {"hits": 0, "misses": 0}
 
 
 def clear_footers() -> None:
-    """Forget every kept footer (a test's cold start)."""
+    """Forget every kept footer, of data files and of index files (a new process's start)."""
     with _lock:
         _footers.clear()
         _stats.update(hits=0, misses=0)
+    clear_index_footers()
 
 
 def footer_cache_info() -> dict[str, int]:
