@@ -301,6 +301,8 @@ def read_matching(
             )
             table = parquet.read_row_groups(groups, columns=stored, use_threads=False)
         if together:
+            if table.column_names != stored:  # in the order of every other file's
+                table = table.select(stored)
             if table.num_rows > _FILTER_AS_READ_ROWS:  # bound what is held until the mask
                 mask = _row_mask(table, literals, partition)
                 table = table if mask is None else table.filter(mask)
@@ -331,7 +333,10 @@ def read_matching(
         for j, table in enumerate(batch):
             tables[i + j * workers] = table
     if together:
-        return _filter_together(tables, files, literals, partition_values, wanted, out_schema)
+        plain = pa.schema([schema.field(n) for n in stored])
+        return _filter_together(
+            tables, files, literals, partition_values, wanted, out_schema, plain
+        )
     found = [t for t in tables if t is not None and t.num_rows]
     if not found:
         return out_schema.empty_table()
@@ -345,14 +350,20 @@ def _filter_together(
     partition_values: Callable[[str], dict[str, Any]],
     wanted: list[str],
     out_schema: pa.Schema,
+    plain: pa.Schema,
 ) -> pa.Table:
     """The rows of each file's ``tables`` (its chosen row groups, in the files' order) matching
     ``literals``, none of them on a partition column, filtered by one mask over all of them;
-    the partition columns are added to the rows kept."""
+    the partition columns are added to the rows kept. ``plain`` is the schema of the tables
+    without dictionaries."""
     kept = [(t, f) for t, f in zip(tables, files, strict=True) if t is not None and t.num_rows]
     if not kept:
         return out_schema.empty_table()
-    whole = pa.concat_tables([t for t, _ in kept]) if len(kept) > 1 else kept[0][0]
+    pieces = [t for t, _ in kept]
+    if any(t.schema != pieces[0].schema for t in pieces):
+        # a string column stored with a dictionary in some files, without in others: decoded
+        pieces = [t.cast(plain) for t in pieces]
+    whole = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
     mask = _row_mask(whole, literals, {})
     if mask is not None:
         flags = pc.fill_null(mask, False)  # Kleene: a null drops the row
