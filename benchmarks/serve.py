@@ -392,16 +392,22 @@ def summarize(
 
 
 def in_process(root: Path, keys: list[tuple[int, int]]) -> dict[str, float]:
-    """The fast path's own cost, without HTTP: a first lookup of a key (its file already
-    prepared) and a repeated one (the cached body), in microseconds."""
+    """The fast path's own cost, without HTTP, in microseconds of CPU: the first lookup of a
+    store (its file read from storage and prepared: uncached), a first lookup of a key (its
+    file already prepared) and a repeated one (the cached body)."""
     from hafen.serve import create_app
     from hafen.serve._fast import parse_lookup
 
     app = create_app(str(root))
     sample = keys[:2000]
     queries = [f"store_id={s}&product_id={p}".encode() for s, p in sample]
-    for s in sorted({s for s, _ in sample}):
-        app.answer(f"store_id={s}&product_id=1".encode())  # prepare every file first
+    stores = sorted({s for s, _ in sample})
+    app.answer(f"store_id={stores[0]}&product_id=1".encode())  # the dataset opened
+    # the first lookup of each other store: its file read from storage and prepared
+    began = time.process_time()
+    for s in stores[1:]:
+        app.answer(f"store_id={s}&product_id=1".encode())
+    uncached_us = (time.process_time() - began) / max(1, len(stores) - 1) * 1e6
     ds = app.state.registry.get("forecasts")
     parsed = [parse_lookup(q) for q in queries]
     began = time.process_time()
@@ -414,7 +420,11 @@ def in_process(root: Path, keys: list[tuple[int, int]]) -> dict[str, float]:
     for q in queries:
         app.answer(q)
     cached_us = (time.process_time() - began) / len(queries) * 1e6
-    return {"first_lookup_us": round(render_us, 1), "cached_lookup_us": round(cached_us, 1)}
+    return {
+        "uncached_lookup_us": round(uncached_us, 1),
+        "first_lookup_us": round(render_us, 1),
+        "cached_lookup_us": round(cached_us, 1),
+    }
 
 
 def main() -> None:

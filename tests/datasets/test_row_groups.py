@@ -127,3 +127,116 @@ def test_a_damaged_or_missing_file_is_named(tmp_path):
         ds.read_arrow(predicates=predicates)
     path.write_bytes(original)
     assert ds.read_arrow(predicates=predicates).equals(want)
+
+
+def _spy_reads(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``ParquetFile`` the lookups open."""
+    opened: list[dict] = []
+    original = _row_groups.pq.ParquetFile.__init__
+
+    def spy(self, source, *args, **kwargs):
+        opened.append(kwargs)
+        original(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(_row_groups.pq.ParquetFile, "__init__", spy)
+    return opened
+
+
+def test_dictionary_strings_are_read_as_dictionaries_and_decoded_once_kept(tmp_path, monkeypatch):
+    ds = _write(tmp_path, sort_by=["key"], row_group_size=200)
+    opened = _spy_reads(monkeypatch)
+    for predicates in QUERIES[:4]:
+        got = ds.read_arrow(predicates=predicates)
+        want = _scanned(ds, predicates)
+        assert got.schema == want.schema and got.column("name").type == pa.string()
+        assert got.equals(want), predicates
+    lookups = [kw for kw in opened if "pre_buffer" in kw]  # the lookups' own reads
+    assert lookups and all(kw.get("read_dictionary") == ["name"] for kw in lookups)
+
+
+def test_files_with_and_without_a_dictionary_read_together(tmp_path):
+    """A string column with a dictionary in one file and plain (every value distinct) in
+    another: the lookup's rows are the scanner's."""
+    url = str(tmp_path / "ds")
+    table = _table(600)
+    hafen.write_dataset(table, url, partition_on=["part"], sort_by=["key"], row_group_size=100)
+    n = 600
+    unique = table.set_column(
+        table.schema.get_field_index("name"), "name", pa.array([f"n{i}" for i in range(n)])
+    )
+    ds = hafen.write_dataset(unique, url, mode="append", sort_by=["key"], row_group_size=100)
+    for predicates in ([[("key", ">=", 0), ("key", "<", 40)]], [[("key", "in", [3, 9, -7])]]):
+        for columns in (None, ["name", "part"], ["part"]):
+            got = ds.read_arrow(columns, predicates=predicates)
+            assert got.equals(_scanned(ds, predicates, columns)), (predicates, columns)
+
+
+def test_a_lookup_reading_only_partition_columns(tmp_path):
+    ds = _write(tmp_path, indices=["key"], sort_by=["key"], row_group_size=200)
+    for predicates in ([[("key", "==", 7)]], [[("key", "<", -200)], [("key", "==", 5)]]):
+        got = ds.read_arrow(["part"], predicates=predicates)
+        assert got.equals(_scanned(ds, predicates, ["part"]))
+        assert got.num_rows > 0
+
+
+def test_index_footers_are_kept_and_cleared(tmp_path, monkeypatch):
+    from hafen.datasets import _indices
+
+    ds = _write(tmp_path, indices=["key"], sort_by=["key"], row_group_size=200)
+    _row_groups.clear_footers()
+    assert _indices.index_footer_info() == {"size": 0, "hits": 0, "misses": 0}
+    want = _scanned(ds, [[("key", "==", 7)]])
+    assert _indices.index_footer_info()["size"] == 1
+    for _ in range(3):
+        assert ds.read_arrow(predicates=[[("key", "==", 7)]]).equals(want)
+    info = _indices.index_footer_info()
+    assert info["size"] == 1 and info["hits"] >= 3
+    assert _row_groups.footer_cache_info()["size"] > 0
+    _row_groups.clear_footers()  # both kinds of footers
+    assert _indices.index_footer_info()["size"] == 0
+    assert _row_groups.footer_cache_info()["size"] == 0
+
+
+def test_index_lookups_read_only_the_index_row_groups_that_may_match(tmp_path, monkeypatch):
+    from hafen.datasets import _indices
+
+    monkeypatch.setattr(_indices, "_INDEX_GROUP_LABELS", 64)
+    n = 6000  # 6,000 values in 3 files: index row groups of 1,024 values
+    table = pa.table({"part": np.arange(n) % 3, "key": np.arange(n) * 3 - 9000})
+    ds = hafen.write_dataset(table, str(tmp_path / "ds"), partition_on=["part"], indices=["key"])
+    (part,) = ds.state.live_index_parts("key")
+    groups = _indices.pq.ParquetFile(tmp_path / "ds" / part.path).metadata.num_row_groups
+    assert groups > 4
+    read: list[int] = []
+    original = _indices.pq.ParquetFile.read_row_group
+
+    def spy(self, i, *args, **kwargs):
+        read.append(i)
+        return original(self, i, *args, **kwargs)
+
+    monkeypatch.setattr(_indices.pq.ParquetFile, "read_row_group", spy)
+    for values in ([3], [-8997, 8991], [4]):
+        read.clear()
+        holding = {
+            f.path
+            for f in ds.files()
+            if set(values) & set(ds.read_arrow(files=[f]).column("key").to_pylist())
+        }
+        assert {f.path for f in ds.files([[("key", "in", values)]])} == holding
+        assert len(read) <= len(values)
+
+
+def test_a_kept_index_footer_still_finds_damaged_pages(tmp_path):
+    ds = _write(tmp_path, indices=["key"])
+    (part,) = ds.state.live_index_parts("key")
+    path = tmp_path / "ds" / part.path
+    _row_groups.clear_footers()
+    assert ds.index_lookup("key", [7])  # its footer kept
+    data = bytearray(path.read_bytes())
+    meta = _row_groups.pq.ParquetFile(path).metadata
+    chunk = meta.row_group(0).column(1)  # the labels
+    data[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptDataError, match="index file") as caught:
+        ds.index_lookup("key", [7])
+    assert caught.value.path.endswith(part.path)

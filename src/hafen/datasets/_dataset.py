@@ -49,9 +49,14 @@ def storage_for(
     return Storage(str(url), options)
 
 
-def _decoded_stats(state: DatasetState, f: DataFile) -> dict[str, tuple[Any, Any, int]]:
+def _decoded_stats(
+    state: DatasetState, f: DataFile, columns: set[str] | None = None
+) -> dict[str, tuple[Any, Any, int]]:
+    """The log's statistics of ``f`` as values of the columns' types (only ``columns``)."""
     out = {}
     for column, (lo, hi, nulls) in f.stats.items():
+        if columns is not None and column not in columns:
+            continue
         index = state.schema.get_field_index(column)
         if index < 0:
             continue
@@ -176,7 +181,9 @@ class Dataset:
     def _may_hold(self, conjunction: list[Literal], f: DataFile) -> bool:
         """Whether ``f`` may hold rows matching ``conjunction``, by its log entry alone."""
         partition = self._partition_values(f.partition)
-        stats = _decoded_stats(self._state, f) if f.stats else {}
+        # only the statistics of the columns the conjunction names outside the partition
+        named = {lit.column for lit in conjunction if lit.column not in partition}
+        stats = _decoded_stats(self._state, f, named) if f.stats and named else {}
         return could_match(conjunction, partition, stats)
 
     def index_lookup(self, column: str, values: Sequence[Any]) -> set[str]:

@@ -16,6 +16,8 @@ the rows (:mod:`hafen.datasets._partitioning`), so building an index takes no se
 
 from __future__ import annotations
 
+import collections
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,11 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState, IndexPart, file_label
-from hafen.datasets._integrity import DAMAGE, parquet_format
+from hafen.datasets._integrity import DAMAGE
 from hafen.datasets._partitioning import Codes, offsets, one_chunk, work_type
 from hafen.datasets._predicates import Literal
 from hafen.datasets._storage import Storage, map_storage_errors
@@ -39,10 +40,12 @@ from hafen.errors import CorruptDataError, HafenWarning, StorageError
 __all__ = [
     "StagedIndex",
     "allowed_labels",
+    "clear_index_footers",
     "distinct_pairs",
     "encode_index_part",
     "file_entries",
     "index_entries",
+    "index_footer_info",
     "index_lookup",
     "index_table",
     "read_index_part",
@@ -391,10 +394,99 @@ def _read_index_part(storage: Storage, part: IndexPart, values: list[Any] | None
 
 
 def _read_index_values(storage: Storage, full: str, values: list[Any]) -> pa.Table:
-    dataset = pds.dataset(full, format=parquet_format(), filesystem=storage.arrow_filesystem)
-    field_ = dataset.schema.field(0)
-    type_ = field_.type.value_type if pa.types.is_dictionary(field_.type) else field_.type
-    return dataset.to_table(filter=pc.field(field_.name).isin(pa.array(values, type=type_)))
+    """The row groups of index file ``full`` whose value statistics admit one of ``values``
+    (all its rows of other values too: the caller filters), its footer kept per process."""
+    with storage.arrow_filesystem.open_input_file(full) as source:
+        key = (full, source.size())
+        footer = _kept_index_footer(key)
+        if footer is None:
+            footer = _IndexFooter(pq.read_metadata(source))
+        groups = footer.groups(values)
+        if groups:
+            reader = pq.ParquetFile(
+                source,
+                metadata=footer.metadata,
+                page_checksum_verification=True,
+                pre_buffer=not storage.local,
+            )
+            # one group at a time: the labels' dictionaries differ between row groups, and
+            # Arrow reads a list of dictionaries from several groups at once only as one chunk
+            pieces = [reader.read_row_group(g, use_threads=False) for g in groups]
+            table = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+        else:
+            table = footer.metadata.schema.to_arrow_schema().empty_table()
+    _keep_index_footer(key, footer)  # read without error: kept
+    return table
+
+
+@dataclass
+class _IndexFooter:
+    """An index file's footer and each row group's bounds of its value column."""
+
+    metadata: pq.FileMetaData
+    _bounds: list[tuple[Any, Any] | None] | None = None
+
+    def groups(self, values: list[Any]) -> list[int]:
+        """The row groups that may hold one of ``values`` (all without usable statistics)."""
+        if self._bounds is None:
+            bounds: list[tuple[Any, Any] | None] = []
+            for i in range(self.metadata.num_row_groups):
+                st = self.metadata.row_group(i).column(0).statistics
+                known = st is not None and st.has_min_max
+                bounds.append((st.min, st.max) if known else None)
+            self._bounds = bounds
+        chosen = []
+        for i, bound in enumerate(self._bounds):
+            if bound is None:
+                chosen.append(i)
+                continue
+            lo, hi = bound
+            try:
+                if any(lo <= v <= hi for v in values):
+                    chosen.append(i)
+            except TypeError:  # not comparable with the statistics: read the group
+                chosen.append(i)
+        return chosen
+
+
+#: Index files' footers kept per process (least recently used out first), keyed by the file's
+#: path and size: an index file is written once under a name of its own.
+MAX_INDEX_FOOTERS = 1024
+
+_index_footers: collections.OrderedDict[tuple[str, int], _IndexFooter] = collections.OrderedDict()
+_index_lock = threading.Lock()
+_index_stats = {"hits": 0, "misses": 0}
+
+
+def _kept_index_footer(key: tuple[str, int]) -> _IndexFooter | None:
+    with _index_lock:
+        kept = _index_footers.get(key)
+        if kept is None:
+            _index_stats["misses"] += 1
+            return None
+        _index_footers.move_to_end(key)
+        _index_stats["hits"] += 1
+        return kept
+
+
+def _keep_index_footer(key: tuple[str, int], footer: _IndexFooter) -> None:
+    with _index_lock:
+        _index_footers[key] = footer
+        while len(_index_footers) > MAX_INDEX_FOOTERS:
+            _index_footers.popitem(last=False)
+
+
+def clear_index_footers() -> None:
+    """Forget every kept index footer."""
+    with _index_lock:
+        _index_footers.clear()
+        _index_stats.update(hits=0, misses=0)
+
+
+def index_footer_info() -> dict[str, int]:
+    """Index footers kept, and lookups of them that found one (hits) or read it (misses)."""
+    with _index_lock:
+        return {"size": len(_index_footers), **_index_stats}
 
 
 # --- a commit's index parts, and lookups ------------------------------------------------------

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState
+from hafen.datasets._indices import clear_index_footers
 from hafen.datasets._integrity import DAMAGE, footer_problem
 from hafen.datasets._predicates import Literal
 from hafen.datasets._storage import Storage
@@ -61,6 +62,26 @@ class _Footer:
     _bounds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = field(
         default_factory=dict
     )
+    _matches: dict[tuple[str, ...], bool] = field(default_factory=dict)
+
+    def matches(self, stored: Sequence[str], schema: pa.Schema) -> bool:
+        """Whether every column of ``stored`` is in the file with the type of ``schema``."""
+        key = tuple(stored)
+        known = self._matches.get(key)
+        if known is None:
+            known = True
+            for name in stored:
+                index = self.schema.get_field_index(name)
+                if index < 0 or self.schema.field(index).type != schema.field(name).type:
+                    known = False
+                    break
+            self._matches[key] = known
+        return known
+
+    def dictionary_encoded(self, column: str, groups: Sequence[int]) -> bool:
+        """Whether ``column`` is stored with a dictionary page in each of ``groups``."""
+        leaf = self.metadata.schema.names.index(column)
+        return all(self.metadata.row_group(g).column(leaf).has_dictionary_page for g in groups)
 
     def bounds(self, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Each row group's (minimum, maximum, whether both are known) of a numeric column,
@@ -94,10 +115,11 @@ _stats = {"hits": 0, "misses": 0}
 
 
 def clear_footers() -> None:
-    """Forget every kept footer (a test's cold start)."""
+    """Forget every kept footer, of data files and of index files (a new process's start)."""
     with _lock:
         _footers.clear()
         _stats.update(hits=0, misses=0)
+    clear_index_footers()
 
 
 def footer_cache_info() -> dict[str, int]:
@@ -201,6 +223,14 @@ def _may_hold(lit: Literal, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
+#: Threads reading a lookup's files on local disk: one per core (Arrow decodes without the
+#: GIL; more threads only share the cores). Remote stores wait on the network: twice as many.
+LOCAL_THREADS = os.cpu_count() or 1
+
+#: Files whose chosen row groups hold more rows than this are filtered as they are read (each
+#: by itself); smaller ones are filtered together, by one mask over all of them.
+_FILTER_AS_READ_ROWS = 1 << 16
+
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
@@ -223,7 +253,12 @@ def read_matching(
     expression: pc.Expression,
 ) -> pa.Table | None:
     """The rows of ``files`` matching ``literals`` (``expression``), reading only the row groups
-    whose statistics may match; None when the read is not a lookup this path answers."""
+    whose statistics may match; None when the read is not a lookup this path answers.
+
+    When no literal is on a partition column, the files' rows are filtered together (one mask
+    over all of them, instead of one per file), and string columns stored with a dictionary
+    are read as dictionaries, so that only the rows kept are decoded to strings.
+    """
     schema = state.schema
     partition_on = list(state.partition_on)
     if not files or not _prunes(literals, partition_on, schema):
@@ -239,18 +274,22 @@ def read_matching(
         for conjunction in literals
         for lit in conjunction
     )
+    # no literal on a partition column: one mask for the rows of every file
+    together = simple and not any(
+        lit.column in partition_on for conjunction in literals for lit in conjunction
+    )
+    strings = [n for n in stored if together and _is_string(schema.field(n).type)]
     out_schema = pa.schema([schema.field(n) for n in wanted])
 
     def read(f: DataFile) -> pa.Table | None:
         footer = _footer(storage, f, expected)
-        for name in stored:
-            index = footer.schema.get_field_index(name)
-            if index < 0 or footer.schema.field(index).type != schema.field(name).type:
-                raise _NotALookup  # a column to fill or cast: Arrow's scanner does that
+        if not footer.matches(stored, schema):
+            raise _NotALookup  # a column to fill or cast: Arrow's scanner does that
         partition = partition_values(f.partition)
         groups = _groups(footer, literals, partition)
         if not groups:
             return None
+        dictionaries = [n for n in strings if footer.dictionary_encoded(n, groups)]
         with storage.arrow_filesystem.open_input_file(storage.full(f.path)) as source:
             parquet = pq.ParquetFile(
                 source,
@@ -258,8 +297,16 @@ def read_matching(
                 page_checksum_verification=True,
                 # reads coalesced ahead pay off over a network; on local disk they cost a fifth
                 pre_buffer=not storage.local,
+                read_dictionary=dictionaries or None,
             )
             table = parquet.read_row_groups(groups, columns=stored, use_threads=False)
+        if together:
+            if table.column_names != stored:  # in the order of every other file's
+                table = table.select(stored)
+            if table.num_rows > _FILTER_AS_READ_ROWS:  # bound what is held until the mask
+                mask = _row_mask(table, literals, partition)
+                table = table if mask is None else table.filter(mask)
+            return table
         if simple:  # partition literals are answered per file: filter, then add the columns
             mask = _row_mask(table, literals, partition)
             table = table if mask is None else table.filter(mask)
@@ -272,10 +319,12 @@ def read_matching(
     def read_some(some: Sequence[DataFile]) -> list[pa.Table | None]:
         return [read(f) for f in some]
 
-    workers = min(len(files), _executor()._max_workers)
+    threads = LOCAL_THREADS if storage.local else _executor()._max_workers
+    workers = max(1, min(len(files), threads))
     batches = [files[i::workers] for i in range(workers)]
     try:
-        results = list(_executor().map(read_some, batches))
+        pooled = workers > 1
+        results = list(_executor().map(read_some, batches)) if pooled else [read_some(files)]
     except _NotALookup:
         return None
     # back in the files' order
@@ -283,10 +332,64 @@ def read_matching(
     for i, batch in enumerate(results):
         for j, table in enumerate(batch):
             tables[i + j * workers] = table
+    if together:
+        plain = pa.schema([schema.field(n) for n in stored])
+        return _filter_together(
+            tables, files, literals, partition_values, wanted, out_schema, plain
+        )
     found = [t for t in tables if t is not None and t.num_rows]
     if not found:
         return out_schema.empty_table()
     return (pa.concat_tables(found) if len(found) > 1 else found[0]).cast(out_schema)
+
+
+def _filter_together(
+    tables: list[pa.Table | None],
+    files: Sequence[DataFile],
+    literals: list[list[Literal]],
+    partition_values: Callable[[str], dict[str, Any]],
+    wanted: list[str],
+    out_schema: pa.Schema,
+    plain: pa.Schema,
+) -> pa.Table:
+    """The rows of each file's ``tables`` (its chosen row groups, in the files' order) matching
+    ``literals``, none of them on a partition column, filtered by one mask over all of them;
+    the partition columns are added to the rows kept. ``plain`` is the schema of the tables
+    without dictionaries."""
+    kept = [(t, f) for t, f in zip(tables, files, strict=True) if t is not None and t.num_rows]
+    if not kept:
+        return out_schema.empty_table()
+    pieces = [t for t, _ in kept]
+    if any(t.schema != pieces[0].schema for t in pieces):
+        # a string column stored with a dictionary in some files, without in others: decoded
+        pieces = [t.cast(plain) for t in pieces]
+    whole = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+    mask = _row_mask(whole, literals, {})
+    if mask is not None:
+        flags = pc.fill_null(mask, False)  # Kleene: a null drops the row
+        chunks = flags.chunks if isinstance(flags, pa.ChunkedArray) else [flags]
+        keep = np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks])
+        whole = whole.filter(pa.array(keep))
+    else:
+        keep = None
+    added = [f for f in out_schema if f.name not in whole.column_names]
+    if added:
+        starts = np.cumsum([0] + [t.num_rows for t, _ in kept[:-1]])
+        rows_per_file = (
+            np.add.reduceat(keep, starts).astype(np.int64)
+            if keep is not None
+            else np.array([t.num_rows for t, _ in kept], dtype=np.int64)
+        )
+        which = pa.array(np.repeat(np.arange(len(kept), dtype=np.int32), rows_per_file))
+        for field_ in added:
+            values = [partition_values(f.partition).get(field_.name) for _, f in kept]
+            column = pa.array(values, field_.type).take(which)
+            whole = whole.append_column(field_, column)
+    return whole.select(wanted).cast(out_schema)
+
+
+def _is_string(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_binary(type_)
 
 
 _COMPARE = {

@@ -15,9 +15,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
+import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState
-from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
+from hafen.datasets._integrity import DAMAGE, footer_problem, fragment_problem, parquet_format
 from hafen.datasets._predicates import Literal
 from hafen.datasets._row_groups import read_matching
 from hafen.datasets._storage import Storage
@@ -43,9 +44,19 @@ def read_table(
     """The rows of ``files`` matching ``expression``, with ``columns``, as one table.
 
     A lookup (``literals`` on a numeric column of the files) reads only the row groups whose
-    statistics may match (:mod:`hafen.datasets._row_groups`); other reads go through Arrow's
-    dataset scanner.
+    statistics may match (:mod:`hafen.datasets._row_groups`); a read of a few whole files
+    (a service's first read of a file) reads each by itself (:func:`_read_whole`); other reads
+    go through Arrow's dataset scanner.
     """
+    if expression is None and len(files) <= _DIRECT_FILES:
+        try:
+            whole = _read_whole(storage, state, files, partition_values, columns)
+        except FileNotFoundError as exc:
+            raise _missing_file(storage, state, exc) from exc
+        except DAMAGE as exc:
+            raise _read_error(storage, state, files, exc) from exc
+        if whole is not None:
+            return whole
     if literals and expression is not None:
         try:
             found = read_matching(
@@ -83,6 +94,71 @@ def read_table(
             storage, state, files, StorageError(f"{storage.url}: read {table.num_rows} rows")
         )
     return table
+
+
+#: Reads of at most this many whole files read each by itself, without the set-up of Arrow's
+#: dataset scanner (which costs more than reading one small file).
+_DIRECT_FILES = 4
+
+
+def _read_whole(
+    storage: Storage,
+    state: DatasetState,
+    files: Sequence[DataFile],
+    partition_values: PartitionValues,
+    columns: list[str] | None,
+) -> pa.Table | None:
+    """Every row of ``files``, with ``columns``, each file read by itself; None when a file
+    needs a column cast or filled, or only partition columns are asked for (Arrow's scanner
+    does those). Each file's footer is read and checked against the log on every read (none
+    is kept: a footer damaged since an earlier read is found), and its pages against their
+    checksums."""
+    schema = state.schema
+    partition_on = list(state.partition_on)
+    if not files or any(pa.types.is_dictionary(schema.field(c).type) for c in partition_on):
+        return None
+    wanted = list(columns) if columns is not None else schema.names
+    stored = [n for n in wanted if n not in partition_on]
+    if not stored:
+        return None
+    expected = file_schema(state)
+    out_schema = pa.schema([schema.field(n) for n in wanted])
+    tables = []
+    for f in files:
+        with storage.arrow_filesystem.open_input_file(storage.full(f.path)) as source:
+            parquet = pq.ParquetFile(
+                source,
+                page_checksum_verification=True,
+                pre_buffer=not storage.local,
+            )
+            try:
+                metadata = parquet.metadata
+                physical = parquet.schema_arrow
+                groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+                problem = footer_problem(f, physical, metadata.num_rows, groups, expected)
+            except DAMAGE as exc:
+                problem = f"has a damaged footer ({type(exc).__name__}: {exc})"
+            if problem is not None:
+                raise corrupt_file(storage, f.path, "data file", problem)
+            for name in stored:
+                index = physical.get_field_index(name)
+                if index < 0 or physical.field(index).type != schema.field(name).type:
+                    return None  # a column to fill or cast
+            table = parquet.read(columns=stored, use_threads=False)
+        if table.num_rows != f.num_rows:
+            raise _read_error(
+                storage, state, [f], StorageError(f"{f.path}: read {table.num_rows} rows")
+            )
+        if len(stored) < len(wanted):
+            partition = partition_values(f.partition)
+            for name in partition_on:
+                if name in wanted:
+                    value = pa.scalar(partition.get(name), schema.field(name).type)
+                    table = table.append_column(
+                        schema.field(name), pa.repeat(value, table.num_rows)
+                    )
+        tables.append(table.select(wanted))
+    return (pa.concat_tables(tables) if len(tables) > 1 else tables[0]).cast(out_schema)
 
 
 def scan_batches(
