@@ -38,10 +38,9 @@ import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState
 from hafen.datasets._indices import clear_index_footers
-from hafen.datasets._integrity import DAMAGE, footer_problem
 from hafen.datasets._predicates import Literal
 from hafen.datasets._storage import Storage
-from hafen.datasets._verify import corrupt_file, file_schema
+from hafen.datasets._verify import checked_footer, file_schema
 
 __all__ = ["MAX_FOOTERS", "clear_footers", "footer_cache_info", "read_matching"]
 
@@ -140,15 +139,7 @@ def _footer(storage: Storage, f: DataFile, expected: pa.Schema) -> _Footer:
             return kept
         _stats["misses"] += 1
     metadata = pq.read_metadata(full, filesystem=storage.arrow_filesystem)
-    try:
-        schema = metadata.schema.to_arrow_schema()
-        groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-        problem = footer_problem(f, schema, metadata.num_rows, groups, expected)
-    except DAMAGE as exc:
-        problem = f"has a damaged footer ({type(exc).__name__}: {exc})"
-    if problem is not None:
-        raise corrupt_file(storage, f.path, "data file", problem)
-    footer = _Footer(metadata, schema)
+    footer = _Footer(metadata, checked_footer(storage, f, metadata, expected))
     if f.checksum is not None:  # hafen wrote it, under a name of its own: it never changes
         with _lock:
             _footers[key] = footer

@@ -8,6 +8,7 @@ this module reads them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -18,11 +19,11 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState
-from hafen.datasets._integrity import DAMAGE, footer_problem, fragment_problem, parquet_format
+from hafen.datasets._integrity import DAMAGE, fragment_problem, parquet_format
 from hafen.datasets._predicates import Literal
 from hafen.datasets._row_groups import read_matching
 from hafen.datasets._storage import Storage
-from hafen.datasets._verify import corrupt_file, damaged_file, file_schema
+from hafen.datasets._verify import checked_footer, corrupt_file, damaged_file, file_schema
 from hafen.errors import StorageError
 
 __all__ = ["read_table", "scan_batches"]
@@ -49,16 +50,12 @@ def read_table(
     go through Arrow's dataset scanner.
     """
     if expression is None and len(files) <= _DIRECT_FILES:
-        try:
+        with _read_errors(storage, state, files):
             whole = _read_whole(storage, state, files, partition_values, columns)
-        except FileNotFoundError as exc:
-            raise _missing_file(storage, state, exc) from exc
-        except DAMAGE as exc:
-            raise _read_error(storage, state, files, exc) from exc
         if whole is not None:
             return whole
     if literals and expression is not None:
-        try:
+        with _read_errors(storage, state, files):
             found = read_matching(
                 storage,
                 state,
@@ -68,19 +65,11 @@ def read_table(
                 columns=columns,
                 expression=expression,
             )
-        except FileNotFoundError as exc:
-            raise _missing_file(storage, state, exc) from exc
-        except DAMAGE as exc:
-            raise _read_error(storage, state, files, exc) from exc
         if found is not None:
             return found
     dataset = _arrow_dataset(storage, state, files, partition_values)
-    try:
+    with _read_errors(storage, state, files):
         table = dataset.to_table(columns=columns, filter=expression)
-    except FileNotFoundError as exc:
-        raise _missing_file(storage, state, exc) from exc
-    except DAMAGE as exc:
-        raise _read_error(storage, state, files, exc) from exc
     # Arrow keeps the footers it read: checking them against the log reads nothing more
     expected = file_schema(state)
     by_path = {storage.full(f.path): f for f in files}
@@ -131,15 +120,7 @@ def _read_whole(
                 page_checksum_verification=True,
                 pre_buffer=not storage.local,
             )
-            try:
-                metadata = parquet.metadata
-                physical = parquet.schema_arrow
-                groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-                problem = footer_problem(f, physical, metadata.num_rows, groups, expected)
-            except DAMAGE as exc:
-                problem = f"has a damaged footer ({type(exc).__name__}: {exc})"
-            if problem is not None:
-                raise corrupt_file(storage, f.path, "data file", problem)
+            physical = checked_footer(storage, f, parquet.metadata, expected)
             for name in stored:
                 index = physical.get_field_index(name)
                 if index < 0 or physical.field(index).type != schema.field(name).type:
@@ -201,10 +182,8 @@ def _checked(
             tagged = next(batches)
         except StopIteration:
             break
-        except FileNotFoundError as exc:
-            raise _missing_file(storage, state, exc) from exc
-        except DAMAGE as exc:
-            raise _read_error(storage, state, files, exc) from exc
+        except (FileNotFoundError, *DAMAGE) as exc:
+            raise _failed_read(storage, state, files, exc) from exc
         path = tagged.fragment.path
         if path not in rows:
             problem = fragment_problem(tagged.fragment, by_path[path], expected)
@@ -256,6 +235,25 @@ def _partition_expression(values: tuple[tuple[str, Any, pa.DataType], ...]) -> p
         else:
             expr = expr & (pc.field(column) == pa.scalar(value, type=type_))
     return expr
+
+
+@contextlib.contextmanager
+def _read_errors(
+    storage: Storage, state: DatasetState, files: Sequence[DataFile]
+) -> Iterator[None]:
+    """Turn a failed read of ``files`` into hafen's error (:func:`_failed_read`)."""
+    try:
+        yield
+    except (FileNotFoundError, *DAMAGE) as exc:
+        raise _failed_read(storage, state, files, exc) from exc
+
+
+def _failed_read(
+    storage: Storage, state: DatasetState, files: Sequence[DataFile], exc: BaseException
+) -> StorageError:
+    if isinstance(exc, FileNotFoundError):
+        return _missing_file(storage, state, exc)
+    return _read_error(storage, state, files, exc)
 
 
 def _missing_file(storage: Storage, state: DatasetState, exc: FileNotFoundError) -> StorageError:

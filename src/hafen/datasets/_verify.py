@@ -24,7 +24,14 @@ from hafen.datasets._integrity import DAMAGE, checksum_of, footer_problem
 from hafen.datasets._storage import Storage
 from hafen.errors import CorruptDataError, StorageError
 
-__all__ = ["FileCheck", "VerifyReport", "check_data_file", "check_index_file", "verify_files"]
+__all__ = [
+    "FileCheck",
+    "VerifyReport",
+    "check_data_file",
+    "check_index_file",
+    "checked_footer",
+    "verify_files",
+]
 
 _BATCH_ROWS = 64 * 1024
 REMOTE_WORKERS = 8
@@ -203,6 +210,23 @@ def damaged_file(
             problem = f"{check.problem} (the read failed: {type(failure).__name__}: {hint})"
             return corrupt_file(storage, f.path, "data file", problem)
     return None
+
+
+def checked_footer(
+    storage: Storage, f: DataFile, metadata: pq.FileMetaData, expected: pa.Schema
+) -> pa.Schema:
+    """The Arrow schema of data file ``f``'s footer ``metadata``, after checking the footer
+    against what the log records of ``f``; :class:`CorruptDataError` naming the file if it
+    disagrees or is damaged."""
+    try:
+        schema = metadata.schema.to_arrow_schema()
+        groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        problem = footer_problem(f, schema, metadata.num_rows, groups, expected)
+    except DAMAGE as exc:
+        problem = f"has a damaged footer ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        raise corrupt_file(storage, f.path, "data file", problem)
+    return schema
 
 
 def corrupt_file(storage: Storage, path: str, kind: str, problem: str) -> CorruptDataError:
