@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -11,12 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import hafen
+from hafen.datasets import _write
 from hafen.datasets._actions import file_label
 from hafen.datasets._dataset import storage_for
 from hafen.datasets._indices import encode_index_part
 from hafen.datasets._parquet import column_stats
 from hafen.datasets._partitioning import split_by_partition
 from hafen.datasets._schema import partition_label
+from hafen.datasets._storage._base import Storage
 from hafen.datasets._write import StagingWriter, stage_table
 from hafen.datasets._write_dataset import commit_staged
 
@@ -303,3 +306,35 @@ def test_distinct_per_group_estimate(distinct, sample, total, rows, low, high):
     from hafen.datasets._parquet import _distinct_per_group
 
     assert low <= _distinct_per_group(distinct, sample, total, rows) <= high
+
+
+def test_a_failed_write_leaves_no_file_of_its_own_not_even_one_in_flight(tmp_path, monkeypatch):
+    """One file fails while another is still being written: the delete of the write's files
+    waits for that one, so no file of the failed write is left behind."""
+    original = _write._write_file_buffered
+    in_flight, failed, deleted = threading.Event(), threading.Event(), threading.Event()
+
+    def write_file(storage, path, table, options):
+        if "part=0" in path:
+            assert in_flight.wait(30), "the other file never started"
+            failed.set()
+            raise OSError("the disk is full")
+        in_flight.set()
+        assert failed.wait(30)
+        deleted.wait(2)  # a delete that does not wait for this file comes first: it outlives it
+        return original(storage, path, table, options)
+
+    real_delete = Storage.delete
+
+    def delete(self, paths):
+        deleted.set()
+        return real_delete(self, paths)
+
+    monkeypatch.setattr(_write, "_write_file_buffered", write_file)
+    monkeypatch.setattr(Storage, "delete", delete)
+    storage = storage_for(str(tmp_path / "ds"))
+    table = pa.table({"part": [0, 1, 0, 1], "x": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(OSError, match="the disk is full"):
+        stage_table(storage, table, partition_on=["part"], max_workers=2)
+    assert deleted.is_set()
+    assert not [p for p in (tmp_path / "ds").rglob("*") if p.is_file()]

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -389,15 +389,17 @@ def _write_partitioned(
         path, part = job
         return (path, *_write_file_buffered(storage, path, part(), options))
 
-    done: list[_Written] = []
+    futures = [pool.submit(write, job) for job in jobs]
     try:
-        for result in pool.map(write, jobs):
-            done.append(result)
+        return [future.result() for future in futures]
     except BaseException:
+        for future in futures:
+            future.cancel()
+        # files still being written land first, or they would outlive the delete
+        wait(futures)
         with contextlib.suppress(StorageError):
             storage.delete([path for path, _ in jobs])
         raise
-    return done
 
 
 def _rows_of(data: pa.Table, order: np.ndarray | None, start: int, n: int) -> pa.Table:
