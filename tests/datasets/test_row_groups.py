@@ -4,6 +4,7 @@ rows as Arrow's dataset scanner, errors naming damaged and missing files, and th
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -240,3 +241,56 @@ def test_a_kept_index_footer_still_finds_damaged_pages(tmp_path):
     with pytest.raises(CorruptDataError, match="index file") as caught:
         ds.index_lookup("key", [7])
     assert caught.value.path.endswith(part.path)
+
+
+def _holds(values: np.ndarray, op: str, value: object) -> np.ndarray:
+    if op == "in":
+        return np.isin(values, value)
+    return {"==": values == value, ">=": values >= value, "<": values < value}[op]
+
+
+PREDICATES = [
+    [[("k", "==", 7)]],
+    [[("k", ">=", 100), ("k", "<", 140)]],
+    [[("k", "in", [1, 2, 3, 499])]],
+    [[("k", "==", 7), ("p", "==", 3)]],
+    [[("k", "==", 7)], [("k", "==", 9)]],
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("layout", [{}, {"sort_by": ["k"], "row_group_size": 2048}])
+def test_lookups_equal_a_filter_of_the_whole_table(tmp_path, seed, layout):
+    """Lookups over many files (row groups chosen, rows filtered together, dictionary strings
+    with nulls, partition columns added back per file) return exactly the rows pandas keeps."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40_000))
+    df = pd.DataFrame(
+        {
+            "p": rng.integers(0, 7, n),
+            "q": rng.choice(["x", "y"], n),
+            "k": rng.integers(0, 500, n),
+            "s": rng.choice(np.array(["fig", "pear", None], dtype=object), n),
+            "v": rng.normal(size=n),
+        }
+    )
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(df, url, partition_on=["p", "q"], indices=["k"], **layout)
+    cols = ["p", "q", "k", "v"]
+    for predicates in PREDICATES:
+        for cold in (True, False):
+            if cold:
+                _row_groups.clear_footers()
+            got = hafen.open_dataset(url).read(predicates=predicates)
+            keep = np.zeros(n, dtype=bool)
+            for conjunction in predicates:
+                rows = np.ones(n, dtype=bool)
+                for column, op, value in conjunction:
+                    rows &= _holds(df[column].to_numpy(), op, value)
+                keep |= rows
+            expected = df[keep].sort_values(cols).reset_index(drop=True)
+            found = got[[*cols, "s"]].astype({"p": "int64", "q": "object"})
+            found = found.sort_values(cols).reset_index(drop=True)
+            pd.testing.assert_frame_equal(
+                found, expected[[*cols, "s"]], check_dtype=False, check_categorical=False
+            )
