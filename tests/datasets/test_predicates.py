@@ -130,6 +130,24 @@ def test_predicates_equal_pandas(dataset, predicates):
     assert canon(got) == canon(expected), predicates
 
 
+@pytest.mark.parametrize(
+    "predicates",
+    [
+        [[("n", "==", -3), ("region", "not in", [None])]],
+        [[("x", "==", -0.3), ("region", "not in", [None, "east"])]],
+        [[("n", "==", -3), ("region", "not in", ["east"])]],
+    ],
+)
+def test_a_lookup_with_not_in_null_on_a_partition_column_leaves_out_its_null_partition(
+    dataset, predicates
+):
+    """A data-column lookup beside ``not in [None, ...]`` on a partition column: the null
+    partition's rows are left out (they were returned when a file's partition was decided
+    by the literal alone), and kept when None is not among the values."""
+    df, ds = dataset
+    assert canon(ds.read(predicates=predicates)) == canon(pandas_filter(df, predicates))
+
+
 def test_every_op_appears():
     from hafen.datasets._predicates import OPS
 
@@ -162,3 +180,18 @@ def test_nanosecond_timestamps_are_not_truncated(tmp_path, tz, op):
     compare |= {">": operator.gt, ">=": operator.ge}
     expected = df[compare[op](df["ts"], value)]
     assert sorted(got["ts"]) == sorted(expected["ts"])
+
+
+@pytest.mark.parametrize(
+    "predicates",
+    [[[("region", "not in", [None])]], [[("region", "not in", [None, "east"])]]],
+)
+def test_delete_not_in_null_keeps_the_null_partition(tmp_path, predicates):
+    """``not in`` with None among its values never matches a null partition value, so a delete
+    keeps that partition's rows (the whole partition was dropped as matching)."""
+    df = frame()
+    ds = hafen.write_dataset(df, str(tmp_path / "ds"), partition_on=["day", "shop", "region"])
+    kept = ds.delete(predicates).read()
+    expected = df.drop(pandas_filter(df, predicates).index)
+    assert canon(kept) == canon(expected)
+    assert kept["region"].isna().sum() == df["region"].isna().sum() > 0

@@ -3,7 +3,8 @@
 A predicate is a list of AND-lists of ``(column, op, value)`` literals; a row matches when any
 AND-list matches. The semantics are those of a pandas filter: ``==``, ``<``, ``<=``, ``>``,
 ``>=`` and ``in`` never match a null, while ``!=`` and ``not in`` do (pandas' ``NaN != x`` is
-True). ``("c", "==", None)`` matches nulls, ``("c", "!=", None)`` non-nulls.
+True), unless None is among the values of ``in`` (it then matches nulls) or ``not in`` (it then
+leaves them out). ``("c", "==", None)`` matches nulls, ``("c", "!=", None)`` non-nulls.
 
 Literals compare exactly (see :mod:`hafen.datasets._coerce`): ``("id", "==", 1.5)`` matches no
 integer, ``("id", "<", 1.5)`` the ids up to 1, and a literal of another kind is refused.
@@ -41,8 +42,8 @@ class Literal:
         """Evaluate the literal on one (partition) value with pandas semantics."""
         if self.op == "in":
             return any(_equal(actual, v) for v in self.value)
-        if self.op == "not in":
-            return actual is None or not any(_equal(actual, v) for v in self.value)
+        if self.op == "not in":  # a null is in the values when None is among them
+            return not any(_equal(actual, v) for v in self.value)
         if self.value is None:
             return (actual is None) == (self.op == "==")
         if actual is None:
