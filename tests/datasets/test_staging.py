@@ -338,3 +338,55 @@ def test_a_failed_write_leaves_no_file_of_its_own_not_even_one_in_flight(tmp_pat
         stage_table(storage, table, partition_on=["part"], max_workers=2)
     assert deleted.is_set()
     assert not [p for p in (tmp_path / "ds").rglob("*") if p.is_file()]
+
+
+def test_a_dictionary_is_chosen_only_where_it_halves_the_bytes():
+    from hafen.datasets._parquet import dictionary_columns
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    table = pa.table(
+        {
+            "ids": rng.integers(0, 50_000, n),  # 43% distinct per 100k rows: a third smaller
+            "few": rng.integers(0, 1_000, n),
+            "names": pa.array(np.char.add("item-", rng.integers(0, 1000, n).astype(str))),
+            "floats": rng.random(n),
+        }
+    )
+    assert dictionary_columns(table, 100_000) == ["few", "names"]
+    # in groups of 2,000 rows most values are distinct: no dictionary pays for itself
+    assert dictionary_columns(table, 2_000) == []
+    assert dictionary_columns(table, 2_000, "always") is True
+
+
+def test_dictionaries_are_chosen_for_the_rows_of_a_partition():
+    from hafen.datasets._write import _rows_per_partition
+
+    rng = np.random.default_rng(0)
+    even = rng.integers(0, 100, 1_000_000).astype(np.int32)
+    assert 9_000 < _rows_per_partition((even, 100, str)) < 11_000
+    skewed = np.concatenate([np.zeros(900_000, np.int32), np.arange(1, 100_001, dtype=np.int32)])
+    assert _rows_per_partition((skewed, 100_001, str)) > 700_000  # most rows are in one file
+    assert _rows_per_partition((np.zeros(10, np.int32), 1, str)) == 10
+
+
+def test_integers_without_a_dictionary_are_delta_encoded(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400_000
+    table = pa.table(
+        {
+            "part": rng.integers(0, 4, n),
+            "ids": rng.integers(0, 50_000, n),  # no dictionary: delta
+            "few": rng.integers(0, 10, n),  # a dictionary
+            "x": rng.random(n),
+        }
+    )
+    ds = hafen.write_dataset(table, str(tmp_path / "ds"), partition_on=["part"])
+    path = next((tmp_path / "ds" / "table").rglob("*.parquet"))
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(3)}
+    assert "DELTA_BINARY_PACKED" in encodings["ids"]
+    assert "RLE_DICTIONARY" in encodings["few"]
+    assert "DELTA_BINARY_PACKED" not in encodings["x"]
+    order = [("x", "ascending")]
+    assert ds.read_arrow().sort_by(order).equals(table.select(ds.schema.names).sort_by(order))

@@ -81,9 +81,11 @@ def dictionary_columns(
     Arrow dictionary-encodes every column until a dictionary outgrows its page (1 MiB), so a
     column of distinct floats gets a dictionary as large as its data, which costs time to build
     and bytes to store. A strided sample of each column estimates how many distinct values a
-    row group of ``rows_per_group`` rows holds; the column is dictionary-encoded when that is
-    at most half of its rows. Categorical columns always are. ``choice="always"`` (the
-    ``parquet_dictionary`` setting, read by the caller), or a nested schema, keeps Arrow's default.
+    row group of ``rows_per_group`` rows holds; the column is dictionary-encoded when its
+    dictionary and indices would take at most half the bytes of its plain values (building a
+    dictionary is the costliest part of encoding a column: it has to pay for itself).
+    Categorical columns always are. ``choice="always"`` (the ``parquet_dictionary`` setting,
+    read by the caller), or a nested schema, keeps Arrow's default.
     """
     if choice == "always" or any(pa.types.is_nested(t) for t in table.schema.types):
         return True
@@ -92,8 +94,9 @@ def dictionary_columns(
     positions = np.linspace(0, n - 1, min(n, _DICTIONARY_SAMPLE), dtype=np.int64)
     chosen = []
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if pa.types.is_dictionary(column.type) or n == 0:
-            chosen.append(name)
+        type_ = column.type
+        if pa.types.is_dictionary(type_) or pa.types.is_boolean(type_) or n == 0:
+            chosen.append(name)  # a categorical; or a type Parquet never gives a dictionary
             continue
         sample = _take_sorted(column, positions) if n > _DICTIONARY_SAMPLE else column
         size = len(sample) - sample.null_count
@@ -101,9 +104,27 @@ def dictionary_columns(
             distinct = pc.count_distinct(sample).as_py()
         except pa.ArrowNotImplementedError:  # a type Arrow cannot count (null): its default
             distinct = 0
-        if _distinct_per_group(distinct, size, n, rows) <= rows / 2:
+        per_group = _distinct_per_group(distinct, size, n, rows)
+        if size == 0 or _dictionary_pays(per_group, rows, _plain_bytes(sample, size)):
             chosen.append(name)
     return chosen
+
+
+def _plain_bytes(sample: pa.Array | pa.ChunkedArray, size: int) -> float:
+    """Bytes per non-null value of ``sample`` in Parquet's PLAIN encoding, about."""
+    try:
+        return sample.type.bit_width / 8
+    except ValueError:  # variable width: the values and a 4-byte length each
+        buffers = sample.chunks if isinstance(sample, pa.ChunkedArray) else [sample]
+        values = sum(int(pc.sum(pc.binary_length(b)).as_py() or 0) for b in buffers)
+        return values / size + 4
+
+
+def _dictionary_pays(distinct: float, rows: int, value_bytes: float) -> bool:
+    """Whether ``distinct`` values of ``value_bytes`` each, plus an index per row, take at most
+    half the bytes of ``rows`` plain values."""
+    index_bits = max(1, math.ceil(math.log2(max(2.0, distinct))))
+    return distinct * value_bytes + rows * index_bits / 8 <= rows * value_bytes / 2
 
 
 def _take_sorted(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:

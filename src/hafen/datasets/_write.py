@@ -182,7 +182,14 @@ def stage_table(
             _partition_order(table, coded, sort_by) if sort_by else None,
             coded,
             basename,
-            _file_options(data, sort_by, row_group_size, max_rows_per_file, dictionary),
+            _file_options(
+                data,
+                sort_by,
+                row_group_size,
+                max_rows_per_file,
+                _rows_per_partition(coded),
+                dictionary,
+            ),
             max_rows_per_file,
             pool,
         )
@@ -260,16 +267,29 @@ def _radix_order(table: pa.Table, sort_by: Sequence[str]) -> np.ndarray | None:
     return order
 
 
+def _rows_per_partition(coded: Codes) -> int:
+    """The rows in the partition of a row picked at random, on average (from a sample)."""
+    codes, num_codes, _ = coded
+    if num_codes == 1:
+        return len(codes)
+    sample = codes[:: max(1, len(codes) // 4096)]
+    share = np.bincount(sample) / len(sample)
+    return max(1, int(len(codes) * float(share @ share)))
+
+
 def _file_options(
     data: pa.Table,
     sort_by: Sequence[str],
     row_group_size: int,
     max_rows_per_file: int,
+    rows_per_partition: int,
     dictionary: str,
 ) -> _FileOptions:
-    """How the files of ``data`` (partition columns dropped) are encoded."""
-    chosen = dictionary_columns(data, row_group_size, dictionary)
-    delta = _delta_columns(data.schema, sort_by) if chosen is not True else []
+    """How the files of ``data`` (partition columns dropped) are encoded: dictionaries are
+    chosen for row groups of ``rows_per_partition`` rows at most, as the files will hold."""
+    groups = min(row_group_size, max_rows_per_file, rows_per_partition)
+    chosen = dictionary_columns(data, groups, dictionary)
+    delta = _delta_columns(data.schema, sort_by, chosen)
     if isinstance(chosen, list):
         chosen = [c for c in chosen if c not in delta]
     return _FileOptions(
@@ -280,14 +300,21 @@ def _file_options(
     )
 
 
-def _delta_columns(schema: pa.Schema, sort_by: Sequence[str]) -> list[str]:
-    """The integer columns of ``sort_by`` in files of ``schema``: sorted, their successive
-    values differ little, and DELTA_BINARY_PACKED stores them in a few bits each (smaller
-    files, cheaper to decode than a dictionary or plain values; plateau, DuckDB and polars
-    read it)."""
+def _delta_columns(
+    schema: pa.Schema, sort_by: Sequence[str], dictionary: list[str] | bool
+) -> list[str]:
+    """The integer columns of files of ``schema`` that DELTA_BINARY_PACKED stores: those of
+    ``sort_by`` (sorted, successive values differ little: a few bits each) and those without a
+    ``dictionary`` (unsorted too: the differences of ids between 0 and 50,000 take 18 bits
+    against plain's 64, and decode faster than a dictionary or snappy-compressed plain values);
+    none when Arrow's choice of dictionaries is kept (``True``). plateau, DuckDB and polars
+    read it."""
+    if isinstance(dictionary, bool):
+        return []
+    names = [*sort_by, *(f.name for f in schema if f.name not in dictionary)]
     return [
         name
-        for name in dict.fromkeys(sort_by)
+        for name in dict.fromkeys(names)
         if schema.get_field_index(name) >= 0 and pa.types.is_integer(schema.field(name).type)
     ]
 
@@ -366,11 +393,11 @@ def _write_partitioned(
             path = f"table/{label}/{name}" if label else f"table/{name}"
             jobs.append((path, partial(part, start, min(max_rows_per_file, rows - start))))
 
-    grouped = _grouped(data, coded, pool) if order is None else None
-    if grouped is not None:
-        for code, pieces in sorted(grouped.items()):
-            whole = pa.concat_tables(pieces)
-            add(code, whole.num_rows, partial(_rows_of, whole, None))
+    blocks = _grouped(data, coded, pool) if order is None else None
+    if blocks is not None:
+        rows = blocks.rows()
+        for code in np.flatnonzero(rows).tolist():
+            add(code, int(rows[code]), partial(blocks.partition, code))
     else:
         if order is None and num_codes == 1:
             order = np.arange(len(codes))
@@ -402,10 +429,8 @@ def _write_partitioned(
         raise
 
 
-def _rows_of(data: pa.Table, order: np.ndarray | None, start: int, n: int) -> pa.Table:
-    """Rows ``start`` to ``start + n`` of ``data`` (in ``order`` when given) as one chunk."""
-    if order is None:
-        return data.slice(start, n).combine_chunks()
+def _rows_of(data: pa.Table, order: np.ndarray, start: int, n: int) -> pa.Table:
+    """Rows ``start`` to ``start + n`` of ``data`` in ``order``."""
     rows = order[start : start + n]
     if rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(rows[1:] > rows[:-1])):
         return data.slice(int(rows[0]), len(rows))  # one ascending run
@@ -416,33 +441,49 @@ _BLOCK_ROWS = 1 << 16  # rows reordered at a time: small enough for the gather t
 _MAX_BLOCK_CODES = 4096  # more partitions than this: one global order (fewer, larger pieces)
 
 
-def _grouped(
-    data: pa.Table, coded: Codes, pool: ThreadPoolExecutor
-) -> dict[int, list[pa.Table]] | None:
-    """Each partition code's rows of ``data`` in their order, as pieces reordered a block of
-    rows at a time on ``pool`` (about half the CPU of one gather over the whole table, whose
-    reads miss the cache); None for a single partition or too many to split this way."""
+def _grouped(data: pa.Table, coded: Codes, pool: ThreadPoolExecutor) -> _Blocks | None:
+    """The rows of ``data`` reordered by partition code a block of rows at a time on ``pool``
+    (about half the CPU of one gather over the whole table, whose reads miss the cache); None
+    for a single partition or too many to split this way."""
     codes, num_codes, _ = coded
     if num_codes == 1 or num_codes > _MAX_BLOCK_CODES:
         return None
     narrow = codes.astype(np.uint16)
 
-    def split(start: int) -> list[tuple[int, pa.Table]]:
+    def split(start: int) -> tuple[pa.Table, np.ndarray]:
         block = narrow[start : start + _BLOCK_ROWS]
         order = np.argsort(block, kind="stable")  # a radix sort for 16-bit integers
-        counts = np.bincount(block, minlength=num_codes)
-        reordered = data.slice(start, len(block)).take(pa.array(order))
-        found, offset = [], 0
-        for code in np.flatnonzero(counts).tolist():
-            found.append((code, reordered.slice(offset, int(counts[code]))))
-            offset += int(counts[code])
-        return found
+        bounds = np.zeros(num_codes + 1, dtype=np.int64)
+        np.cumsum(np.bincount(block, minlength=num_codes), out=bounds[1:])
+        # the order is a permutation of the block's rows: Arrow need not check its bounds
+        return pc.take(data.slice(start, len(block)), pa.array(order), boundscheck=False), bounds
 
-    grouped: dict[int, list[pa.Table]] = {}
-    for found in pool.map(split, range(0, len(codes), _BLOCK_ROWS)):
-        for code, piece in found:
-            grouped.setdefault(code, []).append(piece)
-    return grouped
+    reordered, bounds = zip(*pool.map(split, range(0, len(codes), _BLOCK_ROWS)), strict=True)
+    return _Blocks(list(reordered), np.stack(bounds))
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Blocks of rows, each reordered by partition code: the rows of code ``c`` in block ``b``
+    are ``tables[b][bounds[b, c] : bounds[b, c + 1]]``."""
+
+    tables: list[pa.Table]
+    bounds: np.ndarray
+
+    def rows(self) -> np.ndarray:
+        """The rows of each code."""
+        return np.diff(self.bounds, axis=1).sum(axis=0)
+
+    def partition(self, code: int, start: int, n: int) -> pa.Table:
+        """Rows ``start`` to ``start + n`` of code ``code`` as one chunk."""
+        starts = self.bounds[:, code].tolist()
+        ends = self.bounds[:, code + 1].tolist()
+        pieces = [
+            table.slice(lo, hi - lo)
+            for table, lo, hi in zip(self.tables, starts, ends, strict=True)
+            if hi > lo
+        ]
+        return pa.concat_tables(pieces).slice(start, n).combine_chunks()
 
 
 def _write_file_buffered(
@@ -507,6 +548,7 @@ class StagingWriter:
         self._entries: dict[str, list[pa.Table]] = {}
         self._choice = _dictionary_choice(dictionary)  # the parquet_dictionary setting
         self._dictionary: list[str] | bool | None = None  # chosen from the first rows
+        self._encodings: dict[str, str] | None = None
 
     def __enter__(self) -> StagingWriter:
         return self
@@ -534,11 +576,14 @@ class StagingWriter:
                 sink = HashingSink(fs.open_output_stream(full))
                 if self._dictionary is None:
                     self._dictionary = dictionary_columns(part, self.row_group_size, self._choice)
+                    delta = _delta_columns(self._file_schema, (), self._dictionary)
+                    self._encodings = dict.fromkeys(delta, "DELTA_BINARY_PACKED") or None
                 writer = pq.ParquetWriter(
                     sink.stream(),
                     self._file_schema,
                     compression=COMPRESSION,
                     use_dictionary=self._dictionary,
+                    column_encoding=self._encodings,
                     write_page_checksum=True,
                 )
             self._open[label] = (path, writer, sink, [])
