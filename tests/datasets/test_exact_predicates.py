@@ -297,3 +297,27 @@ def test_delete_removes_exactly_the_matching_rows(tmp_path, column, op, literal)
     if not doomed:
         assert after.version == ds.version  # nothing matched, nothing committed
     assert rows(after, [[(column, op, literal)]]) == []
+
+
+ZEROS = [0.0, -0.0, 1.5, None, -0.0, 2.0]
+
+
+@pytest.mark.parametrize("column", ["p", "k", "n"])
+@pytest.mark.parametrize(
+    ("op", "literal"),
+    [(op, z) for op in ("==", "!=") for z in (0.0, -0.0)]
+    + [(op, v) for op in ("in", "not in") for v in ([0.0], [-0.0], [-0.0, 1.5])],
+    ids=_id,
+)
+def test_negative_zero_equals_zero_on_every_path(tmp_path, column, op, literal):
+    """-0.0 == 0.0, also for ``in`` (Arrow's set lookup tells them apart) and for an index:
+    in a partition column (``p``), an indexed one (``k``) and a plain one (``n``)."""
+    t = pa.table({c: ZEROS for c in ("p", "k", "n")} | {"i": range(len(ZEROS))})
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(t.slice(0, 3), url, partition_on=["p"], indices=["k"])
+    ds = hafen.write_dataset(t.slice(3), url, mode="append")
+    got = ds.read_arrow(columns=["i"], predicates=[[(column, op, literal)]])
+    assert sorted(got["i"].to_pylist()) == reference(ZEROS, op, literal)
+    after = ds.delete([[(column, op, literal)]])
+    kept = sorted(after.read_arrow(columns=["i"])["i"].to_pylist())
+    assert kept == sorted(set(range(len(ZEROS))) - set(reference(ZEROS, op, literal)))
