@@ -151,7 +151,7 @@ def test_predicates_equal_pandas(dataset, predicates, how):
 
 
 @settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(predicates=predicates_strategy)
 def test_delete_equals_pandas(dataset, tmp_path_factory, predicates):
