@@ -87,6 +87,17 @@ def test_dispatch_by_another_column(src, sales):
     assert_same_rows(pd.concat(parts), expected)
 
 
+def test_dispatch_by_a_float_column_with_both_zeros_reads_each_row_once(tmp_path):
+    """0.0 and -0.0 are one value (``x == 0.0`` matches both), so one partition: Arrow's
+    group_by tells them apart, and each of the two partitions read the rows of both."""
+    df = pd.DataFrame({"p": [1, 1, 2, 2, 2], "x": [0.0, -0.0, 0.0, 1.0, None], "v": range(5)})
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(df, url, partition_on=["p"])
+    ddf = hafen.read_ddf(url, dispatch_by=["x"])
+    parts = [ddf.get_partition(i).compute() for i in range(ddf.npartitions)]
+    assert sorted(sorted(p.v) for p in parts) == [[0, 1, 2], [3], [4]]
+
+
 def test_the_version_is_pinned_when_called(src, sales):
     ddf = hafen.read_ddf(src)
     hafen.write_dataset(sales.head(10), src, mode="append")

@@ -297,3 +297,45 @@ def test_delete_removes_exactly_the_matching_rows(tmp_path, column, op, literal)
     if not doomed:
         assert after.version == ds.version  # nothing matched, nothing committed
     assert rows(after, [[(column, op, literal)]]) == []
+
+
+ZEROS = [0.0, -0.0, 1.5, None, -0.0, 2.0]
+
+
+@pytest.mark.parametrize("column", ["p", "k", "n"])
+@pytest.mark.parametrize(
+    ("op", "literal"),
+    [(op, z) for op in ("==", "!=") for z in (0.0, -0.0)]
+    + [(op, v) for op in ("in", "not in") for v in ([0.0], [-0.0], [-0.0, 1.5])],
+    ids=_id,
+)
+def test_negative_zero_equals_zero_on_every_path(tmp_path, column, op, literal):
+    """-0.0 == 0.0, also for ``in`` (Arrow's set lookup tells them apart, and Arrow's scanner
+    skips a row group of zeros, whose statistics are -0.0 to 0.0, for ``in [0.0]``) and for an
+    index: in a partition column (``p``), an indexed one (``k``) and a plain one (``n``), read
+    as a lookup, as batches through the scanner, and deleted."""
+    t = pa.table({c: ZEROS for c in ("p", "k", "n")} | {"i": range(len(ZEROS))})
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(t.slice(0, 3), url, partition_on=["p"], indices=["k"])
+    ds = hafen.write_dataset(t.slice(3), url, mode="append")
+    predicates = [[(column, op, literal)]]
+    got = ds.read_arrow(columns=["i"], predicates=predicates)
+    assert sorted(got["i"].to_pylist()) == reference(ZEROS, op, literal)
+    batches = ds.scan_batches(["i"], predicates=predicates)
+    assert sorted(i for b in batches for i in b["i"].to_pylist()) == reference(ZEROS, op, literal)
+    after = ds.delete([[(column, op, literal)]])
+    kept = sorted(after.read_arrow(columns=["i"])["i"].to_pylist())
+    assert kept == sorted(set(range(len(ZEROS))) - set(reference(ZEROS, op, literal)))
+
+
+@pytest.mark.parametrize("zeros", [[0.0], [-0.0], [0.0, None], [-0.0, None]], ids=_id)
+def test_a_file_of_zeros_is_not_skipped_by_in_zero(tmp_path, zeros):
+    """Parquet's statistics of a row group holding only zeros are -0.0 to 0.0, and Arrow's
+    scanner then skipped the group for ``in [0.0]`` (and for ``in [-0.0]`` on -0.0 values)."""
+    url = str(tmp_path / "ds")
+    hafen.write_dataset(pa.table({"x": pa.array(zeros, pa.float64())}), url)
+    ds = hafen.write_dataset(pa.table({"x": [1.0, 2.0]}), url, mode="append")
+    for value in (0.0, -0.0):
+        predicates = [[("x", "in", [value])]]
+        assert sum(b.num_rows for b in ds.scan_batches(predicates=predicates)) == 1, value
+        assert ds.read_arrow(predicates=predicates).num_rows == 1, value

@@ -169,6 +169,32 @@ def test_what_the_fast_path_cannot_render_goes_to_the_route(tmp_path):
     assert r.status_code == 200 and [row["forecast"] for row in r.json()["rows"]] == [1, 2]
 
 
+def test_a_date_range_leaves_out_rows_without_a_date(tmp_path):
+    """A row whose date is null is in no range (the route failed with a 500 on it)."""
+    url = str(tmp_path / "forecasts")
+    days = [DAY0, None, DAY0 + dt.timedelta(days=1)]
+    table = pa.table(
+        {
+            "store_id": [1, 1, 1],
+            "product_id": [1, 1, 1],
+            "date": pa.array(days, pa.date32()),
+            "forecast": [1.0, 2.0, 3.0],
+            "baseline": [0.5, 0.5, 0.5],
+        }
+    )
+    hafen.write_dataset(table, url, partition_on=["store_id"], indices=["product_id"])
+    for fast_path in (True, False):
+        with TestClient(create_app(url, fast_path=fast_path)) as client:
+            for query, forecasts in [
+                ("", [1.0, 3.0, 2.0]),
+                ("&from=2025-07-02", [3.0]),
+                ("&to=2025-07-01", [1.0]),
+            ]:
+                r = client.get("/forecasts?store_id=1&product_id=1" + query)
+                assert r.status_code == 200, (fast_path, query, r.text)
+                assert [row["forecast"] for row in r.json()["rows"]] == forecasts, query
+
+
 ODD_QUERIES = [
     "store_id=1&product_id=2&from=20250701",  # basic ISO form: Python reads it as a date
     "store_id=1&product_id=2&to=2025-W27-2",  # an ISO week date

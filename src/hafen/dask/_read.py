@@ -93,7 +93,8 @@ def _dispatch_parts(
     # other columns: find the values present, then let each task prune by (index, statistics)
     values = ds.read_arrow(dispatch_by, predicates=predicates)
     combos = values.group_by(dispatch_by, use_threads=False).aggregate([]).to_pylist()
-    keys = sorted((tuple(c[name] for name in dispatch_by) for c in combos), key=_sort_key)
+    # a set: group_by tells 0.0 from -0.0, which are one value (== matches both)
+    keys = sorted({tuple(c[name] for name in dispatch_by) for c in combos}, key=_sort_key)
     parts = []
     for key in keys:
         extra = [(c, "==", v) for c, v in zip(dispatch_by, key, strict=True)]

@@ -78,7 +78,8 @@ def _literal(column: str, op: str, value: Any, type_: pa.DataType) -> Literal:
     A value no value of the type equals (1.5 on an integer column, 300 on int8) is rewritten on
     its neighbours: ``==`` becomes ``in ()`` (nothing), ``!=`` ``not in ()`` (everything, nulls
     too), ``< 1.5`` and ``<= 1.5`` become ``<= 1``, ``> 1.5`` and ``>= 1.5`` become ``>= 2``;
-    set members that no value equals are dropped. Every path (Arrow, partition values,
+    set members that no value equals are dropped. A zero of a float column is the set of both
+    zeros (``== 0.0`` becomes ``in (0.0, -0.0)``). Every path (Arrow, partition values,
     statistics, indices) then sees exact values only, and they all agree.
     """
     if op in _SET_OPS:
@@ -87,10 +88,13 @@ def _literal(column: str, op: str, value: Any, type_: pa.DataType) -> Literal:
                 f"predicate on column {column!r}: {op!r} needs a list of values, got {value!r}"
             )
         members = (coerce(column, v, type_) for v in value)
-        return Literal(column, op, tuple(v for v in members if not isinstance(v, Inexact)))
+        exact = tuple(v for v in members if not isinstance(v, Inexact))
+        return Literal(column, op, _both_zeros(exact, type_))
     coerced = coerce(column, value, type_)
     if coerced is None and op not in ("==", "!="):
         raise PredicateError(f"predicate on column {column!r}: {op!r} cannot compare with null")
+    if op in ("==", "!=") and _float_zero(coerced, type_):  # as a set: see _both_zeros
+        return Literal(column, "in" if op == "==" else "not in", (0.0, -0.0))
     if not isinstance(coerced, Inexact):
         return Literal(column, op, coerced)
     if op == "==":
@@ -102,6 +106,21 @@ def _literal(column: str, op: str, value: Any, type_: pa.DataType) -> Literal:
         return Literal(column, "<=", bound) if bound is not None else Literal(column, "in", ())
     bound = coerced.above
     return Literal(column, ">=", bound) if bound is not None else Literal(column, "in", ())
+
+
+def _both_zeros(values: tuple[Any, ...], type_: pa.DataType) -> tuple[Any, ...]:
+    """``values`` with -0.0 added beside 0.0 and 0.0 beside -0.0 on a float column.
+
+    The two zeros are equal, but Arrow's set lookup (``is_in``, which filters ``in`` and reads
+    an index) tells them apart; a set holding both matches either.
+    """
+    if not any(_float_zero(v, type_) for v in values):
+        return values
+    return (*(v for v in values if not _float_zero(v, type_)), 0.0, -0.0)
+
+
+def _float_zero(value: Any, type_: pa.DataType) -> bool:
+    return isinstance(value, float) and value == 0 and pa.types.is_floating(_value_type(type_))
 
 
 def normalize_predicates(

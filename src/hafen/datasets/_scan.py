@@ -211,7 +211,7 @@ def _arrow_dataset(
     for f in files:
         values = partition_values(f.partition)
         key = tuple((c, v, schema.field(c).type) for c, v in values.items())
-        partitions.append(_partition_expression(key))
+        partitions.append(_partition_expression(f.partition, key))
     return pds.FileSystemDataset.from_paths(
         [storage.full(f.path) for f in files],
         schema=schema,
@@ -222,9 +222,12 @@ def _arrow_dataset(
 
 
 @functools.lru_cache(maxsize=16384)
-def _partition_expression(values: tuple[tuple[str, Any, pa.DataType], ...]) -> pc.Expression:
+def _partition_expression(
+    label: str, values: tuple[tuple[str, Any, pa.DataType], ...]
+) -> pc.Expression:
     """The expression a file with partition ``values`` (column, value, type) satisfies; kept,
-    since every read of a dataset builds one for each of its files."""
+    since every read of a dataset builds one for each of its files. The partition's ``label``
+    is part of the key: equal values are not always the same (0.0 and -0.0)."""
     expr = pc.scalar(True)
     for column, value, type_ in values:
         if value is None:

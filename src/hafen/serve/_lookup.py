@@ -129,17 +129,14 @@ class Lookup:
 
 
 def between(table: pa.Table, column: str, low: Any, high: Any) -> pa.Table:
-    """Rows whose ``column`` lies in ``[low, high]`` (either bound may be None)."""
+    """Rows whose ``column`` lies in ``[low, high]`` (either bound may be None); a null lies
+    in no range."""
     if low is None and high is None:
         return table
     values = table.column(column)
     mask = np.ones(table.num_rows, dtype=bool)
-    if low is not None:
-        mask &= pc.greater_equal(values, pa.scalar(low, type=values.type)).to_numpy(
-            zero_copy_only=False
-        )
-    if high is not None:
-        mask &= pc.less_equal(values, pa.scalar(high, type=values.type)).to_numpy(
-            zero_copy_only=False
-        )
+    for compare, bound in ((pc.greater_equal, low), (pc.less_equal, high)):
+        if bound is not None:
+            inside = pc.fill_null(compare(values, pa.scalar(bound, type=values.type)), False)
+            mask &= inside.to_numpy(zero_copy_only=False)
     return table.filter(pa.array(mask))
