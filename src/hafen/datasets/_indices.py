@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from hafen.datasets._actions import DataFile, DatasetState, IndexPart, file_label
 from hafen.datasets._integrity import DAMAGE
+from hafen.datasets._parquet import write_pool
 from hafen.datasets._partitioning import Codes, offsets, one_chunk, work_type
 from hafen.datasets._predicates import Literal
 from hafen.datasets._storage import Storage, map_storage_errors
@@ -285,13 +286,18 @@ def encode_index_part(column: str, entries: pa.Table, type_: pa.DataType) -> byt
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
     table = index_table(column, entries, type_)
-    sink = pa.BufferOutputStream()
+    sink = pa.BufferOutputStream(memory_pool=write_pool())
     # statistics of the value column only: those of millions of labels cost time, prune nothing;
     # row groups of about _INDEX_GROUP_LABELS labels, so that a lookup decodes one of them
     labels = max(1, len(entries))
     rows = min(max(1024, _INDEX_GROUP_LABELS * table.num_rows // labels), 1 << 20)
     pq.write_table(
-        table, sink, row_group_size=rows, write_statistics=[column], write_page_checksum=True
+        table,
+        sink,
+        row_group_size=rows,
+        write_statistics=[column],
+        write_page_checksum=True,
+        memory_pool=write_pool(),
     )
     return sink.getvalue().to_pybytes()
 

@@ -5,7 +5,9 @@ column statistics the log records for each file (so that reads prune files witho
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["COMPRESSION", "DICTIONARY_CHOICES", "column_stats", "dictionary_columns", "file_stats"]
+__all__ = [
+    "COMPRESSION",
+    "DICTIONARY_CHOICES",
+    "column_stats",
+    "dictionary_columns",
+    "file_stats",
+    "write_pool",
+]
 
 #: Values of the ``parquet_dictionary`` setting (see :func:`dictionary_columns`).
 DICTIONARY_CHOICES = ("auto", "always")
@@ -23,6 +32,24 @@ _MAX_STAT_STRING = 64
 
 
 COMPRESSION = "snappy"
+
+
+@functools.cache
+def write_pool() -> pa.MemoryPool:
+    """The Arrow memory pool of the buffers a write makes and frees (reordered rows, encoded
+    files): jemalloc, where pyarrow has it and ``ARROW_DEFAULT_MEMORY_POOL`` chooses no pool.
+
+    Arrow's default on Linux, mimalloc, maps huge pages: a write's new buffers were then
+    faulted in 2 MiB at a time, and in a virtual machine zeroing those pages took up to a third
+    of a write's time (benchmarks/README.md, issue 19, fifth round). jemalloc's small pages cost
+    a fraction of that, and it returns freed memory to the system just as promptly.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return pa.default_memory_pool()
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        return pa.default_memory_pool()
 
 
 def _stat_value(value: Any, type_: pa.DataType) -> Any:

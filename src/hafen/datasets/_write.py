@@ -32,7 +32,13 @@ import pyarrow.parquet as pq
 from hafen.datasets._actions import DataFile, file_label
 from hafen.datasets._indices import StagedIndex, file_entries, unique_values
 from hafen.datasets._integrity import HashingSink, checksum_of
-from hafen.datasets._parquet import COMPRESSION, column_stats, dictionary_columns, file_stats
+from hafen.datasets._parquet import (
+    COMPRESSION,
+    column_stats,
+    dictionary_columns,
+    file_stats,
+    write_pool,
+)
 from hafen.datasets._partitioning import (
     Codes,
     key_codes,
@@ -125,6 +131,7 @@ def _write_file(
                 use_dictionary=dictionary_columns(table, row_group_size, dictionary),
                 write_statistics=True,
                 write_page_checksum=True,
+                memory_pool=write_pool(),
             )
     return sink.size, sink.checksum
 
@@ -405,7 +412,8 @@ def _write_partitioned(
             narrow = codes.astype(np.uint16) if num_codes <= _DIGIT else codes
             order = np.argsort(narrow, kind="stable")  # radix for 16-bit integers
         if any(column.num_chunks > 1 for column in data.columns):
-            data = data.combine_chunks()  # a take from several chunks first concatenates them
+            # a take from several chunks first concatenates them
+            data = data.combine_chunks(memory_pool=write_pool())
         counts = np.bincount(codes, minlength=num_codes)
         ends = np.cumsum(counts)
         for code in np.flatnonzero(counts).tolist():
@@ -434,7 +442,7 @@ def _rows_of(data: pa.Table, order: np.ndarray, start: int, n: int) -> pa.Table:
     rows = order[start : start + n]
     if rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(rows[1:] > rows[:-1])):
         return data.slice(int(rows[0]), len(rows))  # one ascending run
-    return data.take(pa.array(rows))
+    return pc.take(data, pa.array(rows), memory_pool=write_pool())
 
 
 _BLOCK_ROWS = 1 << 16  # rows reordered at a time: small enough for the gather to stay in cache
@@ -456,7 +464,11 @@ def _grouped(data: pa.Table, coded: Codes, pool: ThreadPoolExecutor) -> _Blocks 
         bounds = np.zeros(num_codes + 1, dtype=np.int64)
         np.cumsum(np.bincount(block, minlength=num_codes), out=bounds[1:])
         # the order is a permutation of the block's rows: Arrow need not check its bounds
-        return pc.take(data.slice(start, len(block)), pa.array(order), boundscheck=False), bounds
+        block_rows = data.slice(start, len(block))
+        return (
+            pc.take(block_rows, pa.array(order), boundscheck=False, memory_pool=write_pool()),
+            bounds,
+        )
 
     reordered, bounds = zip(*pool.map(split, range(0, len(codes), _BLOCK_ROWS)), strict=True)
     return _Blocks(list(reordered), np.stack(bounds))
@@ -483,7 +495,7 @@ class _Blocks:
             for table, lo, hi in zip(self.tables, starts, ends, strict=True)
             if hi > lo
         ]
-        return pa.concat_tables(pieces).slice(start, n).combine_chunks()
+        return pa.concat_tables(pieces).slice(start, n).combine_chunks(memory_pool=write_pool())
 
 
 def _write_file_buffered(
@@ -491,7 +503,7 @@ def _write_file_buffered(
 ) -> tuple[int, int, pq.FileMetaData, str]:
     """Encode ``table`` as a Parquet file in memory, hash it and store it at ``path``; return
     its rows, size, footer and checksum. (Arrow encodes, and zlib hashes, without the GIL.)"""
-    buffer = pa.BufferOutputStream()
+    buffer = pa.BufferOutputStream(memory_pool=write_pool())
     footer: list[pq.FileMetaData] = []
     pq.write_table(
         table,
@@ -504,6 +516,7 @@ def _write_file_buffered(
         sorting_columns=options.sorting,
         column_encoding=options.encodings,
         metadata_collector=footer,
+        memory_pool=write_pool(),
     )
     data = buffer.getvalue()
     checksum = checksum_of(memoryview(data))
@@ -585,6 +598,7 @@ class StagingWriter:
                     use_dictionary=self._dictionary,
                     column_encoding=self._encodings,
                     write_page_checksum=True,
+                    memory_pool=write_pool(),
                 )
             self._open[label] = (path, writer, sink, [])
             self._rows[label] = 0
