@@ -285,6 +285,8 @@ def test_dictionary_choice_takes_every_type():
             "large": pa.array(["a"] * n, pa.large_string()),
             "half": pa.array(np.ones(n, np.float16)),
             "fixed": pa.array([b"ab"] * n, pa.binary(2)),
+            "json": pa.array([f'{{"a": {i % 5}}}' for i in range(n)], pa.json_()),
+            "uuid": pa.array([bytes(16)] * n, pa.uuid()),
         }
     )
     chosen = dictionary_columns(table, 1 << 18)
@@ -338,6 +340,21 @@ def test_a_failed_write_leaves_no_file_of_its_own_not_even_one_in_flight(tmp_pat
         stage_table(storage, table, partition_on=["part"], max_workers=2)
     assert deleted.is_set()
     assert not [p for p in (tmp_path / "ds").rglob("*") if p.is_file()]
+
+
+def test_extension_columns_are_written_and_read_back(tmp_path):
+    n = 1000
+    table = pa.table(
+        {
+            "p": np.arange(n) % 3,
+            "json": pa.array([f'{{"a": {i % 5}}}' for i in range(n)], pa.json_()),
+            "uuid": pa.array([bytes([i % 7]) * 16 for i in range(n)], pa.uuid()),
+        }
+    )
+    ds = hafen.write_dataset(table, str(tmp_path / "ds"), partition_on=["p"])
+    back = ds.read_arrow().sort_by([("p", "ascending")])
+    assert back.column("json").to_pylist() == table.sort_by("p").column("json").to_pylist()
+    assert back.column("uuid").to_pylist() == table.sort_by("p").column("uuid").to_pylist()
 
 
 def test_a_dictionary_is_chosen_only_where_it_halves_the_bytes():

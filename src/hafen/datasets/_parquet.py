@@ -141,10 +141,8 @@ def _plain_bytes(sample: pa.Array | pa.ChunkedArray, size: int) -> float:
     """Bytes per non-null value of ``sample`` in Parquet's PLAIN encoding, about."""
     try:
         return sample.type.bit_width / 8
-    except ValueError:  # variable width: the values and a 4-byte length each
-        buffers = sample.chunks if isinstance(sample, pa.ChunkedArray) else [sample]
-        values = sum(int(pc.sum(pc.binary_length(b)).as_py() or 0) for b in buffers)
-        return values / size + 4
+    except ValueError:  # variable width: its values and 4-byte offsets, as PLAIN's lengths
+        return sample.nbytes / size
 
 
 def _dictionary_pays(distinct: float, rows: int, value_bytes: float) -> bool:
