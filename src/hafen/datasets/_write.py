@@ -502,7 +502,7 @@ def _write_file_buffered(
     storage: Storage, path: str, table: pa.Table, options: _FileOptions
 ) -> tuple[int, int, pq.FileMetaData, str]:
     """Encode ``table`` as a Parquet file in memory, hash it and store it at ``path``; return
-    its rows, size, footer and checksum. (Arrow encodes, and zlib hashes, without the GIL.)"""
+    its rows, size, footer and checksum. (Arrow encodes, and zlib-ng hashes, without the GIL.)"""
     buffer = pa.BufferOutputStream(memory_pool=write_pool())
     footer: list[pq.FileMetaData] = []
     pq.write_table(
